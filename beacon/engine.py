@@ -1,0 +1,305 @@
+"""BeaconLM: beaconed auto-regression over a frozen HF causal LM — condense, score, generate, train.
+
+The engine steps; the memory (memory.py) holds tensors; the config (config.py) holds choices; the
+window arithmetic (windows.py) decides what each step reads and which entries it keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import BeaconConfig
+from .families import Parts, model_parts
+from .forward import run_chunk
+from .memory import Memory
+from .params import beacon_modules, beacon_parameters
+from .windows import build_chunk, group_steps, plan_steps
+
+TokenInput = torch.Tensor | Sequence[int] | Sequence[Sequence[int]]
+
+
+def as_batch(input_ids: TokenInput, device: torch.device) -> torch.Tensor:
+    """Token ids as a (b, n) int64 tensor on `device`; a flat list or 1-D tensor means b = 1."""
+    ids = input_ids if isinstance(input_ids, torch.Tensor) else torch.tensor(input_ids, dtype=torch.long)
+    if ids.dim() == 1:
+        ids = ids[None]
+    if ids.dim() != 2:
+        raise ValueError(f"input_ids must be 1-D or 2-D (batch, tokens), got shape {tuple(ids.shape)}")
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"input_ids must be integer token ids, got dtype {ids.dtype}")
+    return ids.to(device=device, dtype=torch.long)
+
+
+class BeaconLM:
+    """A frozen causal LM with Activation Beacon. Build it with `beacon.load(...)`.
+
+    Attributes: `model` (the HF model, beacon modules attached), `config` (BeaconConfig),
+    `tokenizer` (or None), `parts` (handles to the model's modules).
+    """
+
+    def __init__(self, model: nn.Module, config: BeaconConfig, tokenizer=None, name_or_path: str = ""):
+        self.model = model
+        self.config = config
+        self.tokenizer = tokenizer
+        self.name_or_path = name_or_path
+        self.parts: Parts = model_parts(model)
+        self._beacon = beacon_modules(self.parts, model, config)
+
+    # ---- facts ---------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.parts.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.parts.embed_tokens.weight.dtype
+
+    def beacon_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters (beacon embedding and projections)."""
+        return beacon_parameters(self.model)
+
+    def new_memory(self, batch_size: int = 1, seed: int | None = None) -> Memory:
+        """An empty memory for `batch_size` sequences read in lockstep."""
+        p = self.parts
+        return Memory.empty(
+            len(p.layers),
+            batch_size,
+            p.n_kv_heads,
+            p.head_dim,
+            dtype=self.dtype,
+            device=self.device,
+            seed=self.config.beacon_seed if seed is None else seed,
+        )
+
+    def _check_memory(self, memory: Memory, batch_size: int) -> None:
+        p = self.parts
+        want = (len(p.layers), batch_size, p.n_kv_heads, p.head_dim)
+        got = (memory.n_layers, memory.batch_size, memory.keys[0].shape[1], memory.keys[0].shape[3])
+        if want != got:
+            raise ValueError(
+                f"memory of shape (layers, batch, kv heads, head dim) {got} does not fit this model/batch {want}"
+            )
+
+    # ---- the stepping loop ---------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: TokenInput,
+        memory: Memory | None = None,
+        *,
+        logits: str = "none",
+        on_logits: Callable[[int, int, torch.Tensor], None] | None = None,
+        expected_length: int | None = None,
+        training: bool = False,
+        checkpoint_layers: bool = False,
+        progress: bool = False,
+    ) -> tuple[Memory, torch.Tensor | None]:
+        """Read tokens into `memory` (a new one if None) window by window; it is updated in place.
+
+        logits: "none"; "last" returns the last token's next-token logits (b, vocab);
+        "all" calls `on_logits(token_from, token_to, logits (b, n, vocab))` per forward pass, or,
+        without a callback, returns all of them (b, n, vocab) — mind the memory for long inputs.
+        `expected_length` is the sequence length adapt-N should plan for (default: tokens known).
+        """
+        if logits not in ("none", "last", "all"):
+            raise ValueError(f"logits={logits!r}: choose 'none', 'last' or 'all'")
+        ids = as_batch(input_ids, self.device)
+        if ids.shape[1] == 0:
+            raise ValueError("input_ids is empty: give at least one token")
+        if memory is None:
+            memory = self.new_memory(ids.shape[0])
+        self._check_memory(memory, ids.shape[0])
+        if int(ids.max()) >= self.parts.vocab_size or int(ids.min()) < 0:
+            raise ValueError(
+                f"token ids must lie in [0, {self.parts.vocab_size}); got {int(ids.min())}..{int(ids.max())}"
+            )
+        known = None if expected_length is None else max(expected_length, memory.n_tokens + ids.shape[1])
+        steps = plan_steps(
+            self.config,
+            memory.state,
+            ids.shape[1],
+            known_length=known,
+            max_positions=self.parts.max_positions,
+            training=training,
+        )
+        groups = group_steps(self.config, steps)
+        chunks = groups
+        if progress:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(groups, desc="condensing", unit="pass", leave=False)
+        collected: list[torch.Tensor] = []
+        last = None
+        for i, group in enumerate(chunks):
+            chunk = build_chunk(self.config, group)
+            want = "all" if logits == "all" else ("last" if logits == "last" and i == len(groups) - 1 else "none")
+            out = run_chunk(
+                self.parts,
+                self._beacon,
+                self.config,
+                memory,
+                chunk,
+                ids,
+                logits=want,
+                checkpoint_layers=checkpoint_layers,
+            )
+            if want == "all":
+                if on_logits is not None:
+                    on_logits(chunk.token_from, chunk.token_to, out)
+                else:
+                    collected.append(out)
+            elif want == "last":
+                last = out[:, -1]
+        if logits == "all" and on_logits is None:
+            return memory, torch.cat(collected, dim=1)
+        return memory, last
+
+    # ---- public operations ---------------------------------------------------------------------
+    @torch.no_grad()
+    def condense(
+        self,
+        input_ids: TokenInput,
+        memory: Memory | None = None,
+        *,
+        expected_length: int | None = None,
+        progress: bool = False,
+    ) -> Memory:
+        """Read tokens into a new memory, or into `memory` (extended in place), and return it."""
+        memory, _ = self.forward(input_ids, memory, expected_length=expected_length, progress=progress)
+        return memory
+
+    @torch.no_grad()
+    def nll(self, input_ids: TokenInput, memory: Memory | None = None) -> torch.Tensor:
+        """Per-token negative log-likelihood (b, n-1), float32: entry t is -log p(x[t+1] | ..., x[t]).
+
+        Read under beaconed auto-regression, after `memory` if given (it is not changed).
+        """
+        ids = as_batch(input_ids, self.device)
+        out = torch.zeros(ids.shape[0], max(ids.shape[1] - 1, 0), dtype=torch.float32, device=self.device)
+
+        def score(t0: int, t1: int, logits: torch.Tensor) -> None:
+            end = min(t1, ids.shape[1] - 1)  # the last token predicts nothing we know
+            if end > t0:
+                targets = ids[:, t0 + 1 : end + 1]
+                lp = F.cross_entropy(logits[:, : end - t0].transpose(1, 2), targets, reduction="none")
+                out[:, t0:end] = lp
+
+        self.forward(ids, None if memory is None else memory.fork(), logits="all", on_logits=score)
+        return out
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: TokenInput,
+        memory: Memory | None = None,
+        *,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        eos_token_id: int | Sequence[int] | None = None,
+        seed: int | None = None,
+        expected_length: int | None = None,
+    ) -> torch.Tensor:
+        """Continue after `memory` (never changed: generation reads a fork) + `prompt_ids`.
+
+        Greedy by default; sampling with temperature / top-k / top-p and a seed. Returns the new
+        tokens (b, <= max_new_tokens); a sequence that has ended is padded with its eos token.
+        """
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if do_sample and temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+        ids = as_batch(prompt_ids, self.device)
+        work = None if memory is None else memory.fork()
+        if eos_token_id is None and self.tokenizer is not None:
+            eos_token_id = self.tokenizer.eos_token_id
+        eos = torch.tensor(
+            [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)),
+            device=self.device,
+        )
+        gen = None
+        if do_sample:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(0 if seed is None else seed)
+        work, logits = self.forward(ids, work, logits="last", expected_length=expected_length)
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=self.device)
+        tokens: list[torch.Tensor] = []
+        for _ in range(max_new_tokens):
+            nxt = _pick(logits, do_sample, temperature, top_k, top_p, gen)
+            if eos.numel():
+                nxt = torch.where(done, tokens[-1] if tokens else nxt, nxt)
+                done = done | torch.isin(nxt, eos)
+            tokens.append(nxt)
+            if eos.numel() and bool(done.all()):  # one host sync per token (decode, not condensing)
+                break
+            work, logits = self.forward(nxt[:, None], work, logits="last")
+        if not tokens:
+            return ids.new_zeros(ids.shape[0], 0)
+        return torch.stack(tokens, dim=1)
+
+    def loss(
+        self,
+        input_ids: TokenInput,
+        labels: torch.Tensor | None = None,
+        *,
+        seed: int = 0,
+        checkpoint_layers: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training loss of one batch of sequences read at once, ratios drawn per window (`seed`).
+
+        As in the official recipe: loss on raw tokens only (next-token targets from `labels`,
+        default the inputs; -100 ignores), none on the first window unless interleave +
+        full-coverage, and no beacons in the last window. Returns (mean loss, n target tokens);
+        gradients reach only the beacon parameters (the base is frozen by `beacon.load`).
+        """
+        ids = as_batch(input_ids, self.device)
+        labels = ids if labels is None else as_batch(labels, self.device)
+        if labels.shape != ids.shape:
+            raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(ids.shape)}")
+        targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
+        cfg = self.config
+        if not (cfg.interleave and cfg.beacon_attn == "full-coverage"):
+            targets[:, : cfg.beacon_window] = -100  # the first window's tokens see no beacons
+        total = torch.zeros((), device=self.device, dtype=torch.float32)
+
+        def score(t0: int, t1: int, logits: torch.Tensor) -> None:
+            nonlocal total
+            tgt = targets[:, t0:t1]
+            total = total + F.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=-100, reduction="sum")
+
+        memory = self.new_memory(ids.shape[0], seed=seed)
+        self.forward(ids, memory, logits="all", on_logits=score, training=True, checkpoint_layers=checkpoint_layers)
+        n = (targets != -100).sum()
+        return total / n.clamp(min=1), n
+
+    # ---- saving --------------------------------------------------------------------------------
+    def save_pretrained(self, path: str) -> None:
+        """Write a HF folder in the official layout (config.json with beacon_* + safetensors)."""
+        from .loading import save_pretrained
+
+        save_pretrained(self, path)
+
+
+def _pick(
+    logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float, gen: torch.Generator | None
+) -> torch.Tensor:
+    """Next token (b,) from logits (b, vocab)."""
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        cut = probs.cumsum(-1) - probs > top_p  # keep the smallest set reaching top_p
+        sorted_logits = sorted_logits.masked_fill(cut, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)

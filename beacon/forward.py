@@ -1,0 +1,167 @@
+"""One forward pass of a chunk (see windows.Chunk) through a frozen HF decoder with beacons.
+
+Shapes: b batch, n rows (queries) of the chunk, h / h_kv query / key-value heads, d head dim,
+m = |O| outer memory entries, c cached window entries, k = c + n + copies window keys.
+The decoder layer is re-composed from its modules (input_layernorm, self_attn.{q,k,v,o}_proj,
+optional q_norm/k_norm, post_attention_layernorm, mlp): beacon rows use the beacon projections.
+Memory tensors are replaced functionally (torch.cat), so the same code trains with autograd.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import BeaconConfig
+from .families import Parts, apply_rope, rope_cos_sin
+from .memory import Memory
+from .windows import Chunk, window_mask
+
+
+def _project(base: nn.Linear, beacon: nn.Linear | None, h: torch.Tensor, n_raw: int) -> torch.Tensor:
+    """(b, n, in) -> (b, n, out): raw rows [:n_raw] through `base`, beacon rows through `beacon`."""
+    if beacon is None or n_raw == h.shape[1]:
+        return base(h)
+    return torch.cat([base(h[:, :n_raw]), beacon(h[:, n_raw:])], dim=1)
+
+
+def ensure_rot(parts: Parts, memory: Memory) -> None:
+    """Make memory.rot_keys hold RoPE'd keys of O (entries 0..|O|-1 at positions 0..|O|-1)."""
+    n_outer = memory.state.n_outer
+    if memory.rot_keys is not None and all(k.shape[2] == n_outer for k in memory.rot_keys):
+        return
+    pos = torch.arange(n_outer, device=memory.device)
+    cos, sin = rope_cos_sin(parts, pos, memory.keys[0])
+    memory.rot_keys = [apply_rope(k[:, :, :n_outer], cos, sin) for k in memory.keys]
+
+
+def _layer(
+    parts: Parts,
+    cfg: BeaconConfig,
+    layer: nn.Module,
+    beacon_proj: dict[str, nn.Linear],
+    x: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    rot_outer: torch.Tensor,
+    rope_rows: tuple[torch.Tensor, torch.Tensor],
+    rope_window: tuple[torch.Tensor, torch.Tensor],
+    rope_joined: tuple[torch.Tensor, torch.Tensor],
+    mask: torch.Tensor,
+    meta: dict[str, torch.Tensor],
+    n_outer: int,
+    n_raw: int,
+    n_joined: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decoder layer over the chunk's rows. Returns (x, new keys, new values, new O rot keys)."""
+    b, n, _ = x.shape
+    attn = layer.self_attn
+    h = layer.input_layernorm(x)
+    q = _project(attn.q_proj, beacon_proj.get("q"), h, n_raw).view(b, n, parts.n_heads, parts.head_dim)
+    k = _project(attn.k_proj, beacon_proj.get("k"), h, n_raw).view(b, n, parts.n_kv_heads, parts.head_dim)
+    v = _project(attn.v_proj, beacon_proj.get("v"), h, n_raw).view(b, n, parts.n_kv_heads, parts.head_dim)
+    if parts.family.qk_norm:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (b, h|h_kv, n, d)
+
+    # window keys in slot order: cached W (from memory) then rows; copies are picked from them
+    k_win = torch.cat([keys[:, :, n_outer:], k], dim=2)  # (b, h_kv, c + n, d), pre-RoPE
+    v_win = torch.cat([values[:, :, n_outer:], v], dim=2)
+    copy_src = meta["copy_src"]
+    k_att = torch.cat([k_win, k_win[:, :, copy_src]], dim=2)  # (b, h_kv, k, d)
+    v_att = torch.cat([values[:, :, :n_outer], v_win, v_win[:, :, copy_src]], dim=2)  # (b, h_kv, m + k, d)
+    k_att = torch.cat([rot_outer, apply_rope(k_att, *rope_window)], dim=2)  # (b, h_kv, m + k, d)
+    q = apply_rope(q, *rope_rows)
+
+    out = F.scaled_dot_product_attention(
+        q, k_att, v_att, attn_mask=mask, scale=parts.scaling, enable_gqa=parts.n_heads != parts.n_kv_heads
+    )  # (b, h, n, d)
+    out = out.transpose(1, 2).reshape(b, n, parts.n_heads * parts.head_dim)
+    x = x + _project(attn.o_proj, beacon_proj.get("o"), out, n_raw)
+    x = x + layer.mlp(layer.post_attention_layernorm(x))
+
+    # memory after the pass: [O | joiners | carried W]
+    compact = meta["compact_src"]
+    new_keys = torch.cat([keys[:, :, :n_outer], k_win[:, :, compact]], dim=2)
+    new_values = torch.cat([values[:, :, :n_outer], v_win[:, :, compact]], dim=2)
+    new_rot = rot_outer
+    if n_joined:
+        joined = k_win[:, :, compact[:n_joined]]
+        new_rot = torch.cat([rot_outer, apply_rope(joined, *rope_joined)], dim=2)
+    return x, new_keys, new_values, new_rot
+
+
+def run_chunk(
+    parts: Parts,
+    beacon: dict,
+    cfg: BeaconConfig,
+    memory: Memory,
+    chunk: Chunk,
+    input_ids: torch.Tensor,
+    *,
+    logits: str = "none",
+    checkpoint_layers: bool = False,
+) -> torch.Tensor | None:
+    """Run one chunk, update `memory` (tensors and state), and return raw-row logits if asked.
+
+    input_ids: (b, n_call) tokens of the whole call, on the model's device.
+    logits: "all" -> (b, n_raw, vocab) float32, "last" -> (b, 1, vocab), "none" -> None.
+    """
+    device, dtype = memory.device, memory.dtype
+    ensure_rot(parts, memory)
+    meta = chunk.device_meta(device)
+    n_outer, n_cached, n_raw = chunk.n_outer, chunk.n_cached, chunk.n_raw
+
+    w_mask = window_mask(cfg, meta, n_cached)  # (n, k)
+    mask = torch.cat([w_mask.new_ones(w_mask.shape[0], n_outer), w_mask], dim=1)  # (n, m + k)
+
+    # embeddings: raw rows read the call's tokens, beacon rows the beacon embedding
+    x = parts.embed_tokens(input_ids[:, chunk.token_from : chunk.token_to])  # (b, n_raw, hidden)
+    n_beacons = chunk.n_rows - n_raw
+    if n_beacons:
+        b_emb = beacon["embed"].weight[0].to(x.dtype)
+        x = torch.cat([x, b_emb.expand(x.shape[0], n_beacons, -1)], dim=1)  # (b, n, hidden)
+
+    pos = meta["pos"]
+    rope_rows = rope_cos_sin(parts, pos[n_cached:], x.to(dtype))
+    rope_window = rope_cos_sin(parts, torch.cat([pos, meta["copy_pos"]]), x.to(dtype))
+    joined_pos = torch.arange(n_outer, n_outer + chunk.n_joined, device=device)
+    rope_joined = rope_cos_sin(parts, joined_pos, x.to(dtype))
+
+    new_keys, new_values, new_rot = [], [], []
+    for i, layer in enumerate(parts.layers):
+        args = (
+            parts,
+            cfg,
+            layer,
+            beacon["layers"][i],
+            x,
+            memory.keys[i],
+            memory.values[i],
+            memory.rot_keys[i],
+            rope_rows,
+            rope_window,
+            rope_joined,
+            mask,
+            meta,
+            n_outer,
+            n_raw,
+            chunk.n_joined,
+        )
+        if checkpoint_layers and torch.is_grad_enabled():
+            x, k, v, r = checkpoint(_layer, *args, use_reentrant=False)
+        else:
+            x, k, v, r = _layer(*args)
+        new_keys.append(k)
+        new_values.append(v)
+        new_rot.append(r)
+
+    memory.keys, memory.values, memory.rot_keys = new_keys, new_values, new_rot
+    memory.state = chunk.after
+
+    if logits == "none":
+        return None
+    hidden = x[:, :n_raw] if logits == "all" else x[:, n_raw - 1 : n_raw]
+    return parts.lm_head(parts.norm(hidden)).float()

@@ -1,0 +1,156 @@
+"""Load a base or beacon checkpoint (local folder or hub id) and save in the official layout.
+
+Official checkpoints ship their own modeling code (auto_map); we never run it: the model is built
+from transformers' own class for its model_type (trust_remote_code=False) and the beacon weights
+are read from the safetensors files by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .config import BeaconConfig
+from .engine import BeaconLM
+from .families import family_of
+from .params import add_beacon_modules, freeze_base, init_missing
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} unknown; use one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [folder / n for n in names]
+    return sorted(folder.glob("*.safetensors"))
+
+
+def _read_beacon_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Beacon tensors stored in a checkpoint folder (empty dict if it has none)."""
+    from safetensors import safe_open
+
+    found: dict[str, torch.Tensor] = {}
+    for path in _weight_files(folder):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                if "beacon_" in key:
+                    found[key] = f.get_tensor(key)
+    return found
+
+
+class _HideBeaconKeys(logging.Filter):
+    """Drop transformers' load report when the only unexpected keys are the beacon ones we load."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "LOAD REPORT" not in msg:
+            return True
+        rows = [line for line in msg.splitlines() if "UNEXPECTED" in line and "|" in line]
+        return not rows or not all("beacon_" in r for r in rows)
+
+
+@contextlib.contextmanager
+def _quiet_beacon_report():
+    log = logging.getLogger("transformers.modeling_utils")
+    hide = _HideBeaconKeys()
+    log.addFilter(hide)
+    try:
+        yield
+    finally:
+        log.removeFilter(hide)
+
+
+def _local_folder(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+
+
+def load(
+    name_or_path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+    tokenizer: bool = True,
+    **beacon_overrides,
+) -> BeaconLM:
+    """Load a causal LM (Llama, Mistral, Qwen2, Qwen3 families) with Activation Beacon.
+
+    name_or_path: a local HF folder or a hub id. Official beacon checkpoints load with their
+    beacon weights; a plain base model gets beacon weights initialised from its own (projections
+    copied, embedding from the bos/eos token). `beacon_overrides` set BeaconConfig fields
+    (e.g. beacon_ratio=[8]) over what config.json says.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = _local_folder(str(name_or_path))
+    hf_config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    family_of(hf_config.model_type)  # clear error before loading weights of an unsupported family
+    cfg = BeaconConfig.from_dict(vars(hf_config) | hf_config.to_dict(), **beacon_overrides)
+    torch_dtype = _resolve_dtype(dtype)
+    with _quiet_beacon_report():
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, config=hf_config, dtype=torch_dtype, trust_remote_code=False
+        )
+    model.to(device)
+    model.eval()
+    names = set(add_beacon_modules(model, cfg))
+    stored = _read_beacon_weights(folder)
+    unused = sorted(k for k in stored if k not in names)
+    if unused:
+        logger.warning(
+            "checkpoint beacon weights %s%s are not used with beacon_param=%s",
+            unused[:4],
+            "..." if len(unused) > 4 else "",
+            cfg.beacon_param,
+        )
+        stored = {k: v for k, v in stored.items() if k in names}
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, value in stored.items():
+            if params[key].shape != value.shape:
+                raise ValueError(f"{key}: checkpoint shape {tuple(value.shape)} != model {tuple(params[key].shape)}")
+            params[key].copy_(value)
+    init_missing(model, cfg, names - set(stored))
+    freeze_base(model)
+    for key, value in cfg.to_dict().items():  # so save_pretrained writes the settings in use
+        setattr(model.config, key, value)
+    tok = None
+    if tokenizer and any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    return BeaconLM(model, cfg, tok, name_or_path=str(name_or_path))
+
+
+def save_pretrained(lm: BeaconLM, path: str | os.PathLike) -> None:
+    """Write config.json (with beacon_* fields) and safetensors weights, base and beacon together."""
+    for key, value in lm.config.to_dict().items():
+        setattr(lm.model.config, key, value)
+    lm.model.save_pretrained(str(path))
+    if lm.tokenizer is not None:
+        lm.tokenizer.save_pretrained(str(path))

@@ -1,0 +1,157 @@
+"""The beacon memory: per-layer key/value tensors plus the few integers that say where the window is.
+
+Shape contract: keys[l], values[l] are (b, h_kv, n, d) with n = state.size, laid out [O | W]:
+  O = sink (state.n_sink) + condensed entries (state.n_beacons), at RoPE positions 0..|O|-1;
+  W = the current window's entries (raw tokens, and in interleave mode its beacons so far).
+Keys are stored *before* RoPE, so a memory is position-free: it can be saved, reloaded, extended
+and concatenated. `rot_keys` is a derived cache (RoPE'd keys of O) that the engine keeps up to
+date; it is never exported and is rebuilt when missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from .windows import WindowState
+
+EXPORT_VERSION = 1
+
+
+@dataclass
+class Memory:
+    """Beacon memory of a batch of b sequences read in lockstep. State lives here; policy does not."""
+
+    keys: list[torch.Tensor]  # per layer (b, h_kv, n, d), pre-RoPE
+    values: list[torch.Tensor]  # per layer (b, h_kv, n, d)
+    state: WindowState = field(default_factory=WindowState)
+    rot_keys: list[torch.Tensor] | None = None  # derived: per layer (b, h_kv, |O|, d), RoPE'd
+
+    # ---- construction --------------------------------------------------------------------------
+    @classmethod
+    def empty(
+        cls,
+        n_layers: int,
+        batch_size: int,
+        n_kv_heads: int,
+        head_dim: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        seed: int = 42,
+    ) -> Memory:
+        """A memory that has read nothing."""
+        shape = (batch_size, n_kv_heads, 0, head_dim)
+        keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        return cls(keys, values, WindowState(seed=seed))
+
+    # ---- facts ---------------------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return len(self.keys)
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys[0].shape[0]
+
+    @property
+    def n_tokens(self) -> int:
+        """Raw tokens this memory has read."""
+        return self.state.n_tokens
+
+    @property
+    def device(self) -> torch.device:
+        return self.keys[0].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.keys[0].dtype
+
+    def sizes(self) -> tuple[int, int, int]:
+        """(sink, beacons, raw) entries per layer — the official code's get_memory_size()."""
+        s = self.state
+        return s.n_sink, s.n_beacons, s.n_window
+
+    def nbytes(self) -> int:
+        """Bytes of the key/value tensors (the derived RoPE cache not counted)."""
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def check(self) -> None:
+        """Raise if tensors and state disagree (a corrupt or hand-built memory)."""
+        n = self.state.size
+        for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            if k.shape != v.shape or k.dim() != 4 or k.shape[2] != n:
+                raise ValueError(f"layer {i}: keys {tuple(k.shape)} / values {tuple(v.shape)} do not hold {n} entries")
+
+    # ---- copies --------------------------------------------------------------------------------
+    def fork(self) -> Memory:
+        """An independent copy: what the copy reads never changes this memory."""
+        rot = None if self.rot_keys is None else [k.clone() for k in self.rot_keys]
+        return Memory([k.clone() for k in self.keys], [v.clone() for v in self.values], self.state, rot)
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None, non_blocking: bool = False
+    ) -> Memory:
+        """The same memory on another device and/or dtype (the RoPE cache is dropped if dtype changes)."""
+        move = dict(device=device, dtype=dtype, non_blocking=non_blocking)
+        rot = None
+        if self.rot_keys is not None and (dtype is None or dtype == self.dtype):
+            rot = [k.to(**move) for k in self.rot_keys]
+        return Memory([k.to(**move) for k in self.keys], [v.to(**move) for v in self.values], self.state, rot)
+
+    # ---- export / import (the snapshot layer persists exactly this) ----------------------------
+    def export(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Plain tensors + a small JSON-able dict.
+
+        tensors: "keys", "values": (n_layers, b, h_kv, n, d), pre-RoPE, layout [sink|beacons|window].
+        meta: {"version", "state": WindowState fields}.
+        """
+        tensors = {"keys": torch.stack(self.keys), "values": torch.stack(self.values)}
+        return tensors, {"version": EXPORT_VERSION, "state": self.state.to_dict()}
+
+    @classmethod
+    def from_export(cls, tensors: dict[str, torch.Tensor], meta: dict) -> Memory:
+        """Rebuild a memory from `export()` output (checks shapes against the state)."""
+        if meta.get("version") != EXPORT_VERSION:
+            raise ValueError(f"memory export version {meta.get('version')} is not {EXPORT_VERSION}")
+        keys, values = tensors["keys"], tensors["values"]
+        mem = cls(list(keys.unbind(0)), list(values.unbind(0)), WindowState.from_dict(meta["state"]))
+        mem.check()
+        return mem
+
+    @classmethod
+    def concat(cls, memories: list[Memory]) -> Memory:
+        """One memory holding several, in the given order, for a question over all of them.
+
+        Everything of memories[:-1] (sink, condensed entries and any unfinished window) becomes
+        outer memory, visible to all that follows at positions after the memories before it; the
+        last memory keeps its window open, so reading continues exactly as after that memory.
+        """
+        if not memories:
+            raise ValueError("concat needs at least one memory")
+        if len(memories) == 1:
+            return memories[0].fork()
+        first = memories[0]
+        for m in memories[1:]:
+            if (m.n_layers, m.batch_size, m.keys[0].shape[1], m.keys[0].shape[3]) != (
+                first.n_layers,
+                first.batch_size,
+                first.keys[0].shape[1],
+                first.keys[0].shape[3],
+            ):
+                raise ValueError("memories to concatenate come from different model shapes or batch sizes")
+        last = memories[-1].state
+        n_outer = sum(m.state.size for m in memories[:-1]) + last.n_outer
+        state = dataclasses.replace(
+            last,
+            n_tokens=sum(m.state.n_tokens for m in memories),
+            n_sink=first.state.n_sink,
+            n_beacons=n_outer - first.state.n_sink,
+            n_windows=sum(m.state.n_windows for m in memories),
+        )
+        keys = [torch.cat([m.keys[i] for m in memories], dim=2) for i in range(first.n_layers)]
+        values = [torch.cat([m.values[i] for m in memories], dim=2) for i in range(first.n_layers)]
+        return cls(keys, values, state)

@@ -1,0 +1,89 @@
+"""Beacon parameters plugged into a frozen Hugging Face model, under the official checkpoint names.
+
+  model.beacon_embed_tokens.weight                        (1, hidden)
+  model.layers.N.self_attn.beacon_{q,k,v,o}_proj.{weight,bias}
+
+They are ordinary submodules of the HF model, so `state_dict()`/`save_pretrained` write the
+official layout. Missing ones are initialised as the official code does: projections copied from
+the ordinal ones, the embedding from the bos or eos token's embedding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import BeaconConfig
+from .families import Parts
+
+EMBED_NAME = "model.beacon_embed_tokens.weight"
+
+
+def _like(linear: nn.Linear) -> nn.Linear:
+    new = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+    return new.to(device=linear.weight.device, dtype=linear.weight.dtype)
+
+
+def add_beacon_modules(model: nn.Module, cfg: BeaconConfig) -> list[str]:
+    """Attach beacon modules (uninitialised) to `model`; returns their parameter names."""
+    inner = model.model
+    embed = inner.embed_tokens
+    beacon_embed = nn.Embedding(1, embed.embedding_dim)
+    inner.beacon_embed_tokens = beacon_embed.to(device=embed.weight.device, dtype=embed.weight.dtype)
+    for layer in inner.layers:
+        attn = layer.self_attn
+        for p in cfg.beacon_param:
+            setattr(attn, f"beacon_{p}_proj", _like(getattr(attn, f"{p}_proj")))
+    return beacon_parameter_names(model)
+
+
+def beacon_parameter_names(model: nn.Module) -> list[str]:
+    return [n for n, _ in model.named_parameters() if ".beacon_" in n or n.startswith("model.beacon_")]
+
+
+def beacon_parameters(model: nn.Module) -> list[nn.Parameter]:
+    names = set(beacon_parameter_names(model))
+    return [p for n, p in model.named_parameters() if n in names]
+
+
+def freeze_base(model: nn.Module) -> None:
+    """Base weights never receive gradients; beacon weights do."""
+    names = set(beacon_parameter_names(model))
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in names)
+
+
+@torch.no_grad()
+def init_missing(model: nn.Module, cfg: BeaconConfig, missing: set[str]) -> None:
+    """Initialise the beacon parameters named in `missing` from the base model."""
+    inner = model.model
+    if EMBED_NAME in missing:
+        config = model.config
+        token = config.bos_token_id if cfg.beacon_embed_init == "bos" else config.eos_token_id
+        if isinstance(token, (list, tuple)):
+            token = token[0]
+        if token is None:
+            raise ValueError(
+                f"beacon_embed_init={cfg.beacon_embed_init!r} but the model config has no"
+                f" {cfg.beacon_embed_init}_token_id: set it in config.json or choose the other init"
+            )
+        inner.beacon_embed_tokens.weight.copy_(inner.embed_tokens.weight[token][None])
+    for i, layer in enumerate(inner.layers):
+        attn = layer.self_attn
+        for p in cfg.beacon_param:
+            base, beacon = getattr(attn, f"{p}_proj"), getattr(attn, f"beacon_{p}_proj")
+            prefix = f"model.layers.{i}.self_attn.beacon_{p}_proj"
+            if f"{prefix}.weight" in missing:
+                beacon.weight.copy_(base.weight)
+            if beacon.bias is not None and f"{prefix}.bias" in missing:
+                beacon.bias.copy_(base.bias)
+
+
+def beacon_modules(parts: Parts, model: nn.Module, cfg: BeaconConfig) -> dict:
+    """Handles the forward pass needs: embedding weight and per-layer projection dicts."""
+    inner = model.model
+    layers = []
+    for layer in parts.layers:
+        attn = layer.self_attn
+        layers.append({p: getattr(attn, f"beacon_{p}_proj") for p in cfg.beacon_param})
+    return {"embed": inner.beacon_embed_tokens, "layers": layers}
