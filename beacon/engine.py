@@ -14,6 +14,7 @@ from torch import nn
 
 from .config import BeaconConfig
 from .families import Parts, model_parts
+from .fingerprint import fingerprint
 from .forward import run_chunk
 from .memory import Memory
 from .params import beacon_modules, beacon_parameters
@@ -57,6 +58,17 @@ class BeaconLM:
     @property
     def dtype(self) -> torch.dtype:
         return self.parts.embed_tokens.weight.dtype
+
+    def fingerprint(self) -> dict:
+        """What computes this model's memories (see beacon.fingerprint); cached after the first call.
+
+        Recomputed if the beacon weights change (training): the cache is keyed on their versions.
+        """
+        version = tuple(p._version for p in self.beacon_parameters())
+        if getattr(self, "_fingerprint_version", None) != version:
+            self._fingerprint = fingerprint(self.model, self.config, self.name_or_path)
+            self._fingerprint_version = version
+        return self._fingerprint
 
     def beacon_parameters(self) -> list[nn.Parameter]:
         """The trainable parameters (beacon embedding and projections)."""
