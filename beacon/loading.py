@@ -89,7 +89,13 @@ def _local_folder(name_or_path: str) -> Path:
         return path
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    try:
+        return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as err:  # offline, unknown repo, no access: say what was tried
+        raise ValueError(
+            f"{name_or_path!r} is not a local folder and could not be fetched from the Hugging Face hub"
+            f" ({type(err).__name__}: {err}); give a local model folder"
+        ) from err
 
 
 def load(

@@ -1,0 +1,275 @@
+"""BeaconLM on tiny random models: base equivalence, piece invariance, parallel windows, generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from beacon import Memory
+
+from .conftest import FAMILIES, load_tiny, tokens
+
+ATOL = 2e-5
+
+
+def all_logits(lm, ids, memory=None, pieces=None):
+    """Logits of every token, reading `ids` at once or in `pieces` (sizes); returns (memory, logits)."""
+    memory = memory if memory is not None else lm.new_memory(ids.shape[0])
+    out, at = [], 0
+    for n in pieces or [ids.shape[1]]:
+        memory, lg = lm.forward(ids[:, at : at + n], memory, logits="all")
+        out.append(lg)
+        at += n
+    assert at == ids.shape[1]
+    return memory, torch.cat(out, dim=1)
+
+
+def assert_same_memory(a: Memory, b: Memory, atol=ATOL):
+    assert a.state == b.state
+    ta, _ = a.export()
+    tb, _ = b.export()
+    for key in ("keys", "values"):
+        assert ta[key].shape == tb[key].shape
+        torch.testing.assert_close(ta[key], tb[key], atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_beacon_off_matches_plain_hf(family):
+    """Append mode within one window reads no beacons: logits equal the base model's."""
+    lm = load_tiny(family, beacon_pos="append", beacon_window=64, beacon_stride=64, beacon_ratio=[4])
+    ids = tokens(40, seed=1, batch=2)
+    _, ours = all_logits(lm, ids)
+    with torch.no_grad():
+        ref = lm.model(input_ids=ids).logits.float()
+    torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
+    # and in pieces (a KV-cache-like continuation)
+    _, pieces = all_logits(lm, ids, pieces=[1, 10, 29])
+    torch.testing.assert_close(pieces, ref, atol=ATOL, rtol=0)
+
+
+CONFIGS = [
+    (
+        "qwen2",
+        dict(beacon_pos="interleave", beacon_attn="full-coverage", beacon_ratio=[2, 4, 8], beacon_ratio_mix="sequence"),
+    ),
+    ("qwen3", dict(beacon_pos="interleave", beacon_attn="full-coverage", beacon_ratio=[4], beacon_sink_size=5)),
+    ("qwen2", dict(beacon_pos="interleave", beacon_attn="step-expansion", beacon_ratio=[2], beacon_attend_prev=False)),
+    ("llama", dict(beacon_pos="interleave", beacon_attn="segmentation", beacon_ratio=[4], beacon_attend_prev=False)),
+    ("mistral", dict(beacon_pos="append", beacon_attn="full-coverage", beacon_ratio=[4])),
+    ("llama", dict(beacon_pos="append", beacon_attn="step-expansion", beacon_ratio=[2], beacon_sink_size=3)),
+    ("qwen3", dict(beacon_pos="append", beacon_attn="segmentation", beacon_ratio=[4], beacon_attend_prev=False)),
+    ("mistral", dict(beacon_pos="append", beacon_attn="full-coverage", beacon_stride=8, beacon_ratio=[4])),
+    (
+        "llama",
+        dict(
+            beacon_pos="append",
+            beacon_attn="step-expansion",
+            beacon_stride=8,
+            beacon_ratio=[2, 8],
+            beacon_ratio_mix="step-random",
+            beacon_attend_prev=False,
+        ),
+    ),
+    (
+        "qwen2",
+        dict(
+            beacon_pos="append",
+            beacon_attn="segmentation",
+            beacon_stride=4,
+            beacon_ratio=[2],
+            beacon_sink_size=2,
+            beacon_param=["q", "k", "v", "o"],
+        ),
+    ),
+    (
+        "mistral",
+        dict(beacon_pos="append", beacon_attn="full-coverage", beacon_ratio=[0, 4], beacon_ratio_mix="sequence"),
+    ),
+    (
+        "qwen2",
+        dict(beacon_pos="interleave", beacon_attn="full-coverage", beacon_ratio=[0, 2], beacon_ratio_mix="sequence"),
+    ),
+    (
+        "llama",
+        dict(
+            beacon_pos="interleave",
+            beacon_attn="full-coverage",
+            beacon_ratio=[2, 4, 8],
+            beacon_ratio_mix="instance-random",
+            beacon_param=[],
+        ),
+    ),
+]
+IDS = [f"{f}-{c['beacon_pos']}-{c['beacon_attn']}-{c['beacon_ratio']}-{i}" for i, (f, c) in enumerate(CONFIGS)]
+
+
+@pytest.mark.parametrize("family, overrides", CONFIGS, ids=IDS)
+def test_pieces_of_any_size_give_the_same_memory_and_logits(family, overrides):
+    lm = load_tiny(family, **overrides)
+    ids = tokens(75, seed=2)
+    whole_mem, whole = all_logits(lm, ids)
+    pieces = [1, 1, 3, 16, 5, 1, 7, 20, 2, 19]
+    piece_mem, piece = all_logits(lm, ids, pieces=pieces)
+    torch.testing.assert_close(piece, whole, atol=ATOL, rtol=0)
+    assert_same_memory(piece_mem, whole_mem)
+    one_by_one_mem, one = all_logits(lm, ids, pieces=[1] * 75)
+    torch.testing.assert_close(one, whole, atol=ATOL, rtol=0)
+    assert_same_memory(one_by_one_mem, whole_mem)
+
+
+@pytest.mark.parametrize("family, overrides", [c for c in CONFIGS if c[1].get("beacon_stride", 16) == 16][:6])
+def test_parallel_windows_equal_sequential_windows(family, overrides):
+    seq = load_tiny(family, **overrides)
+    par = load_tiny(family, **overrides, beacon_parallel_window=3)
+    ids = tokens(90, seed=3)
+    mem_s, log_s = all_logits(seq, ids)
+    mem_p, log_p = all_logits(par, ids)
+    torch.testing.assert_close(log_p, log_s, atol=ATOL, rtol=0)
+    assert_same_memory(mem_p, mem_s)
+    mem_p2, log_p2 = all_logits(par, ids, pieces=[5, 40, 45])
+    torch.testing.assert_close(log_p2, log_s, atol=ATOL, rtol=0)
+    assert_same_memory(mem_p2, mem_s)
+
+
+def test_a_batch_reads_like_its_sequences_alone():
+    lm = load_tiny("qwen2", beacon_pos="interleave", beacon_ratio=[2], beacon_param=["q", "k", "v"])
+    ids = tokens(50, seed=4, batch=3)
+    mem, logits = all_logits(lm, ids)
+    for i in range(3):
+        mem_i, log_i = all_logits(lm, ids[i : i + 1])
+        torch.testing.assert_close(logits[i : i + 1], log_i, atol=ATOL, rtol=0)
+        torch.testing.assert_close(mem.keys[1][i : i + 1], mem_i.keys[1], atol=ATOL, rtol=0)
+
+
+def test_future_tokens_do_not_change_earlier_beacons():
+    """Step-expansion and segmentation: beacon j reads raw tokens up to the end of its chunk only."""
+    for attn in ("step-expansion", "segmentation"):
+        lm = load_tiny("llama", beacon_pos="append", beacon_attn=attn, beacon_ratio=[4], beacon_attend_prev=False)
+        a = tokens(16, seed=5)
+        b = a.clone()
+        b[0, 13] = (b[0, 13] + 1) % 250 + 3  # a token of the last chunk (raw 12..15)
+        ka, kb = lm.condense(a).keys[1], lm.condense(b).keys[1]  # (1, h_kv, 4 beacons, d)
+        torch.testing.assert_close(ka[:, :, :3], kb[:, :, :3], atol=ATOL, rtol=0)
+        assert (ka[:, :, 3] - kb[:, :, 3]).abs().max() > 1e-3
+    se = load_tiny(
+        "llama", beacon_pos="append", beacon_attn="step-expansion", beacon_ratio=[4], beacon_attend_prev=False
+    )
+    seg = load_tiny(
+        "llama", beacon_pos="append", beacon_attn="segmentation", beacon_ratio=[4], beacon_attend_prev=False
+    )
+    ids = tokens(16, seed=6)
+    assert (se.condense(ids).keys[1][:, :, 1:] - seg.condense(ids).keys[1][:, :, 1:]).abs().max() > 1e-3
+
+
+def test_stride_below_window_condenses_every_stride_and_keeps_the_overlap():
+    lm = load_tiny("mistral", beacon_pos="append", beacon_attn="full-coverage", beacon_stride=8, beacon_ratio=[4])
+    mem = lm.condense(tokens(40, seed=7))
+    # windows close at 16, 24, 32, 40: 4 windows x 8/4 beacons; the last 8 raw tokens stay raw
+    assert mem.sizes() == (0, 8, 8) and mem.state.n_windows == 4
+    nll = lm.nll(tokens(40, seed=7))
+    assert torch.isfinite(nll).all()
+
+
+def test_generate_forks_the_memory_and_is_repeatable():
+    lm = load_tiny("qwen2", beacon_pos="interleave", beacon_ratio=[2], beacon_param=["q", "k", "v"])
+    doc = tokens(45, seed=8)
+    mem = lm.condense(doc)
+    before, state = mem.export()[0], mem.state
+    q = tokens(6, seed=9)
+    first = lm.generate(q, memory=mem, max_new_tokens=20)
+    second = lm.generate(q, memory=mem, max_new_tokens=20)
+    assert torch.equal(first, second) and first.shape == (1, 20)
+    assert mem.state == state and torch.equal(mem.export()[0]["keys"], before["keys"])
+    # the same as reading document and question in one pass
+    assert torch.equal(lm.generate(torch.cat([doc, q], 1), max_new_tokens=20), first)
+    # sampling: seeded and repeatable; top_k=1 is greedy
+    s1 = lm.generate(q, memory=mem, max_new_tokens=12, do_sample=True, seed=3, temperature=1.5)
+    s2 = lm.generate(q, memory=mem, max_new_tokens=12, do_sample=True, seed=3, temperature=1.5)
+    s3 = lm.generate(q, memory=mem, max_new_tokens=12, do_sample=True, seed=4, temperature=1.5)
+    assert torch.equal(s1, s2) and not torch.equal(s1, s3)
+    k1 = lm.generate(q, memory=mem, max_new_tokens=12, do_sample=True, top_k=1, seed=5)
+    assert torch.equal(k1, first[:, :12])
+    p = lm.generate(q, memory=mem, max_new_tokens=12, do_sample=True, top_p=1e-6, seed=5)
+    assert torch.equal(p, first[:, :12])
+
+
+def test_generate_stops_at_eos_and_pads_finished_sequences():
+    lm = load_tiny("qwen2", beacon_pos="interleave", beacon_ratio=[2], beacon_param=["q", "k", "v"])
+    q = tokens(10, seed=10)
+    free = lm.generate(q, max_new_tokens=15)[0].tolist()
+    eos = free[4]
+    stopped = lm.generate(q, max_new_tokens=15, eos_token_id=eos)[0].tolist()
+    assert stopped == free[: free.index(eos) + 1]
+
+
+def test_export_and_import_continue_exactly():
+    lm = load_tiny("llama", beacon_pos="append", beacon_attn="step-expansion", beacon_ratio=[2], beacon_sink_size=3)
+    ids = tokens(70, seed=11)
+    mem = lm.condense(ids[:, :41])
+    tensors, meta = mem.export()
+    assert tensors["keys"].shape == (2, 1, 2, mem.state.size, 16)
+    back = Memory.from_export({k: v.clone() for k, v in tensors.items()}, meta)
+    _, a = lm.forward(ids[:, 41:], mem.fork(), logits="all")
+    _, b = lm.forward(ids[:, 41:], back, logits="all")
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    bad = dict(meta, version=99)
+    with pytest.raises(ValueError, match="version"):
+        Memory.from_export(tensors, bad)
+    broken = dict(tensors, keys=tensors["keys"][:, :, :, :-1])
+    with pytest.raises(ValueError, match="do not hold"):
+        Memory.from_export(broken, meta)
+
+
+def test_rope_cache_is_only_a_cache():
+    lm = load_tiny("qwen2", beacon_pos="interleave", beacon_ratio=[2], beacon_param=["q", "k", "v"])
+    ids = tokens(60, seed=12)
+    mem = lm.condense(ids[:, :37])
+    cold = mem.fork()
+    cold.rot_keys = None
+    _, a = lm.forward(ids[:, 37:], mem, logits="all")
+    _, b = lm.forward(ids[:, 37:], cold, logits="all")
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_nll_after_a_memory_equals_reading_everything():
+    lm = load_tiny("mistral", beacon_pos="append", beacon_ratio=[4], beacon_param=["q", "k", "v"])
+    doc, q = tokens(50, seed=13), tokens(20, seed=14)
+    whole = lm.nll(torch.cat([doc, q], 1))
+    after = lm.nll(q, memory=lm.condense(doc))
+    torch.testing.assert_close(after, whole[:, 50:], atol=ATOL, rtol=0)
+
+
+def test_concat_of_a_closed_memory_continues_as_reading_after_it():
+    lm = load_tiny("qwen2", beacon_pos="interleave", beacon_ratio=[4], beacon_param=["q", "k", "v"])
+    a, b = tokens(32, seed=15), tokens(21, seed=16)  # 32 = two whole windows: nothing left open
+    mem_a = lm.condense(a)
+    joined = Memory.concat([mem_a, lm.new_memory()])
+    _, direct = lm.forward(b, mem_a.fork(), logits="all")
+    _, via = lm.forward(b, joined, logits="all")
+    torch.testing.assert_close(via, direct, atol=ATOL, rtol=0)
+    # two documents with open windows: everything of the first becomes outer memory
+    mem_b = lm.condense(b)
+    both = Memory.concat([lm.condense(b), mem_b])
+    assert both.sizes() == (0, mem_b.state.size + mem_b.state.n_outer, mem_b.state.n_window)
+    assert both.n_tokens == 42
+    assert lm.generate(tokens(3, seed=17), memory=both, max_new_tokens=4).shape == (1, 4)
+
+
+def test_bad_input_is_refused_with_a_clear_error():
+    lm = load_tiny("qwen2", beacon_pos="interleave", beacon_ratio=[2], beacon_param=["q", "k", "v"])
+    with pytest.raises(ValueError, match="empty"):
+        lm.condense([])
+    with pytest.raises(ValueError, match="must lie in"):
+        lm.condense([5, 300])
+    with pytest.raises(ValueError, match="1-D or 2-D"):
+        lm.condense(torch.zeros(1, 2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer token ids"):
+        lm.condense(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="does not fit"):
+        lm.condense(tokens(5, batch=2), memory=lm.new_memory(1))
+    with pytest.raises(ValueError, match="logits"):
+        lm.forward([5, 6], logits="some")
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        lm.generate([5, 6], max_new_tokens=-1)
+    with pytest.raises(ValueError, match="temperature"):
+        lm.generate([5, 6], do_sample=True, temperature=0)
