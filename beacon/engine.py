@@ -49,6 +49,8 @@ class BeaconLM:
         self.name_or_path = name_or_path
         self.parts: Parts = model_parts(model)
         self._beacon = beacon_modules(self.parts, model, config)
+        # attention kernel choice (attention.MODES); "auto" picks the fastest exact one per pass
+        self.attn_mode = "auto"
 
     # ---- facts ---------------------------------------------------------------------------------
     @property
@@ -157,6 +159,7 @@ class BeaconLM:
                 ids,
                 logits=want,
                 checkpoint_layers=checkpoint_layers,
+                attn_mode=self.attn_mode,
             )
             if want == "all":
                 if on_logits is not None:

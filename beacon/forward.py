@@ -10,14 +10,14 @@ Memory tensors are replaced functionally (torch.cat), so the same code trains wi
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import BeaconConfig
 from .families import Parts, apply_rope, rope_cos_sin
 from .memory import Memory
-from .windows import Chunk, window_mask
+from .attention import AttnLayout, attend, plan_attention
+from .windows import Chunk
 
 
 def _project(base: nn.Linear, beacon: nn.Linear | None, h: torch.Tensor, n_raw: int) -> torch.Tensor:
@@ -49,7 +49,7 @@ def _layer(
     rope_rows: tuple[torch.Tensor, torch.Tensor],
     rope_window: tuple[torch.Tensor, torch.Tensor],
     rope_joined: tuple[torch.Tensor, torch.Tensor],
-    mask: torch.Tensor,
+    layout: AttnLayout,
     meta: dict[str, torch.Tensor],
     n_outer: int,
     n_raw: int,
@@ -69,15 +69,19 @@ def _layer(
     # window keys in slot order: cached W (from memory) then rows; copies are picked from them
     k_win = torch.cat([keys[:, :, n_outer:], k], dim=2)  # (b, h_kv, c + n, d), pre-RoPE
     v_win = torch.cat([values[:, :, n_outer:], v], dim=2)
-    copy_src = meta["copy_src"]
-    k_att = torch.cat([k_win, k_win[:, :, copy_src]], dim=2)  # (b, h_kv, k, d)
-    v_att = torch.cat([values[:, :, :n_outer], v_win, v_win[:, :, copy_src]], dim=2)  # (b, h_kv, m + k, d)
-    k_att = torch.cat([rot_outer, apply_rope(k_att, *rope_window)], dim=2)  # (b, h_kv, m + k, d)
+    order, copy_src = layout.col_order, meta["copy_src"]
+    k_cols = k_win if order is None else k_win[:, :, order]  # attention order (see attention.py)
+    v_cols = v_win if order is None else v_win[:, :, order]
+    k_att = torch.cat([k_cols, k_win[:, :, copy_src]], dim=2)  # (b, h_kv, k + p, d)
+    k_att = torch.cat([rot_outer, apply_rope(k_att, *rope_window)], dim=2)  # (b, h_kv, m + k + p, d)
+    v_att = torch.cat([values[:, :, :n_outer], v_cols, v_win[:, :, copy_src]], dim=2)
+    if layout.row_order is not None:
+        q = q[:, :, layout.row_order]
     q = apply_rope(q, *rope_rows)
 
-    out = F.scaled_dot_product_attention(
-        q, k_att, v_att, attn_mask=mask, scale=parts.scaling, enable_gqa=parts.n_heads != parts.n_kv_heads
-    )  # (b, h, n, d)
+    out = attend(q, k_att, v_att, layout, parts.scaling, parts.n_heads != parts.n_kv_heads)  # (b, h, n, d)
+    if layout.row_inverse is not None:
+        out = out[:, :, layout.row_inverse]
     out = out.transpose(1, 2).reshape(b, n, parts.n_heads * parts.head_dim)
     x = x + _project(attn.o_proj, beacon_proj.get("o"), out, n_raw)
     x = x + layer.mlp(layer.post_attention_layernorm(x))
@@ -103,19 +107,19 @@ def run_chunk(
     *,
     logits: str = "none",
     checkpoint_layers: bool = False,
+    attn_mode: str = "auto",
 ) -> torch.Tensor | None:
     """Run one chunk, update `memory` (tensors and state), and return raw-row logits if asked.
 
     input_ids: (b, n_call) tokens of the whole call, on the model's device.
     logits: "all" -> (b, n_raw, vocab) float32, "last" -> (b, 1, vocab), "none" -> None.
     """
-    device, dtype = memory.device, memory.dtype
+    device = memory.device
     ensure_rot(parts, memory)
     meta = chunk.device_meta(device)
     n_outer, n_cached, n_raw = chunk.n_outer, chunk.n_cached, chunk.n_raw
 
-    w_mask = window_mask(cfg, meta, n_cached)  # (n, k)
-    mask = torch.cat([w_mask.new_ones(w_mask.shape[0], n_outer), w_mask], dim=1)  # (n, m + k)
+    layout = plan_attention(cfg, chunk, meta, attn_mode)
 
     # embeddings: raw rows read the call's tokens, beacon rows the beacon embedding
     x = parts.embed_tokens(input_ids[:, chunk.token_from : chunk.token_to])  # (b, n_raw, hidden)
@@ -124,11 +128,13 @@ def run_chunk(
         b_emb = beacon["embed"].weight[0].to(x.dtype)
         x = torch.cat([x, b_emb.expand(x.shape[0], n_beacons, -1)], dim=1)  # (b, n, hidden)
 
-    pos = meta["pos"]
-    rope_rows = rope_cos_sin(parts, pos[n_cached:], x.to(dtype))
-    rope_window = rope_cos_sin(parts, torch.cat([pos, meta["copy_pos"]]), x.to(dtype))
+    pos = meta["pos"]  # window columns (cached + rows) in slot order
+    row_pos = pos[n_cached:] if layout.row_order is None else pos[n_cached:][layout.row_order]
+    col_pos = pos if layout.col_order is None else pos[layout.col_order]
+    rope_rows = rope_cos_sin(parts, row_pos, x)
+    rope_window = rope_cos_sin(parts, torch.cat([col_pos, meta["copy_pos"]]), x)
     joined_pos = torch.arange(n_outer, n_outer + chunk.n_joined, device=device)
-    rope_joined = rope_cos_sin(parts, joined_pos, x.to(dtype))
+    rope_joined = rope_cos_sin(parts, joined_pos, x)
 
     new_keys, new_values, new_rot = [], [], []
     for i, layer in enumerate(parts.layers):
@@ -144,7 +150,7 @@ def run_chunk(
             rope_rows,
             rope_window,
             rope_joined,
-            mask,
+            layout,
             meta,
             n_outer,
             n_raw,

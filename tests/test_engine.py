@@ -273,3 +273,25 @@ def test_bad_input_is_refused_with_a_clear_error():
         lm.generate([5, 6], max_new_tokens=-1)
     with pytest.raises(ValueError, match="temperature"):
         lm.generate([5, 6], do_sample=True, temperature=0)
+
+
+@pytest.mark.parametrize("family, overrides", [c for c in CONFIGS if c[1].get("beacon_stride", 16) == 16][:8])
+def test_attention_modes_compute_the_same_function(family, overrides):
+    """auto (flash-able causal/split layouts) == dense boolean mask, reading at once and in pieces."""
+    lm = load_tiny(family, **overrides)
+    ids = tokens(70, seed=18)
+    results = {}
+    for mode in ("dense", "auto"):
+        lm.attn_mode = mode
+        try:
+            results[mode] = all_logits(lm, ids, pieces=[9, 1, 30, 30])
+        finally:
+            lm.attn_mode = "auto"
+    torch.testing.assert_close(results["auto"][1], results["dense"][1], atol=ATOL, rtol=0)
+    assert_same_memory(results["auto"][0], results["dense"][0])
+    with pytest.raises(ValueError, match="attention mode"):
+        lm.attn_mode = "flashy"
+        try:
+            lm.condense(ids)
+        finally:
+            lm.attn_mode = "auto"
