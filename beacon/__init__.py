@@ -10,10 +10,10 @@ Public API:
 
 from .config import BeaconConfig
 from .engine import BeaconLM
-from .loading import load, save_pretrained
+from .loading import from_hf, load, save_pretrained
 from .memory import Memory
 from .windows import WindowState
 
 __version__ = "0.1.0"
 
-__all__ = ["BeaconConfig", "BeaconLM", "Memory", "WindowState", "load", "save_pretrained", "__version__"]
+__all__ = ["BeaconConfig", "BeaconLM", "Memory", "WindowState", "from_hf", "load", "save_pretrained", "__version__"]

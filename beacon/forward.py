@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .attention import AttnLayout, attend, plan_attention
 from .config import BeaconConfig
 from .families import Parts, apply_rope, rope_cos_sin
 from .memory import Memory
-from .attention import AttnLayout, attend, plan_attention
 from .windows import Chunk
 
 

@@ -125,9 +125,30 @@ def load(
             folder, config=hf_config, dtype=torch_dtype, trust_remote_code=False
         )
     model.to(device)
+    lm = from_hf(model, cfg, stored=_read_beacon_weights(folder), name=str(name_or_path))
+    if tokenizer and any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        lm.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    return lm
+
+
+def from_hf(
+    model: torch.nn.Module,
+    config: BeaconConfig | None = None,
+    *,
+    stored: dict[str, torch.Tensor] | None = None,
+    name: str = "",
+    tokenizer=None,
+    **beacon_overrides,
+) -> BeaconLM:
+    """Wrap an in-memory HF causal LM: attach beacon weights (`stored` ones, the rest initialised
+    from the base), freeze the base, and return a BeaconLM. `config` defaults to the beacon_*
+    fields of model.config plus `beacon_overrides`.
+    """
+    family_of(model.config.model_type)
+    cfg = config or BeaconConfig.from_dict(vars(model.config) | model.config.to_dict(), **beacon_overrides)
     model.eval()
     names = set(add_beacon_modules(model, cfg))
-    stored = _read_beacon_weights(folder)
+    stored = dict(stored or {})
     unused = sorted(k for k in stored if k not in names)
     if unused:
         logger.warning(
@@ -147,10 +168,7 @@ def load(
     freeze_base(model)
     for key, value in cfg.to_dict().items():  # so save_pretrained writes the settings in use
         setattr(model.config, key, value)
-    tok = None
-    if tokenizer and any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    return BeaconLM(model, cfg, tok, name_or_path=str(name_or_path))
+    return BeaconLM(model, cfg, tokenizer, name_or_path=name)
 
 
 def save_pretrained(lm: BeaconLM, path: str | os.PathLike) -> None:

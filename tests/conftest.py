@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,11 @@ import beacon
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "tiny"
 FAMILIES = ["qwen2", "llama", "mistral", "qwen3"]
+# BEACON_TEST_DEVICE=cuda runs the engine tests on a GPU (float32, TF32 off) — see docs/gpu.md
+DEVICE = os.environ.get("BEACON_TEST_DEVICE", "cpu")
+if DEVICE == "cuda":
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -39,7 +45,7 @@ def load_tiny(family: str, **overrides) -> beacon.BeaconLM:
     """A tiny model with beacon overrides (cached: tests must not mutate it)."""
     key = (family, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in overrides.items())))
     if key not in _CACHE:
-        _CACHE[key] = beacon.load(tiny_path(family), **overrides)
+        _CACHE[key] = beacon.load(tiny_path(family), device=DEVICE, **overrides)
     return _CACHE[key]
 
 

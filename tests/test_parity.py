@@ -15,7 +15,7 @@ import torch
 
 import beacon
 
-from .conftest import FIXTURES, patched_checkpoint, tiny_path
+from .conftest import DEVICE, FIXTURES, patched_checkpoint, tiny_path
 
 sys.path.insert(0, str(Path(__file__).parent / "parity"))
 import cases  # noqa: E402
@@ -32,7 +32,7 @@ def _load(case: dict, tmp: Path) -> beacon.BeaconLM:
     folder = tiny_path(case["family"])
     if case.get("hf_config"):
         folder = patched_checkpoint(tmp / case["name"], case["family"], **case["hf_config"])
-    return beacon.load(folder, **case["beacon"])
+    return beacon.load(folder, device=DEVICE, **case["beacon"])
 
 
 def test_golden_file_records_its_provenance():
@@ -48,7 +48,7 @@ def test_matches_reference(index, tmp_module):
     lm = _load(case, tmp_module)
     ids = torch.tensor([cases.token_ids(index, cases.NLL_LEN)])
 
-    nll = lm.nll(ids)[0]
+    nll = lm.nll(ids)[0].cpu()
     ref = torch.tensor(gold["nll"])
     assert nll.shape == ref.shape
     assert (nll - ref).abs().max().item() < 1e-4
@@ -58,7 +58,7 @@ def test_matches_reference(index, tmp_module):
     memory = lm.condense(prompt)
     assert list(memory.sizes()) == gold["sizes_after_prompt"]
 
-    new = lm.generate(prompt, max_new_tokens=cases.NEW_TOKENS)[0].tolist()
+    new = lm.generate(prompt, max_new_tokens=cases.NEW_TOKENS)[0].cpu().tolist()
     assert new == gold["tokens"]  # generation crosses window boundaries at 64 and 80
     read = torch.cat([prompt, torch.tensor([new[:-1]])], dim=1)  # the last token is never read
     assert list(lm.condense(read).sizes()) == gold["sizes_after_generate"]

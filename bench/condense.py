@@ -1,0 +1,193 @@
+"""Condense throughput and peak memory: beacon vs. plain full-attention prefill vs. the official code.
+
+    python -m bench.condense --shapes qwen2-1.5b --lengths 8192,32768 --ratios 8 --prefill \
+        [--official-src PATH --official-site PATH] --out docs/results/condense.json
+
+Random bf16 weights, batch 1, SDPA. Tokens/s = document tokens / wall seconds of one call
+(CUDA synchronised), after a warm-up call. The official implementation runs in a subprocess with
+its own transformers (4.44) on PYTHONPATH: see bench/official_condense.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import beacon
+
+from .shapes import environment, random_model
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn) -> tuple[float, float]:
+    """(seconds, peak GiB allocated) of one call."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    _sync()
+    t0 = time.perf_counter()
+    fn()
+    _sync()
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+    return seconds, peak
+
+
+def prefill_run(model, length: int, device: str) -> dict:
+    ids = torch.randint(0, 150_000, (1, length), device=device)
+    with torch.no_grad():
+        model(input_ids=ids[:, :1024], logits_to_keep=1, use_cache=True)  # warm-up
+        seconds, peak = timed(lambda: model(input_ids=ids, logits_to_keep=1, use_cache=True))
+    return {"kind": "prefill", "length": length, "seconds": seconds, "tok_s": length / seconds, "peak_gib": peak}
+
+
+def beacon_run(lm, length: int, ratio: int, device: str) -> dict:
+    lm.config = lm.config.replace(beacon_ratio=[ratio])
+    ids = torch.randint(0, 150_000, (1, length), device=device)
+    lm.condense(ids[:, : 2 * lm.config.beacon_window + 100])  # warm-up
+    holder = {}
+    seconds, peak = timed(lambda: holder.setdefault("m", lm.condense(ids)))
+    mem = holder["m"]
+    return {
+        "kind": "beacon",
+        "length": length,
+        "ratio": ratio,
+        "seconds": seconds,
+        "tok_s": length / seconds,
+        "peak_gib": peak,
+        "memory_entries": mem.state.size,
+        "memory_gib": mem.nbytes() / 2**30,
+        "attn_mode": lm.attn_mode,
+    }
+
+
+def official_runs(args, shape: str) -> list[dict]:
+    """Run bench/official_condense.py in a subprocess with the reference's transformers."""
+    out = Path(args.out).with_suffix(f".official-{shape}.json")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([args.official_site, os.getcwd()]))
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.official_condense",
+        "--src",
+        args.official_src,
+        "--shape",
+        shape,
+        "--lengths",
+        args.lengths,
+        "--ratios",
+        args.ratios,
+        "--window",
+        str(args.window),
+        "--pos",
+        args.pos,
+        "--attn",
+        args.attn,
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return [{"kind": "official", "error": proc.stderr[-3000:]}]
+    return json.loads(out.read_text())["runs"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="qwen2-1.5b")
+    p.add_argument("--lengths", default="8192,32768,131072")
+    p.add_argument("--ratios", default="2,8,32")
+    p.add_argument("--window", type=int, default=2048)
+    p.add_argument("--pos", default="interleave")
+    p.add_argument("--attn", default="full-coverage")
+    p.add_argument("--attn-mode", default="auto", help="beacon attention kernel layout (attention.MODES)")
+    p.add_argument("--parallel-window", type=int, default=1)
+    p.add_argument("--prefill", action="store_true", help="also time plain full-attention prefill")
+    p.add_argument("--official-src", default="", help="path of the official src/ folder (optional)")
+    p.add_argument("--official-site", default="", help="site dir holding transformers 4.44 for the official run")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--out", default="docs/results/condense.json")
+    args = p.parse_args()
+    lengths = [int(x) for x in args.lengths.split(",")]
+    ratios = [int(x) for x in args.ratios.split(",")]
+    result = {
+        "command": " ".join(["python -m bench.condense"] + sys.argv[1:]),
+        "env": environment(),
+        "settings": vars(args),
+        "runs": [],
+    }
+
+    def record(run: dict) -> None:
+        result["runs"].append(run)
+        print(json.dumps(run), flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+    for shape in args.shapes.split(","):
+        model = random_model(shape, device=args.device)
+        if args.prefill:
+            for length in lengths:
+                try:
+                    record({"shape": shape, **prefill_run(model, length, args.device)})
+                except torch.OutOfMemoryError as err:
+                    record({"shape": shape, "kind": "prefill", "length": length, "error": f"OOM: {err}"[:300]})
+        lm = beacon.from_hf(
+            model,
+            beacon_window=args.window,
+            beacon_stride=args.window,
+            beacon_ratio=[ratios[0]],
+            beacon_pos=args.pos,
+            beacon_attn=args.attn,
+            beacon_param=["q", "k", "v"],
+            beacon_attend_prev=args.attn == "full-coverage",
+            beacon_parallel_window=args.parallel_window,
+        )
+        lm.attn_mode = args.attn_mode
+        for ratio in ratios:
+            for length in lengths:
+                record({"shape": shape, **beacon_run(lm, length, ratio, args.device)})
+        del lm, model
+        gc.collect()
+        torch.cuda.empty_cache()
+        if args.official_src:
+            for run in official_runs(args, shape):
+                record({"shape": shape, **run})
+    print_table(result["runs"])
+
+
+def print_table(runs: list[dict]) -> None:
+    prefill = {(r["shape"], r["length"]): r["tok_s"] for r in runs if r.get("kind") == "prefill" and "tok_s" in r}
+    official = {
+        (r["shape"], r["length"], r["ratio"]): r["tok_s"] for r in runs if r.get("kind") == "official" and "tok_s" in r
+    }
+    print(
+        f"{'shape':<11} {'tokens':>7} {'ratio':>5} {'beacon tok/s':>12} {'peak GiB':>8} {'prefill':>9} "
+        f"{'x prefill':>9} {'official':>9} {'x official':>10}"
+    )
+    for r in runs:
+        if r.get("kind") != "beacon":
+            continue
+        key = (r["shape"], r["length"])
+        pre, off = prefill.get(key), official.get(key + (r["ratio"],))
+        print(
+            f"{r['shape']:<11} {r['length']:>7} {r['ratio']:>5} {r['tok_s']:>12,.0f} {r['peak_gib']:>8.1f} "
+            f"{pre or float('nan'):>9,.0f} {(r['tok_s'] / pre) if pre else float('nan'):>9.2f} "
+            f"{off or float('nan'):>9,.0f} {(r['tok_s'] / off) if off else float('nan'):>10.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

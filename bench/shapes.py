@@ -1,0 +1,78 @@
+"""Model shapes used by the benchmarks (random weights: speed does not depend on their values)."""
+
+from __future__ import annotations
+
+import torch
+
+SHAPES: dict[str, dict] = {
+    # Qwen2-1.5B and Qwen2-7B config.json values (architecture only)
+    "qwen2-1.5b": dict(
+        vocab_size=151936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    ),
+    "qwen2-7b": dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        tie_word_embeddings=False,
+    ),
+    # for CPU smoke runs of the benchmark scripts
+    "tiny": dict(
+        vocab_size=151936,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    ),
+}
+COMMON = dict(
+    max_position_embeddings=131072,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6,
+    hidden_act="silu",
+    bos_token_id=151643,
+    eos_token_id=151645,
+    use_sliding_window=False,
+)
+
+
+def hf_config(shape: str, **extra):
+    from transformers import Qwen2Config
+
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; known: {sorted(SHAPES)}")
+    return Qwen2Config(**COMMON, **SHAPES[shape], **extra)
+
+
+def random_model(shape: str, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, attn: str = "sdpa"):
+    """A Qwen2ForCausalLM of `shape` with random weights, built directly on `device`."""
+    from transformers import Qwen2ForCausalLM
+
+    config = hf_config(shape)
+    config._attn_implementation = attn
+    with torch.device(device):
+        model = Qwen2ForCausalLM._from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def environment() -> dict:
+    """Versions and device, recorded next to every result."""
+    import platform
+
+    import transformers
+
+    info = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
