@@ -23,7 +23,7 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ class TrainConfig:
 
     # beacon settings; None keeps the checkpoint's (beacon_param: its own, else q,k,v as officially)
     beacon_window: int | None = None  # raw tokens per window
-    beacon_stride: int | None = None  # window step (< window needs beacon_pos='append')
+    beacon_stride: int | None = None  # window step (default: the window; < window needs pos 'append')
     beacon_ratio: list[int] | None = None  # candidate ratios, e.g. [2, 4, 8, 16, 32]
     beacon_ratio_mix: str = "step-random"  # official training mix: a ratio drawn per window
     beacon_param: list[str] | None = None  # projections with beacon weights
@@ -120,6 +120,8 @@ class TrainConfig:
     def beacon_overrides(self) -> dict[str, Any]:
         names = ("window", "stride", "ratio", "ratio_mix", "param", "attn", "pos", "sink_size")
         found = {f"beacon_{n}": getattr(self, f"beacon_{n}") for n in names}
+        if self.beacon_window is not None and self.beacon_stride is None:
+            found["beacon_stride"] = self.beacon_window  # a new window moves by itself unless told
         return {k: v for k, v in found.items() if v is not None}
 
     def to_dict(self) -> dict[str, Any]:
@@ -289,9 +291,7 @@ def train(cfg: TrainConfig, *, on_log: Callable[[dict], None] | None = None) -> 
     params = lm.beacon_parameters()
     for p in params:
         p.data = p.data.float()
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
-    )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
 
     # ---- data ----------------------------------------------------------------------------------
     tok = _tokenizer(cfg, lm)
@@ -366,7 +366,7 @@ def train(cfg: TrainConfig, *, on_log: Callable[[dict], None] | None = None) -> 
             k = state["position"] + micro * world + rank  # this rank's global micro-batch index
             ids, labels, n_tok = collate([examples[i] for i in plan[k]], pad_id)
             sync = world == 1 or micro == cfg.grad_accum - 1
-            with (nullcontext() if sync else step_fn.no_sync()), autocast:
+            with nullcontext() if sync else step_fn.no_sync(), autocast:
                 loss, _ = step_fn(ids.to(device), labels.to(device), _ratio_seed(cfg.seed, k))
             (loss / cfg.grad_accum).backward()
             step_loss += loss.detach() / cfg.grad_accum
@@ -412,7 +412,9 @@ def train(cfg: TrainConfig, *, on_log: Callable[[dict], None] | None = None) -> 
         state["elapsed_s"] = elapsed
         save_now = cfg.save_every and state["step"] % cfg.save_every == 0
         if rank == 0 and (save_now or last or over_time):
+            t0 = time.perf_counter()
             _save_checkpoint(lm, opt, state, out, cfg, dtype)
+            log_t0 += time.perf_counter() - t0  # tokens/s counts training time only
         if over_time and not last:
             reason = "time_budget"
             break

@@ -33,5 +33,9 @@ def info(model: str, as_json: bool) -> None:
         click.echo(f"{key:>22}: {value}")
 
 
+from beacon_cli.train_cmd import train  # noqa: E402
+
+main.add_command(train)
+
 if __name__ == "__main__":
     main()
