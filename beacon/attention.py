@@ -30,25 +30,30 @@ MODES = ("auto", "causal", "split", "dense")
 
 @dataclass
 class AttnLayout:
-    """How one chunk's attention is computed (shared by all layers of the pass)."""
+    """How one chunk's attention is computed (shared by all layers of the pass).
+
+    Built in two halves: `plan_attention` decides on the host (index vectors in `host`), then
+    `finish_layout` takes those vectors moved to the device and builds any mask there.
+    """
 
     mode: str
     n_outer: int
     n_window: int  # c + n window columns (copies excluded)
-    row_order: torch.Tensor | None  # (n,) rows in attention order (None: slot order)
-    row_inverse: torch.Tensor | None  # (n,) back to slot order
-    col_order: torch.Tensor | None  # (c + n,) window columns in attention order (None: as stored)
-    n_prefix_rows: int  # split: rows [0, n_prefix_rows) attend the causal prefix
-    n_prefix_keys: int  # split: ... of this many keys (O included)
-    mask: torch.Tensor | None  # dense: (n, m + k + p) bool; split: (n - n_prefix_rows, m + k + p)
+    n_prefix_rows: int  # causal/split: rows [0, n_prefix_rows) attend the causal prefix
+    n_prefix_keys: int  # ... of this many keys (O included)
+    host: dict[str, torch.Tensor]  # index vectors to move with the chunk's metadata
+    row_order: torch.Tensor | None = None  # (n,) rows in attention order (None: slot order)
+    row_inverse: torch.Tensor | None = None  # (n,) back to slot order
+    col_order: torch.Tensor | None = None  # (c + n,) window columns in attention order
+    mask: torch.Tensor | None = None  # dense: (n, m + k + p) bool; split: (n - n_prefix_rows, m + k + p)
 
 
 def _maybe(order: torch.Tensor) -> torch.Tensor | None:
     return None if torch.equal(order, torch.arange(order.shape[0])) else order
 
 
-def plan_attention(cfg: BeaconConfig, chunk: Chunk, meta: dict[str, torch.Tensor], mode: str = "auto") -> AttnLayout:
-    """Choose the mode and orders for `chunk`; index tensors end up on meta's device."""
+def plan_attention(cfg: BeaconConfig, chunk: Chunk, mode: str = "auto") -> AttnLayout:
+    """Choose the mode and the row/column orders for `chunk` (host side, no device work)."""
     if mode not in MODES:
         raise ValueError(f"attention mode {mode!r}: choose one of {MODES}")
     single = len(chunk.steps) == 1
@@ -58,44 +63,43 @@ def plan_attention(cfg: BeaconConfig, chunk: Chunk, meta: dict[str, torch.Tensor
         raise ValueError(f"attention mode {mode!r} needs one window per pass (beacon_parallel_window=1)")
     if mode == "causal" and cfg.beacon_attn != "full-coverage":
         raise ValueError("attention mode 'causal' is exact only for beacon_attn='full-coverage'")
-    device = meta["pos"].device
     c, n, m = chunk.n_cached, chunk.n_rows, chunk.n_outer
-    rows_e = chunk.cols.e[c:]
     if mode == "dense":
-        mask = torch.cat([torch.ones(n, m, dtype=torch.bool, device=device), window_mask(cfg, meta, c)], dim=1)
-        return AttnLayout("dense", m, c + n, None, None, None, 0, 0, mask)
+        return AttnLayout("dense", m, c + n, 0, 0, {})
     if mode == "causal":  # reading order = order of the logical index e (cached entries already are)
-        row_order = torch.argsort(rows_e)
-        order = _maybe(row_order)
-        col_order = None if order is None else torch.cat([torch.arange(c), c + row_order])
-        return AttnLayout(
-            "causal", m, c + n, *_to(device, order, _inverse(order), col_order), n_prefix_rows=n,
-            n_prefix_keys=m + c + n, mask=None,
-        )
+        order = _maybe(torch.argsort(chunk.cols.e[c:]))
+        host = {}
+        if order is not None:
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(n)
+            host = {
+                "att_row_order": order,
+                "att_row_inverse": inverse,
+                "att_col_order": torch.cat([torch.arange(c), c + order]),
+            }
+        return AttnLayout("causal", m, c + n, n, m + c + n, host)
     # split: raw columns first (cached raws, raw rows), then beacon columns (cached, rows)
     beacon = chunk.cols.beacon
-    col_order = torch.cat([torch.nonzero(beacon == 0).flatten(), torch.nonzero(beacon == 1).flatten()])
+    col_order = torch.argsort(beacon, stable=True)
     n_raw_cols = int((beacon == 0).sum())
-    col = _maybe(col_order)
+    host = {"att_mask_cols": torch.cat([torch.arange(m), m + col_order, m + c + n + torch.arange(chunk.n_copies)])}
+    if _maybe(col_order) is not None:
+        host["att_col_order"] = col_order
+    return AttnLayout("split", m, c + n, chunk.n_raw, m + n_raw_cols, host)
+
+
+def finish_layout(cfg: BeaconConfig, layout: AttnLayout, chunk: Chunk, meta: dict[str, torch.Tensor]) -> AttnLayout:
+    """Attach the moved index vectors and build masks on meta's device."""
+    layout.row_order = meta.get("att_row_order")
+    layout.row_inverse = meta.get("att_row_inverse")
+    layout.col_order = meta.get("att_col_order")
+    if layout.mode == "causal":
+        return layout
+    c, n, m = chunk.n_cached, chunk.n_rows, chunk.n_outer
+    device = meta["pos"].device
     full = torch.cat([torch.ones(n, m, dtype=torch.bool, device=device), window_mask(cfg, meta, c)], dim=1)
-    col_dev = torch.cat([torch.arange(m), m + col_order, m + c + n + torch.arange(chunk.n_copies)]).to(device)
-    beacon_mask = full[chunk.n_raw :][:, col_dev]
-    return AttnLayout(
-        "split", m, c + n, None, None, *_to(device, col), n_prefix_rows=chunk.n_raw,
-        n_prefix_keys=m + n_raw_cols, mask=beacon_mask,
-    )
-
-
-def _inverse(order: torch.Tensor | None) -> torch.Tensor | None:
-    if order is None:
-        return None
-    inv = torch.empty_like(order)
-    inv[order] = torch.arange(order.shape[0])
-    return inv
-
-
-def _to(device: torch.device, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
-    return [None if t is None else t.to(device, non_blocking=True) for t in tensors]
+    layout.mask = full if layout.mode == "dense" else full[chunk.n_raw :][:, meta["att_mask_cols"]]
+    return layout
 
 
 def attend(
@@ -110,10 +114,8 @@ def attend(
         return F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask, scale=scale, enable_gqa=gqa)
     n_rows, n_keys = layout.n_prefix_rows, layout.n_prefix_keys
     qp, kp, vp = q[:, :, :n_rows], k[:, :, :n_keys], v[:, :, :n_keys]
-    if gqa:  # the lower-right causal kernels want equal head counts
-        rep = q.shape[1] // k.shape[1]
-        kp, vp = kp.repeat_interleave(rep, dim=1), vp.repeat_interleave(rep, dim=1)
-    out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=causal_lower_right(n_rows, n_keys), scale=scale)
+    bias = causal_lower_right(n_rows, n_keys)  # flash kernel on CUDA (GQA native)
+    out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=bias, scale=scale, enable_gqa=gqa)
     if layout.mode == "causal":
         return out
     rest = F.scaled_dot_product_attention(

@@ -18,6 +18,7 @@ from .fingerprint import fingerprint
 from .forward import run_chunk
 from .memory import Memory
 from .params import beacon_modules, beacon_parameters
+from .staging import Stager
 from .windows import build_chunk, group_steps, plan_steps
 
 TokenInput = torch.Tensor | Sequence[int] | Sequence[Sequence[int]]
@@ -51,6 +52,7 @@ class BeaconLM:
         self._beacon = beacon_modules(self.parts, model, config)
         # attention kernel choice (attention.MODES); "auto" picks the fastest exact one per pass
         self.attn_mode = "auto"
+        self._stager = Stager(self.device)
 
     # ---- facts ---------------------------------------------------------------------------------
     @property
@@ -130,6 +132,8 @@ class BeaconLM:
             raise ValueError(
                 f"token ids must lie in [0, {self.parts.vocab_size}); got {int(ids.min())}..{int(ids.max())}"
             )
+        if self._stager.device != self.device:  # the model moved
+            self._stager = Stager(self.device)
         known = None if expected_length is None else max(expected_length, memory.n_tokens + ids.shape[1])
         steps = plan_steps(
             self.config,
@@ -160,6 +164,7 @@ class BeaconLM:
                 logits=want,
                 checkpoint_layers=checkpoint_layers,
                 attn_mode=self.attn_mode,
+                stager=self._stager,
             )
             if want == "all":
                 if on_logits is not None:

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import AttnLayout, attend, plan_attention
+from .attention import AttnLayout, attend, finish_layout, plan_attention
 from .config import BeaconConfig
 from .families import Parts, apply_rope, rope_cos_sin
 from .memory import Memory
+from .staging import Stager
 from .windows import Chunk
 
 
@@ -54,21 +55,79 @@ def _layer(
     n_outer: int,
     n_raw: int,
     n_joined: int,
+    need_output: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One decoder layer over the chunk's rows. Returns (x, new keys, new values, new O rot keys)."""
+    """One decoder layer over the chunk's rows. Returns (x, new keys, new values, new O rot keys).
+
+    need_output=False (the last layer when no logits are wanted) computes only the layer's keys
+    and values — all a memory keeps — and returns x unchanged.
+    """
     b, n, _ = x.shape
     attn = layer.self_attn
     h = layer.input_layernorm(x)
-    q = _project(attn.q_proj, beacon_proj.get("q"), h, n_raw).view(b, n, parts.n_heads, parts.head_dim)
     k = _project(attn.k_proj, beacon_proj.get("k"), h, n_raw).view(b, n, parts.n_kv_heads, parts.head_dim)
     v = _project(attn.v_proj, beacon_proj.get("v"), h, n_raw).view(b, n, parts.n_kv_heads, parts.head_dim)
     if parts.family.qk_norm:
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (b, h|h_kv, n, d)
+        k = attn.k_norm(k)
+    k, v = k.transpose(1, 2), v.transpose(1, 2)  # (b, h_kv, n, d)
 
     # window keys in slot order: cached W (from memory) then rows; copies are picked from them
     k_win = torch.cat([keys[:, :, n_outer:], k], dim=2)  # (b, h_kv, c + n, d), pre-RoPE
     v_win = torch.cat([values[:, :, n_outer:], v], dim=2)
+    if need_output:
+        x = _attend_and_mlp(
+            parts,
+            layer,
+            beacon_proj,
+            x,
+            h,
+            k_win,
+            v_win,
+            values,
+            rot_outer,
+            rope_rows,
+            rope_window,
+            layout,
+            meta,
+            n_outer,
+            n_raw,
+        )
+
+    # memory after the pass: [O | joiners | carried W]
+    compact = meta["compact_src"]
+    new_keys = torch.cat([keys[:, :, :n_outer], k_win[:, :, compact]], dim=2)
+    new_values = torch.cat([values[:, :, :n_outer], v_win[:, :, compact]], dim=2)
+    new_rot = rot_outer
+    if n_joined:
+        joined = k_win[:, :, compact[:n_joined]]
+        new_rot = torch.cat([rot_outer, apply_rope(joined, *rope_joined)], dim=2)
+    return x, new_keys, new_values, new_rot
+
+
+def _attend_and_mlp(
+    parts: Parts,
+    layer: nn.Module,
+    beacon_proj: dict[str, nn.Linear],
+    x: torch.Tensor,
+    h: torch.Tensor,
+    k_win: torch.Tensor,
+    v_win: torch.Tensor,
+    values: torch.Tensor,
+    rot_outer: torch.Tensor,
+    rope_rows: tuple[torch.Tensor, torch.Tensor],
+    rope_window: tuple[torch.Tensor, torch.Tensor],
+    layout: AttnLayout,
+    meta: dict[str, torch.Tensor],
+    n_outer: int,
+    n_raw: int,
+) -> torch.Tensor:
+    """The rest of the layer: queries, attention over [O | window | copies], o_proj, MLP."""
+    b, n, _ = x.shape
+    attn = layer.self_attn
+    q = _project(attn.q_proj, beacon_proj.get("q"), h, n_raw).view(b, n, parts.n_heads, parts.head_dim)
+    if parts.family.qk_norm:
+        q = attn.q_norm(q)
+    q = q.transpose(1, 2)  # (b, h, n, d)
     order, copy_src = layout.col_order, meta["copy_src"]
     k_cols = k_win if order is None else k_win[:, :, order]  # attention order (see attention.py)
     v_cols = v_win if order is None else v_win[:, :, order]
@@ -84,17 +143,7 @@ def _layer(
         out = out[:, :, layout.row_inverse]
     out = out.transpose(1, 2).reshape(b, n, parts.n_heads * parts.head_dim)
     x = x + _project(attn.o_proj, beacon_proj.get("o"), out, n_raw)
-    x = x + layer.mlp(layer.post_attention_layernorm(x))
-
-    # memory after the pass: [O | joiners | carried W]
-    compact = meta["compact_src"]
-    new_keys = torch.cat([keys[:, :, :n_outer], k_win[:, :, compact]], dim=2)
-    new_values = torch.cat([values[:, :, :n_outer], v_win[:, :, compact]], dim=2)
-    new_rot = rot_outer
-    if n_joined:
-        joined = k_win[:, :, compact[:n_joined]]
-        new_rot = torch.cat([rot_outer, apply_rope(joined, *rope_joined)], dim=2)
-    return x, new_keys, new_values, new_rot
+    return x + layer.mlp(layer.post_attention_layernorm(x))
 
 
 def run_chunk(
@@ -108,6 +157,7 @@ def run_chunk(
     logits: str = "none",
     checkpoint_layers: bool = False,
     attn_mode: str = "auto",
+    stager: Stager | None = None,
 ) -> torch.Tensor | None:
     """Run one chunk, update `memory` (tensors and state), and return raw-row logits if asked.
 
@@ -116,10 +166,10 @@ def run_chunk(
     """
     device = memory.device
     ensure_rot(parts, memory)
-    meta = chunk.device_meta(device)
+    layout = plan_attention(cfg, chunk, attn_mode)
+    meta = (stager or Stager(device)).move(chunk.host_meta() | layout.host)
+    layout = finish_layout(cfg, layout, chunk, meta)
     n_outer, n_cached, n_raw = chunk.n_outer, chunk.n_cached, chunk.n_raw
-
-    layout = plan_attention(cfg, chunk, meta, attn_mode)
 
     # embeddings: raw rows read the call's tokens, beacon rows the beacon embedding
     x = parts.embed_tokens(input_ids[:, chunk.token_from : chunk.token_to])  # (b, n_raw, hidden)
@@ -155,6 +205,7 @@ def run_chunk(
             n_outer,
             n_raw,
             chunk.n_joined,
+            logits != "none" or i < len(parts.layers) - 1,
         )
         if checkpoint_layers and torch.is_grad_enabled():
             x, k, v, r = checkpoint(_layer, *args, use_reentrant=False)

@@ -382,7 +382,7 @@ class Chunk:
     entries closed windows hand to O, at their future O positions, so later windows of the same
     pass see them exactly as they would after condensing. After the pass the memory keeps
     [ O | joiners | carried W ] with `compact_src` picking slots counted from the cached start.
-    All index tensors are int64 on the host; `device_meta` moves them in one copy.
+    All index tensors are int64 on the host; staging.Stager moves them in one copy per pass.
     """
 
     steps: list[Step]
@@ -419,9 +419,9 @@ class Chunk:
     def closes(self) -> bool:
         return any(s.closes for s in self.steps)
 
-    def device_meta(self, device: torch.device) -> dict[str, torch.Tensor]:
-        """All index vectors on `device`, moved with one (pinned, non-blocking) copy."""
-        parts = {
+    def host_meta(self) -> dict[str, torch.Tensor]:
+        """All index vectors of the pass (host int64), named as window_mask and forward expect."""
+        return {
             "beacon": self.cols.beacon,
             "idx": self.cols.idx,
             "e": self.cols.e,
@@ -433,20 +433,13 @@ class Chunk:
             "copy_window": self.copy_window,
             "compact_src": self.compact_src,
         }
-        flat = torch.cat(list(parts.values()))
-        if device.type == "cuda":
-            flat = flat.pin_memory().to(device, non_blocking=True)
-        out, at = {}, 0
-        for name, t in parts.items():
-            out[name] = flat[at : at + t.shape[0]]
-            at += t.shape[0]
-        return out
 
 
 def window_mask(cfg: BeaconConfig, meta: dict[str, torch.Tensor], n_cached: int) -> torch.Tensor:
     """(n_rows, n_cached + n_rows + n_copies) bool, True where a row attends. O is not included.
 
-    Pure tensor arithmetic on `Chunk.device_meta` output, so it runs where the model runs.
+    Pure tensor arithmetic on `Chunk.host_meta` vectors (moved to the model's device), so it runs
+    where the model runs.
     """
     cb, ci, ce, cw = meta["beacon"][None].bool(), meta["idx"][None], meta["e"][None], meta["window"][None]
     rb, ri, re, rw = (meta[k][n_cached:, None] for k in ("beacon", "idx", "e", "window"))

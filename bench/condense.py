@@ -25,6 +25,8 @@ import beacon
 
 from .shapes import environment, random_model
 
+SYNC_DEBUG = False
+
 
 def _sync() -> None:
     if torch.cuda.is_available():
@@ -59,13 +61,24 @@ def beacon_run(lm, length: int, ratio: int, device: str) -> dict:
     ids = torch.randint(0, 150_000, (1, length), device=device)
     lm.condense(ids[:, : 2 * lm.config.beacon_window + 100])  # warm-up
     holder = {}
-    seconds, peak = timed(lambda: holder.setdefault("m", lm.condense(ids)))
-    mem = holder["m"]
+
+    def run() -> None:
+        t0 = time.perf_counter()
+        if SYNC_DEBUG:
+            torch.cuda.set_sync_debug_mode("warn")
+        holder["memory"] = lm.condense(ids)
+        holder["host_s"] = time.perf_counter() - t0  # until the last kernel is queued: host-bound if ~ seconds
+        torch.cuda.set_sync_debug_mode("default")
+
+    seconds, peak = timed(run)
+    mem = holder["memory"]
     return {
         "kind": "beacon",
         "length": length,
         "ratio": ratio,
+        "parallel_window": lm.config.beacon_parallel_window,
         "seconds": seconds,
+        "host_s": holder["host_s"],
         "tok_s": length / seconds,
         "peak_gib": peak,
         "memory_entries": mem.state.size,
@@ -114,13 +127,16 @@ def main() -> None:
     p.add_argument("--pos", default="interleave")
     p.add_argument("--attn", default="full-coverage")
     p.add_argument("--attn-mode", default="auto", help="beacon attention kernel layout (attention.MODES)")
-    p.add_argument("--parallel-window", type=int, default=1)
+    p.add_argument("--parallel-window", default="1", help="comma list: windows per forward pass")
     p.add_argument("--prefill", action="store_true", help="also time plain full-attention prefill")
     p.add_argument("--official-src", default="", help="path of the official src/ folder (optional)")
     p.add_argument("--official-site", default="", help="site dir holding transformers 4.44 for the official run")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--sync-debug", action="store_true", help="warn (with a stack) at every host-device sync")
     p.add_argument("--out", default="docs/results/condense.json")
     args = p.parse_args()
+    global SYNC_DEBUG
+    SYNC_DEBUG = args.sync_debug
     lengths = [int(x) for x in args.lengths.split(",")]
     ratios = [int(x) for x in args.ratios.split(",")]
     result = {
@@ -153,12 +169,13 @@ def main() -> None:
             beacon_attn=args.attn,
             beacon_param=["q", "k", "v"],
             beacon_attend_prev=args.attn == "full-coverage",
-            beacon_parallel_window=args.parallel_window,
         )
         lm.attn_mode = args.attn_mode
-        for ratio in ratios:
-            for length in lengths:
-                record({"shape": shape, **beacon_run(lm, length, ratio, args.device)})
+        for parallel in [int(x) for x in args.parallel_window.split(",")]:
+            lm.config = lm.config.replace(beacon_parallel_window=parallel)
+            for ratio in ratios:
+                for length in lengths:
+                    record({"shape": shape, **beacon_run(lm, length, ratio, args.device)})
         del lm, model
         gc.collect()
         torch.cuda.empty_cache()
@@ -173,9 +190,10 @@ def print_table(runs: list[dict]) -> None:
     official = {
         (r["shape"], r["length"], r["ratio"]): r["tok_s"] for r in runs if r.get("kind") == "official" and "tok_s" in r
     }
+    nan = float("nan")
     print(
-        f"{'shape':<11} {'tokens':>7} {'ratio':>5} {'beacon tok/s':>12} {'peak GiB':>8} {'prefill':>9} "
-        f"{'x prefill':>9} {'official':>9} {'x official':>10}"
+        f"{'shape':<11} {'tokens':>7} {'ratio':>5} {'P':>2} {'beacon tok/s':>12} {'host s':>7} {'peak GiB':>8} "
+        f"{'prefill':>9} {'x prefill':>9} {'official':>9} {'x official':>10}"
     )
     for r in runs:
         if r.get("kind") != "beacon":
@@ -183,9 +201,10 @@ def print_table(runs: list[dict]) -> None:
         key = (r["shape"], r["length"])
         pre, off = prefill.get(key), official.get(key + (r["ratio"],))
         print(
-            f"{r['shape']:<11} {r['length']:>7} {r['ratio']:>5} {r['tok_s']:>12,.0f} {r['peak_gib']:>8.1f} "
-            f"{pre or float('nan'):>9,.0f} {(r['tok_s'] / pre) if pre else float('nan'):>9.2f} "
-            f"{off or float('nan'):>9,.0f} {(r['tok_s'] / off) if off else float('nan'):>10.2f}"
+            f"{r['shape']:<11} {r['length']:>7} {r['ratio']:>5} {r.get('parallel_window', 1):>2} "
+            f"{r['tok_s']:>12,.0f} {r.get('host_s', nan):>7.3f} {r['peak_gib']:>8.1f} "
+            f"{pre or nan:>9,.0f} {(r['tok_s'] / pre) if pre else nan:>9.2f} "
+            f"{off or nan:>9,.0f} {(r['tok_s'] / off) if off else nan:>10.2f}"
         )
 
 

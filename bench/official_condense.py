@@ -55,6 +55,7 @@ def main() -> None:
         beacon_attend_prev=True,
     )
     config._attn_implementation = "sdpa"
+    config.torch_dtype = torch.bfloat16  # its Memory reads the dtype from the config
     torch.set_default_dtype(torch.bfloat16)
     with torch.device("cuda"):
         model = modeling.Qwen2ForCausalLM(config)

@@ -40,7 +40,7 @@ def test_beacon_off_matches_plain_hf(family):
     ids = tokens(40, seed=1, batch=2)
     _, ours = all_logits(lm, ids)
     with torch.no_grad():
-        ref = lm.model(input_ids=ids).logits.float()
+        ref = lm.model(input_ids=ids.to(lm.device)).logits.float()
     torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
     # and in pieces (a KV-cache-like continuation)
     _, pieces = all_logits(lm, ids, pieces=[1, 10, 29])

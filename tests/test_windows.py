@@ -28,7 +28,7 @@ def cfg(**kw) -> BeaconConfig:
 def mask_of(c: BeaconConfig, n: int, state: WindowState | None = None) -> torch.Tensor:
     steps = plan_steps(c, state or WindowState(), n, max_positions=MAXPOS)
     chunk = build_chunk(c, group_steps(c, steps)[0])
-    return window_mask(c, chunk.device_meta(torch.device("cpu")), chunk.n_cached).int(), chunk
+    return window_mask(c, chunk.host_meta(), chunk.n_cached).int(), chunk
 
 
 def test_interleave_reading_order_puts_a_beacon_after_every_ratio_raw_tokens():
@@ -121,7 +121,7 @@ def test_parallel_windows_see_copies_of_earlier_windows_beacons_only():
     assert len(groups) == 1 and len(groups[0]) == 2
     chunk = build_chunk(c, groups[0])
     assert chunk.n_copies == 2 and chunk.copy_pos.tolist() == [0, 1]
-    m = window_mask(c, chunk.device_meta(torch.device("cpu")), 0).int()
+    m = window_mask(c, chunk.host_meta(), 0).int()
     # rows: 8 raw (x0..x3 of w0, x0..x3 of w1) then 4 beacons; cols: 12 entries + 2 copies
     w1_raw = m[4:8]
     assert w1_raw[:, :4].sum() == 0 and w1_raw[:, 8:10].sum() == 0  # nothing of window 0 but copies
