@@ -25,8 +25,6 @@ import beacon
 
 from .shapes import environment, random_model
 
-SYNC_DEBUG = False
-
 
 def _sync() -> None:
     if torch.cuda.is_available():
@@ -56,7 +54,7 @@ def prefill_run(model, length: int, device: str) -> dict:
     return {"kind": "prefill", "length": length, "seconds": seconds, "tok_s": length / seconds, "peak_gib": peak}
 
 
-def beacon_run(lm, length: int, ratio: int, device: str) -> dict:
+def beacon_run(lm, length: int, ratio: int, device: str, sync_debug: bool = False) -> dict:
     lm.config = lm.config.replace(beacon_ratio=[ratio])
     ids = torch.randint(0, 150_000, (1, length), device=device)
     lm.condense(ids[:, : 2 * lm.config.beacon_window + 100])  # warm-up
@@ -64,7 +62,7 @@ def beacon_run(lm, length: int, ratio: int, device: str) -> dict:
 
     def run() -> None:
         t0 = time.perf_counter()
-        if SYNC_DEBUG:
+        if sync_debug:
             torch.cuda.set_sync_debug_mode("warn")
         holder["memory"] = lm.condense(ids)
         holder["host_s"] = time.perf_counter() - t0  # until the last kernel is queued: host-bound if ~ seconds
@@ -135,8 +133,6 @@ def main() -> None:
     p.add_argument("--sync-debug", action="store_true", help="warn (with a stack) at every host-device sync")
     p.add_argument("--out", default="docs/results/condense.json")
     args = p.parse_args()
-    global SYNC_DEBUG
-    SYNC_DEBUG = args.sync_debug
     lengths = [int(x) for x in args.lengths.split(",")]
     ratios = [int(x) for x in args.ratios.split(",")]
     result = {
@@ -175,7 +171,7 @@ def main() -> None:
             lm.config = lm.config.replace(beacon_parallel_window=parallel)
             for ratio in ratios:
                 for length in lengths:
-                    record({"shape": shape, **beacon_run(lm, length, ratio, args.device)})
+                    record({"shape": shape, **beacon_run(lm, length, ratio, args.device, args.sync_debug)})
         del lm, model
         gc.collect()
         torch.cuda.empty_cache()
