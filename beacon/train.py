@@ -9,8 +9,8 @@
 
 A killed run started again with the same output_dir continues from its last checkpoint and ends
 with the same weights an uninterrupted run would have (fp32; bf16 on GPU up to kernel
-nondeterminism). Under torch.distributed (Ray Train, torchrun) every rank reads its share of the
-micro-batches and gradients are averaged by DDP; rank 0 writes.
+nondeterminism). Under torch.distributed (Ray Train, or torchrun: the process group is started
+here) every rank reads its share of the micro-batches and DDP averages the gradients; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class TrainConfig:
     beacon_attn: str | None = None  # segmentation | step-expansion | full-coverage
     beacon_pos: str | None = None  # append | interleave
     beacon_sink_size: int | None = None  # leading tokens kept raw
+    beacon_parallel_window: int | None = None  # windows per forward pass (speed only)
 
     # data
     min_length: int = 1024  # shorter text documents are dropped (or joined with pack)
@@ -118,7 +119,7 @@ class TrainConfig:
             raise ValueError(f"dtype={self.dtype!r}: choose auto, bf16 or fp32")
 
     def beacon_overrides(self) -> dict[str, Any]:
-        names = ("window", "stride", "ratio", "ratio_mix", "param", "attn", "pos", "sink_size")
+        names = ("window", "stride", "ratio", "ratio_mix", "param", "attn", "pos", "sink_size", "parallel_window")
         found = {f"beacon_{n}": getattr(self, f"beacon_{n}") for n in names}
         if self.beacon_window is not None and self.beacon_stride is None:
             found["beacon_stride"] = self.beacon_window  # a new window moves by itself unless told
@@ -273,8 +274,12 @@ def train(cfg: TrainConfig, *, on_log: Callable[[dict], None] | None = None) -> 
 
     on_log(record) is called on every rank after each log line (Ray Train reports through it).
     """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # started by torchrun
+        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
     rank, world, local_rank = _dist()
     device = _device(cfg.device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     dtype = _base_dtype(cfg.dtype, device)
     out = Path(cfg.output_dir)
     if rank == 0:

@@ -33,6 +33,7 @@ def _names(_ctx, _param, value: str | None) -> list[str] | None:
 @click.option("--attn", "beacon_attn", default=None, help="segmentation | step-expansion | full-coverage.")
 @click.option("--pos", "beacon_pos", default=None, help="append | interleave.")
 @click.option("--sink", "beacon_sink_size", type=int, default=None, help="beacon_sink_size.")
+@click.option("--parallel-window", "beacon_parallel_window", type=int, default=None, help="Windows per pass.")
 @click.option("--min-length", type=int, default=1024, show_default=True, help="Shorter documents are dropped/joined.")
 @click.option("--max-length", type=int, default=8192, show_default=True, help="Longer documents are cut.")
 @click.option("--pack/--no-pack", default=False, show_default=True, help="Join short documents into sequences.")
