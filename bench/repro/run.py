@@ -4,6 +4,7 @@
     python -m bench.repro.run --work /root/repro --wait 520       # follow progress up to 520 s
     python -m bench.repro.run --work /root/repro --collect $OUT   # results + default model -> $OUT
     python -m bench.repro.run --work /tmp/smoke --smoke           # CPU, tiny everything, ~2 minutes
+    python -m bench.repro.run --work /tmp/smoke --smoke --only pretrain-repro   # one stage (redone)
 
 Stages (a stage that finished leaves WORK/done/<stage> and is skipped on a rerun; pretraining and
 beacon training also resume inside a stage from their own checkpoints):
@@ -367,6 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--wait", type=float, default=None, help="follow progress for up to this many seconds")
     ap.add_argument("--collect", default=None, help="copy results and the default model here ($OUT)")
     ap.add_argument("--status", action="store_true")
+    ap.add_argument("--only", default=None, help="run just these stages (comma-separated), even if done")
     args = ap.parse_args(argv)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -383,13 +385,25 @@ def main(argv: list[str] | None = None) -> None:
             (work / "status").write_text("running\n")
             print(f"started in the background: {' '.join(cmd)}")
     elif args.wait is not None:
-        end = time.time() + args.wait
+        end, shown = time.time() + args.wait, time.time()
         while time.time() < end:
             state = (work / "status").read_text().strip() if (work / "status").exists() else ""
             if not state.startswith("running"):
                 break
-            time.sleep(min(15, max(end - time.time(), 0)))
+            time.sleep(min(5, max(end - time.time(), 0)))
+            if time.time() - shown > 90:
+                print(time.strftime("%H:%M:%S"), status(work), sep="\n", flush=True)
+                shown = time.time()
         print(status(work), flush=True)
+    elif args.only:
+        for name in args.only.split(","):
+            if name not in plan:
+                raise SystemExit(f"unknown stage {name!r}; stages: {', '.join(ORDER)}")
+            (work / "done" / name).unlink(missing_ok=True)
+            for d in ("done", "logs"):
+                (work / d).mkdir(parents=True, exist_ok=True)
+            run_stage(work, name, plan)
+        print(status(work))
     elif not args.status and args.collect is None:
         run_all(work, plan)
     if args.status:
