@@ -10,12 +10,15 @@ only pick an order of rows and columns in which that mask becomes something a fu
             only -> with columns ordered [O | raw entries | beacon entries] they attend a causal
             prefix (flash); the few beacon rows use a dense boolean mask.
   "dense"   anything else (parallel windows): one SDPA call with the dense boolean mask.
+  "flex"    (CUDA) FlexAttention with a block mask built from the same rule: O blocks are dense,
+            blocks no row sees are skipped — the choice for parallel windows on a GPU.
 
 Every mode computes exactly the same function; tests hold them to each other.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +28,8 @@ from torch.nn.attention.bias import causal_lower_right
 from .config import BeaconConfig
 from .windows import Chunk, window_mask
 
-MODES = ("auto", "causal", "split", "dense")
+MODES = ("auto", "causal", "split", "dense", "flex")
+FLEX_BLOCK = 128
 
 
 @dataclass
@@ -46,26 +50,34 @@ class AttnLayout:
     row_inverse: torch.Tensor | None = None  # (n,) back to slot order
     col_order: torch.Tensor | None = None  # (c + n,) window columns in attention order
     mask: torch.Tensor | None = None  # dense: (n, m + k + p) bool; split: (n - n_prefix_rows, m + k + p)
+    block_mask: object | None = None  # flex: a BlockMask
 
 
 def _maybe(order: torch.Tensor) -> torch.Tensor | None:
     return None if torch.equal(order, torch.arange(order.shape[0])) else order
 
 
-def plan_attention(cfg: BeaconConfig, chunk: Chunk, mode: str = "auto") -> AttnLayout:
-    """Choose the mode and the row/column orders for `chunk` (host side, no device work)."""
+def plan_attention(cfg: BeaconConfig, chunk: Chunk, mode: str = "auto", cuda: bool = False) -> AttnLayout:
+    """Choose the mode and the row/column orders for `chunk` (host side, no device work).
+
+    "auto": one window per pass -> causal (full-coverage) or split; several -> flex on CUDA,
+    dense elsewhere.
+    """
     if mode not in MODES:
         raise ValueError(f"attention mode {mode!r}: choose one of {MODES}")
     single = len(chunk.steps) == 1
+    auto = mode == "auto"
     if mode == "auto":
         mode = "dense" if not single else ("causal" if cfg.beacon_attn == "full-coverage" else "split")
+    if mode == "dense" and not single and cuda and auto:  # parallel windows on a GPU: block-sparse
+        mode = "flex"
     if mode in ("causal", "split") and not single:
         raise ValueError(f"attention mode {mode!r} needs one window per pass (beacon_parallel_window=1)")
     if mode == "causal" and cfg.beacon_attn != "full-coverage":
         raise ValueError("attention mode 'causal' is exact only for beacon_attn='full-coverage'")
     c, n, m = chunk.n_cached, chunk.n_rows, chunk.n_outer
-    if mode == "dense":
-        return AttnLayout("dense", m, c + n, 0, 0, {})
+    if mode in ("dense", "flex"):
+        return AttnLayout(mode, m, c + n, 0, 0, {})
     if mode == "causal":  # reading order = order of the logical index e (cached entries already are)
         order = _maybe(torch.argsort(chunk.cols.e[c:]))
         host = {}
@@ -97,9 +109,94 @@ def finish_layout(cfg: BeaconConfig, layout: AttnLayout, chunk: Chunk, meta: dic
         return layout
     c, n, m = chunk.n_cached, chunk.n_rows, chunk.n_outer
     device = meta["pos"].device
+    if layout.mode == "flex":
+        layout.block_mask = flex_block_mask(cfg, meta, chunk)
+        return layout
     full = torch.cat([torch.ones(n, m, dtype=torch.bool, device=device), window_mask(cfg, meta, c)], dim=1)
     layout.mask = full if layout.mode == "dense" else full[chunk.n_raw :][:, meta["att_mask_cols"]]
     return layout
+
+
+def _mask_mod(cfg: BeaconConfig, meta: dict[str, torch.Tensor], chunk: Chunk):
+    """windows.window_mask's rule, one (query, key) pair at a time, for FlexAttention."""
+    c, n, m = chunk.n_cached, chunk.n_rows, chunk.n_outer
+    k_cols = c + n
+    beacon, idx, e, window, ratio = meta["beacon"], meta["idx"], meta["e"], meta["window"], meta["row_ratio"]
+    copy_window = meta["copy_window"]
+    if copy_window.numel() == 0:
+        copy_window = torch.zeros(1, dtype=torch.long, device=beacon.device)
+    n_copy = copy_window.numel()
+    scheme, prev = cfg.beacon_attn, cfg.beacon_attend_prev
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        row = torch.clamp(q_idx, 0, n - 1) + c
+        w = kv_idx - m
+        col = torch.clamp(w, 0, k_cols - 1)
+        earlier = e[col] < e[row]
+        col_beacon, row_beacon = beacon[col] == 1, beacon[row] == 1
+        if scheme == "full-coverage":
+            raw_row, beacon_row = earlier, earlier
+        else:
+            reach = (idx[row] + 1) * ratio[row - c]
+            see_raw = earlier & (idx[col] < reach)
+            if scheme == "segmentation":
+                see_raw = see_raw & (idx[col] >= idx[row] * ratio[row - c])
+            raw_row = earlier & ~col_beacon
+            beacon_row = torch.where(col_beacon, earlier & prev, see_raw)
+        own = (torch.where(row_beacon, beacon_row, raw_row) | (e[col] == e[row])) & (window[col] == window[row])
+        copy_ok = copy_window[torch.clamp(w - k_cols, 0, n_copy - 1)] < window[row]
+        return (kv_idx < m) | ((w >= 0) & (w < k_cols) & own) | ((w >= k_cols) & copy_ok)
+
+    return mask_mod
+
+
+def flex_block_mask(cfg: BeaconConfig, meta: dict[str, torch.Tensor], chunk: Chunk):
+    """A FlexAttention BlockMask for the chunk, built from the dense window part only.
+
+    O columns are always visible, so their blocks are full; the window part (n x (k + p), small)
+    is reduced to blocks: none visible -> skipped, all visible -> full, else partial (mask_mod).
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    size = FLEX_BLOCK
+    c, n, m = chunk.n_cached, chunk.n_rows, chunk.n_outer
+    wm = window_mask(cfg, meta, c)  # (n, k + p)
+    lead, m_blocks = m % size, m // size
+    wm = F.pad(wm, (lead, 0), value=True)  # the O columns sharing a block with the window
+    wm = F.pad(wm, (0, (-wm.shape[1]) % size, 0, (-n) % size), value=False)
+    rows, cols = wm.shape[0] // size, wm.shape[1] // size
+    blocks = wm.view(rows, size, cols, size)
+    any_, all_ = blocks.any(dim=3).any(dim=1), blocks.all(dim=3).all(dim=1)
+    ones = torch.ones(rows, m_blocks, dtype=torch.bool, device=wm.device)
+    full = torch.cat([ones, all_], dim=1)
+    partial = torch.cat([~ones, any_ & ~all_], dim=1)
+
+    def indices(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = blocks.sum(dim=-1, dtype=torch.int32)
+        order = torch.argsort((~blocks).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return count[None, None], order[None, None]
+
+    kv_num, kv_idx = indices(partial)
+    full_num, full_idx = indices(full)
+    n_keys = m + chunk.n_window_keys
+    return BlockMask.from_kv_blocks(
+        kv_num,
+        kv_idx,
+        full_num,
+        full_idx,
+        BLOCK_SIZE=size,
+        mask_mod=_mask_mod(cfg, meta, chunk),
+        seq_lengths=(n, n_keys),
+    )
+
+
+@functools.cache
+def _flex_attention(cuda: bool):
+    """FlexAttention, compiled once per process on CUDA (dynamic shapes: memory grows every pass);
+    on the CPU its eager reference (correct, slow — the CPU compiler fails on our mask_mod)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=True) if cuda else flex_attention
 
 
 def attend(
@@ -112,6 +209,9 @@ def attend(
     """
     if layout.mode == "dense":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask, scale=scale, enable_gqa=gqa)
+    if layout.mode == "flex":
+        flex = _flex_attention(q.device.type == "cuda")
+        return flex(q, k, v, block_mask=layout.block_mask, scale=scale, enable_gqa=gqa)
     n_rows, n_keys = layout.n_prefix_rows, layout.n_prefix_keys
     qp, kp, vp = q[:, :, :n_rows], k[:, :, :n_keys], v[:, :, :n_keys]
     bias = causal_lower_right(n_rows, n_keys)  # flash kernel on CUDA (GQA native)

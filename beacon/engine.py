@@ -15,7 +15,7 @@ from torch import nn
 from .config import BeaconConfig
 from .families import Parts, model_parts
 from .fingerprint import fingerprint
-from .forward import run_chunk
+from .forward import compiled_layer, run_chunk
 from .memory import Memory
 from .params import beacon_modules, beacon_parameters
 from .staging import Stager
@@ -53,6 +53,8 @@ class BeaconLM:
         # attention kernel choice (attention.MODES); "auto" picks the fastest exact one per pass
         self.attn_mode = "auto"
         self._stager = Stager(self.device)
+        # torch.compile the decoder layer (see forward.compiled_layer); first call compiles
+        self.compile_layers = False
 
     # ---- facts ---------------------------------------------------------------------------------
     @property
@@ -134,6 +136,8 @@ class BeaconLM:
             )
         if self._stager.device != self.device:  # the model moved
             self._stager = Stager(self.device)
+        # torch.compile the decoder layer (see forward.compiled_layer); first call compiles
+        self.compile_layers = False
         known = None if expected_length is None else max(expected_length, memory.n_tokens + ids.shape[1])
         steps = plan_steps(
             self.config,
@@ -165,6 +169,7 @@ class BeaconLM:
                 checkpoint_layers=checkpoint_layers,
                 attn_mode=self.attn_mode,
                 stager=self._stager,
+                layer_fn=compiled_layer() if self.compile_layers else None,
             )
             if want == "all":
                 if on_logits is not None:

@@ -9,6 +9,8 @@ Memory tensors are replaced functionally (torch.cat), so the same code trains wi
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -146,6 +148,13 @@ def _attend_and_mlp(
     return x + layer.mlp(layer.post_attention_layernorm(x))
 
 
+@functools.cache
+def compiled_layer():
+    """`_layer` compiled once per process (torch.compile, dynamic shapes): fuses the elementwise
+    work (norms, RoPE, residuals, gating) and cuts kernel launches — worth it on a GPU."""
+    return torch.compile(_layer, dynamic=True)
+
+
 def run_chunk(
     parts: Parts,
     beacon: dict,
@@ -158,6 +167,7 @@ def run_chunk(
     checkpoint_layers: bool = False,
     attn_mode: str = "auto",
     stager: Stager | None = None,
+    layer_fn=None,
 ) -> torch.Tensor | None:
     """Run one chunk, update `memory` (tensors and state), and return raw-row logits if asked.
 
@@ -166,7 +176,7 @@ def run_chunk(
     """
     device = memory.device
     ensure_rot(parts, memory)
-    layout = plan_attention(cfg, chunk, attn_mode)
+    layout = plan_attention(cfg, chunk, attn_mode, cuda=device.type == "cuda")
     meta = (stager or Stager(device)).move(chunk.host_meta() | layout.host)
     layout = finish_layout(cfg, layout, chunk, meta)
     n_outer, n_cached, n_raw = chunk.n_outer, chunk.n_cached, chunk.n_raw
@@ -207,10 +217,11 @@ def run_chunk(
             chunk.n_joined,
             logits != "none" or i < len(parts.layers) - 1,
         )
+        fn = layer_fn or _layer
         if checkpoint_layers and torch.is_grad_enabled():
-            x, k, v, r = checkpoint(_layer, *args, use_reentrant=False)
+            x, k, v, r = checkpoint(fn, *args, use_reentrant=False)
         else:
-            x, k, v, r = _layer(*args)
+            x, k, v, r = fn(*args)
         new_keys.append(k)
         new_values.append(v)
         new_rot.append(r)

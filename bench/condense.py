@@ -57,7 +57,7 @@ def prefill_run(model, length: int, device: str) -> dict:
 def beacon_run(lm, length: int, ratio: int, device: str, sync_debug: bool = False) -> dict:
     lm.config = lm.config.replace(beacon_ratio=[ratio])
     ids = torch.randint(0, 150_000, (1, length), device=device)
-    lm.condense(ids[:, : 2 * lm.config.beacon_window + 100])  # warm-up
+    lm.condense(ids[:, : (lm.config.beacon_parallel_window + 2) * lm.config.beacon_window + 100])  # warm-up
     holder = {}
 
     def run() -> None:
@@ -126,6 +126,7 @@ def main() -> None:
     p.add_argument("--attn", default="full-coverage")
     p.add_argument("--attn-mode", default="auto", help="beacon attention kernel layout (attention.MODES)")
     p.add_argument("--parallel-window", default="1", help="comma list: windows per forward pass")
+    p.add_argument("--compile", default="0", help="comma list of 0/1: torch.compile the decoder layer")
     p.add_argument("--prefill", action="store_true", help="also time plain full-attention prefill")
     p.add_argument("--official-src", default="", help="path of the official src/ folder (optional)")
     p.add_argument("--official-site", default="", help="site dir holding transformers 4.44 for the official run")
@@ -167,11 +168,14 @@ def main() -> None:
             beacon_attend_prev=args.attn == "full-coverage",
         )
         lm.attn_mode = args.attn_mode
-        for parallel in [int(x) for x in args.parallel_window.split(",")]:
-            lm.config = lm.config.replace(beacon_parallel_window=parallel)
-            for ratio in ratios:
-                for length in lengths:
-                    record({"shape": shape, **beacon_run(lm, length, ratio, args.device, args.sync_debug)})
+        for compiled in [bool(int(x)) for x in args.compile.split(",")]:
+            lm.compile_layers = compiled
+            for parallel in [int(x) for x in args.parallel_window.split(",")]:
+                lm.config = lm.config.replace(beacon_parallel_window=parallel)
+                for ratio in ratios:
+                    for length in lengths:
+                        run = beacon_run(lm, length, ratio, args.device, args.sync_debug)
+                        record({"shape": shape, "compiled": compiled, **run})
         del lm, model
         gc.collect()
         torch.cuda.empty_cache()
@@ -197,7 +201,8 @@ def print_table(runs: list[dict]) -> None:
         key = (r["shape"], r["length"])
         pre, off = prefill.get(key), official.get(key + (r["ratio"],))
         print(
-            f"{r['shape']:<11} {r['length']:>7} {r['ratio']:>5} {r.get('parallel_window', 1):>2} "
+            f"{r['shape']:<11} {r['length']:>7} {r['ratio']:>5} {r.get('parallel_window', 1):>2}"
+            f"{'c' if r.get('compiled') else ' '}"
             f"{r['tok_s']:>12,.0f} {r.get('host_s', nan):>7.3f} {r['peak_gib']:>8.1f} "
             f"{pre or nan:>9,.0f} {(r['tok_s'] / pre) if pre else nan:>9.2f} "
             f"{off or nan:>9,.0f} {(r['tok_s'] / off) if off else nan:>10.2f}"

@@ -12,6 +12,7 @@ from .conftest import FAMILIES, load_tiny, tokens
 ATOL = 2e-5
 
 
+@torch.no_grad()
 def all_logits(lm, ids, memory=None, pieces=None):
     """Logits of every token, reading `ids` at once or in `pieces` (sizes); returns (memory, logits)."""
     memory = memory if memory is not None else lm.new_memory(ids.shape[0])
@@ -295,3 +296,35 @@ def test_attention_modes_compute_the_same_function(family, overrides):
             lm.condense(ids)
         finally:
             lm.attn_mode = "auto"
+
+
+@pytest.mark.parametrize(
+    "family, overrides", [CONFIGS[0], CONFIGS[2], CONFIGS[6]], ids=["fc-interleave", "se-interleave", "seg-append"]
+)
+def test_flex_block_mask_attention_equals_dense(family, overrides):
+    """FlexAttention with our block mask (eager reference on a CPU, compiled on CUDA) == the dense mask."""
+    lm = load_tiny(family, **overrides, beacon_parallel_window=2)
+    ids = tokens(150, seed=19)
+    results = {}
+    for mode in ("dense", "flex"):
+        lm.attn_mode = mode
+        try:
+            results[mode] = all_logits(lm, ids, pieces=[70, 80])
+        finally:
+            lm.attn_mode = "auto"
+    torch.testing.assert_close(results["flex"][1], results["dense"][1], atol=ATOL, rtol=0)
+    assert_same_memory(results["flex"][0], results["dense"][0])
+
+
+@pytest.mark.slow
+def test_compiled_layers_equal_eager():
+    lm = load_tiny("qwen2", beacon_pos="interleave", beacon_ratio=[2, 4], beacon_ratio_mix="sequence")
+    ids = tokens(80, seed=20)
+    eager = all_logits(lm, ids, pieces=[37, 43])
+    lm.compile_layers = True
+    try:
+        compiled = all_logits(lm, ids, pieces=[37, 43])
+    finally:
+        lm.compile_layers = False
+    torch.testing.assert_close(compiled[1], eager[1], atol=ATOL, rtol=0)
+    assert_same_memory(compiled[0], eager[0])
