@@ -1,0 +1,177 @@
+"""Stream stored rows into a memory's tensors on a device: read, check, copy — overlapped.
+
+Reader threads read a row into a reused host buffer and check its size and crc32 (Lance reads,
+zlib and torch copies release the GIL, so they run in parallel). Into host tensors the reader
+then decodes the row (dtype, fp8 scales) into its destination slice itself. Towards CUDA it
+copies the row into a reused pinned buffer, and the calling thread, in row order, issues a
+non-blocking host->device copy (the pinned buffer is reused only after that copy's event fires)
+and decodes on the device. A row that fails a check raises CorruptSnapshotError before the
+memory exists: bad bytes are never used.
+
+Buffers are reused on purpose: first-touching fresh pages costs more than the copy itself on
+some hosts (measured in docs/snapshots.md).
+
+Destination tensors: keys, values (L, b, h, n, d); a row of slab (l0:l1, e0:e1) fills
+dst[l0:l1, :, :, e0:e1, :].
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .codec import Slab, checksum, decode
+from .errors import CorruptSnapshotError
+
+
+@dataclass
+class RowRead:
+    """A stored row to load: what its header claims, and how to reach its bytes."""
+
+    doc_id: str
+    generation: str
+    row: int
+    slab: Slab
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int  # data bytes the header claims
+    crc32: int
+    scale: bytes | None
+    size: Callable[[], int]  # data bytes actually stored
+    read_into: Callable[[bytearray], int]  # fill the buffer from the row's start; bytes read
+
+    def where(self) -> str:
+        s = self.slab
+        return (
+            f"document {self.doc_id!r} row {self.row} of generation {self.generation}"
+            f" ({s.tensor}, layers {s.layer_from}:{s.layer_to}, entries {s.entry_from}:{s.entry_to})"
+        )
+
+
+class _Pinned:
+    """A pinned host buffer and the event of the last device copy out of it."""
+
+    def __init__(self, nbytes: int):
+        self.tensor = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        self.event: torch.cuda.Event | None = None
+
+
+class _Buffers:
+    """Reused host buffers: bytearrays by exact size (Lance reads into those), pinned slots for CUDA."""
+
+    def __init__(self, n_pinned: int, pinned_bytes: int):
+        self._free: dict[int, list[bytearray]] = {}
+        self._lock = threading.Lock()
+        self.pinned: queue.Queue[_Pinned] = queue.Queue()
+        for _ in range(n_pinned):
+            self.pinned.put(_Pinned(pinned_bytes))
+
+    def take(self, nbytes: int) -> bytearray:
+        with self._lock:
+            free = self._free.get(nbytes)
+            if free:
+                return free.pop()
+        return bytearray(nbytes)
+
+    def give(self, buf: bytearray) -> None:
+        with self._lock:
+            self._free.setdefault(len(buf), []).append(buf)
+
+
+def _read_checked(row: RowRead, buffers: _Buffers, dst: dict[str, torch.Tensor]) -> _Pinned | None:
+    """Read a row and check it. Into host tensors: place it right here (rows fill disjoint slices,
+    so readers place in parallel); towards CUDA: return it staged in a pinned slot."""
+    buf = buffers.take(row.nbytes)
+    try:
+        size = row.size()
+        n = row.read_into(buf) if size == row.nbytes else -1
+    except Exception as e:  # the storage layer could not read it: a damaged file
+        raise CorruptSnapshotError(f"{row.where()} could not be read: {type(e).__name__}: {e}") from e
+    if size != row.nbytes or n != row.nbytes:
+        raise CorruptSnapshotError(
+            f"{row.where()} holds {size if size != row.nbytes else n} bytes, its header says {row.nbytes}:"
+            " truncated or damaged row; put the document again"
+        )
+    got = checksum(row.doc_id, row.generation, row.slab, row.dtype, row.shape, buf, row.scale)
+    if got != row.crc32:
+        raise CorruptSnapshotError(
+            f"{row.where()} fails its checksum (crc32 {got:#010x}, stored {row.crc32:#010x}): flipped bytes;"
+            " put the document again"
+        )
+    if dst["keys"].device.type != "cuda":
+        _place(row, torch.frombuffer(buf, dtype=torch.uint8), dst)
+        buffers.give(buf)  # copied out (a host copy is synchronous)
+        return None
+    slot = buffers.pinned.get()
+    if slot.event is not None:
+        slot.event.synchronize()  # its previous host->device copy has left the buffer
+    slot.tensor[: row.nbytes].copy_(torch.frombuffer(buf, dtype=torch.uint8))
+    buffers.give(buf)
+    return slot
+
+
+def _place(row: RowRead, raw: torch.Tensor, dst: dict[str, torch.Tensor]) -> None:
+    """Decode a checked row (uint8 bytes on the destination's device) into its destination slice."""
+    target = dst[row.slab.tensor]
+    scale = None
+    if row.scale:
+        s = torch.from_numpy(np.frombuffer(row.scale, dtype="<f4").copy()).view(*row.shape[:-1], 1)
+        scale = s.to(target.device)
+    value = decode(raw, row.dtype, row.shape, scale, target.dtype)  # (layers, b, h, entries, d)
+    s = row.slab
+    target[s.layer_from : s.layer_to, :, :, s.entry_from : s.entry_to].copy_(value)
+
+
+def _place_staged(row: RowRead, slot: _Pinned, dst: dict[str, torch.Tensor], buffers: _Buffers) -> None:
+    """Copy a pinned row to the device without blocking, then decode it there."""
+    raw = slot.tensor[: row.nbytes].to(dst["keys"].device, non_blocking=True)
+    slot.event = torch.cuda.Event()
+    slot.event.record()
+    buffers.pinned.put(slot)  # reused once the event fires
+    _place(row, raw, dst)
+
+
+def load_rows(
+    rows: Sequence[RowRead], keys: torch.Tensor, values: torch.Tensor, *, workers: int = 2, prefetch: int = 4
+) -> None:
+    """Fill `keys` and `values` (L, b, h, n, d) from `rows`; every row is checked before use.
+
+    `workers` threads read at most `prefetch` rows ahead of the one being placed, so host memory
+    stays at about `prefetch` rows (plus as many pinned rows towards CUDA). Returns when every
+    copy has finished.
+    """
+    if workers < 1 or prefetch < 1:
+        raise ValueError(f"workers ({workers}) and prefetch ({prefetch}) must be >= 1")
+    if not rows:
+        return
+    cuda = keys.device.type == "cuda"
+    dst = {"keys": keys, "values": values}
+    buffers = _Buffers(prefetch if cuda else 0, max(r.nbytes for r in rows))
+    pending: deque[tuple[RowRead, Future]] = deque()
+    todo = iter(rows)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapshot-read") as pool:
+        try:
+            for row in todo:
+                pending.append((row, pool.submit(_read_checked, row, buffers, dst)))
+                if len(pending) >= prefetch:
+                    break
+            while pending:
+                row, fut = pending.popleft()
+                staged = fut.result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(_read_checked, nxt, buffers, dst)))
+                if staged is not None:
+                    _place_staged(row, staged, dst, buffers)
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+    if cuda:
+        torch.cuda.current_stream(keys.device).synchronize()

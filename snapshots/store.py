@@ -1,0 +1,510 @@
+"""SnapshotStore: put, get, append, list, show, delete, optimize, stats — the protocol over the tables.
+
+Atomicity (put/append): the memory's rows are written first under a fresh *generation* id; the
+documents row that points at that generation is committed last, in one Lance commit, as a
+compare-and-swap on the generation it replaces (or on the id being new). Readers use only rows of
+generations a ready documents row points at, so a crash at any point leaves the old version (or
+nothing) readable, never half a document. Rows nobody points at any more are deleted right after
+the commit that orphaned them, or by `optimize` once older than its grace period.
+
+Upsert: `put` of a stored id replaces it (the old version stays readable until the new one is
+committed); `on_exists="error"` refuses instead. `append` rewrites only the open window: rows of
+the condensed part O never change when a memory grows, so the new version points at the old
+rows for [0, |O|) and at new rows for the rest (`parts` in the documents row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from beacon import BeaconLM, Memory
+from beacon.memory import EXPORT_VERSION
+
+from .codec import Slab, dtype_name, encode, plan_slabs, segments_of, to_dtype
+from .errors import ConcurrentUpdateError, CorruptSnapshotError, DocumentExistsError, DocumentNotFoundError
+from .fingerprints import check_fingerprint
+from .loader import RowRead, load_rows
+from .records import DocumentInfo, Part, Piece, chosen_ratios, full_kv_bytes, text_digest, tokens_digest
+from .reports import DocStats, OptimizeReport, StoreStats
+from .schema import SNAPSHOT_META_COLUMNS, STORE_DTYPES
+from .tables import SnapshotView, Tables, sql_str
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_ROW_BYTES = 8 << 20  # bound on one snapshot row's data (docs/snapshots.md: why 8 MiB)
+ON_EXISTS = ("replace", "error")
+
+
+class SnapshotStore:
+    """Beacon memories of documents, condensed once and loaded many times.
+
+    Args:
+        path: the store folder (created with both tables if missing; safe to race).
+        max_row_bytes: bound on one snapshot row's data; one entry of one layer is the smallest row.
+        read_workers: threads reading and checking rows during `get` (default: min(4, CPUs)).
+        commit_retries: how often a conflicting Lance commit is retried (exponential backoff).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
+        read_workers: int | None = None,
+        commit_retries: int = 10,
+    ):
+        if max_row_bytes < 1:
+            raise ValueError(f"max_row_bytes must be >= 1, got {max_row_bytes}")
+        if read_workers is not None and read_workers < 1:
+            raise ValueError(f"read_workers must be >= 1, got {read_workers}")
+        self.max_row_bytes = max_row_bytes
+        self.read_workers = read_workers or min(4, os.cpu_count() or 1)
+        self.tables = Tables(Path(path), commit_retries=commit_retries)
+        self.path = self.tables.path
+
+    def __repr__(self) -> str:
+        return f"SnapshotStore({str(self.path)!r})"
+
+    # ---- put / get / append --------------------------------------------------------------------
+    def put(
+        self,
+        doc_id: str,
+        memory: Memory,
+        *,
+        fingerprint: dict,
+        text: str | bytes | None = None,
+        token_ids: torch.Tensor | Sequence[int] | None = None,
+        source_uri: str | None = None,
+        title: str | None = None,
+        metadata: dict | None = None,
+        store_dtype: str | None = None,
+        on_exists: str = "replace",
+    ) -> DocumentInfo:
+        """Store `memory` (one document, batch 1) as `doc_id`; atomic: all of it or nothing is readable.
+
+        `fingerprint` is `lm.fingerprint()` of the model that condensed it. `text` (str or UTF-8
+        bytes) and `token_ids` are only hashed, never stored. `store_dtype` defaults to the memory's
+        dtype (lossless); "float8_e4m3fn" stores 1 byte per value plus a float32 scale per vector
+        (lossy). A stored `doc_id` is replaced (upsert), or with on_exists="error" refused with
+        DocumentExistsError; a put that fails leaves what was stored as it was.
+        """
+        _check_doc_id(doc_id)
+        if on_exists not in ON_EXISTS:
+            raise ValueError(f"on_exists={on_exists!r}: choose one of {ON_EXISTS}")
+        _check_memory(doc_id, memory, fingerprint)
+        store_dtype = store_dtype or dtype_name(memory.dtype)
+        if store_dtype not in STORE_DTYPES:
+            raise ValueError(f"store_dtype={store_dtype!r}: choose one of {STORE_DTYPES}")
+        if token_ids is not None and torch.as_tensor(token_ids).numel() != memory.n_tokens:
+            raise ValueError(
+                f"document {doc_id!r}: token_ids has {torch.as_tensor(token_ids).numel()} ids but the memory read"
+                f" {memory.n_tokens} tokens: pass the ids that were condensed"
+            )
+        piece = Piece(memory.n_tokens, text_digest(text, doc_id), tokens_digest(token_ids))
+        _check_metadata(doc_id, metadata)
+
+        old = self._read_doc(doc_id)
+        if old is not None and on_exists == "error":
+            raise DocumentExistsError(f"document {doc_id!r} is already stored (on_exists='replace' replaces it)")
+        generation, now = uuid.uuid4().hex, _now()
+        n_rows, nbytes = self._write_rows(doc_id, generation, memory, segments_of(memory), store_dtype, now)
+        info = _describe(
+            doc_id, generation, memory, fingerprint, store_dtype,
+            parts=(Part(generation, 0, memory.state.size),), pieces=(piece,), n_rows=n_rows, stored_bytes=nbytes,
+            created_at=now, text_sha256=piece.text_sha256, source_uri=source_uri, title=title, metadata=metadata,
+        )  # fmt: skip
+        try:
+            for _ in range(self.tables.commit_retries + 1):
+                if self.tables.commit_doc(info.to_row(), expect=None if old is None else old.generation):
+                    break
+                old = self._read_doc(doc_id)  # another writer committed this id meanwhile
+                if old is not None and on_exists == "error":
+                    raise DocumentExistsError(f"document {doc_id!r} was stored by another writer meanwhile")
+            else:
+                raise ConcurrentUpdateError(f"document {doc_id!r} kept changing under put; put it again")
+        except BaseException:
+            self._drop_dead_rows(doc_id, [generation])
+            raise
+        if old is not None:  # the replaced version's rows are dead now
+            self._drop_dead_rows(doc_id, [p.generation for p in old.parts])
+        return info
+
+    def get(self, doc_ids: str | Sequence[str], *, fingerprint: dict, device: torch.device | str = "cpu") -> Memory:
+        """Rebuild the memory of one document, or of several as one memory, on `device`.
+
+        `fingerprint` (lm.fingerprint() of the asking model) must match each document's, else
+        FingerprintMismatchError naming both. Several ids give Memory.concat in the given order:
+        earlier documents become outer memory visible to all that follows, the last keeps its
+        open window, so reading continues as right after it. Rows are streamed and checked (size,
+        crc32, coverage) before use; towards CUDA through pinned buffers with non-blocking copies.
+        """
+        ids = [doc_ids] if isinstance(doc_ids, str) else list(doc_ids)
+        if not ids:
+            raise ValueError("get needs at least one doc id")
+        memories = [self._load(self.show(i), fingerprint, device)[0] for i in ids]
+        return memories[0] if len(memories) == 1 else Memory.concat(memories)
+
+    def append(
+        self,
+        doc_id: str,
+        token_ids: torch.Tensor | Sequence[int],
+        *,
+        lm: BeaconLM,
+        text: str | bytes | None = None,
+        expected_length: int | None = None,
+    ) -> Memory:
+        """Continue stored `doc_id` with more tokens; returns the extended memory (on lm.device).
+
+        The result equals condensing the whole text at once. Only the open window and the new
+        entries are written; the commit is a compare-and-swap, so if the document was replaced or
+        deleted meanwhile nothing changes and ConcurrentUpdateError says to append again.
+        """
+        ids = torch.as_tensor(token_ids, dtype=torch.long)
+        ids = ids[None] if ids.dim() == 1 else ids
+        if ids.dim() != 2 or ids.shape[0] != 1:
+            raise ValueError(f"document {doc_id!r}: token_ids must be 1-D (one document), got shape {tuple(ids.shape)}")
+        if ids.shape[1] == 0:
+            raise ValueError(f"document {doc_id!r}: nothing to append (token_ids is empty)")
+        piece = Piece(int(ids.shape[1]), text_digest(text, doc_id), tokens_digest(ids))
+        memory, info, live = self._load(self.show(doc_id), lm.fingerprint(), lm.device)
+        kept_outer = info.state.n_outer  # rows below this stay: no row straddles it
+        lm.condense(ids, memory, expected_length=expected_length)
+        generation, now = uuid.uuid4().hex, _now()
+        segments = segments_of(memory, kept_outer)
+        n_rows, nbytes = self._write_rows(doc_id, generation, memory, segments, info.store_dtype, now)
+        kept = [r for r in live if r["entry_to"] <= kept_outer]
+        parts = [
+            dataclasses.replace(p, entry_to=min(p.entry_to, kept_outer))
+            for p in info.parts
+            if p.entry_from < kept_outer
+        ]
+        new = _describe(
+            doc_id, generation, memory, info.fingerprint, info.store_dtype,
+            parts=(*parts, Part(generation, kept_outer, memory.state.size)), pieces=(*info.pieces, piece),
+            n_rows=len(kept) + n_rows, stored_bytes=sum(_payload(r) for r in kept) + nbytes,
+            created_at=info.created_at, text_sha256=None, source_uri=info.source_uri, title=info.title,
+            metadata=info.metadata,
+        )  # fmt: skip
+        try:
+            ok = self.tables.commit_doc(new.to_row(), expect=info.generation)
+        except BaseException:
+            self._drop_dead_rows(doc_id, [generation])
+            raise
+        if not ok:
+            self._drop_dead_rows(doc_id, [generation])
+            raise ConcurrentUpdateError(f"document {doc_id!r} was replaced or deleted while appending; append again")
+        for p in info.parts:  # rows of the old open window are dead now
+            if p.entry_to > kept_outer:
+                self._drop_dead_rows(doc_id, [p.generation], f"entry_from >= {kept_outer}")
+        return memory
+
+    # ---- catalogue -----------------------------------------------------------------------------
+    def show(self, doc_id: str) -> DocumentInfo:
+        """The stored record of `doc_id` (DocumentNotFoundError if none)."""
+        _check_doc_id(doc_id)
+        info = self._read_doc(doc_id)
+        if info is None:
+            raise DocumentNotFoundError(f"no document {doc_id!r} in {self.path} (list() shows what is stored)")
+        return info
+
+    def list(self) -> list[DocumentInfo]:
+        """All stored documents, by doc_id."""
+        return self._read_docs()
+
+    def delete(self, doc_id: str, *, missing_ok: bool = False) -> bool:
+        """Remove `doc_id` and its rows. Returns False if it was not stored and missing_ok, else raises
+        DocumentNotFoundError."""
+        _check_doc_id(doc_id)
+        info = self._read_doc(doc_id)
+        if info is None:
+            if missing_ok:
+                return False
+            raise DocumentNotFoundError(f"no document {doc_id!r} in {self.path} to delete")
+        self.tables.delete_docs(f"doc_id = {sql_str(doc_id)} AND generation = {sql_str(info.generation)}")
+        self._drop_dead_rows(doc_id, [p.generation for p in info.parts])
+        return True
+
+    def optimize(self, *, grace_s: float = 3600.0, keep_versions_s: float = 3600.0) -> OptimizeReport:
+        """Delete dead rows, compact both tables, drop table versions older than `keep_versions_s`.
+
+        Dead rows: of writes no document points at (replaced, deleted, crashed) once older than
+        `grace_s` — a younger one may be a put still running — and rows of open windows a later
+        append superseded. Readers of an older table version keep working for `keep_versions_s`.
+        """
+        keys = self.tables.row_keys()  # rows first: a write committed after this is seen below
+        docs = self.tables.doc_rows(columns=["doc_id", "generation", "parts", "updated_at"])
+        latest = _newest_per_id(docs)
+        losers = [r for r in docs if latest[r["doc_id"]] is not r]
+        for r in losers:
+            self.tables.delete_docs(f"doc_id = {sql_str(r['doc_id'])} AND generation = {sql_str(r['generation'])}")
+        live = {(d, p["generation"]): p for d, r in latest.items() for p in r["parts"]}
+        cutoff = _now() - timedelta(seconds=grace_s)
+        groups: dict[tuple[str, str], list[tuple[int, datetime]]] = {}
+        for d, g, e, c in keys:
+            groups.setdefault((d, g), []).append((e, c))
+        preds, n_rows, n_gens, n_flight = [], 0, 0, 0
+        for (d, g), rows in groups.items():
+            key = f"doc_id = {sql_str(d)} AND generation = {sql_str(g)}"
+            part = live.get((d, g))
+            if part is not None:
+                a, b = part["entry_from"], part["entry_to"]
+                out = [e for e, _ in rows if not a <= e < b]
+                if out:
+                    preds.append(f"({key} AND (entry_from < {a} OR entry_from >= {b}))")
+                    n_rows += len(out)
+            elif max(c for _, c in rows) < cutoff:
+                preds.append(f"({key})")
+                n_rows, n_gens = n_rows + len(rows), n_gens + 1
+            else:
+                n_flight += 1
+        for i in range(0, len(preds), 64):
+            self.tables.delete_rows(" OR ".join(preds[i : i + 64]))
+        compaction, cleanup = self.tables.compact_and_clean(keep_versions_s)
+        return OptimizeReport(n_rows, n_gens, n_flight, len(losers), compaction, cleanup)
+
+    def stats(self) -> StoreStats:
+        """Bytes per raw token stored vs. a full KV cache, per document and in total."""
+        docs = [
+            DocStats(i.doc_id, i.n_tokens, i.n_entries, i.n_rows, i.stored_bytes, i.full_kv_bytes, i.store_dtype)
+            for i in self.list()
+        ]
+        return StoreStats(docs, self.tables.count_rows(), self.tables.disk_bytes(), self.tables.versions())
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _read_docs(self, where: str | None = None) -> list[DocumentInfo]:
+        latest = _newest_per_id(self.tables.doc_rows(where))
+        return [DocumentInfo.from_row(latest[k]) for k in sorted(latest)]
+
+    def _read_doc(self, doc_id: str) -> DocumentInfo | None:
+        found = self._read_docs(f"doc_id = {sql_str(doc_id)}")
+        return found[0] if found else None
+
+    def _write_rows(
+        self,
+        doc_id: str,
+        generation: str,
+        memory: Memory,
+        segments: list[tuple[int, int]],
+        store_dtype: str,
+        now: datetime,
+    ) -> tuple[int, int]:
+        b, h, d = memory.batch_size, memory.keys[0].shape[1], memory.keys[0].shape[3]
+        entry_bytes = b * h * d * to_dtype(store_dtype).itemsize
+        slabs = plan_slabs(memory.n_layers, segments, entry_bytes=entry_bytes, max_row_bytes=self.max_row_bytes)
+        if not slabs:
+            return 0, 0
+
+        def rows():
+            return encode(memory, slabs, store_dtype=store_dtype, doc_id=doc_id, generation=generation)
+
+        return self.tables.write_rows(doc_id, generation, now, rows)
+
+    def _drop_dead_rows(self, doc_id: str, generations: list[str], extra: str | None = None) -> None:
+        """Best effort: delete rows nobody points at any more (`optimize` deletes what this misses)."""
+        where = f"doc_id = {sql_str(doc_id)} AND generation IN ({', '.join(sql_str(g) for g in generations)})"
+        where = f"{where} AND {extra}" if extra else where
+        try:
+            self.tables.delete_rows(where)
+        except Exception as e:  # the commit that made them dead stands; never undo it for garbage
+            logger.warning("could not delete dead snapshot rows (%s): %s; optimize() will", where, e)
+
+    def _plan_load(self, view: SnapshotView, info: DocumentInfo) -> list[dict]:
+        """Metadata of the live rows of `info`, checked to tile its memory exactly once."""
+        gens = {p.generation: p for p in info.parts}
+        where = f"doc_id = {sql_str(info.doc_id)} AND generation IN ({', '.join(sql_str(g) for g in gens)})"
+        try:
+            rows = view.rows(where, SNAPSHOT_META_COLUMNS)
+        except (OSError, ValueError, RuntimeError) as e:  # a damaged data file
+            raise CorruptSnapshotError(f"document {info.doc_id!r}: its rows cannot be read ({e})") from e
+        live = [r for r in rows if gens[r["generation"]].entry_from <= r["entry_from"] < gens[r["generation"]].entry_to]
+        cover = {t: np.zeros((info.n_layers, info.n_entries), np.int32) for t in ("keys", "values")}
+        for r in live:
+            problem = _row_problem(r, info, gens[r["generation"]])
+            if problem:
+                raise CorruptSnapshotError(
+                    f"document {info.doc_id!r}: row {r['row']} of generation {r['generation']} {problem}"
+                )
+            cover[r["tensor"]][r["layer_from"] : r["layer_to"], r["entry_from"] : r["entry_to"]] += 1
+        for t, c in cover.items():
+            if (c > 1).any():
+                raise CorruptSnapshotError(f"document {info.doc_id!r}: stored rows of {t} overlap; put it again")
+            if (c == 0).any():
+                layer, entry = (int(x[0]) for x in np.nonzero(c == 0))
+                raise _RowsMissing(f"document {info.doc_id!r}: no stored row holds {t} of layer {layer}, entry {entry}")
+        return sorted(live, key=lambda r: r["_rowid"])  # file order
+
+    def _load_once(self, info: DocumentInfo, device: torch.device | str) -> tuple[Memory, list[dict]]:
+        view = self.tables.snapshot_view()
+        live = self._plan_load(view, info)
+        try:
+            blobs = view.blobs([r["_rowid"] for r in live])
+        except (OSError, ValueError, RuntimeError) as e:
+            raise CorruptSnapshotError(f"document {info.doc_id!r}: its rows cannot be opened ({e})") from e
+        reads = [
+            RowRead(info.doc_id, r["generation"], r["row"], _slab(r), r["dtype"], tuple(r["shape"]), r["nbytes"],
+                    r["crc32"], r["scale"], size, read_into)
+            for r, (size, read_into) in zip(live, blobs, strict=True)
+        ]  # fmt: skip
+        shape = (info.n_layers, 1, info.n_kv_heads, info.n_entries, info.head_dim)  # (L, b, h, n, d)
+        dtype = to_dtype(info.memory_dtype)
+        keys = torch.empty(shape, dtype=dtype, device=device)
+        values = torch.empty(shape, dtype=dtype, device=device)
+        load_rows(reads, keys, values, workers=self.read_workers, prefetch=2 * self.read_workers)
+        meta = {"version": info.memory_version, "state": info.state.to_dict()}
+        return Memory.from_export({"keys": keys, "values": values}, meta), live
+
+    def _load(
+        self, info: DocumentInfo, fingerprint: dict, device: torch.device | str
+    ) -> tuple[Memory, DocumentInfo, list[dict]]:
+        """Load `info`'s memory; if its rows vanished because it was replaced meanwhile, the new version."""
+        for _ in range(3):
+            check_fingerprint(info.fingerprint, fingerprint, doc_id=info.doc_id)
+            try:
+                memory, live = self._load_once(info, device)
+                return memory, info, live
+            except _RowsMissing as e:
+                newer = self._read_doc(info.doc_id)
+                if newer is None:
+                    raise DocumentNotFoundError(f"document {info.doc_id!r} was deleted while loading") from e
+                if newer.generation == info.generation:
+                    raise CorruptSnapshotError(f"{e}: rows are missing; put the document again") from e
+                info = newer
+        raise ConcurrentUpdateError(f"document {info.doc_id!r} kept changing while loading; get it again")
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+class _RowsMissing(CorruptSnapshotError):
+    """Rows of a ready generation are not there: corrupt, unless the document was just replaced."""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _slab(r: dict) -> Slab:
+    return Slab(r["tensor"], r["layer_from"], r["layer_to"], r["entry_from"], r["entry_to"])
+
+
+def _payload(r: dict) -> int:
+    return r["nbytes"] + len(r["scale"] or b"")
+
+
+def _newest_per_id(rows: list[dict]) -> dict[str, dict]:
+    """doc_id -> its newest row. Duplicates only come from a lost race; the newest wins."""
+    latest: dict[str, dict] = {}
+    for row in rows:
+        old = latest.get(row["doc_id"])
+        if old is None or (row["updated_at"], row["generation"]) > (old["updated_at"], old["generation"]):
+            latest[row["doc_id"]] = row
+    return latest
+
+
+def _row_problem(r: dict, info: DocumentInfo, part: Part) -> str | None:
+    """Why a row's header cannot belong to `info` (None if it can)."""
+    if r["tensor"] not in ("keys", "values") or not 0 <= r["layer_from"] < r["layer_to"] <= info.n_layers:
+        return "names a tensor or layers the document does not have"
+    if not r["entry_from"] < r["entry_to"] <= part.entry_to:
+        return "reaches past its part of the memory"
+    want = _slab(r).shape(1, info.n_kv_heads, info.head_dim)
+    nbytes = int(np.prod(want)) * to_dtype(info.store_dtype).itemsize
+    if tuple(r["shape"]) != want or r["dtype"] != info.store_dtype or r["nbytes"] != nbytes:
+        return f"claims {r['dtype']} {tuple(r['shape'])} / {r['nbytes']} bytes, expected {info.store_dtype} {want}"
+    return None
+
+
+def _check_doc_id(doc_id: str) -> None:
+    if not isinstance(doc_id, str) or not doc_id or "\x00" in doc_id:
+        raise ValueError(f"doc_id must be a non-empty string without NUL characters, got {doc_id!r}")
+
+
+def _check_memory(doc_id: str, memory: Memory, fingerprint: dict) -> None:
+    if not isinstance(memory, Memory):
+        raise ValueError(f"document {doc_id!r}: memory must be a beacon.Memory, got {type(memory).__name__}")
+    memory.check()
+    if memory.batch_size != 1:
+        raise ValueError(
+            f"document {doc_id!r}: the memory holds a batch of {memory.batch_size} sequences; a snapshot is one"
+            " document: condense and put each document on its own (batch size 1)"
+        )
+    if memory.n_tokens == 0:
+        raise ValueError(f"document {doc_id!r} is empty (the memory has read no tokens): condense some text first")
+    if not isinstance(fingerprint, dict) or "id" not in fingerprint:
+        raise ValueError(f"document {doc_id!r}: fingerprint must be lm.fingerprint() of the model that condensed it")
+    if fingerprint.get("dtype") != dtype_name(memory.dtype):
+        raise ValueError(
+            f"document {doc_id!r}: the memory is {dtype_name(memory.dtype)} but the fingerprint's model runs in"
+            f" {fingerprint.get('dtype')}: pass the fingerprint of the model that condensed this memory"
+        )
+
+
+def _check_metadata(doc_id: str, metadata: dict | None) -> None:
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise ValueError(f"document {doc_id!r}: metadata must be a dict, got {type(metadata).__name__}")
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"document {doc_id!r}: metadata must be JSON (str keys, plain values): {e}") from e
+
+
+def _describe(
+    doc_id: str,
+    generation: str,
+    memory: Memory,
+    fingerprint: dict,
+    store_dtype: str,
+    *,
+    parts: tuple[Part, ...],
+    pieces: tuple[Piece, ...],
+    n_rows: int,
+    stored_bytes: int,
+    created_at: datetime,
+    text_sha256: str | None,
+    source_uri: str | None,
+    title: str | None,
+    metadata: dict | None,
+) -> DocumentInfo:
+    """The documents record of `memory` stored under `generation`."""
+    h, d = memory.keys[0].shape[1], memory.keys[0].shape[3]
+    config = fingerprint.get("beacon_config", {})
+    return DocumentInfo(
+        doc_id=doc_id,
+        generation=generation,
+        parts=parts,
+        created_at=created_at,
+        updated_at=_now(),
+        n_tokens=memory.n_tokens,
+        pieces=pieces,
+        fingerprint=fingerprint,
+        beacon_config=config,
+        ratios=chosen_ratios(config, memory.state),
+        state=memory.state,
+        memory_version=EXPORT_VERSION,
+        memory_dtype=dtype_name(memory.dtype),
+        store_dtype=store_dtype,
+        n_layers=memory.n_layers,
+        n_kv_heads=h,
+        head_dim=d,
+        n_rows=n_rows,
+        stored_bytes=stored_bytes,
+        full_kv_bytes=full_kv_bytes(memory.n_layers, h, d, memory.n_tokens, memory.dtype),
+        source_uri=source_uri,
+        title=title,
+        metadata=metadata,
+        text_sha256=text_sha256,
+    )

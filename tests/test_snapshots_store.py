@@ -1,0 +1,296 @@
+"""SnapshotStore on real LanceDB folders with real tiny models: exactness, append, several documents,
+catalogue, upsert, fp8, fingerprints and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from beacon import Memory
+from snapshots import (
+    DocumentExistsError,
+    DocumentNotFoundError,
+    FingerprintMismatchError,
+    SnapshotStore,
+)
+
+from ._snapshots_helpers import CONFIGS, assert_same_memory
+from .conftest import load_tiny, tokens
+
+
+def _store(tmp_path, **kw) -> SnapshotStore:
+    return SnapshotStore(tmp_path / "db", **kw)
+
+
+# ---- exactness ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("n", [5, 16, 37], ids=["shorter-than-window", "whole-window", "mid-window"])
+def test_put_get_generate_equals_one_pass(tmp_path, config, n):
+    lm = load_tiny("qwen2", **CONFIGS[config])
+    fp = lm.fingerprint()
+    store = _store(tmp_path, max_row_bytes=300)  # many small rows
+    doc, q = tokens(n, 1), tokens(6, 2)
+    memory = lm.condense(doc)
+    store.put("doc", memory, fingerprint=fp, token_ids=doc)
+    got = store.get("doc", fingerprint=fp)
+    assert_same_memory(got, memory)  # the store adds nothing and loses nothing
+
+    _, direct = lm.forward(q, memory.fork(), logits="last")
+    _, loaded = lm.forward(q, got.fork(), logits="last")
+    _, one_pass = lm.forward(torch.cat([doc, q], 1), None, logits="last")
+    assert torch.equal(loaded, direct)
+    # reading doc and question in two calls rounds differently only where the split cuts a window
+    torch.testing.assert_close(loaded, one_pass, rtol=0, atol=2e-5)
+    if n % 16 == 0:
+        assert torch.equal(loaded, one_pass)
+    want = lm.generate(torch.cat([doc, q], 1), max_new_tokens=8)
+    assert torch.equal(lm.generate(q, memory=got, max_new_tokens=8), want)
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_append_equals_condensing_the_whole_text(tmp_path, config):
+    lm = load_tiny("qwen2", **CONFIGS[config])
+    fp = lm.fingerprint()
+    store = _store(tmp_path, max_row_bytes=300)
+    a, b, c, q = tokens(5, 1), tokens(30, 2), tokens(19, 3), tokens(6, 4)
+    store.put("doc", lm.condense(a), fingerprint=fp, text="first")  # shorter than one window
+    store.append("doc", b, lm=lm, text="second")  # crosses windows, ends mid-window
+    first_o = store.show("doc").parts
+    returned = store.append("doc", c[0], lm=lm)  # 1-D ids work too
+    got = store.get("doc", fingerprint=fp)
+
+    stepwise = lm.condense(c, lm.condense(b, lm.condense(a)))
+    assert_same_memory(got, stepwise)
+    assert_same_memory(returned, stepwise)
+    whole = torch.cat([a, b, c], 1)
+    once = lm.condense(whole)
+    assert got.state == once.state
+    for x, y in zip(got.keys + got.values, once.keys + once.values, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=2e-5)
+    want = lm.generate(torch.cat([whole, q], 1), max_new_tokens=8)
+    assert torch.equal(lm.generate(q, memory=got, max_new_tokens=8), want)
+
+    info = store.show("doc")
+    assert info.n_tokens == 54 and [p.n_tokens for p in info.pieces] == [5, 30, 19]
+    assert info.pieces[0].text_sha256 == hashlib.sha256(b"first").hexdigest() and info.text_sha256 is None
+    # parts tile the entries; the condensed part's rows were kept, not rewritten
+    assert info.parts[0].entry_from == 0 and info.parts[-1].entry_to == info.n_entries
+    assert all(p.entry_to == q_.entry_from for p, q_ in zip(info.parts[:-1], info.parts[1:], strict=True))
+    assert len(info.parts) == 2 and info.parts[0].generation == first_o[0].generation
+    assert store.stats().snapshot_rows == info.n_rows  # the superseded window rows are gone
+
+
+def test_several_documents_load_as_one_memory_in_the_given_order(tmp_path):
+    lm = load_tiny("qwen2", **CONFIGS["interleave"])
+    fp = lm.fingerprint()
+    store = _store(tmp_path)
+    docs = {"a": tokens(37, 1), "b": tokens(16, 2), "c": tokens(5, 3)}
+    mems = {k: lm.condense(v) for k, v in docs.items()}
+    for k, m in mems.items():
+        store.put(k, m, fingerprint=fp)
+    got = store.get(["a", "b", "c"], fingerprint=fp)
+    want = Memory.concat([mems["a"], mems["b"], mems["c"]])
+    assert_same_memory(got, want)
+    q = tokens(6, 9)
+    assert torch.equal(lm.generate(q, memory=got, max_new_tokens=8), lm.generate(q, memory=want, max_new_tokens=8))
+    reversed_ = store.get(["c", "b", "a"], fingerprint=fp)
+    assert_same_memory(reversed_, Memory.concat([mems["c"], mems["b"], mems["a"]]))
+    assert not torch.equal(reversed_.keys[0], got.keys[0])  # order matters
+    assert store.get(["b"], fingerprint=fp).state == mems["b"].state
+
+
+# ---- catalogue ---------------------------------------------------------------------------------
+def test_show_list_stats_delete(tmp_path):
+    lm = load_tiny("qwen2", **CONFIGS["append"])
+    fp = lm.fingerprint()
+    store = _store(tmp_path)
+    doc = tokens(37, 1)
+    memory = lm.condense(doc)
+    odd_id = 'it\'s "quoted" / ünï côdé'
+    text = "héllo wörld"
+    store.put(
+        odd_id, memory, fingerprint=fp, text=text, token_ids=doc, source_uri="file:///x.txt", title="X",
+        metadata={"lang": "de", "n": 3},
+    )  # fmt: skip
+    info = store.show(odd_id)
+    assert (info.title, info.source_uri, info.metadata) == ("X", "file:///x.txt", {"lang": "de", "n": 3})
+    assert info.text_sha256 == hashlib.sha256(text.encode()).hexdigest()
+    assert info.pieces[0].tokens_sha256 == hashlib.sha256(doc.numpy().astype("<i8").tobytes()).hexdigest()
+    assert info.fingerprint == fp and info.beacon_config == fp["beacon_config"]
+    assert info.ratios == (4, 4)  # two finished windows at ratio 4
+    assert info.sizes() == memory.sizes() and info.n_tokens == 37 and info.memory_dtype == "float32"
+    assert info.stored_bytes == memory.nbytes()
+    assert info.full_kv_bytes == 2 * 2 * 2 * 16 * 37 * 4  # K+V, layers, kv heads, head dim, tokens, fp32
+
+    store.put("y", lm.condense(tokens(64, 2)), fingerprint=fp)
+    assert [i.doc_id for i in store.list()] == sorted([odd_id, "y"])
+    stats = store.stats()
+    assert stats.n_tokens == 101 and stats.stored_bytes == sum(i.stored_bytes for i in store.list())
+    assert stats.full_kv_bytes_per_token == 512 and 3 < stats.full_kv_bytes / stats.stored_bytes < 4
+    assert stats.live_rows == stats.snapshot_rows and stats.disk_bytes > stats.stored_bytes
+
+    assert store.delete(odd_id) is True
+    with pytest.raises(DocumentNotFoundError, match="quoted"):
+        store.show(odd_id)
+    with pytest.raises(DocumentNotFoundError):
+        store.get(odd_id, fingerprint=fp)
+    with pytest.raises(DocumentNotFoundError):
+        store.delete(odd_id)
+    assert store.delete(odd_id, missing_ok=True) is False
+    assert [i.doc_id for i in store.list()] == ["y"]
+    assert store.stats().snapshot_rows == store.show("y").n_rows
+
+
+def test_put_of_a_stored_id_replaces_it(tmp_path):
+    lm = load_tiny("qwen2", **CONFIGS["append"])
+    fp = lm.fingerprint()
+    store = _store(tmp_path, max_row_bytes=300)
+    old, new = lm.condense(tokens(37, 1)), lm.condense(tokens(21, 2))
+    first = store.put("d", old, fingerprint=fp)
+    second = store.put("d", new, fingerprint=fp)
+    assert second.generation != first.generation
+    assert_same_memory(store.get("d", fingerprint=fp), new)
+    assert store.stats().snapshot_rows == second.n_rows  # the old rows are gone
+    with pytest.raises(DocumentExistsError, match="'d'"):
+        store.put("d", old, fingerprint=fp, on_exists="error")
+    assert_same_memory(store.get("d", fingerprint=fp), new)
+    store.put("e", old, fingerprint=fp, on_exists="error")  # a new id is fine
+    assert [i.doc_id for i in store.list()] == ["d", "e"]
+
+
+def test_optimize_keeps_documents_and_compacts(tmp_path):
+    lm = load_tiny("qwen2", **CONFIGS["interleave"])
+    fp = lm.fingerprint()
+    store = _store(tmp_path, max_row_bytes=300)
+    mems = {f"d{i}": lm.condense(tokens(20 + 7 * i, i)) for i in range(4)}
+    for k, m in mems.items():
+        store.put(k, m, fingerprint=fp)
+    store.delete("d1")
+    store.append("d2", tokens(9, 9), lm=lm)
+    before = store.stats().disk_bytes
+    report = store.optimize(grace_s=0, keep_versions_s=0)
+    assert report.compaction["snapshots"]["fragments_removed"] > 0
+    assert store.stats().disk_bytes < before
+    assert_same_memory(store.get("d0", fingerprint=fp), mems["d0"])
+    assert_same_memory(store.get("d2", fingerprint=fp), lm.condense(tokens(9, 9), mems["d2"].fork()))
+    assert store.stats().snapshot_rows == store.stats().live_rows
+
+
+# ---- dtypes ------------------------------------------------------------------------------------
+def test_bf16_is_lossless_and_fp8_halves_it(tmp_path):
+    lm = load_tiny("qwen2", dtype="bfloat16", **CONFIGS["append"])
+    fp = lm.fingerprint()
+    store = _store(tmp_path)
+    doc, q = tokens(64, 1), tokens(6, 2)
+    memory = lm.condense(doc)
+    bf16 = store.put("bf16", memory, fingerprint=fp)
+    fp8 = store.put("fp8", memory, fingerprint=fp, store_dtype="float8_e4m3fn")
+    assert_same_memory(store.get("bf16", fingerprint=fp), memory)
+    n_values = bf16.stored_bytes // 2
+    n_vectors = n_values // 16  # one float32 scale per head_dim=16 vector
+    assert fp8.stored_bytes == n_values + 4 * n_vectors  # 1 byte per value + scales
+    got = store.get("fp8", fingerprint=fp)
+    assert got.dtype == torch.bfloat16 and got.state == memory.state
+    for x, y in zip(got.keys + got.values, memory.keys + memory.values, strict=True):
+        amax = y.float().abs().amax(-1, keepdim=True)
+        assert ((x.float() - y.float()).abs() <= amax / 16 + 1e-6).all()  # e4m3: 3 mantissa bits
+    assert lm.generate(q, memory=got, max_new_tokens=4).shape == (1, 4)
+
+
+def test_store_dtype_float16_of_an_fp32_memory(tmp_path):
+    lm = load_tiny("qwen2", **CONFIGS["append"])
+    store = _store(tmp_path)
+    memory = lm.condense(tokens(37, 1))
+    info = store.put("h", memory, fingerprint=lm.fingerprint(), store_dtype="float16")
+    assert info.stored_bytes == memory.nbytes() // 2
+    got = store.get("h", fingerprint=lm.fingerprint())
+    assert got.dtype == torch.float32
+    for x, y in zip(got.keys + got.values, memory.keys + memory.values, strict=True):
+        torch.testing.assert_close(x, y.half().float(), rtol=0, atol=0)
+
+
+# ---- fingerprints ------------------------------------------------------------------------------
+def test_a_snapshot_is_refused_by_another_model_naming_both(tmp_path):
+    qwen = load_tiny("qwen2", **CONFIGS["append"])
+    store = _store(tmp_path)
+    store.put("doc", qwen.condense(tokens(37, 1)), fingerprint=qwen.fingerprint())
+
+    llama = load_tiny("llama", **CONFIGS["append"])
+    with pytest.raises(FingerprintMismatchError) as e:
+        store.get("doc", fingerprint=llama.fingerprint())
+    msg = str(e.value)
+    assert "tiny/qwen2" in msg and "tiny/llama" in msg
+    assert qwen.fingerprint()["id"] in msg and llama.fingerprint()["id"] in msg
+    assert "model_type: 'qwen2' vs 'llama'" in msg and "base_probe_sha256" in msg
+    with pytest.raises(FingerprintMismatchError):
+        store.append("doc", tokens(5, 2), lm=llama)
+
+    other_ratio = load_tiny("qwen2", **(CONFIGS["append"] | {"beacon_ratio": [2]}))
+    with pytest.raises(FingerprintMismatchError, match=r"beacon_config\.beacon_ratio: \[4\] vs \[2\]"):
+        store.get("doc", fingerprint=other_ratio.fingerprint())
+    bf16 = load_tiny("qwen2", dtype="bfloat16", **CONFIGS["append"])
+    with pytest.raises(FingerprintMismatchError, match="dtype: 'float32' vs 'bfloat16'"):
+        store.get("doc", fingerprint=bf16.fingerprint())
+    assert store.show("doc").n_tokens == 37  # nothing changed
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+def test_bad_input_gets_clear_errors_and_stores_nothing(tmp_path):
+    lm = load_tiny("qwen2", **CONFIGS["append"])
+    fp = lm.fingerprint()
+    store = _store(tmp_path)
+    memory = lm.condense(tokens(20, 1))
+    cases = [
+        (dict(doc_id="e", memory=lm.new_memory()), "empty"),
+        (dict(text=b"caf\xe9 au lait"), "not valid UTF-8"),
+        (dict(text="lone \ud800 surrogate"), "UTF-8 cannot encode"),
+        (dict(memory=lm.condense(tokens(20, 1, batch=2))), "batch of 2"),
+        (dict(doc_id=""), "non-empty string"),
+        (dict(doc_id=None), "non-empty string"),
+        (dict(metadata={"x": object()}), "metadata must be JSON"),
+        (dict(metadata=["x"]), "metadata must be a dict"),
+        (dict(store_dtype="int8"), "store_dtype='int8'"),
+        (dict(token_ids=tokens(3, 1)), "token_ids has 3 ids"),
+        (dict(fingerprint={}), "fingerprint must be"),
+        (dict(on_exists="skip"), "on_exists='skip'"),
+    ]
+    for change, message in cases:
+        args = dict(doc_id="d", memory=memory, fingerprint=fp) | change
+        with pytest.raises(ValueError, match=message):
+            store.put(args.pop("doc_id"), args.pop("memory"), **args)
+    bf16 = lm.condense(tokens(20, 1)).to(dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="memory is bfloat16"):
+        store.put("d", bf16, fingerprint=fp)
+    assert store.list() == [] and store.stats().snapshot_rows == 0
+
+    for call in (
+        lambda: store.show("nope"),
+        lambda: store.get("nope", fingerprint=fp),
+        lambda: store.get(["nope"], fingerprint=fp),
+        lambda: store.append("nope", tokens(3, 1), lm=lm),
+        lambda: store.delete("nope"),
+    ):
+        with pytest.raises(DocumentNotFoundError, match="'nope'"):
+            call()
+    store.put("d", memory, fingerprint=fp)
+    with pytest.raises(ValueError, match="nothing to append"):
+        store.append("d", torch.empty(0, dtype=torch.long), lm=lm)
+    with pytest.raises(ValueError, match="get needs at least one"):
+        store.get([], fingerprint=fp)
+    with pytest.raises(ValueError, match="max_row_bytes"):
+        SnapshotStore(tmp_path / "db", max_row_bytes=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_get_onto_cuda_through_pinned_buffers(tmp_path):
+    lm = load_tiny("qwen2", **CONFIGS["interleave"])
+    fp = lm.fingerprint()
+    store = _store(tmp_path, max_row_bytes=300)
+    memory = lm.condense(tokens(37, 1))
+    store.put("doc", memory, fingerprint=fp)
+    got = store.get("doc", fingerprint=fp, device="cuda")
+    assert got.device.type == "cuda"
+    assert_same_memory(got, memory)
