@@ -212,19 +212,33 @@ def build_examples(
 class BatchPlan:
     """Which examples form micro-batch k (k = 0, 1, ... over all epochs); a pure function of k.
 
-    Every epoch has `batches_per_epoch` = ceil(n / batch_size) micro-batches.
+    Examples of different `groups` (e.g. language-modelling rows vs. prompt/completion rows) never
+    share a batch, so a batch's mean loss is over one kind of target. Every epoch has
+    `batches_per_epoch` = sum over groups of ceil(n_group / batch_size) micro-batches.
     """
 
-    def __init__(self, lengths: list[int] | np.ndarray, batch_size: int, *, seed: int = 0, bucket: int = 64):
+    def __init__(
+        self,
+        lengths: list[int] | np.ndarray,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        bucket: int = 64,
+        groups: list[int] | np.ndarray | None = None,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(lengths) == 0:
             raise ValueError("no examples to batch")
         self.lengths = np.asarray(lengths)
+        self.groups = np.zeros(len(self.lengths), dtype=np.int64) if groups is None else np.asarray(groups)
+        if self.groups.shape != self.lengths.shape:
+            raise ValueError(f"groups {self.groups.shape} must match lengths {self.lengths.shape}")
         self.batch_size = batch_size
         self.seed = seed
         self.bucket = bucket  # batches sorted by length together in a pool
-        self.batches_per_epoch = -(-len(self.lengths) // batch_size)
+        sizes = np.unique(self.groups, return_counts=True)[1]
+        self.batches_per_epoch = int(sum(-(-n // batch_size) for n in sizes))
         self._epoch: tuple[int, list[np.ndarray]] | None = None
 
     def epoch(self, e: int) -> list[np.ndarray]:
@@ -235,10 +249,12 @@ class BatchPlan:
         order = rng.permutation(len(self.lengths))
         pool = self.batch_size * self.bucket
         batches = []
-        for start in range(0, len(order), pool):
-            chunk = order[start : start + pool]
-            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]  # similar lengths together
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        for g in np.unique(self.groups):
+            mine = order[self.groups[order] == g]
+            for start in range(0, len(mine), pool):
+                chunk = mine[start : start + pool]
+                chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]  # similar lengths together
+                batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         batches = [batches[i] for i in rng.permutation(len(batches))]
         self._epoch = (e, batches)
         return batches

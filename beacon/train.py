@@ -313,7 +313,8 @@ def train(cfg: TrainConfig, *, on_log: Callable[[dict], None] | None = None) -> 
         max_tokens=cfg.max_train_tokens,
         seed=cfg.seed,
     )
-    plan = BatchPlan([len(e) for e in examples], cfg.batch_size, seed=cfg.seed)
+    kinds = [e.labels is not None for e in examples]  # LM rows and answer-only rows batch apart
+    plan = BatchPlan([len(e) for e in examples], cfg.batch_size, seed=cfg.seed, groups=kinds)
     pad_id = pad if pad is not None else (eos if eos is not None else 0)
 
     # ---- optimizer, and resume ------------------------------------------------------------------

@@ -111,6 +111,15 @@ def test_batch_plan_is_a_pure_function_of_the_index_and_covers_each_epoch():
     assert np.mean(spread) < np.ptp(lengths) / 3  # neighbours in length share a batch
 
 
+def test_groups_never_share_a_batch():
+    groups = np.arange(50) % 3 == 0
+    plan = BatchPlan(np.full(50, 10), 4, seed=0, groups=groups)
+    assert plan.batches_per_epoch == 5 + 9  # ceil(17 / 4) + ceil(33 / 4)
+    batches = [plan[k] for k in range(plan.batches_per_epoch)]
+    assert all(len(set(groups[b])) == 1 for b in batches)
+    assert sorted(np.concatenate(batches)) == list(range(50))
+
+
 def test_collate_right_pads_with_ignored_labels():
     out = build_examples(
         [{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9]}], None, min_length=1, max_length=8, eos_id=None

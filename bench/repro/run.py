@@ -29,259 +29,44 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-M = "bench.repro."
-
-# stage -> arguments (WORK is replaced by the work dir); GPU plan, then the CPU smoke plan
+# stage -> "module arguments" (WORK is replaced by the work dir). Budgets are seconds of training.
 GPU = {
-    "corpus": [M + "corpus", "--out", "WORK/corpus", "--max-mb", "400", "--vocab", "8192"],
-    "pretrain-repro": [
-        M + "pretrain",
-        "--corpus",
-        "WORK/corpus",
-        "--out",
-        "WORK/base-repro",
-        "--preset",
-        "repro",
-        "--window",
-        "512",
-        "--batch-size",
-        "64",
-        "--lr",
-        "2e-3",
-        "--time-budget",
-        "330",
-    ],
-    "beacons-repro": [
-        M + "beacons",
-        "--base",
-        "WORK/base-repro",
-        "--corpus",
-        "WORK/corpus",
-        "--out",
-        "WORK/beacon-repro",
-        "--window",
-        "128",
-        "--min-length",
-        "1024",
-        "--max-length",
-        "2048",
-        "--batch-size",
-        "32",
-        "--lr",
-        "1e-3",
-        "--train-mb",
-        "120",
-        "--time-budget",
-        "200",
-    ],
-    "eval-repro": [
-        M + "evaluate",
-        "repro",
-        "--beacon",
-        "WORK/beacon-repro",
-        "--corpus",
-        "WORK/corpus",
-        "--out",
-        "WORK/eval_repro.json",
-        "--length",
-        "8192",
-        "--docs",
-        "32",
-        "--samples",
-        "24",
-        "--lengths",
-        "512,1024,2048,4096,8192",
-    ],
-    "pretrain-default": [
-        M + "pretrain",
-        "--corpus",
-        "WORK/corpus",
-        "--out",
-        "WORK/base-default",
-        "--preset",
-        "default",
-        "--window",
-        "512",
-        "--batch-size",
-        "64",
-        "--lr",
-        "3e-3",
-        "--time-budget",
-        "180",
-        "--qa-mix",
-        "0.1",
-    ],
-    "beacons-default": [
-        M + "beacons",
-        "--base",
-        "WORK/base-default",
-        "--corpus",
-        "WORK/corpus",
-        "--out",
-        "WORK/beacon-default",
-        "--window",
-        "128",
-        "--min-length",
-        "512",
-        "--max-length",
-        "2048",
-        "--batch-size",
-        "32",
-        "--lr",
-        "1e-3",
-        "--train-mb",
-        "30",
-        "--qa-rows",
-        "6000",
-        "--time-budget",
-        "150",
-    ],
-    "finalize-default": [M + "finalize", "--beacon", "WORK/beacon-default", "--out", "WORK/beacon-tiny-code"],
-    "eval-default": [
-        M + "evaluate",
-        "default",
-        "--beacon",
-        "WORK/beacon-tiny-code",
-        "--corpus",
-        "WORK/corpus",
-        "--out",
-        "WORK/eval_default.json",
-        "--samples",
-        "40",
-        "--lengths",
-        "256,512,1024,2048,4096",
-    ],
-    "report": [M + "report", "--work", "WORK", "--out", "WORK/results"],
+    "corpus": "corpus --out WORK/corpus --max-mb 400 --vocab 8192",
+    "pretrain-repro": "pretrain --corpus WORK/corpus --out WORK/base-repro --preset repro --window 512"
+    " --batch-size 64 --lr 2e-3 --time-budget 360",
+    "beacons-repro": "beacons --base WORK/base-repro --corpus WORK/corpus --out WORK/beacon-repro --window 128"
+    " --min-length 1024 --max-length 2048 --batch-size 32 --lr 5e-4 --train-mb 200 --parallel-window 4"
+    " --time-budget 300",
+    "eval-repro": "evaluate repro --beacon WORK/beacon-repro --corpus WORK/corpus --out WORK/eval_repro.json"
+    " --length 8192 --docs 32 --samples 24 --lengths 512,1024,2048,4096,8192",
+    "pretrain-default": "pretrain --corpus WORK/corpus --out WORK/base-default --preset default --window 512"
+    " --batch-size 64 --lr 3e-3 --time-budget 240 --qa-mix 0.1",
+    "beacons-default": "beacons --base WORK/base-default --corpus WORK/corpus --out WORK/beacon-default --window 128"
+    " --min-length 512 --max-length 2048 --batch-size 32 --lr 1e-3 --train-mb 40 --qa-rows 8000"
+    " --parallel-window 4 --time-budget 240",
+    "finalize-default": "finalize --beacon WORK/beacon-default --out WORK/beacon-tiny-code",
+    "eval-default": "evaluate default --beacon WORK/beacon-tiny-code --corpus WORK/corpus"
+    " --out WORK/eval_default.json --samples 40 --lengths 256,512,1024,2048,4096",
+    "report": "report --work WORK --out WORK/results",
 }
+# the same stages on this CPU machine in seconds: a few MB of corpus, a 0.1M-parameter model
 SMOKE = {
     **GPU,
-    "corpus": [
-        M + "corpus",
-        "--out",
-        "WORK/corpus",
-        "--max-mb",
-        "6",
-        "--vocab",
-        "1024",
-        "--tokenizer-sample-mb",
-        "3",
-        "--long-bytes",
-        "8000",
-        "--want-long",
-        "16",
-        "--max-share",
-        "0.2",
-    ],
-    "pretrain-repro": [
-        M + "pretrain",
-        "--corpus",
-        "WORK/corpus",
-        "--out",
-        "WORK/base-repro",
-        "--preset",
-        "smoke",
-        "--window",
-        "128",
-        "--batch-size",
-        "16",
-        "--time-budget",
-        "12",
-    ],
-    "beacons-repro": [
-        M + "beacons",
-        "--base",
-        "WORK/base-repro",
-        "--corpus",
-        "WORK/corpus",
-        "--out",
-        "WORK/beacon-repro",
-        "--window",
-        "32",
-        "--min-length",
-        "256",
-        "--max-length",
-        "512",
-        "--batch-size",
-        "4",
-        "--train-mb",
-        "0.5",
-        "--time-budget",
-        "10",
-    ],
-    "eval-repro": [
-        M + "evaluate",
-        "repro",
-        "--beacon",
-        "WORK/beacon-repro",
-        "--corpus",
-        "WORK/corpus",
-        "--out",
-        "WORK/eval_repro.json",
-        "--length",
-        "2048",
-        "--docs",
-        "4",
-        "--samples",
-        "4",
-        "--lengths",
-        "128,256,512,1024",
-    ],
-    "pretrain-default": [
-        M + "pretrain",
-        "--corpus",
-        "WORK/corpus",
-        "--out",
-        "WORK/base-default",
-        "--preset",
-        "smoke",
-        "--window",
-        "128",
-        "--batch-size",
-        "16",
-        "--time-budget",
-        "12",
-        "--qa-mix",
-        "0.25",
-    ],
-    "beacons-default": [
-        M + "beacons",
-        "--base",
-        "WORK/base-default",
-        "--corpus",
-        "WORK/corpus",
-        "--out",
-        "WORK/beacon-default",
-        "--window",
-        "32",
-        "--min-length",
-        "128",
-        "--max-length",
-        "512",
-        "--batch-size",
-        "4",
-        "--train-mb",
-        "0.3",
-        "--qa-rows",
-        "64",
-        "--qa-min-length",
-        "96",
-        "--time-budget",
-        "10",
-    ],
-    "eval-default": [
-        M + "evaluate",
-        "default",
-        "--beacon",
-        "WORK/beacon-tiny-code",
-        "--corpus",
-        "WORK/corpus",
-        "--out",
-        "WORK/eval_default.json",
-        "--samples",
-        "4",
-        "--lengths",
-        "128,256,512",
-    ],
+    "corpus": "corpus --out WORK/corpus --max-mb 6 --vocab 1024 --tokenizer-sample-mb 3 --long-bytes 8000"
+    " --want-long 16 --max-share 0.2",
+    "pretrain-repro": "pretrain --corpus WORK/corpus --out WORK/base-repro --preset smoke --window 128"
+    " --batch-size 16 --time-budget 12",
+    "beacons-repro": "beacons --base WORK/base-repro --corpus WORK/corpus --out WORK/beacon-repro --window 32"
+    " --min-length 256 --max-length 512 --batch-size 4 --train-mb 0.5 --parallel-window 4 --time-budget 10",
+    "eval-repro": "evaluate repro --beacon WORK/beacon-repro --corpus WORK/corpus --out WORK/eval_repro.json"
+    " --length 2048 --docs 4 --samples 4 --lengths 128,256,512,1024",
+    "pretrain-default": "pretrain --corpus WORK/corpus --out WORK/base-default --preset smoke --window 128"
+    " --batch-size 16 --time-budget 12 --qa-mix 0.25",
+    "beacons-default": "beacons --base WORK/base-default --corpus WORK/corpus --out WORK/beacon-default --window 32"
+    " --min-length 128 --max-length 512 --batch-size 4 --train-mb 0.3 --qa-rows 64 --qa-min-length 96"
+    " --parallel-window 4 --time-budget 10",
+    "eval-default": "evaluate default --beacon WORK/beacon-tiny-code --corpus WORK/corpus"
+    " --out WORK/eval_default.json --samples 4 --lengths 128,256,512",
 }
 CHAINS = [
     ["pretrain-repro", "beacons-repro", "eval-repro"],
@@ -295,8 +80,8 @@ def run_stage(work: Path, name: str, plan: dict) -> None:
     done = work / "done" / name
     if done.exists():
         return
-    args = [a.replace("WORK", str(work)) for a in plan[name]]
-    cmd = [sys.executable, "-m", *args]
+    module, *args = plan[name].replace("WORK", str(work)).split()
+    cmd = [sys.executable, "-m", f"bench.repro.{module}", *args]
     log = work / "logs" / f"{name}.log"
     started = time.time()
     with log.open("a") as f:
@@ -377,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         if (work / "status").exists() and (work / "status").read_text().startswith("running"):
             print("already running")
         else:
-            cmd = [sys.executable, "-m", M + "run", "--work", str(work)] + (["--smoke"] if args.smoke else [])
+            cmd = [sys.executable, "-m", "bench.repro.run", "--work", str(work)] + (["--smoke"] if args.smoke else [])
             with (work / "driver.log").open("a") as log:
                 subprocess.Popen(
                     cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=Path(__file__).parents[2]
