@@ -186,7 +186,7 @@ def encode(
     for slab in slabs:
         src = memory.keys if slab.tensor == "keys" else memory.values
         parts = [src[i][:, :, slab.entry_from : slab.entry_to] for i in range(slab.layer_from, slab.layer_to)]
-        x = parts[0][None] if len(parts) == 1 else torch.stack(parts)  # (layers, b, h, entries, d), a view if 1
+        x = (parts[0][None] if len(parts) == 1 else torch.stack(parts)).contiguous()  # (layers, b, h, entries, d)
         lo, hi = torch.aminmax(x)  # NaN and +-Inf show here; cheaper than isfinite on CPU
         if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
             raise ValueError(
@@ -199,7 +199,7 @@ def encode(
             scale = s.cpu().contiguous().numpy().astype("<f4").tobytes()
         elif x.dtype != target:
             x = x.to(target)
-        data = x.contiguous().cpu().view(torch.uint8).reshape(-1).numpy()
+        data = x.cpu().view(torch.uint8).reshape(-1).numpy()  # no copy for a whole-layer slab of a CPU memory
         shape = tuple(x.shape)
         crc = checksum(doc_id, generation, slab, store_dtype, shape, data, scale)
         yield EncodedRow(slab, store_dtype, shape, data, scale, crc)

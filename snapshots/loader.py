@@ -17,6 +17,7 @@ dst[l0:l1, :, :, e0:e1, :].
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections import deque
@@ -156,7 +157,8 @@ def load_rows(
     buffers = _Buffers(prefetch if cuda else 0, max(r.nbytes for r in rows))
     pending: deque[tuple[RowRead, Future]] = deque()
     todo = iter(rows)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapshot-read") as pool:
+    on_device = torch.cuda.device(keys.device) if cuda else contextlib.nullcontext()  # events, streams: its own
+    with on_device, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapshot-read") as pool:
         try:
             for row in todo:
                 pending.append((row, pool.submit(_read_checked, row, buffers, dst)))

@@ -113,7 +113,7 @@ class SnapshotStore:
         piece = Piece(memory.n_tokens, text_digest(text, doc_id), tokens_digest(token_ids))
         _check_metadata(doc_id, metadata)
 
-        old = self._read_doc(doc_id)
+        old = self._read_raw(doc_id)  # unchecked: a damaged record can still be replaced
         if old is not None and on_exists == "error":
             raise DocumentExistsError(f"document {doc_id!r} is already stored (on_exists='replace' replaces it)")
         generation, now = uuid.uuid4().hex, _now()
@@ -125,9 +125,9 @@ class SnapshotStore:
         )  # fmt: skip
         try:
             for _ in range(self.tables.commit_retries + 1):
-                if self.tables.commit_doc(info.to_row(), expect=None if old is None else old.generation):
+                if self.tables.commit_doc(info.to_row(), expect=None if old is None else old["generation"]):
                     break
-                old = self._read_doc(doc_id)  # another writer committed this id meanwhile
+                old = self._read_raw(doc_id)  # another writer committed this id meanwhile
                 if old is not None and on_exists == "error":
                     raise DocumentExistsError(f"document {doc_id!r} was stored by another writer meanwhile")
             else:
@@ -136,7 +136,7 @@ class SnapshotStore:
             self._drop_dead_rows(doc_id, [generation])
             raise
         if old is not None:  # the replaced version's rows are dead now
-            self._drop_dead_rows(doc_id, [p.generation for p in old.parts])
+            self._drop_dead_rows(doc_id, [p["generation"] for p in old["parts"]] + [old["generation"]])
         return info
 
     def get(self, doc_ids: str | Sequence[str], *, fingerprint: dict, device: torch.device | str = "cpu") -> Memory:
@@ -225,13 +225,13 @@ class SnapshotStore:
         """Remove `doc_id` and its rows. Returns False if it was not stored and missing_ok, else raises
         DocumentNotFoundError."""
         _check_doc_id(doc_id)
-        info = self._read_doc(doc_id)
-        if info is None:
+        old = self._read_raw(doc_id)  # unchecked: a damaged record can still be deleted
+        if old is None:
             if missing_ok:
                 return False
             raise DocumentNotFoundError(f"no document {doc_id!r} in {self.path} to delete")
-        self.tables.delete_docs(f"doc_id = {sql_str(doc_id)} AND generation = {sql_str(info.generation)}")
-        self._drop_dead_rows(doc_id, [p.generation for p in info.parts])
+        self.tables.delete_docs(f"doc_id = {sql_str(doc_id)} AND generation = {sql_str(old['generation'])}")
+        self._drop_dead_rows(doc_id, [p["generation"] for p in old["parts"]] + [old["generation"]])
         return True
 
     def optimize(self, *, grace_s: float = 3600.0, keep_versions_s: float = 3600.0) -> OptimizeReport:
@@ -284,6 +284,13 @@ class SnapshotStore:
     def _read_docs(self, where: str | None = None) -> list[DocumentInfo]:
         latest = _newest_per_id(self.tables.doc_rows(where))
         return [DocumentInfo.from_row(latest[k]) for k in sorted(latest)]
+
+    def _read_raw(self, doc_id: str) -> dict | None:
+        """The newest documents row of `doc_id` as stored, without checks (for replacing or deleting it)."""
+        rows = self.tables.doc_rows(
+            f"doc_id = {sql_str(doc_id)}", columns=["doc_id", "generation", "parts", "updated_at"]
+        )
+        return _newest_per_id(rows).get(doc_id)
 
     def _read_doc(self, doc_id: str) -> DocumentInfo | None:
         found = self._read_docs(f"doc_id = {sql_str(doc_id)}")

@@ -79,13 +79,22 @@ def test_a_short_row_is_reported(stored):
 
 
 def test_missing_rows_and_a_damaged_documents_row_are_reported(stored):
-    store, lm, _ = stored
+    store, lm, memory = stored
     lance.dataset(str(store.path / "snapshots.lance")).delete("row = 2")
     with pytest.raises(CorruptSnapshotError, match="no stored row holds .* rows are missing"):
         store.get("doc", fingerprint=lm.fingerprint())
     lance.dataset(str(store.path / "documents.lance")).update({"n_rows": "n_rows + 1"})
     with pytest.raises(CorruptSnapshotError, match="documents row fails its checksum"):
         store.show("doc")
+    with pytest.raises(CorruptSnapshotError):
+        store.get("doc", fingerprint=lm.fingerprint())
+    store.put("doc", memory, fingerprint=lm.fingerprint())  # a damaged document can be replaced...
+    assert_same_memory(store.get("doc", fingerprint=lm.fingerprint()), memory)
+    store.put("other", memory, fingerprint=lm.fingerprint())
+    lance.dataset(str(store.path / "documents.lance")).update({"n_rows": "n_rows + 1"}, where="doc_id = 'other'")
+    assert store.delete("other")  # ... or deleted
+    assert [i.doc_id for i in store.list()] == ["doc"]
+    assert store.stats().snapshot_rows == store.show("doc").n_rows
 
 
 def test_rows_of_an_uncommitted_write_are_invisible_and_optimize_removes_them(stored):
