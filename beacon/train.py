@@ -86,6 +86,7 @@ class TrainConfig:
     dtype: str = "auto"  # base weights: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     bf16: bool = True  # bf16 autocast on CUDA (beacon weights and optimizer stay fp32)
     gradient_checkpointing: bool = False  # recompute each layer in backward
+    attn_mode: str = "auto"  # attention kernel per pass (beacon.attention.MODES); all exact
 
     # bookkeeping
     seed: int = 0  # data order and ratio draws
@@ -115,6 +116,10 @@ class TrainConfig:
             raise ValueError("schedule_by_time needs time_budget_s (seconds of training)")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s}")
+        from .attention import MODES
+
+        if self.attn_mode not in MODES:
+            raise ValueError(f"attn_mode={self.attn_mode!r}: choose one of {MODES}")
         if self.dtype not in ("auto", "bf16", "bfloat16", "fp32", "float32"):
             raise ValueError(f"dtype={self.dtype!r}: choose auto, bf16 or fp32")
 
@@ -293,6 +298,7 @@ def train(cfg: TrainConfig, *, on_log: Callable[[dict], None] | None = None) -> 
         if default:
             overrides["beacon_param"] = default
     lm = load(cfg.model, device=device, dtype=dtype, **overrides)
+    lm.attn_mode = cfg.attn_mode
     params = lm.beacon_parameters()
     for p in params:
         p.data = p.data.float()

@@ -53,6 +53,7 @@ def _names(_ctx, _param, value: str | None) -> list[str] | None:
 @click.option("--dtype", default="auto", show_default=True, help="Base weights: auto | bf16 | fp32.")
 @click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast on CUDA.")
 @click.option("--gradient-checkpointing", is_flag=True, help="Recompute layers in backward (less memory).")
+@click.option("--attn-mode", default="auto", show_default=True, help="auto | causal | split | dense | flex.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Data order and ratio draws.")
 @click.option("--log-every", type=int, default=10, show_default=True)
 @click.option("--save-every", type=int, default=200, show_default=True, help="Steps per checkpoint (0 = end only).")

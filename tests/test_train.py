@@ -159,9 +159,9 @@ def test_kill_dash_nine_and_resume_gives_the_same_weights(tiny_model, tmp_path):
     args = [
         *(str(tiny_model), str(CORPUS)),
         *("--ratios", "2,4,8", "--min-length", "48", "--max-length", "96", "--pack"),
-        *("--max-train-tokens", "30000", "--batch-size", "2", "--steps", "16", "--lr", "3e-3"),
+        *("--max-train-tokens", "30000", "--batch-size", "2", "--steps", "24", "--lr", "3e-3"),
         *("--save-every", "4", "--log-every", "1", "--device", "cpu", "--no-progress"),
-    ]
+    ]  # 24 steps: killed after step 6, past checkpoint-4
     cmd = [sys.executable, "-m", "beacon_cli.main", "train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -170,12 +170,19 @@ def test_kill_dash_nine_and_resume_gives_the_same_weights(tiny_model, tmp_path):
     proc = subprocess.Popen(
         [*cmd, *args, "-o", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+
+    def past_a_checkpoint() -> bool:
+        try:
+            return bool(checkpoints(killed)) and log_of(killed)[-1]["step"] >= 6
+        except (OSError, ValueError, IndexError):  # log not there yet, or a line half written
+            return False
+
     deadline = time.time() + 120
-    while time.time() < deadline and not (checkpoints(killed) and log_of(killed)[-1]["step"] >= 6):
-        time.sleep(0.05) if (killed / LOG_FILE).exists() else time.sleep(0.2)
+    while time.time() < deadline and proc.poll() is None and not past_a_checkpoint():
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert checkpoints(killed) and not (killed / "train_summary.json").exists()
+    assert checkpoints(killed) and not (killed / "train_summary.json").exists(), "the run ended before the kill"
     subprocess.run([*cmd, *args, "-o", str(killed)], check=True, env=env, capture_output=True)
     a, b = beacon_tensors(full), beacon_tensors(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-steps", type=int, default=3000)
     ap.add_argument("--time-budget", type=float, default=200)
     ap.add_argument("--parallel-window", type=int, default=1)
+    ap.add_argument("--attn-mode", default="dense", help="dense: no compile step (flex compiles on CUDA)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     base, corpus, out = Path(args.base), Path(args.corpus), Path(args.out)
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         beacon_attn="full-coverage",
         beacon_pos="interleave",
         beacon_parallel_window=args.parallel_window,
+        attn_mode=args.attn_mode,
         min_length=args.min_length,
         max_length=args.max_length,
         pack=True,

@@ -175,12 +175,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lengths", default="512,1024,2048,4096,8192", help="passkey / lookup context lengths")
     ap.add_argument("--samples", type=int, default=24, help="per length")
     ap.add_argument("--batch", type=int, default=8, help="streams per beacon pass")
+    ap.add_argument("--parallel-window", type=int, default=4, help="windows per pass when scoring")
+    ap.add_argument("--attn-mode", default="dense", help="dense: no compile step (flex compiles on CUDA)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     t0 = time.time()
-    lm = beacon.load(args.beacon, device=device, dtype=dtype)
+    lm = beacon.load(args.beacon, device=device, dtype=dtype, beacon_parallel_window=args.parallel_window)
+    lm.attn_mode = args.attn_mode
     tok = lm.tokenizer
     w = lm.parts.max_positions  # the native window
     ratios = [int(r) for r in args.ratios.split(",")]

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
-    lm = beacon.load(args.beacon, dtype=torch.bfloat16, beacon_ratio_mix=args.ratio_mix)
+    lm = beacon.load(args.beacon, dtype=torch.bfloat16, beacon_ratio_mix=args.ratio_mix, beacon_parallel_window=1)
     lm.tokenizer.chat_template = CHAT_TEMPLATE
     lm.save_pretrained(str(out))
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
