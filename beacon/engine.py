@@ -55,6 +55,8 @@ class BeaconLM:
         self._stager = Stager(self.device)
         # torch.compile the decoder layer (see forward.compiled_layer); first call compiles
         self.compile_layers = False
+        # windows per forward pass (speed only: results are identical); None = automatic
+        self.parallel_window: int | None = None
 
     # ---- facts ---------------------------------------------------------------------------------
     @property
@@ -79,6 +81,16 @@ class BeaconLM:
     def beacon_parameters(self) -> list[nn.Parameter]:
         """The trainable parameters (beacon embedding and projections)."""
         return beacon_parameters(self.model)
+
+    def windows_per_pass(self) -> int:
+        """Windows read per forward pass: `parallel_window` if set, else beacon_parallel_window, raised
+        on a GPU so that a pass holds ~8K rows (fewer, larger kernels; measured in docs/performance.md)."""
+        if self.parallel_window is not None:
+            return self.parallel_window
+        configured = self.config.beacon_parallel_window
+        if self.device.type != "cuda":
+            return configured
+        return max(configured, 8192 // self.config.beacon_window)
 
     def new_memory(self, batch_size: int = 1, seed: int | None = None) -> Memory:
         """An empty memory for `batch_size` sequences read in lockstep."""
@@ -138,6 +150,8 @@ class BeaconLM:
             self._stager = Stager(self.device)
         # torch.compile the decoder layer (see forward.compiled_layer); first call compiles
         self.compile_layers = False
+        # windows per forward pass (speed only: results are identical); None = automatic
+        self.parallel_window: int | None = None
         known = None if expected_length is None else max(expected_length, memory.n_tokens + ids.shape[1])
         steps = plan_steps(
             self.config,
@@ -147,7 +161,7 @@ class BeaconLM:
             max_positions=self.parts.max_positions,
             training=training,
         )
-        groups = group_steps(self.config, steps)
+        groups = group_steps(self.config.replace(beacon_parallel_window=self.windows_per_pass()), steps)
         chunks = groups
         if progress:
             from tqdm.auto import tqdm

@@ -57,7 +57,7 @@ def prefill_run(model, length: int, device: str) -> dict:
 def beacon_run(lm, length: int, ratio: int, device: str, sync_debug: bool = False) -> dict:
     lm.config = lm.config.replace(beacon_ratio=[ratio])
     ids = torch.randint(0, 150_000, (1, length), device=device)
-    lm.condense(ids[:, : (lm.config.beacon_parallel_window + 2) * lm.config.beacon_window + 100])  # warm-up
+    lm.condense(ids[:, : (lm.windows_per_pass() + 2) * lm.config.beacon_window + 100])  # warm-up
     holder = {}
 
     def run() -> None:
@@ -74,7 +74,7 @@ def beacon_run(lm, length: int, ratio: int, device: str, sync_debug: bool = Fals
         "kind": "beacon",
         "length": length,
         "ratio": ratio,
-        "parallel_window": lm.config.beacon_parallel_window,
+        "parallel_window": lm.windows_per_pass(),
         "seconds": seconds,
         "host_s": holder["host_s"],
         "tok_s": length / seconds,
@@ -171,7 +171,7 @@ def main() -> None:
         for compiled in [bool(int(x)) for x in args.compile.split(",")]:
             lm.compile_layers = compiled
             for parallel in [int(x) for x in args.parallel_window.split(",")]:
-                lm.config = lm.config.replace(beacon_parallel_window=parallel)
+                lm.parallel_window = parallel
                 for ratio in ratios:
                     for length in lengths:
                         run = beacon_run(lm, length, ratio, args.device, args.sync_debug)
