@@ -6,6 +6,10 @@
     python -m bench.repro.run --work /tmp/smoke --smoke           # CPU, tiny everything, ~2 minutes
     python -m bench.repro.run --work /tmp/smoke --smoke --only pretrain-repro   # one stage (redone)
 
+On the GPU machine (about 16 minutes; background processes live on while the next call comes
+within ~30 s): call 1 `... --background && ... --wait 520`; call 2 `... --wait 540; ... --collect
+$OUT` (reproduction.{md,json,png}, beacon-tiny-code.tar, logs.tar.gz); repeat call 2 if still running.
+
 Stages (a stage that finished leaves WORK/done/<stage> and is skipped on a rerun; pretraining and
 beacon training also resume inside a stage from their own checkpoints):
   corpus                                   site-packages -> split, tokenizer, train.bin
