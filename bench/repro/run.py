@@ -91,7 +91,9 @@ def run_stage(work: Path, name: str, plan: dict) -> None:
     with log.open("a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "true"}
+        # the two chains share the CPU cores: oversubscribed OpenMP threads spin and stall each other
+        threads = str(max(1, (os.cpu_count() or 2) // len(CHAINS)))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "true", "OMP_NUM_THREADS": threads}
         code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).parents[2])
     if code != 0:
         raise RuntimeError(f"stage {name} failed (exit {code}): see {log}")
