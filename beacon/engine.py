@@ -211,6 +211,75 @@ class BeaconLM:
         return memory
 
     @torch.no_grad()
+    def condense_many(
+        self, documents: Sequence[TokenInput], *, batch_size: int = 8, progress: bool = False
+    ) -> list[Memory]:
+        """Condense several documents, up to `batch_size` of them per forward pass, windows in lockstep.
+
+        Exactly what condensing each alone gives. Documents of uneven length share passes while they
+        all have tokens left; one that runs out drops out of the batch and its remaining partial
+        window is read on its own. Returns one memory per document, in the given order.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        docs = [as_batch(d, self.device) for d in documents]
+        for i, d in enumerate(docs):
+            if d.shape[0] != 1 or d.shape[1] == 0:
+                raise ValueError(f"document {i}: give one non-empty sequence per document, got shape {tuple(d.shape)}")
+        memories: list[Memory | None] = [None] * len(docs)
+        by_ratio: dict[int, list[int]] = {}  # adapt-N picks per length: batch only equal picks
+        for i, d in enumerate(docs):
+            by_ratio.setdefault(self._first_ratio(d.shape[1]), []).append(i)
+        groups = []
+        for members in by_ratio.values():
+            members.sort(key=lambda i: -docs[i].shape[1])
+            groups += [members[k : k + batch_size] for k in range(0, len(members), batch_size)]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=sum(d.shape[1] for d in docs), desc="condensing", unit="tok", leave=False)
+        step = self.config.beacon_stride
+        for group in groups:
+            active, memory, done = list(group), None, 0
+            while active:
+                left = min(docs[i].shape[1] for i in active) - done
+                n = left if len(active) == 1 else (left // step) * step
+                if n == 0:  # the shortest reads its last partial window alone
+                    last = active.pop()
+                    rest = None if memory is None else memory.select([len(active)])
+                    tail = docs[last][:, done:]
+                    memories[last] = (
+                        self.condense(tail, rest, expected_length=docs[last].shape[1]) if tail.shape[1] else rest
+                    )
+                    memory = None if memory is None else memory.select(list(range(len(active))))
+                    if bar is not None:
+                        bar.update(docs[last].shape[1] - done)
+                    continue
+                ids = torch.cat([docs[i][:, done : done + n] for i in active])
+                memory = self.condense(ids, memory, expected_length=docs[active[0]].shape[1])
+                done += n
+                if bar is not None:
+                    bar.update(n * len(active))
+                if len(active) == 1:
+                    memories[active.pop()] = memory
+        if bar is not None:
+            bar.close()
+        return memories
+
+    def _first_ratio(self, length: int) -> int:
+        """The ratio adapt-N would fix for a sequence of `length` (other mixes: -1, all alike)."""
+        if self.config.adapt_future is None or len(self.config.beacon_ratio) == 1:
+            return -1
+        from .windows import WindowState, choose_ratio
+
+        ratio, _ = choose_ratio(
+            self.config, WindowState(), window_start=0, known_length=length,
+            max_positions=self.parts.max_positions, training=False,
+        )  # fmt: skip
+        return ratio
+
+    @torch.no_grad()
     def nll(self, input_ids: TokenInput, memory: Memory | None = None) -> torch.Tensor:
         """Per-token negative log-likelihood (b, n-1), float32: entry t is -log p(x[t+1] | ..., x[t]).
 

@@ -92,6 +92,14 @@ class Memory:
         rot = None if self.rot_keys is None else [k.clone() for k in self.rot_keys]
         return Memory([k.clone() for k in self.keys], [v.clone() for v in self.values], self.state, rot)
 
+    def select(self, rows: list[int]) -> Memory:
+        """The memory of some sequences of the batch (a copy), e.g. to go on with them alone."""
+        if any(not 0 <= r < self.batch_size for r in rows):
+            raise ValueError(f"rows {rows} out of range for a batch of {self.batch_size}")
+        index = torch.tensor(rows, device=self.device)
+        pick = lambda ts: None if ts is None else [t.index_select(0, index) for t in ts]  # noqa: E731
+        return Memory(pick(self.keys), pick(self.values), self.state, pick(self.rot_keys))
+
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None, non_blocking: bool = False
     ) -> Memory:

@@ -328,3 +328,24 @@ def test_compiled_layers_equal_eager():
         lm.compile_layers = False
     torch.testing.assert_close(compiled[1], eager[1], atol=ATOL, rtol=0)
     assert_same_memory(compiled[0], eager[0])
+
+
+@pytest.mark.parametrize(
+    "family, overrides", [CONFIGS[0], CONFIGS[5], CONFIGS[7]], ids=["interleave", "append-sink", "stride"]
+)
+def test_condense_many_in_lockstep_equals_one_by_one(family, overrides):
+    lm = load_tiny(family, **overrides)
+    lengths = [5, 40, 41, 100, 16, 3, 64]
+    docs = [tokens(n, seed=30 + i) for i, n in enumerate(lengths)]
+    together = lm.condense_many(docs, batch_size=3)
+    for doc, mem in zip(docs, together, strict=True):
+        assert_same_memory(mem, lm.condense(doc))
+    with pytest.raises(ValueError, match="non-empty"):
+        lm.condense_many([tokens(3, batch=2)])
+
+
+def test_condense_many_groups_adapt_choices():
+    lm = load_tiny("qwen2", beacon_ratio=[2, 4, 8], beacon_ratio_mix="adapt-16", beacon_param=["q", "k", "v"])
+    docs = [tokens(n, seed=40 + n) for n in (30, 200, 600, 31)]
+    for doc, mem in zip(docs, lm.condense_many(docs, batch_size=4), strict=True):
+        assert_same_memory(mem, lm.condense(doc))

@@ -1,0 +1,72 @@
+"""Batched condensing: several documents per forward pass in one process (windows in lockstep).
+
+    python -m bench.batched --shape qwen2-1.5b --docs 16 --min-len 4096 --max-len 12288 --batch 1,2,4,8
+
+Documents of uneven length (uniform in [min, max]); tokens/s = all their tokens / wall seconds of
+lm.condense_many(documents, batch_size=B). Exactly the memories of condensing one by one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import beacon
+
+from .condense import timed
+from .shapes import environment, random_model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="qwen2-1.5b")
+    p.add_argument("--docs", type=int, default=16)
+    p.add_argument("--min-len", type=int, default=4096)
+    p.add_argument("--max-len", type=int, default=12288)
+    p.add_argument("--batch", default="1,2,4,8")
+    p.add_argument("--ratio", type=int, default=8)
+    p.add_argument("--window", type=int, default=2048)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--out", default="docs/results/batched.json")
+    args = p.parse_args()
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(args.min_len, args.max_len + 1, (args.docs,), generator=g).tolist()
+    docs = [torch.randint(0, 150_000, (1, n), generator=g).to(args.device) for n in lengths]
+    model = random_model(args.shape, device=args.device)
+    lm = beacon.from_hf(
+        model,
+        beacon_window=args.window,
+        beacon_stride=args.window,
+        beacon_ratio=[args.ratio],
+        beacon_pos="interleave",
+        beacon_attn="full-coverage",
+        beacon_param=["q", "k", "v"],
+    )
+    result = {
+        "command": " ".join(["python -m bench.batched"] + sys.argv[1:]),
+        "env": environment(),
+        "lengths": lengths,
+        "runs": [],
+    }
+    lm.condense_many(docs[:2], batch_size=2)  # warm-up
+    for batch in [int(x) for x in args.batch.split(",")]:
+        seconds, peak = timed(lambda b=batch: lm.condense_many(docs, batch_size=b))
+        run = {
+            "batch": batch,
+            "seconds": seconds,
+            "tok_s": sum(lengths) / seconds,
+            "peak_gib": peak,
+            "windows_per_pass": lm.windows_per_pass(),
+        }
+        result["runs"].append(run)
+        print(json.dumps(run), flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
