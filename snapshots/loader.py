@@ -70,7 +70,7 @@ class _Buffers:
     def __init__(self, n_pinned: int, pinned_bytes: int):
         self._free: dict[int, list[bytearray]] = {}
         self._lock = threading.Lock()
-        self.pinned: queue.Queue[_Pinned] = queue.Queue()
+        self.pinned: queue.Queue[_Pinned | None] = queue.Queue()
         for _ in range(n_pinned):
             self.pinned.put(_Pinned(pinned_bytes))
 
@@ -84,6 +84,23 @@ class _Buffers:
     def give(self, buf: bytearray) -> None:
         with self._lock:
             self._free.setdefault(len(buf), []).append(buf)
+
+    def take_pinned(self) -> _Pinned:
+        slot = self.pinned.get()
+        if slot is None:
+            raise _Abandoned("the load was abandoned")
+        if slot.event is not None:
+            slot.event.synchronize()  # its previous host->device copy has left the buffer
+        return slot
+
+    def abandon(self, waiters: int) -> None:
+        """Wake readers waiting for a pinned slot that will never come back (the load failed)."""
+        for _ in range(waiters):
+            self.pinned.put(None)
+
+
+class _Abandoned(Exception):
+    pass
 
 
 def _read_checked(row: RowRead, buffers: _Buffers, dst: dict[str, torch.Tensor]) -> _Pinned | None:
@@ -110,9 +127,7 @@ def _read_checked(row: RowRead, buffers: _Buffers, dst: dict[str, torch.Tensor])
         _place(row, torch.frombuffer(buf, dtype=torch.uint8), dst)
         buffers.give(buf)  # copied out (a host copy is synchronous)
         return None
-    slot = buffers.pinned.get()
-    if slot.event is not None:
-        slot.event.synchronize()  # its previous host->device copy has left the buffer
+    slot = buffers.take_pinned()
     slot.tensor[: row.nbytes].copy_(torch.frombuffer(buf, dtype=torch.uint8))
     buffers.give(buf)
     return slot
@@ -132,10 +147,12 @@ def _place(row: RowRead, raw: torch.Tensor, dst: dict[str, torch.Tensor]) -> Non
 
 def _place_staged(row: RowRead, slot: _Pinned, dst: dict[str, torch.Tensor], buffers: _Buffers) -> None:
     """Copy a pinned row to the device without blocking, then decode it there."""
-    raw = slot.tensor[: row.nbytes].to(dst["keys"].device, non_blocking=True)
-    slot.event = torch.cuda.Event()
-    slot.event.record()
-    buffers.pinned.put(slot)  # reused once the event fires
+    try:
+        raw = slot.tensor[: row.nbytes].to(dst["keys"].device, non_blocking=True)
+        slot.event = torch.cuda.Event()
+        slot.event.record()
+    finally:
+        buffers.pinned.put(slot)  # reused once the event fires
     _place(row, raw, dst)
 
 
@@ -172,8 +189,10 @@ def load_rows(
                     pending.append((nxt, pool.submit(_read_checked, nxt, buffers, dst)))
                 if staged is not None:
                     _place_staged(row, staged, dst, buffers)
-        finally:
+        except BaseException:
             for _, fut in pending:
                 fut.cancel()
+            buffers.abandon(workers)
+            raise
     if cuda:
         torch.cuda.current_stream(keys.device).synchronize()
