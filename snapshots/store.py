@@ -445,7 +445,7 @@ def _check_memory(doc_id: str, memory: Memory, fingerprint: dict) -> None:
     if memory.batch_size != 1:
         raise ValueError(
             f"document {doc_id!r}: the memory holds a batch of {memory.batch_size} sequences; a snapshot is one"
-            " document: condense and put each document on its own (batch size 1)"
+            " document: put each with memory.select([i]) (or lm.condense_many, which returns one per document)"
         )
     if memory.n_tokens == 0:
         raise ValueError(f"document {doc_id!r} is empty (the memory has read no tokens): condense some text first")

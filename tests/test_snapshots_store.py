@@ -294,3 +294,13 @@ def test_get_onto_cuda_through_pinned_buffers(tmp_path):
     got = store.get("doc", fingerprint=fp, device="cuda")
     assert got.device.type == "cuda"
     assert_same_memory(got, memory)
+
+
+def test_a_batch_memory_is_put_one_sequence_at_a_time(tmp_path):
+    lm = load_tiny("qwen2", **CONFIGS["interleave"])
+    fp = lm.fingerprint()
+    store = _store(tmp_path)
+    batch = lm.condense(tokens(37, 5, batch=2))
+    for i in range(2):
+        store.put(f"row{i}", batch.select([i]), fingerprint=fp)
+        assert_same_memory(store.get(f"row{i}", fingerprint=fp), batch.select([i]))
