@@ -33,6 +33,7 @@ open(f"{barrier}/{who}", "w").close()
 while not all(os.path.exists(f"{barrier}/{w}") for w in "AB"):  # start together
     time.sleep(0.001)
 began = time.time()
+SnapshotStore(path + "-fresh").put(who, shared, fingerprint=fp)  # both create the same new store
 store = SnapshotStore(path)
 for doc_id, memory in memories.items():
     store.put(doc_id, memory, fingerprint=fp)
@@ -92,6 +93,10 @@ def test_two_processes_putting_at_once_lose_nothing(tmp_path):
     assert grown.n_tokens == 45
     assert sum(_same(grown, o) for o in orders) == 1
     assert [p.n_tokens for p in store.show("grown").pieces] == [23, 11, 11]
+
+    fresh = SnapshotStore(str(path) + "-fresh")  # created by both at once: one made it, both wrote to it
+    assert [i.doc_id for i in fresh.list()] == ["A", "B"]
+    assert_same_memory(fresh.get("A", fingerprint=fp), candidates[0])
 
     store.optimize(grace_s=0)  # nothing dead is left behind, nothing live is lost
     assert store.stats().snapshot_rows == store.stats().live_rows
