@@ -31,11 +31,14 @@ from beacon.windows import max_length_for_ratio
 from .tasks import is_correct, line_ends, make_sample
 
 
-def heldout_streams(corpus: Path, tok, length: int, n: int) -> tuple[np.ndarray, dict]:
-    """(n, length) token ids: long held-out files, else same-package files joined (counted in meta)."""
+def heldout_tokens(corpus: Path, tok) -> tuple[list[dict], list[list[int]]]:
+    """Rows of heldout.jsonl and their token ids."""
     rows = [json.loads(line) for line in (corpus / "heldout.jsonl").open()]
-    ids = tok([r["text"] for r in rows], add_special_tokens=False)["input_ids"]
-    eos = tok.eos_token_id
+    return rows, tok([r["text"] for r in rows], add_special_tokens=False)["input_ids"]
+
+
+def heldout_streams(rows: list[dict], ids: list[list[int]], eos: int, length: int, n: int) -> tuple[np.ndarray, dict]:
+    """(n, length) token ids: long held-out files, else same-package files joined (counted in meta)."""
     long = [np.asarray(x[:length]) for x in ids if len(x) >= length]
     streams, joined = long[:n], 0
     if len(streams) < n:  # join neighbouring files of one package
@@ -188,17 +191,18 @@ def main(argv: list[str] | None = None) -> dict:
     w = lm.parts.max_positions  # the native window
     ratios = [int(r) for r in args.ratios.split(",")]
     lengths = [int(x) for x in args.lengths.split(",")]
-    streams, meta = heldout_streams(Path(args.corpus), tok, max(args.length, max(lengths) * 2), args.docs)
-    hay = streams.reshape(-1)
+    rows, ids_all = heldout_tokens(Path(args.corpus), tok)
+    hay = np.asarray([t for x in ids_all for t in x + [tok.eos_token_id]])  # passkey haystacks
     result: dict = {
         "mode": args.mode,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "native_window": w,
         "beacon_window": lm.config.beacon_window,
-        **meta,
     }
     if args.mode == "repro":
-        ids = torch.from_numpy(streams[:, : args.length]).to(device)
+        streams, meta = heldout_streams(rows, ids_all, tok.eos_token_id, args.length, args.docs)
+        result.update(meta)
+        ids = torch.from_numpy(streams).to(device)
         edges = sorted({1, *[e for e in (w, 2 * w, 4 * w, 8 * w, 16 * w, 32 * w) if e < args.length], args.length})
         nll = {
             "base-truncated": nll_truncated(lm.model, ids, w),
