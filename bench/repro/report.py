@@ -129,7 +129,8 @@ def markdown(r: dict, has_plot: bool) -> str:
         lines += ["![perplexity by position and passkey accuracy](reproduction.png)", ""]
     lines += [
         "## Default model (`models/beacon-tiny-code`)",
-        f"- Base: {pd.get('params', 0) / 1e6:.1f}M parameters (preset `default`), native window {pd.get('window')},"
+        f"- Base: {pd.get('params', 0) / 1e6:.1f}M parameters (preset `{pd.get('preset')}`),"
+        f" native window {pd.get('window')},"
         f" pretrained {pd.get('elapsed_s', 0):.0f} s on code with short lookups mixed in; beacons trained"
         f" {bd.get('elapsed_s', 0):.0f} s on code + synthetic long lookups (loss on the answer).",
         f"- Shipped: {ed.get('config')}, {(r.get('default_model_bytes') or 0) / 2**20:.1f} MiB with tokenizer.",
