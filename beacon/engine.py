@@ -148,10 +148,6 @@ class BeaconLM:
             )
         if self._stager.device != self.device:  # the model moved
             self._stager = Stager(self.device)
-        # torch.compile the decoder layer (see forward.compiled_layer); first call compiles
-        self.compile_layers = False
-        # windows per forward pass (speed only: results are identical); None = automatic
-        self.parallel_window: int | None = None
         known = None if expected_length is None else max(expected_length, memory.n_tokens + ids.shape[1])
         steps = plan_steps(
             self.config,

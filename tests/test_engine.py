@@ -349,3 +349,11 @@ def test_condense_many_groups_adapt_choices():
     docs = [tokens(n, seed=40 + n) for n in (30, 200, 600, 31)]
     for doc, mem in zip(docs, lm.condense_many(docs, batch_size=4), strict=True):
         assert_same_memory(mem, lm.condense(doc))
+
+
+def test_run_time_knobs_survive_calls():
+    lm = load_tiny("qwen2", beacon_pos="interleave", beacon_ratio=[2], beacon_param=["q", "k", "v"])
+    lm.parallel_window = 3
+    lm.condense(tokens(20, seed=50))
+    assert lm.parallel_window == 3 and lm.windows_per_pass() == 3
+    lm.parallel_window = None
