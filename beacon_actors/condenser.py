@@ -1,0 +1,181 @@
+"""`Condenser` — the GPU actor of ingestion: condense tokenized documents and put them in the store.
+
+Input columns: TOKENIZED. Output columns: CONDENSED (one row per input row, in order).
+
+Per call, a document is
+  * 'failed' if it carries an error (unreadable) or the engine/store refuses it (the error says why);
+  * 'empty' if it has no tokens (nothing to store);
+  * 'stored' if the store already holds it with the same text hash and model fingerprint — so a
+    batch retried after a crash, or a job run again, condenses nothing twice;
+  * else 'condensed': short documents are read together (`lm.condense_many`, exact, `batch_size`
+    per forward pass); one longer than `long_document_tokens` is read alone in pieces of
+    `piece_tokens` (rounded down to whole windows, at least one) with `expected_length` = its full
+    length — the memory is bit-identical to reading it at once, and only one piece's ids and
+    activations are on the device at a time — and each memory is put into the
+    store as soon as it is complete — all of it or nothing is readable (the store's atomic put).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pyarrow as pa
+import torch
+
+import beacon
+from snapshots import SnapshotStore
+from snapshots.errors import DocumentNotFoundError, SnapshotError
+
+from .columns import CONDENSED, table
+from .device import resolve_device, worker_name
+
+INPUT_COLUMNS = ("doc_id", "text", "title", "source_uri", "metadata_json", "text_sha256", "error", "token_ids")
+OUTPUT_COLUMNS = ("doc_id", "status", "n_tokens", "seconds", "error", "worker", "device")
+
+
+class Condenser:
+    """Load the model and open the store once; then condense + put each batch of documents.
+
+    Args:
+        model: beacon checkpoint (HF folder or hub id).
+        db: snapshot store folder (every actor must reach the same one: one node or shared storage).
+        dtype: model dtype ("bf16", "fp32", ...; None: the checkpoint's). It is part of the
+            fingerprint: answer with the same dtype.
+        device: "auto" (the GPU Ray gave this actor, else CPU), "cpu", "cuda", "cuda:N".
+        batch_size: documents read together per forward pass (condense_many).
+        piece_tokens: tokens handed to the engine per call when a long document is streamed
+            (rounded down to a multiple of beacon_stride).
+        long_document_tokens: documents longer than this are condensed alone, piece by piece.
+        store_dtype: dtype of the stored bytes (None: the memory's, lossless).
+        return_text: send each document's text back (the driver's search table needs it).
+        skip_stored: report documents the store already holds (same text, same model) as 'stored'
+            instead of condensing them again (False: condense and replace everything).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        db: str,
+        *,
+        dtype: str | None = None,
+        device: str = "auto",
+        batch_size: int = 8,
+        piece_tokens: int = 8192,
+        long_document_tokens: int = 32768,
+        store_dtype: str | None = None,
+        return_text: bool = True,
+        skip_stored: bool = True,
+    ):
+        if batch_size < 1 or piece_tokens < 1 or long_document_tokens < 1:
+            raise ValueError(
+                f"batch_size ({batch_size}), piece_tokens ({piece_tokens}) and long_document_tokens"
+                f" ({long_document_tokens}) must all be >= 1"
+            )
+        self.lm = beacon.load(model, device=resolve_device(device), dtype=dtype, tokenizer=False)
+        self.fingerprint = self.lm.fingerprint()
+        self.store = SnapshotStore(db)
+        self.batch_size = batch_size
+        stride = self.lm.config.beacon_stride  # whole windows per piece: bit-identical to one read
+        self.piece_tokens = max(stride, piece_tokens // stride * stride)
+        self.long_document_tokens = long_document_tokens
+        self.store_dtype = store_dtype
+        self.return_text = return_text
+        self.skip_stored = skip_stored
+        self.worker = worker_name()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        results: list[dict | None] = [None] * len(rows)
+        todo: list[int] = []
+        for i, row in enumerate(rows):
+            if row["error"] is not None:
+                results[i] = self._result(row, "failed", error=row["error"])
+            elif not row["token_ids"]:
+                results[i] = self._result(row, "empty")
+            elif self.skip_stored and self._already_stored(row):
+                results[i] = self._result(row, "stored")
+            else:
+                todo.append(i)
+        short = [i for i in todo if len(rows[i]["token_ids"]) <= self.long_document_tokens]
+        for i, (seconds, error) in zip(short, self._condense_short([rows[i] for i in short]), strict=True):
+            results[i] = self._result(rows[i], "failed" if error else "condensed", seconds=seconds, error=error)
+        for i in todo:
+            if results[i] is None:  # long: streamed alone
+                seconds, error = self._condense_long(rows[i])
+                results[i] = self._result(rows[i], "failed" if error else "condensed", seconds=seconds, error=error)
+        return table(results, CONDENSED)
+
+    # ---- work ----------------------------------------------------------------------------------
+    def _condense_short(self, rows: list[dict]) -> list[tuple[float, str | None]]:
+        """(seconds, error) per document; time of a shared pass is split by tokens."""
+        if not rows:
+            return []
+        start = time.perf_counter()
+        ids = [torch.tensor(r["token_ids"], dtype=torch.long) for r in rows]
+        try:
+            memories = self.lm.condense_many(ids, batch_size=self.batch_size)
+        except ValueError:  # one bad document (e.g. ids outside the vocabulary): read them one by one
+            return [self._condense_long(r) for r in rows]
+        errors = [self._put(r, m) for r, m in zip(rows, memories, strict=True)]
+        elapsed = time.perf_counter() - start
+        total = sum(len(r["token_ids"]) for r in rows)
+        return [(elapsed * len(r["token_ids"]) / total, e) for r, e in zip(rows, errors, strict=True)]
+
+    def _condense_long(self, row: dict) -> tuple[float, str | None]:
+        start = time.perf_counter()
+        ids = torch.tensor(row["token_ids"], dtype=torch.long)  # (n,) on the host; one piece at a time moves
+        n = ids.shape[0]
+        memory = None
+        try:
+            for at in range(0, n, self.piece_tokens):
+                memory = self.lm.condense(ids[at : at + self.piece_tokens], memory, expected_length=n)
+        except ValueError as err:
+            return time.perf_counter() - start, f"the engine refused it: {err}"
+        error = self._put(row, memory)
+        return time.perf_counter() - start, error
+
+    def _put(self, row: dict, memory) -> str | None:
+        """Store one memory; a refusal of this document (ValueError) is returned, not raised."""
+        try:
+            self.store.put(
+                row["doc_id"],
+                memory,
+                fingerprint=self.fingerprint,
+                text=row["text"],
+                token_ids=row["token_ids"],
+                source_uri=row["source_uri"],
+                title=row["title"],
+                metadata=None if row["metadata_json"] is None else json.loads(row["metadata_json"]),
+                store_dtype=self.store_dtype,
+            )
+        except ValueError as err:
+            return f"the store refused it: {err}"
+        return None
+
+    def _already_stored(self, row: dict) -> bool:
+        try:
+            info = self.store.show(row["doc_id"])
+        except DocumentNotFoundError:
+            return False
+        except SnapshotError:  # a damaged record: condense and put again (put replaces it)
+            return False
+        return info.text_sha256 == row["text_sha256"] and info.fingerprint_id == self.fingerprint["id"]
+
+    def _result(self, row: dict, status: str, *, seconds: float = 0.0, error: str | None = None) -> dict:
+        return {
+            "doc_id": row["doc_id"],
+            "status": status,
+            "n_tokens": len(row["token_ids"] or ()),
+            "seconds": seconds,
+            "error": error,
+            "title": row["title"],
+            "source_uri": row["source_uri"],
+            "text_sha256": row["text_sha256"],
+            "text": row["text"] if self.return_text and status in ("condensed", "stored") else None,
+            "embedding": row["embedding"],
+            "worker": self.worker,
+            "pid": os.getpid(),
+            "device": str(self.lm.device),
+        }

@@ -1,0 +1,67 @@
+"""Join a Ray cluster or start one here — the one place the pipelines call `ray.init`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass
+class RayOptions:
+    """How to reach Ray.
+
+    address: a running cluster ("auto", "HOST:PORT", "ray://HOST:10001"); None joins the one named
+        by RAY_ADDRESS (set inside `ray job submit`), else starts Ray here, embedded in this process.
+    dashboard_host: where a Ray started here serves its dashboard and job server.
+    include_dashboard: start the dashboard with a local Ray (None: Ray's default, if installed).
+    num_cpus, num_gpus: resources of a Ray started here (None: what the machine has).
+    """
+
+    address: str | None = None
+    dashboard_host: str = "127.0.0.1"  # not reachable from other machines unless told otherwise
+    include_dashboard: bool | None = None
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    log_to_driver: bool = True
+
+
+def ensure_ray(options: RayOptions | None = None) -> None:
+    """Connect to Ray unless this process already is (then `options` are ignored)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    o = options or RayOptions()
+    address = o.address or os.environ.get("RAY_ADDRESS")
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=o.log_to_driver)
+        else:
+            ray.init(
+                num_cpus=o.num_cpus,
+                num_gpus=o.num_gpus,
+                dashboard_host=o.dashboard_host,
+                include_dashboard=o.include_dashboard,
+                log_to_driver=o.log_to_driver,
+            )
+    except ConnectionError as err:
+        raise ValueError(
+            f"could not reach a Ray cluster at {address!r} ({err}). Check that it runs (`ray status` on its head"
+            " node), or leave out --address to start Ray here."
+        ) from err
+    except Exception as err:
+        if "auth" not in type(err).__name__.lower() and "token" not in str(err).lower():
+            raise
+        raise ValueError(
+            f"the Ray cluster at {address!r} refused this client ({err}). It uses token authentication: run"
+            " with RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token (or RAY_AUTH_TOKEN)."
+        ) from err
+
+
+def gpus_per_actor(requested: float | None) -> float:
+    """`requested`, or when None: 1 if the connected cluster has GPUs (or can add them), else 0."""
+    import ray
+
+    if requested is not None:
+        return requested
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0

@@ -1,0 +1,110 @@
+"""Questions in, answers out: read a JSONL/Parquet of questions, pick their documents, write answers.
+
+A question record: {"question": str, "id"/"question_id"?: str, "doc_ids"?: [str] (or "doc_id": str),
+"answer"/"expected"?: str (reference, for accuracy), "embedding"?: [float] (vector search)}.
+A question without doc ids gets the `top_k` best documents of the search table (pipelines.search),
+the best one last (it is read closest to the question). Answers: one row per question (ANSWERS
+columns), sorted by position in the questions file, written as .jsonl or .parquet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+
+from beacon_actors.columns import ANSWERS, QUESTIONS, table
+
+from .search import SearchIndex
+
+ANSWER_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """The records of a .jsonl (one JSON object per line) or .parquet file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"questions file {str(p)!r} does not exist: give a .jsonl or .parquet file")
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(p).to_pylist()
+    records = []
+    with open(p, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{p}:{n}: not JSON ({err}); write one JSON object per line") from err
+    return records
+
+
+def to_question(record: dict, index: int, *, source: str = "questions") -> dict:
+    """A QUESTIONS row from one record (doc ids as given; `picked_by` 'caller' or pending search)."""
+    if not isinstance(record, dict) or not isinstance(record.get("question"), str) or not record["question"].strip():
+        raise ValueError(f"{source}: record {index} has no 'question' text: {str(record)[:100]!r}")
+    doc_ids = record.get("doc_ids")
+    if doc_ids is None and record.get("doc_id") is not None:
+        doc_ids = [record["doc_id"]]
+    if isinstance(doc_ids, str):
+        doc_ids = [doc_ids]
+    expected = record.get("expected", record.get("answer"))
+    qid = record.get("question_id", record.get("id"))
+    return {
+        "index": index,
+        "question_id": f"q{index}" if qid is None else str(qid),
+        "question": record["question"],
+        "doc_ids": [str(d) for d in doc_ids] if doc_ids else None,
+        "picked_by": "caller" if doc_ids else "search",
+        "expected": None if expected is None else str(expected),
+    }
+
+
+def pick_documents(question: dict, search: SearchIndex, *, top_k: int, embedding: list[float] | None = None) -> dict:
+    """Fill `doc_ids` of a question that has none from the search table (best match last)."""
+    if question["doc_ids"]:
+        return question
+    hits = search.search(question["question"], k=top_k, embedding=embedding)
+    if not hits:
+        return question | {
+            "error": "no stored document matches this question (is the store ingested, with its search table?);"
+            " give doc_ids"
+        }
+    return question | {"doc_ids": [d for d, _ in reversed(hits)]}
+
+
+def read_questions(path: str | os.PathLike, db: str, *, top_k: int) -> list[dict]:
+    """QUESTIONS rows of the file at `path`, documents picked for those without doc ids."""
+    records = read_records(path)
+    search = SearchIndex(db)
+    rows = []
+    for i, record in enumerate(records):
+        q = to_question(record, i, source=str(path))
+        rows.append(pick_documents(q, search, top_k=top_k, embedding=record.get("embedding")))
+    return rows
+
+
+def questions_table(rows: list[dict]) -> pa.Table:
+    return table(rows, QUESTIONS)
+
+
+def write_answers(rows: list[dict], path: str | os.PathLike) -> Path:
+    """Write ANSWERS rows (sorted by `index`) to a .jsonl or .parquet file; returns its path."""
+    p = Path(path)
+    kind = ANSWER_FORMATS.get(p.suffix)
+    if kind is None:
+        raise ValueError(f"answers file {str(p)!r}: name it *.jsonl or *.parquet")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    rows = sorted(rows, key=lambda r: r["index"])
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table(rows, ANSWERS), p)
+    else:
+        with open(p, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps({k: r.get(k) for k in ANSWERS.names}, ensure_ascii=False) + "\n")
+    return p

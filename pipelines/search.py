@@ -1,0 +1,205 @@
+"""Pick documents for a question: full-text search over stored titles and texts, or vector search.
+
+A small Lance table `search.lance` next to the store's tables in the store folder (so
+`lancedb.connect(db)` lists it too): one row per ingested document with its title, text, text
+hash and, if the corpus gave them, an embedding. Ingestion upserts it; `beacon snapshots delete`
+removes rows; `optimize` compacts it. Full text: Lance INVERTED indexes on `title` and `text`
+(rows added since the last index update are searched too, without it). Vectors: the `vector`
+column exists only if the first documents written carried embeddings (exact nearest neighbours;
+cosine); a question with an `embedding` then uses it. Only this module (and the store) touch Lance.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import lance
+import numpy as np
+import pyarrow as pa
+from lance.query import MultiMatchQuery
+
+SEARCH_TABLE = "search.lance"
+TEXT_COLUMNS = ("title", "text")
+
+
+def _schema(dim: int | None) -> pa.Schema:
+    fields = [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("title", pa.string()),
+        pa.field("text", pa.large_string()),
+        pa.field("source_uri", pa.string()),
+        pa.field("text_sha256", pa.string()),
+        pa.field("updated_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+    if dim is not None:
+        fields.append(pa.field("vector", pa.list_(pa.float32(), dim)))
+    return pa.schema(fields)
+
+
+def _sql(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class SearchIndex:
+    """The search table of the store at `db` (created on the first write)."""
+
+    def __init__(self, db: str | os.PathLike, *, commit_retries: int = 10):
+        self.uri = str(Path(db) / SEARCH_TABLE)
+        self.commit_retries = commit_retries
+
+    def _open(self) -> lance.LanceDataset | None:
+        try:
+            return lance.dataset(self.uri)
+        except ValueError:  # not written yet
+            return None
+
+    @property
+    def vector_dim(self) -> int | None:
+        """Length of the stored embeddings, or None if the table has none."""
+        ds = self._open()
+        if ds is None or "vector" not in ds.schema.names:
+            return None
+        return ds.schema.field("vector").type.list_size
+
+    def known(self) -> dict[str, str | None]:
+        """doc_id -> text_sha256 of every document in the table."""
+        ds = self._open()
+        if ds is None:
+            return {}
+        t = ds.to_table(columns=["doc_id", "text_sha256"])
+        return dict(zip(t.column("doc_id").to_pylist(), t.column("text_sha256").to_pylist(), strict=True))
+
+    def upsert(self, rows: list[dict]) -> None:
+        """Insert or replace rows by doc_id (keys: doc_id, title, text, source_uri, text_sha256, embedding)."""
+        if not rows:
+            return
+        latest = {r["doc_id"]: r for r in rows}  # a doc id twice in one batch: the last one wins
+        ds = self._open()
+        dim = self.vector_dim if ds is not None else _embedding_dim(list(latest.values()))
+        now = datetime.now(timezone.utc)
+        data = pa.Table.from_pylist(
+            [
+                {k: r.get(k) for k in ("doc_id", "title", "text", "source_uri", "text_sha256")}
+                | {"updated_at": now}
+                | ({} if dim is None else {"vector": _vector(r, dim)})
+                for r in latest.values()
+            ],
+            schema=_schema(dim),
+        )
+        if ds is None:
+            try:
+                ds = lance.write_dataset(data, self.uri, mode="create")
+                self._index(ds)
+                return
+            except (OSError, ValueError) as err:  # another writer created it first
+                if self._open() is None:
+                    raise
+                del err
+                ds = self._open()
+        self._retry(
+            lambda d: d.merge_insert("doc_id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+        )
+
+    def delete(self, doc_ids: list[str]) -> None:
+        """Remove the rows of `doc_ids` (those present)."""
+        if doc_ids and self._open() is not None:
+            where = f"doc_id IN ({', '.join(_sql(d) for d in doc_ids)})"
+            self._retry(lambda d: d.delete(where))
+
+    def refresh(self) -> None:
+        """Bring the full-text indexes up to date with rows added since they were built."""
+        ds = self._open()
+        if ds is not None:
+            self._retry(lambda d: d.optimize.optimize_indices())
+
+    def optimize(self) -> None:
+        """Compact the table, refresh its indexes and drop old versions."""
+        ds = self._open()
+        if ds is None:
+            return
+        self._retry(lambda d: d.optimize.compact_files())
+        self.refresh()
+        self._open().cleanup_old_versions()
+
+    def search(self, query: str, *, k: int = 1, embedding: list[float] | None = None) -> list[tuple[str, float]]:
+        """Best-first (doc_id, score) of at most `k` documents for `query` (or nearest to `embedding`)."""
+        ds = self._open()
+        if ds is None or k < 1:
+            return []
+        if embedding is not None and "vector" in ds.schema.names:
+            q = np.asarray(embedding, dtype=np.float32)
+            if q.shape != (self.vector_dim,):
+                raise ValueError(f"the question's embedding has {q.size} values, the stored ones {self.vector_dim}")
+            t = ds.to_table(
+                columns=["doc_id", "_distance"], nearest={"column": "vector", "q": q, "k": k, "metric": "cosine"}
+            )
+            return [
+                (d, -float(s))
+                for d, s in zip(t.column("doc_id").to_pylist(), t.column("_distance").to_pylist(), strict=True)
+            ]
+        words = " ".join(w for w in _words(query))
+        if not words:
+            return []
+        t = ds.to_table(
+            columns=["doc_id", "_score"], full_text_query=MultiMatchQuery(words, list(TEXT_COLUMNS)), limit=k
+        )
+        pairs = zip(t.column("doc_id").to_pylist(), t.column("_score").to_pylist(), strict=True)
+        return sorted(((d, float(s)) for d, s in pairs), key=lambda p: -p[1])[:k]
+
+    def text_of(self, doc_id: str) -> str | None:
+        """The ingested text of `doc_id` (None if the table does not hold it)."""
+        ds = self._open()
+        if ds is None:
+            return None
+        t = ds.to_table(columns=["text"], filter=f"doc_id = {_sql(doc_id)}")
+        return t.column("text")[0].as_py() if t.num_rows else None
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _index(self, ds: lance.LanceDataset) -> None:
+        for column in TEXT_COLUMNS:
+            ds.create_scalar_index(column, index_type="INVERTED", replace=True)
+
+    def _retry(self, op) -> None:
+        """Run `op(dataset)`; Lance commits are optimistic, so a conflicting one is tried again."""
+        for attempt in range(self.commit_retries + 1):
+            try:
+                op(lance.dataset(self.uri))
+                return
+            except (OSError, RuntimeError, ValueError) as err:
+                text = str(err).lower()
+                if attempt == self.commit_retries or ("conflict" not in text and "retryable" not in text):
+                    raise
+                time.sleep(min(2.0, 0.05 * 2**attempt))
+
+
+def _words(query: str) -> list[str]:
+    """Query terms: letters and digits (punctuation would be query syntax to the parser)."""
+    out, word = [], []
+    for ch in query:
+        if ch.isalnum():
+            word.append(ch)
+        elif word:
+            out.append("".join(word))
+            word = []
+    if word:
+        out.append("".join(word))
+    return out
+
+
+def _embedding_dim(rows: list[dict]) -> int | None:
+    dims = {len(r["embedding"]) for r in rows if r.get("embedding") is not None}
+    if len(dims) > 1:
+        raise ValueError(f"documents carry embeddings of different lengths {sorted(dims)}: give one length")
+    return dims.pop() if dims else None
+
+
+def _vector(row: dict, dim: int) -> list[float] | None:
+    e = row.get("embedding")
+    if e is None:
+        return None
+    if len(e) != dim:
+        raise ValueError(f"document {row['doc_id']!r}: embedding of {len(e)} values, the table holds {dim}")
+    return [float(x) for x in e]

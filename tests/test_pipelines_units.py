@@ -1,0 +1,202 @@
+"""Pipeline pieces without Ray: text encoding, corpus records, Condenser and Answerer called directly,
+the memory cache, greedy answers vs the engine, the search table, questions and answers files."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+import torch
+
+import beacon
+from beacon_actors.answerer import Answerer
+from beacon_actors.columns import ANSWERS, DOCUMENTS, TOKENIZED, table
+from beacon_actors.condenser import Condenser
+from beacon_actors.generation import greedy_answer
+from beacon_actors.memory_cache import MemoryCache
+from beacon_actors.text import PLAIN_QUESTION, decode_answer, document_ids, question_ids, question_text, stop_ids
+from beacon_actors.tokenize import tokenize_documents
+from pipelines.config import AnswerConfig, IngestConfig
+from pipelines.corpus import record_to_document
+from pipelines.defaults import HOW_TO_GET_DEFAULT_MODEL, resolve_model
+from pipelines.questions import pick_documents, read_records, to_question, write_answers
+from pipelines.search import SearchIndex
+from snapshots import SnapshotStore
+from snapshots.records import text_digest
+
+from ._pipelines_helpers import byte_tokenizer, tiny_model
+from ._snapshots_helpers import assert_same_memory
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return tiny_model(tmp_path_factory.mktemp("m") / "qwen2")
+
+
+@pytest.fixture(scope="module")
+def lm(model):
+    return beacon.load(model)
+
+
+def documents(texts: dict[str, str]) -> pa.Table:
+    rows = [{"doc_id": d, "text": t, "title": d, "text_sha256": text_digest(t, d)} for d, t in texts.items()]
+    return table(rows, DOCUMENTS)
+
+
+def test_question_prompt_uses_the_chat_template_when_there_is_one():
+    plain, chat = byte_tokenizer(), byte_tokenizer(chat_template="{{ messages[0]['content'] | upper }}?")
+    assert question_text(plain, "why") == PLAIN_QUESTION.format(question="why")
+    assert question_text(chat, "why") == "WHY?"
+    assert question_ids(chat, "why") == list(b"WHY?")  # byte tokenizer: id = byte, no special tokens added
+    assert document_ids(plain, "héllo") == list("héllo".encode())
+    assert decode_answer(plain, [*b"ok ", 2, *b"more"], [2]) == "ok"
+
+
+def test_corpus_record_normalisation():
+    row = record_to_document({"id": 7, "text": "x", "metadata": {"b": 1, "a": 2}, "embedding": [1, 2]}, source="c")
+    assert row["doc_id"] == "7" and row["metadata_json"] == '{"a": 2, "b": 1}' and row["embedding"] == [1.0, 2.0]
+    assert row["text_sha256"] == text_digest("x", "7") and row["source_uri"] == "c#7"
+    assert "must be a string" in record_to_document({"id": "a", "text": None}, source="c")["error"]
+    with pytest.raises(ValueError, match="has no 'id'"):
+        record_to_document({"text": "x"}, source="corpus.jsonl")
+
+
+def test_condenser_streams_long_documents_exactly_and_skips_stored(model, lm, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    texts = {f"d{i}": bytes(torch.randint(32, 127, (n,), generator=g).tolist()).decode() for i, n in
+             enumerate([5, 16, 37, 300])}  # fmt: skip
+    condense = Condenser(str(model), str(tmp_path / "db"), batch_size=2, long_document_tokens=100, piece_tokens=37)
+    out = condense(tokenize_documents(documents(texts), tokenizer=str(model))).to_pylist()
+    assert [r["status"] for r in out] == ["condensed"] * 4 and [r["n_tokens"] for r in out] == [5, 16, 37, 300]
+    store = SnapshotStore(tmp_path / "db")
+    for doc_id, text in texts.items():  # batched or streamed in pieces: what reading it alone at once gives
+        want = lm.condense(torch.tensor(document_ids(lm_tokenizer(model), text)))
+        assert_same_memory(store.get(doc_id, fingerprint=lm.fingerprint()), want)
+        assert store.show(doc_id).text_sha256 == text_digest(text, doc_id)
+    again = condense(tokenize_documents(documents(texts | {"new": "abc"}), tokenizer=str(model))).to_pylist()
+    assert [r["status"] for r in again] == ["stored"] * 4 + ["condensed"]
+    changed = condense(tokenize_documents(documents({"d0": "changed"}), tokenizer=str(model))).to_pylist()
+    assert changed[0]["status"] == "condensed"
+
+
+def lm_tokenizer(model):
+    from beacon_actors.text import load_tokenizer
+
+    return load_tokenizer(str(model))
+
+
+def test_condenser_reports_bad_and_empty_documents(model, tmp_path):
+    rows = tokenize_documents(documents({"ok": "fine text", "empty": ""}), tokenizer=str(model)).to_pylist()
+    rows.append(rows[0] | {"doc_id": "bad", "text": None, "token_ids": [], "n_tokens": 0, "error": "not UTF-8"})
+    rows.append(rows[0] | {"doc_id": "oov", "token_ids": [1, 2, 999], "n_tokens": 3})  # outside the vocabulary
+    out = Condenser(str(model), str(tmp_path / "db"))(table(rows, TOKENIZED)).to_pylist()
+    assert {r["doc_id"]: r["status"] for r in out} == {
+        "ok": "condensed",
+        "empty": "empty",
+        "bad": "failed",
+        "oov": "failed",
+    }
+    assert "999" in out[3]["error"] or "vocab" in out[3]["error"] or "[0, 256)" in out[3]["error"]
+    assert [i.doc_id for i in SnapshotStore(tmp_path / "db").list()] == ["ok"]
+
+
+def test_greedy_answer_is_the_engines_generate(lm):
+    memory = lm.condense(torch.randint(3, 256, (45,), generator=torch.Generator().manual_seed(1)))
+    prompt = list(range(40, 52))
+    got = greedy_answer(lm, prompt, memory, max_new_tokens=12, stops=[])
+    want = lm.generate(prompt, memory=memory, max_new_tokens=12, eos_token_id=[])
+    assert got.token_ids == want[0].tolist() and got.first_token_s <= got.seconds
+    stop = got.token_ids[3]
+    short = greedy_answer(lm, prompt, memory, max_new_tokens=12, stops=[stop])
+    assert short.token_ids == got.token_ids[: got.token_ids.index(stop) + 1]
+    assert (
+        greedy_answer(lm, prompt, None, max_new_tokens=5, stops=[]).token_ids
+        == lm.generate(prompt, max_new_tokens=5, eos_token_id=[])[0].tolist()
+    )
+
+
+def test_memory_cache_evicts_least_recently_used(lm):
+    mems = {k: lm.condense(torch.arange(3, 3 + n)) for k, n in (("a", 40), ("b", 40), ("c", 40))}
+    size = mems["a"].nbytes()
+    cache = MemoryCache(2 * size)
+    cache.put("a", mems["a"]), cache.put("b", mems["b"])
+    assert cache.get("a") is mems["a"]  # a is now the most recent
+    cache.put("c", mems["c"])
+    assert "b" not in cache and "a" in cache and "c" in cache and cache.nbytes == 2 * size
+    MemoryCache(size - 1).put("a", mems["a"])  # too big: not kept, no error
+    assert (cache.hits, cache.misses) == (1, 0)
+
+
+def test_answerer_groups_by_document_and_caches(model, tmp_path):
+    texts = {"x": "KEY = 'amber'\n" * 5, "y": "other text " * 9}
+    Condenser(str(model), str(tmp_path / "db"))(tokenize_documents(documents(texts), tokenizer=str(model)))
+    rows = [to_question({"question": q, "doc_ids": d}, i) for i, (q, d) in
+            enumerate([("a?", ["x"]), ("b?", ["y"]), ("c?", ["x"]), ("d?", ["y", "x"]), ("e?", ["nope"])])]  # fmt: skip
+    answerer = Answerer(str(model), str(tmp_path / "db"), max_new_tokens=4)
+    out = answerer(table([r | {"error": None} for r in rows], pa.schema(
+        [f for f in ANSWERS if f.name in ("index", "question_id", "question", "doc_ids", "picked_by", "expected",
+                                          "error")])))  # fmt: skip
+    out = out.to_pylist()
+    assert [r["cache_hit"] for r in out] == [False, False, True, False, False]
+    assert out[2]["load_s"] == 0.0 and out[0]["load_s"] > 0 and out[0]["first_token_s"] <= out[0]["total_s"]
+    assert out[3]["n_memory_tokens"] == out[0]["n_memory_tokens"] + out[1]["n_memory_tokens"]
+    assert "DocumentNotFoundError" in out[4]["error"] and out[4]["answer"] is None
+    assert all(r["n_new_tokens"] == 4 for r in out[:4])  # stops: the byte tokenizer's eos (id 2) or 4 tokens
+    assert stop_ids(answerer.lm) == [2]
+
+
+def test_search_table_full_text_and_vectors(tmp_path):
+    s = SearchIndex(tmp_path)
+    assert s.search("anything") == [] and s.known() == {}
+    s.upsert([{"doc_id": "a", "title": "Lighthouse", "text": 'HARBOR_LANTERN_42 = "amber"', "text_sha256": "1"},
+              {"doc_id": "b", "title": "Glacier", "text": "melt model of the ice", "text_sha256": "2"}])  # fmt: skip
+    assert s.search("What is the value of HARBOR_LANTERN_42?")[0][0] == "a"
+    assert s.search("glacier melt", k=2)[0][0] == "b"
+    s.upsert([{"doc_id": "a", "title": "Lighthouse", "text": "now about ice", "text_sha256": "3"}])
+    assert s.known() == {"a": "3", "b": "2"} and s.text_of("a") == "now about ice"
+    s.delete(["b"])
+    s.optimize()
+    assert s.known() == {"a": "3"} and s.search("ice")[0][0] == "a"
+    v = SearchIndex(tmp_path / "v")
+    v.upsert([{"doc_id": "x", "text": "x", "embedding": [1.0, 0.0]}, {"doc_id": "y", "text": "y", "embedding": [0, 1]}])
+    assert v.vector_dim == 2 and v.search("", embedding=[0.1, 0.9])[0][0] == "y"
+    with pytest.raises(ValueError, match="3 values"):
+        v.search("", embedding=[1, 2, 3])
+
+
+def test_questions_files(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question": "a?", "doc_id": "d", "answer": "x"}\n\n{"id": 5, "question": "b?"}\n')
+    rows = [to_question(r, i) for i, r in enumerate(read_records(path))]
+    assert rows[0] == {"index": 0, "question_id": "q0", "question": "a?", "doc_ids": ["d"], "picked_by": "caller",
+                       "expected": "x"}  # fmt: skip
+    assert rows[1]["question_id"] == "5" and rows[1]["picked_by"] == "search"
+    assert "no stored document" in pick_documents(rows[1], SearchIndex(tmp_path / "db"), top_k=1)["error"]
+    with pytest.raises(ValueError, match="no 'question'"):
+        to_question({"doc_ids": ["a"]}, 3)
+    answers = [{"index": 1, "question_id": "b", "question": "b?", "picked_by": "search", "n_prompt_tokens": 1,
+                "n_new_tokens": 1, "n_memory_tokens": 1, "load_s": 0.0, "total_s": 0.0, "cache_hit": False,
+                "worker": "w"}]  # fmt: skip
+    answers.append(answers[0] | {"index": 0, "question_id": "a"})
+    lines = write_answers(answers, tmp_path / "a.jsonl").read_text().splitlines()
+    assert [json.loads(x)["question_id"] for x in lines] == ["a", "b"]
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(write_answers(answers, tmp_path / "a.parquet")).schema == ANSWERS
+    with pytest.raises(ValueError, match="jsonl or"):
+        write_answers(answers, tmp_path / "a.csv")
+
+
+def test_configs_and_default_model_errors(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="min_actors <= max_actors"):
+        IngestConfig(corpus="c", min_actors=3, max_actors=2)
+    with pytest.raises(ValueError, match="unknown AnswerConfig fields"):
+        AnswerConfig.from_dict({"bogus": 1})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("pipelines.defaults.REPO_ROOT", tmp_path)
+    with pytest.raises(ValueError) as err:
+        resolve_model("models/beacon-tiny-code")
+    assert str(err.value) == HOW_TO_GET_DEFAULT_MODEL and "--model" in HOW_TO_GET_DEFAULT_MODEL
+    with pytest.raises(ValueError, match="does not exist"):
+        resolve_model("./no/such/model")
