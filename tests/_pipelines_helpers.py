@@ -67,6 +67,16 @@ def write_corpus(folder: Path, n: int, *, tokens: int = 200, seed: int = 0) -> l
     return ids
 
 
+def assert_close_memory(got, want, atol: float = 1e-5) -> None:
+    """Same window state; tensors equal up to float rounding (condense_many batches documents: the
+    engine holds it to its one-by-one result within this tolerance, not bit for bit)."""
+    import torch
+
+    assert got.state == want.state and got.dtype == want.dtype
+    for a, b in zip(got.keys + got.values, want.keys + want.values, strict=True):
+        torch.testing.assert_close(a.cpu(), b.cpu(), atol=atol, rtol=0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,0 +1,136 @@
+"""Options and error handling shared by the pipeline commands (ingest, ask, qa, generate, snapshots)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import click
+
+from pipelines.defaults import DEFAULT_DB, DEFAULT_MODEL
+
+
+def store_options(f):
+    """--db."""
+    return click.option(
+        "--db", default=DEFAULT_DB, show_default=True, help="Snapshot store folder (created if missing)."
+    )(f)
+
+
+def model_options(f):
+    """--model, --tokenizer, --dtype."""
+    f = click.option(
+        "--dtype",
+        default=None,
+        help="Model dtype: bf16 | fp16 | fp32 (default: the checkpoint's). Ask with the one you ingested with.",
+    )(f)
+    f = click.option("--tokenizer", default=None, help="Tokenizer folder (default: the model's own).")(f)
+    f = click.option(
+        "--model", default=DEFAULT_MODEL, show_default=True, help="Beacon checkpoint: local folder or hub id."
+    )(f)
+    return f
+
+
+def ray_options(f):
+    """--address, --dashboard-host, --dashboard/--no-dashboard, --num-cpus, --num-gpus, --verbose."""
+    f = click.option("-v", "--verbose", is_flag=True, help="Show Ray's and the actors' logs.")(f)
+    f = click.option("--num-gpus", type=int, default=None, help="GPUs of a Ray started here (default: all).")(f)
+    f = click.option("--num-cpus", type=int, default=None, help="CPUs of a Ray started here (default: all).")(f)
+    f = click.option(
+        "--dashboard/--no-dashboard", default=None, help="Start Ray's dashboard and job server with a Ray started here."
+    )(f)
+    f = click.option(
+        "--dashboard-host",
+        default="127.0.0.1",
+        show_default=True,
+        help="Where a Ray started here serves its dashboard/job server (0.0.0.0: every interface).",
+    )(f)
+    f = click.option(
+        "--address",
+        default=None,
+        envvar="RAY_ADDRESS",
+        help="Join this Ray cluster (auto, HOST:PORT, ray://HOST:10001). Default: start Ray here.",
+    )(f)
+    return f
+
+
+def pool_options(default_batch: int):
+    """--actors MIN[:MAX], --gpus-per-actor, --cpus-per-actor, --batch-size."""
+
+    def decorate(f):
+        f = click.option(
+            "--batch-size", type=int, default=default_batch, show_default=True, help="Items per actor call."
+        )(f)
+        f = click.option("--cpus-per-actor", type=float, default=1.0, show_default=True)(f)
+        f = click.option(
+            "--gpus-per-actor",
+            type=float,
+            default=None,
+            help="GPUs per actor (default: 1 if the cluster has GPUs, else 0).",
+        )(f)
+        f = click.option(
+            "--actors",
+            default="1",
+            show_default=True,
+            callback=_actors,
+            help="Actor pool size MIN or MIN:MAX (Ray Data autoscales between them).",
+        )(f)
+        return f
+
+    return decorate
+
+
+def _actors(_ctx, _param, value: str) -> tuple[int, int]:
+    try:
+        lo, _, hi = value.partition(":")
+        pool = (int(lo), int(hi or lo))
+    except ValueError as err:
+        raise click.BadParameter(f"{value!r}: write MIN or MIN:MAX, e.g. 1:4") from err
+    if not 1 <= pool[0] <= pool[1]:
+        raise click.BadParameter(f"{value!r}: need 1 <= MIN <= MAX")
+    return pool
+
+
+def connect(address, dashboard_host, dashboard, num_cpus, num_gpus, verbose) -> None:
+    """Join or start Ray for a command (quiet unless --verbose)."""
+    from pipelines.cluster import RayOptions, ensure_ray
+
+    if not verbose:
+        import ray.data  # noqa: F401  (it configures its loggers on import; quieten them after)
+
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        quiet_transformers()
+    ensure_ray(
+        RayOptions(
+            address=address,
+            dashboard_host=dashboard_host,
+            include_dashboard=dashboard,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            log_to_driver=verbose,
+        )
+    )
+
+
+def quiet_transformers() -> None:
+    """No 'Loading weights' bars from transformers in this process (the CLI prints its own progress)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def explain_errors(f):
+    """Turn expected failures (bad input, missing model or document) into one-line CLI errors."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        from snapshots.errors import SnapshotError
+
+        try:
+            return f(*args, **kwargs)
+        except (OSError, ValueError, SnapshotError) as err:
+            cause = getattr(err, "cause", None)  # a Ray task's error: show what the task raised
+            raise click.ClickException(str(cause if isinstance(cause, Exception) else err)) from err
+
+    return wrapper

@@ -1,0 +1,105 @@
+"""`beacon snapshots list|show|delete|optimize` — look after the snapshot store."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import click
+
+from .pipeline_options import explain_errors, store_options
+
+
+@click.group("snapshots")
+def snapshots() -> None:
+    """List, show, delete and compact stored snapshots."""
+
+
+def _open(db: str):
+    from pathlib import Path
+
+    from snapshots import SnapshotStore
+
+    if not Path(db).is_dir():
+        raise click.ClickException(
+            f"no snapshot store at {db!r}: ingest a corpus first (beacon ingest CORPUS --db {db})"
+        )
+    return SnapshotStore(db)
+
+
+@snapshots.command("list")
+@store_options
+@click.option("--json", "as_json", is_flag=True)
+@explain_errors
+def list_(db, as_json) -> None:
+    """One line per stored document: id, tokens, stored bytes, model, last update."""
+    docs = _open(db).list()
+    if as_json:
+        click.echo(json.dumps([_summary(i) for i in docs], indent=2, default=str))
+        return
+    click.echo(f"{'doc_id':<40} {'tokens':>9} {'entries':>8} {'MB':>8}  {'model':<28} updated")
+    for i in docs:
+        click.echo(
+            f"{i.doc_id[:40]:<40} {i.n_tokens:>9} {i.n_entries:>8} {i.stored_bytes / 1e6:>8.2f}"
+            f"  {str(i.fingerprint.get('name', ''))[-28:]:<28} {i.updated_at:%Y-%m-%d %H:%M}"
+        )
+    click.echo(f"{len(docs)} documents, {sum(i.n_tokens for i in docs):,} tokens", err=True)
+
+
+@snapshots.command("show")
+@click.argument("doc_id")
+@store_options
+@explain_errors
+def show(doc_id, db) -> None:
+    """Everything recorded about DOC_ID (JSON)."""
+    info = _open(db).show(doc_id)
+    d = dataclasses.asdict(info)
+    d["state"] = info.state.to_dict()
+    d["bytes_per_token"] = info.bytes_per_token
+    click.echo(json.dumps(d, indent=2, default=str))
+
+
+@snapshots.command("delete")
+@click.argument("doc_ids", nargs=-1, required=True)
+@store_options
+@click.option("--missing-ok", is_flag=True, help="Ignore ids that are not stored.")
+@explain_errors
+def delete(doc_ids, db, missing_ok) -> None:
+    """Delete DOC_IDS (snapshots and search rows)."""
+    from pipelines.search import SearchIndex
+
+    store = _open(db)
+    gone = [d for d in doc_ids if store.delete(d, missing_ok=missing_ok)]
+    SearchIndex(db).delete(list(doc_ids))
+    click.echo(f"deleted {len(gone)} of {len(doc_ids)}: {', '.join(gone)}")
+
+
+@snapshots.command("optimize")
+@store_options
+@click.option(
+    "--grace-s", type=float, default=3600.0, show_default=True, help="Keep unreferenced rows younger than this."
+)
+@click.option("--keep-versions-s", type=float, default=3600.0, show_default=True, help="Keep table versions this long.")
+@explain_errors
+def optimize(db, grace_s, keep_versions_s) -> None:
+    """Delete dead rows, compact the tables (and the search table), drop old versions."""
+    from pipelines.search import SearchIndex
+
+    report = _open(db).optimize(grace_s=grace_s, keep_versions_s=keep_versions_s)
+    SearchIndex(db).optimize()
+    click.echo(json.dumps(dataclasses.asdict(report), indent=2, default=str))
+
+
+def _summary(info) -> dict:
+    return {
+        "doc_id": info.doc_id,
+        "n_tokens": info.n_tokens,
+        "n_entries": info.n_entries,
+        "stored_bytes": info.stored_bytes,
+        "bytes_per_token": info.bytes_per_token,
+        "title": info.title,
+        "source_uri": info.source_uri,
+        "model": info.fingerprint.get("name"),
+        "fingerprint_id": info.fingerprint_id,
+        "updated_at": info.updated_at,
+    }

@@ -1,0 +1,170 @@
+"""Ingestion and batch QA on a real local Ray (4 logical CPUs): corpus formats, exact and idempotent
+ingestion, batch answers equal to `ask` and to one pass over the raw text, and the `beacon` CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+
+import beacon
+from beacon_actors.text import document_ids
+from beacon_cli.main import main as cli
+from pipelines.answer import answer_questions
+from pipelines.ask import ask, document_text, generate_from_text
+from pipelines.config import AnswerConfig, IngestConfig
+from pipelines.corpus import read_corpus
+from pipelines.ingest import ingest
+from pipelines.search import SearchIndex
+from snapshots import SnapshotStore
+from snapshots.records import text_digest
+
+from ._pipelines_helpers import REPO, assert_close_memory, tiny_model, write_corpus
+
+ray = pytest.importorskip("ray")
+SAMPLE = REPO / "data" / "sample"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return tiny_model(tmp_path_factory.mktemp("m") / "qwen2")
+
+
+def test_corpus_formats_read_the_same_documents(tmp_path):
+    ids = write_corpus(tmp_path / "files", 3, tokens=60)
+    (tmp_path / "files" / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    texts = {d: (tmp_path / "files" / d).read_text() for d in ids}
+    records = [{"id": d, "text": t, "title": f"T{d}", "metadata": {"n": i}} for i, (d, t) in enumerate(texts.items())]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "c.parquet")
+    for source in ("files", "c.jsonl", "c.parquet"):
+        corpus = read_corpus(tmp_path / source)
+        rows = {r["doc_id"]: r for r in corpus.dataset.take_all()}
+        assert corpus.n_documents == len(rows) == (4 if source == "files" else 3)
+        for d, text in texts.items():
+            assert rows[d]["text"] == text and rows[d]["text_sha256"] == text_digest(text, d)
+        if source == "files":
+            assert rows["doc000.md"]["title"] == "Note 0" and rows["doc000.md"]["source_uri"].startswith("file://")
+            assert "not UTF-8" in rows["latin1.txt"]["error"]
+        else:
+            assert rows["doc001.md"]["title"] == "Tdoc001.md" and rows["doc001.md"]["metadata_json"] == '{"n": 1}'
+    with pytest.raises(ValueError, match="does not exist"):
+        read_corpus(tmp_path / "nope")
+
+
+def test_ingest_is_exact_and_idempotent(model, tmp_path):
+    ids = write_corpus(tmp_path / "corpus", 12, tokens=150)
+    (tmp_path / "corpus" / "empty.txt").write_text("")
+    (tmp_path / "corpus" / "bad.txt").write_bytes(b"\xff\xfe bad")
+    config = IngestConfig(corpus=str(tmp_path / "corpus"), db=str(tmp_path / "db"), model=str(model), batch_size=3,
+                          min_actors=1, max_actors=2, progress=False)  # fmt: skip
+    seen = []
+    report = ingest(config, on_batch=seen.extend)
+    assert (report.n_documents, report.n_condensed, report.n_empty, report.n_failed) == (14, 12, 1, 1)
+    assert report.n_tokens == sum(r["n_tokens"] for r in seen if r["status"] == "condensed") > 0
+    assert report.failures[0]["doc_id"] == "bad.txt" and report.tokens_per_s > 0 and not report.duplicates
+    store = SnapshotStore(tmp_path / "db")
+    assert [i.doc_id for i in store.list()] == ids
+    assert set(SearchIndex(tmp_path / "db").known()) == set(ids)
+    lm = beacon.load(model)
+    for d in ids[:2]:  # the stored memory is what reading the document alone gives
+        text = (tmp_path / "corpus" / d).read_text()
+        assert_close_memory(store.get(d, fingerprint=lm.fingerprint()), lm.condense(torch.tensor(
+            document_ids(lm.tokenizer, text))))  # fmt: skip
+    generations = {i.doc_id: i.generation for i in store.list()}
+
+    again = ingest(config)  # nothing to do: skipped before tokenizing, nothing rewritten
+    assert (again.n_skipped, again.n_condensed, again.n_empty, again.n_failed) == (12, 0, 1, 1)
+    assert {i.doc_id: i.generation for i in store.list()} == generations
+    (tmp_path / "corpus" / ids[4]).write_text("# changed\n\nnew text")
+    third = ingest(config)
+    assert (third.n_skipped, third.n_condensed) == (11, 1)
+    assert store.show(ids[4]).text_sha256 == text_digest("# changed\n\nnew text", ids[4])
+
+
+def test_batch_qa_equals_ask_and_one_pass_over_the_text(model, tmp_path):
+    db = str(tmp_path / "db")
+    report = ingest(IngestConfig(corpus=str(SAMPLE / "corpus"), db=db, model=str(model), progress=False))
+    assert report.n_condensed == 5
+    config = AnswerConfig(questions=str(SAMPLE / "questions.jsonl"), output=str(tmp_path / "answers.parquet"), db=db,
+                          model=str(model), max_new_tokens=6, max_actors=2, batch_size=2, progress=False)  # fmt: skip
+    qa = answer_questions(config)
+    assert (qa.n_questions, qa.n_answered, qa.n_failed, qa.n_with_expected) == (6, 6, 0, 6)
+    assert set(qa.latency) == {"load_s", "first_token_s", "total_s"} and qa.latency["total_s"]["n"] == 6
+    rows = {r["question_id"]: r for r in pq.read_table(tmp_path / "answers.parquet").to_pylist()}
+    assert rows["orbit"]["doc_ids"] == ["orbit_config.txt"] and rows["orbit"]["picked_by"] == "search"
+    assert rows["river"]["doc_ids"] == ["river_survey.txt"]
+    assert rows["two-docs"]["doc_ids"] == ["river_survey.txt", "lighthouse.md"]
+    for r in rows.values():
+        assert r["error"] is None and r["n_new_tokens"] >= 1 and r["first_token_s"] <= r["total_s"]
+        assert ask(r["question"], config, doc_ids=r["doc_ids"])["answer"] == r["answer"]
+        if len(r["doc_ids"]) == 1:  # same model, same document, same question -> same answer
+            direct = generate_from_text(r["question"], document_text(db, r["doc_ids"][0]), config)
+            assert direct["answer"] == r["answer"]
+
+
+def test_cli_ingest_qa_ask_generate_snapshots(model, tmp_path, monkeypatch):
+    run = CliRunner().invoke
+    corpus = tmp_path / "corpus.jsonl"
+    texts = {"alpha": 'ALPHA_KEY = "amber"\n' * 3, "beta": "# Beta\nthe beta document " * 4}
+    corpus.write_text("".join(json.dumps({"id": d, "text": t}) + "\n" for d, t in texts.items()))
+    common = ["--db", str(tmp_path / "db"), "--model", str(model)]
+    out = run(cli, ["ingest", str(corpus), *common, "--no-progress"], catch_exceptions=False)
+    assert out.exit_code == 0 and "2 condensed" in out.output, out.output
+    out = run(cli, ["ingest", str(corpus), *common, "--no-progress", "--json"])
+    assert json.loads(out.output)["n_skipped"] == 2
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "What is ALPHA_KEY?"}\n{"question": "beta?", "doc_ids": ["beta"]}\n')
+    out = run(cli, ["qa", str(questions), "-o", str(tmp_path / "a.jsonl"), *common, "--max-new-tokens", "4"])
+    assert out.exit_code == 0 and "2 answered" in out.output, out.output
+    answers = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert answers[0]["doc_ids"] == ["alpha"] and answers[1]["doc_ids"] == ["beta"]
+    out = run(cli, ["ask", "What is ALPHA_KEY?", *common, "--max-new-tokens", "4", "--json"])
+    asked = json.loads(out.output)
+    assert asked["doc_ids"] == ["alpha"] and asked["answer"] == answers[0]["answer"]
+    out = run(cli, ["generate", "What is ALPHA_KEY?", "--doc-id", "alpha", *common, "--max-new-tokens", "4", "--json"])
+    assert json.loads(out.output)["answer"] == asked["answer"]
+    (tmp_path / "alpha.txt").write_text(texts["alpha"])
+    out = run(cli, ["generate", "What is ALPHA_KEY?", "--file", str(tmp_path / "alpha.txt"), "--model", str(model),
+                    "--max-new-tokens", "4"])  # fmt: skip
+    assert out.output.strip() == asked["answer"].strip()
+    out = run(cli, ["snapshots", "list", "--db", str(tmp_path / "db"), "--json"])
+    assert [d["doc_id"] for d in json.loads(out.output)] == ["alpha", "beta"]
+    out = run(cli, ["snapshots", "show", "beta", "--db", str(tmp_path / "db")])
+    assert json.loads(out.output)["n_tokens"] == len(texts["beta"].encode())
+    out = run(cli, ["snapshots", "delete", "beta", "--db", str(tmp_path / "db")])
+    assert out.exit_code == 0 and SearchIndex(tmp_path / "db").known().keys() == {"alpha"}
+    out = run(cli, ["snapshots", "optimize", "--db", str(tmp_path / "db"), "--grace-s", "0"])
+    assert out.exit_code == 0 and "rows_deleted" in out.output
+    out = run(cli, ["ask", "x", "--doc-id", "beta", *common])
+    assert out.exit_code == 1 and "no document 'beta'" in out.output
+    out = run(cli, ["snapshots", "list", "--db", str(tmp_path / "nothing")])
+    assert out.exit_code == 1 and "beacon ingest" in out.output
+
+    monkeypatch.chdir(tmp_path)  # no default model here (nor in this fake repo root): say how to get it
+    monkeypatch.setattr("pipelines.defaults.REPO_ROOT", tmp_path)
+    for args in (["ingest", str(corpus)], ["qa", str(questions)], ["ask", "q?"], ["generate", "q", "--text", "t"]):
+        out = run(cli, args)
+        assert out.exit_code == 1 and "default model models/beacon-tiny-code is not here" in out.output, args
+    for args in ([], ["ingest"], ["ask"], ["qa"], ["generate"], ["snapshots"], *[["snapshots", c] for c in
+                 ("list", "show", "delete", "optimize")]):  # fmt: skip
+        out = run(cli, [*args, "--help"])
+        assert out.exit_code == 0 and "Usage:" in out.output
+
+
+def test_sample_data_ships():
+    assert len(list((SAMPLE / "corpus").iterdir())) == 5
+    questions = [json.loads(x) for x in (SAMPLE / "questions.jsonl").read_text().splitlines()]
+    corpus = "".join(p.read_text() for p in (SAMPLE / "corpus").iterdir())
+    assert all(q["answer"] in corpus for q in questions)
