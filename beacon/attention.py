@@ -57,11 +57,11 @@ def _maybe(order: torch.Tensor) -> torch.Tensor | None:
     return None if torch.equal(order, torch.arange(order.shape[0])) else order
 
 
-def plan_attention(cfg: BeaconConfig, chunk: Chunk, mode: str = "auto", cuda: bool = False) -> AttnLayout:
+def plan_attention(cfg: BeaconConfig, chunk: Chunk, mode: str = "auto", flex_ok: bool = False) -> AttnLayout:
     """Choose the mode and the row/column orders for `chunk` (host side, no device work).
 
-    "auto": one window per pass -> causal (full-coverage) or split; several -> flex on CUDA,
-    dense elsewhere.
+    "auto": one window per pass -> causal (full-coverage) or split; several -> flex where
+    `flex_ok` (CUDA with bf16/fp16: its float32 dots would round like TF32), dense elsewhere.
     """
     if mode not in MODES:
         raise ValueError(f"attention mode {mode!r}: choose one of {MODES}")
@@ -69,7 +69,7 @@ def plan_attention(cfg: BeaconConfig, chunk: Chunk, mode: str = "auto", cuda: bo
     auto = mode == "auto"
     if mode == "auto":
         mode = "dense" if not single else ("causal" if cfg.beacon_attn == "full-coverage" else "split")
-    if mode == "dense" and not single and cuda and auto:  # parallel windows on a GPU: block-sparse
+    if mode == "dense" and not single and flex_ok and auto:  # parallel windows on a GPU: block-sparse
         mode = "flex"
     if mode in ("causal", "split") and not single:
         raise ValueError(f"attention mode {mode!r} needs one window per pass (beacon_parallel_window=1)")

@@ -176,7 +176,8 @@ def run_chunk(
     """
     device = memory.device
     ensure_rot(parts, memory)
-    layout = plan_attention(cfg, chunk, attn_mode, cuda=device.type == "cuda")
+    flex_ok = device.type == "cuda" and memory.dtype in (torch.bfloat16, torch.float16)
+    layout = plan_attention(cfg, chunk, attn_mode, flex_ok=flex_ok)
     meta = (stager or Stager(device)).move(chunk.host_meta() | layout.host)
     layout = finish_layout(cfg, layout, chunk, meta)
     n_outer, n_cached, n_raw = chunk.n_outer, chunk.n_cached, chunk.n_raw
