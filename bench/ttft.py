@@ -1,0 +1,111 @@
+"""Time to first token from a stored snapshot vs. re-reading the raw document.
+
+    python -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 --db /tmp/ttft-db
+
+Beacon: SnapshotStore.get (disk -> host -> GPU, checked) + the question read after the memory +
+the first token. Page cache warm (the snapshot was just read) and cold (its files dropped from the
+page cache with posix_fadvise DONTNEED, or /proc/sys/vm/drop_caches where allowed). Plain: a
+full-attention prefill of document + question with transformers (SDPA). Random bf16 weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+import beacon
+from snapshots import SnapshotStore
+
+from .condense import timed
+from .shapes import environment, random_model
+
+
+def drop_page_cache(folder: Path) -> str:
+    """Evict the store's files from the page cache; returns how."""
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            os.sync()
+            f.write("3\n")
+        return "drop_caches"
+    except OSError:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+        return "posix_fadvise"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="qwen2-7b")
+    p.add_argument("--length", type=int, default=131072)
+    p.add_argument("--ratio", type=int, default=8)
+    p.add_argument("--window", type=int, default=2048)
+    p.add_argument("--db", default="/tmp/beacon-ttft-db")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--out", default="docs/results/ttft.json")
+    args = p.parse_args()
+    model = random_model(args.shape, device=args.device)
+    lm = beacon.from_hf(
+        model,
+        beacon_window=args.window,
+        beacon_stride=args.window,
+        beacon_ratio=[args.ratio],
+        beacon_pos="interleave",
+        beacon_attn="full-coverage",
+        beacon_param=["q", "k", "v"],
+    )
+    doc = torch.randint(0, 150_000, (1, args.length), device=args.device)
+    question = torch.randint(0, 150_000, (1, 32), device=args.device)
+    store = SnapshotStore(args.db)
+    fp = lm.fingerprint()
+    put_s, _ = timed(lambda: store.put("doc", lm.condense(doc), fingerprint=fp))
+    info = store.show("doc")
+
+    def first_token() -> None:
+        memory = store.get("doc", fingerprint=fp, device=args.device)
+        _, logits = lm.forward(question, memory, logits="last")
+        logits.argmax(-1).tolist()
+
+    first_token()  # warm-up (and warms the page cache)
+    warm = [timed(first_token)[0] for _ in range(args.repeats)]
+    cold, how = [], ""
+    for _ in range(args.repeats):
+        how = drop_page_cache(Path(args.db))
+        cold.append(timed(first_token)[0])
+
+    def plain() -> None:
+        with torch.no_grad():
+            out = model(input_ids=torch.cat([doc, question], 1), logits_to_keep=1)
+            out.logits[:, -1].argmax(-1).tolist()
+
+    plain()  # warm-up
+    plain_s = [timed(plain)[0] for _ in range(max(1, args.repeats - 1))]
+    result = {
+        "command": " ".join(["python -m bench.ttft"] + sys.argv[1:]),
+        "env": environment(),
+        "shape": args.shape, "length": args.length, "ratio": args.ratio,
+        "snapshot_bytes": info.stored_bytes, "put_s": put_s,
+        "warm_s": statistics.median(warm), "cold_s": statistics.median(cold), "cold_how": how,
+        "plain_prefill_s": statistics.median(plain_s),
+    }  # fmt: skip
+    result["speedup_warm"] = result["plain_prefill_s"] / result["warm_s"]
+    result["speedup_cold"] = result["plain_prefill_s"] / result["cold_s"]
+    print(json.dumps(result, indent=1))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
