@@ -41,7 +41,7 @@ CONDENSED = pa.schema(
         pa.field("text_sha256", pa.string()),
         pa.field("text", pa.large_string()),
         pa.field("embedding", pa.list_(pa.float32())),
-        pa.field("worker", pa.string(), nullable=False),  # node id prefix:pid of the actor
+        pa.field("worker", pa.string(), nullable=False),  # <node id tail>:<pid> of the actor
         pa.field("pid", pa.int64(), nullable=False),
         pa.field("device", pa.string(), nullable=False),
     ]

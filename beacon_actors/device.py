@@ -27,14 +27,14 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def worker_name() -> str:
-    """'<node id prefix>:<pid>' inside Ray, 'local:<pid>' outside."""
+    """'<last 12 hex digits of the node id>:<pid>' inside Ray, 'local:<pid>' outside."""
     import os
 
     try:
         import ray
 
         if ray.is_initialized():
-            return f"{ray.get_runtime_context().get_node_id()[:8]}:{os.getpid()}"
+            return f"{ray.get_runtime_context().get_node_id()[-12:]}:{os.getpid()}"
     except ImportError:
         pass
     return f"local:{os.getpid()}"

@@ -81,6 +81,18 @@ def test_condenser_streams_long_documents_exactly_and_skips_stored(model, lm, tm
     assert changed[0]["status"] == "condensed"
 
 
+def test_condenser_reads_equal_whole_window_documents(model, lm, tmp_path):
+    texts = {f"same{i}": chr(97 + i) * 32 for i in range(3)} | {"other": "x" * 20}  # 32 = two whole windows
+    out = Condenser(str(model), str(tmp_path / "db"), batch_size=4)(
+        tokenize_documents(documents(texts), tokenizer=str(model))
+    )
+    assert [r["status"] for r in out.to_pylist()] == ["condensed"] * 4
+    store = SnapshotStore(tmp_path / "db")
+    for doc_id, text in texts.items():
+        want = lm.condense(torch.tensor(list(text.encode())))
+        assert_close_memory(store.get(doc_id, fingerprint=lm.fingerprint()), want)
+
+
 def lm_tokenizer(model):
     from beacon_actors.text import load_tokenizer
 
