@@ -240,18 +240,19 @@ class BeaconLM:
             active, memory, done = list(group), None, 0
             while active:
                 left = min(docs[i].shape[1] for i in active) - done
-                n = left if len(active) == 1 else (left // step) * step
-                if n == 0:  # the shortest reads its last partial window alone
+                if left == 0 or (len(active) > 1 and left < step):
+                    # the shortest has nothing or only a partial stride left: it finishes alone
                     last = active.pop()
                     rest = None if memory is None else memory.select([len(active)])
                     tail = docs[last][:, done:]
                     memories[last] = (
                         self.condense(tail, rest, expected_length=docs[last].shape[1]) if tail.shape[1] else rest
                     )
-                    memory = None if memory is None else memory.select(list(range(len(active))))
+                    memory = None if memory is None or not active else memory.select(list(range(len(active))))
                     if bar is not None:
-                        bar.update(docs[last].shape[1] - done)
+                        bar.update(tail.shape[1])
                     continue
+                n = left if len(active) == 1 else (left // step) * step
                 ids = torch.cat([docs[i][:, done : done + n] for i in active])
                 memory = self.condense(ids, memory, expected_length=docs[active[0]].shape[1])
                 done += n

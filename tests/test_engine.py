@@ -335,7 +335,7 @@ def test_compiled_layers_equal_eager():
 )
 def test_condense_many_in_lockstep_equals_one_by_one(family, overrides):
     lm = load_tiny(family, **overrides)
-    lengths = [5, 40, 41, 100, 16, 3, 64]
+    lengths = [5, 40, 41, 100, 16, 3, 64, 32, 32, 48]
     docs = [tokens(n, seed=30 + i) for i, n in enumerate(lengths)]
     together = lm.condense_many(docs, batch_size=3)
     for doc, mem in zip(docs, together, strict=True):
