@@ -16,23 +16,27 @@ from ._pipelines_helpers import REPO, HeadNode, tiny_model, write_corpus
 
 ray = pytest.importorskip("ray")
 
-AUTOSCALER = {  # the cluster launcher's format (cf. ray_cluster.yaml), for the fake multi-node provider
-    "cluster_name": "beacon-test",
-    "max_workers": 2,
-    "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                 "disable_launch_config_check": True},
-    "available_node_types": {
-        "ray.head.default": {"resources": {"CPU": 2}, "node_config": {}, "max_workers": 0},
-        "gpu_worker": {"resources": {"CPU": 1, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 2},
-    },
-    "head_node_type": "ray.head.default",
-    "upscaling_speed": 10.0,
-    "idle_timeout_minutes": 0.05,  # 3 s
-    **{k: [] for k in ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
-                       "head_start_ray_commands", "worker_start_ray_commands", "cluster_synced_files",
-                       "rsync_exclude", "rsync_filter")},
-    "auth": {}, "docker": {}, "file_mounts": {}, "file_mounts_sync_continuously": False,
-}  # fmt: skip
+
+def local_autoscaler_config() -> dict:
+    """ray_cluster.yaml with its cloud parts swapped for the fake multi-node provider on this machine:
+    the same node types (a CPU head, GPU workers from 0 to max), smaller and quicker to go idle."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
+    config["provider"] = {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                          "disable_launch_config_check": True}  # fmt: skip
+    types = config["available_node_types"]
+    config["available_node_types"] = {
+        "ray.head.default": types["head"] | {"resources": {"CPU": 2}, "node_config": {}},
+        "gpu_worker": types["gpu_worker"] | {"resources": {"CPU": 1, "GPU": 1}, "node_config": {}, "max_workers": 2},
+    }
+    config.update(head_node_type="ray.head.default", max_workers=2, upscaling_speed=10.0, idle_timeout_minutes=0.05)
+    for key in ("setup_commands", "head_start_ray_commands", "worker_start_ray_commands", "initialization_commands",
+                "head_setup_commands", "worker_setup_commands", "cluster_synced_files", "rsync_exclude",
+                "rsync_filter"):  # fmt: skip
+        config[key] = []  # the monitor reads all of these
+    config.update(auth={}, file_mounts={}, docker={}, file_mounts_sync_continuously=False)
+    return config
 
 
 def alive_gpu_nodes() -> int:
@@ -42,7 +46,7 @@ def alive_gpu_nodes() -> int:
 def test_condenser_pool_grows_under_load_and_idle_nodes_are_released(tmp_path):
     model = tiny_model(tmp_path / "model")
     write_corpus(tmp_path / "corpus", 24, tokens=10_000)
-    head = HeadNode(num_cpus=2, autoscaling_config=json.loads(json.dumps(AUTOSCALER)))
+    head = HeadNode(num_cpus=2, autoscaling_config=local_autoscaler_config())
     try:
         ray.init(address=head.address, log_to_driver=False)
         assert alive_gpu_nodes() == 0

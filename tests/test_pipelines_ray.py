@@ -168,3 +168,14 @@ def test_sample_data_ships():
     questions = [json.loads(x) for x in (SAMPLE / "questions.jsonl").read_text().splitlines()]
     corpus = "".join(p.read_text() for p in (SAMPLE / "corpus").iterdir())
     assert all(q["answer"] in corpus for q in questions)
+
+
+def test_bench_pipeline_smoke_on_cpu(model, tmp_path):
+    from bench.pipeline import main as bench
+
+    out = tmp_path / "pipeline_smoke.json"
+    result = bench(["--gpus", "0", "--actors", "1", "--docs", "4", "--doc-chars", "1200", "--model", str(model),
+                    "--max-new-tokens", "3", "--work", str(tmp_path / "work"), "--out", str(out)])  # fmt: skip
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result, default=str))
+    assert result["ingest"]["condensed"] == 4 and result["ingest"]["tokens_per_s"] > 0
+    assert result["qa"]["answered"] == 4 and result["qa"]["latency_s"]["total_s"]["n"] == 4

@@ -213,3 +213,17 @@ def test_configs_and_default_model_errors(tmp_path, monkeypatch):
     assert str(err.value) == HOW_TO_GET_DEFAULT_MODEL and "--model" in HOW_TO_GET_DEFAULT_MODEL
     with pytest.raises(ValueError, match="does not exist"):
         resolve_model("./no/such/model")
+
+
+def test_ray_cluster_yaml_is_a_valid_launcher_config():
+    import yaml
+    from ray.autoscaler._private.util import fillout_defaults, validate_config
+
+    from ._pipelines_helpers import REPO
+
+    config = fillout_defaults(yaml.safe_load((REPO / "ray_cluster.yaml").read_text()))
+    validate_config(config)
+    gpu = config["available_node_types"]["gpu_worker"]
+    assert gpu["resources"]["GPU"] == 1 and gpu["min_workers"] == 0 < gpu["max_workers"]
+    assert config["available_node_types"][config["head_node_type"]]["resources"]["GPU"] == 0
+    assert config["idle_timeout_minutes"] > 0
