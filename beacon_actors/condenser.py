@@ -114,14 +114,8 @@ class Condenser:
             return []
         start = time.perf_counter()
         ids = [torch.tensor(r["token_ids"], dtype=torch.long) for r in rows]
-        together, alone = _lockstep_safe(ids, self.lm.config.beacon_stride)
-        memories: list = [None] * len(rows)
         try:
-            batched = self.lm.condense_many([ids[i] for i in together], batch_size=self.batch_size)
-            for i, m in zip(together, batched, strict=True):
-                memories[i] = m
-            for i in alone:
-                memories[i] = self.lm.condense(ids[i])
+            memories = self.lm.condense_many(ids, batch_size=self.batch_size)
         except ValueError:  # one bad document (e.g. ids outside the vocabulary): read them one by one
             return [self._condense_long(r) for r in rows]
         errors = [self._put(r, m) for r, m in zip(rows, memories, strict=True)]
@@ -185,17 +179,3 @@ class Condenser:
             "pid": os.getpid(),
             "device": str(self.lm.device),
         }
-
-
-def _lockstep_safe(ids: list[torch.Tensor], stride: int) -> tuple[list[int], list[int]]:
-    """(indices to condense together, indices to condense alone).
-
-    Works around an engine bug (beacon/engine.py condense_many, at 5f184b8): when the two longest
-    documents of a lockstep group have the same length and it is a multiple of beacon_stride, the
-    last one leaves `active` empty and `memory.select([])` raises in index_select. Documents whose
-    length is such a multiple and is shared with another document are read alone (same result).
-    """
-    lengths = [int(t.shape[0]) for t in ids]
-    shared = {n for n in lengths if n % stride == 0 and lengths.count(n) > 1}
-    together = [i for i, n in enumerate(lengths) if n not in shared]
-    return together, [i for i, n in enumerate(lengths) if n in shared]
