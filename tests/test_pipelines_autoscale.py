@@ -45,7 +45,7 @@ def alive_gpu_nodes() -> int:
 
 def test_condenser_pool_grows_under_load_and_idle_nodes_are_released(tmp_path):
     model = tiny_model(tmp_path / "model")
-    write_corpus(tmp_path / "corpus", 24, tokens=10_000)
+    write_corpus(tmp_path / "corpus", 48, tokens=10_000)  # ~40 s for one actor: time for a second to join
     head = HeadNode(num_cpus=2, autoscaling_config=local_autoscaler_config())
     try:
         ray.init(address=head.address, log_to_driver=False)
@@ -68,7 +68,7 @@ def test_condenser_pool_grows_under_load_and_idle_nodes_are_released(tmp_path):
         watcher.join()
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
         report = json.loads(out.stdout)
-        assert report["n_condensed"] == 24
+        assert report["n_condensed"] == 48
         nodes = {w.split(":")[0] for w, s in report["workers"].items() if s["items"]}
         assert seen[0] == 2 and len(nodes) == 2, (seen, report["workers"])  # grew onto a second GPU node
         deadline = time.time() + 120
