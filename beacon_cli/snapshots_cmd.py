@@ -15,25 +15,15 @@ def snapshots() -> None:
     """List, show, delete and compact stored snapshots."""
 
 
-def _open(db: str):
-    from pathlib import Path
-
-    from snapshots import SnapshotStore
-
-    if not Path(db).is_dir():
-        raise click.ClickException(
-            f"no snapshot store at {db!r}: ingest a corpus first (beacon ingest CORPUS --db {db})"
-        )
-    return SnapshotStore(db)
-
-
 @snapshots.command("list")
 @store_options
 @click.option("--json", "as_json", is_flag=True)
 @explain_errors
 def list_(db, as_json) -> None:
     """One line per stored document: id, tokens, stored bytes, model, last update."""
-    docs = _open(db).list()
+    from pipelines.catalog import list_documents
+
+    docs = list_documents(db)
     if as_json:
         click.echo(json.dumps([_summary(i) for i in docs], indent=2, default=str))
         return
@@ -52,7 +42,9 @@ def list_(db, as_json) -> None:
 @explain_errors
 def show(doc_id, db) -> None:
     """Everything recorded about DOC_ID (JSON)."""
-    info = _open(db).show(doc_id)
+    from pipelines.catalog import show_document
+
+    info = show_document(db, doc_id)
     d = dataclasses.asdict(info)
     d["state"] = info.state.to_dict()
     d["bytes_per_token"] = info.bytes_per_token
@@ -66,11 +58,9 @@ def show(doc_id, db) -> None:
 @explain_errors
 def delete(doc_ids, db, missing_ok) -> None:
     """Delete DOC_IDS (snapshots and search rows)."""
-    from pipelines.search import SearchIndex
+    from pipelines.catalog import delete_documents
 
-    store = _open(db)
-    gone = [d for d in doc_ids if store.delete(d, missing_ok=missing_ok)]
-    SearchIndex(db).delete(list(doc_ids))
+    gone = delete_documents(db, list(doc_ids), missing_ok=missing_ok)
     click.echo(f"deleted {len(gone)} of {len(doc_ids)}: {', '.join(gone)}")
 
 
@@ -83,10 +73,9 @@ def delete(doc_ids, db, missing_ok) -> None:
 @explain_errors
 def optimize(db, grace_s, keep_versions_s) -> None:
     """Delete dead rows, compact the tables (and the search table), drop old versions."""
-    from pipelines.search import SearchIndex
+    from pipelines.catalog import optimize_store
 
-    report = _open(db).optimize(grace_s=grace_s, keep_versions_s=keep_versions_s)
-    SearchIndex(db).optimize()
+    report = optimize_store(db, grace_s=grace_s, keep_versions_s=keep_versions_s)
     click.echo(json.dumps(dataclasses.asdict(report), indent=2, default=str))
 
 

@@ -227,3 +227,17 @@ def test_ray_cluster_yaml_is_a_valid_launcher_config():
     assert gpu["resources"]["GPU"] == 1 and gpu["min_workers"] == 0 < gpu["max_workers"]
     assert config["available_node_types"][config["head_node_type"]]["resources"]["GPU"] == 0
     assert config["idle_timeout_minutes"] > 0
+
+
+def test_questions_pick_documents_by_vector_when_embeddings_are_stored(tmp_path):
+    from pipelines.questions import read_questions
+
+    SearchIndex(tmp_path / "db").upsert([
+        {"doc_id": "north", "text": "the same words", "embedding": [1.0, 0.0, 0.0]},
+        {"doc_id": "south", "text": "the same words", "embedding": [0.0, 0.0, 1.0]},
+    ])  # fmt: skip
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question": "same words?", "embedding": [0.1, 0.0, 0.9]}\n{"question": "same words?"}\n')
+    by_vector, by_text = read_questions(path, str(tmp_path / "db"), top_k=2)
+    assert by_vector["doc_ids"] == ["north", "south"]  # best (south) last: read closest to the question
+    assert by_text["picked_by"] == "search" and len(by_text["doc_ids"]) == 2
