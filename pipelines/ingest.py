@@ -21,6 +21,7 @@ import pyarrow as pa
 from beacon_actors.columns import DOCUMENTS
 from beacon_actors.text import tokenizer_source
 from snapshots import SnapshotStore
+from snapshots.records import DocumentInfo
 
 from .cluster import RayOptions, ensure_ray
 from .config import IngestConfig
@@ -59,12 +60,14 @@ def ingest(
     store = SnapshotStore(db)  # creates the tables before the actors race to
     search = SearchIndex(db) if config.search else None
     corpus = read_corpus(config.corpus, format=config.corpus_format, rows_per_block=config.batch_size)
-    fingerprint = model_fingerprint(model, config.dtype) if config.skip_existing else None
+    stored = store.list() if config.skip_existing else []
+    # the fingerprint costs a model load on a CPU: only worth it when something could be skipped
+    fingerprint = model_fingerprint(model, config.dtype) if stored else None
     report = IngestReport(corpus.source, db, model, None if fingerprint is None else fingerprint["id"])
     report.n_documents = corpus.n_documents
 
     ds = corpus.dataset
-    known = complete_documents(store, search, fingerprint) if fingerprint else {}
+    known = complete_documents(stored, search, fingerprint) if fingerprint else {}
     if known:
         ds = ds.map_batches(drop_known, fn_kwargs={"known": ray.put(known)}, batch_format="pyarrow")
     # CPU tasks of their own: resources unlike the Condenser's keep Ray Data from fusing them into it
@@ -123,10 +126,10 @@ def _fingerprint(model: str, dtype: str | None) -> dict:
     return beacon.load(model, device="cpu", dtype=dtype, tokenizer=False).fingerprint()
 
 
-def complete_documents(store: SnapshotStore, search: SearchIndex | None, fingerprint: dict) -> dict[str, str]:
-    """doc_id -> text_sha256 of documents nothing is left to do for: stored by this model (and in
-    the search table, if one is kept)."""
-    done = {i.doc_id: i.text_sha256 for i in store.list() if i.fingerprint_id == fingerprint["id"] and i.text_sha256}
+def complete_documents(stored: list[DocumentInfo], search: SearchIndex | None, fingerprint: dict) -> dict[str, str]:
+    """doc_id -> text_sha256 of the `stored` documents nothing is left to do for: condensed by this
+    model (and in the search table, if one is kept)."""
+    done = {i.doc_id: i.text_sha256 for i in stored if i.fingerprint_id == fingerprint["id"] and i.text_sha256}
     if search is not None:
         indexed = search.known()
         done = {d: h for d, h in done.items() if indexed.get(d) == h}

@@ -30,7 +30,7 @@ class IngestReport:
     corpus: str
     db: str
     model: str
-    fingerprint_id: str | None
+    fingerprint_id: str | None  # of the model, when it was needed (the store held documents to compare with)
     n_documents: int = 0
     n_skipped: int = 0
     n_stored: int = 0
