@@ -15,10 +15,8 @@ from pathlib import Path
 
 import torch
 
-import beacon
-
 from .condense import timed
-from .shapes import environment, random_model
+from .shapes import environment, official_qwen2_lm, random_model
 
 
 def main() -> None:
@@ -37,15 +35,7 @@ def main() -> None:
     lengths = torch.randint(args.min_len, args.max_len + 1, (args.docs,), generator=g).tolist()
     docs = [torch.randint(0, 150_000, (1, n), generator=g).to(args.device) for n in lengths]
     model = random_model(args.shape, device=args.device)
-    lm = beacon.from_hf(
-        model,
-        beacon_window=args.window,
-        beacon_stride=args.window,
-        beacon_ratio=[args.ratio],
-        beacon_pos="interleave",
-        beacon_attn="full-coverage",
-        beacon_param=["q", "k", "v"],
-    )
+    lm = official_qwen2_lm(model, args.window, args.ratio)
     result = {
         "command": " ".join(["python -m bench.batched"] + sys.argv[1:]),
         "env": environment(),

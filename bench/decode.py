@@ -16,10 +16,8 @@ from pathlib import Path
 
 import torch
 
-import beacon
-
 from .condense import timed
-from .shapes import environment, random_model
+from .shapes import environment, official_qwen2_lm, random_model
 
 
 def beacon_decode(lm, doc: torch.Tensor, question: torch.Tensor, new: int) -> dict:
@@ -76,15 +74,7 @@ def main() -> None:
     result = {"command": " ".join(["python -m bench.decode"] + sys.argv[1:]), "env": environment(), "runs": []}
     for shape in args.shapes.split(","):
         model = random_model(shape, device=args.device)
-        lm = beacon.from_hf(
-            model,
-            beacon_window=args.window,
-            beacon_stride=args.window,
-            beacon_ratio=[args.ratio],
-            beacon_pos="interleave",
-            beacon_attn="full-coverage",
-            beacon_param=["q", "k", "v"],
-        )
+        lm = official_qwen2_lm(model, args.window, args.ratio)
         for length in [int(x) for x in args.lengths.split(",")]:
             doc = torch.randint(0, 150_000, (1, length), device=args.device)
             question = torch.randint(0, 150_000, (1, 32), device=args.device)

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import torch
 
-import beacon
-
-from .shapes import random_model
+from .shapes import official_qwen2_lm, random_model
 
 
 def main() -> None:
@@ -28,16 +26,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    lm = beacon.from_hf(
-        random_model(args.shape, device=args.device),
-        beacon_window=args.window,
-        beacon_stride=args.window,
-        beacon_ratio=[args.ratio],
-        beacon_ratio_mix="step-random",
-        beacon_pos="interleave",
-        beacon_attn="full-coverage",
-        beacon_param=["q", "k", "v"],
-    )
+    lm = official_qwen2_lm(random_model(args.shape, device=args.device), args.window, args.ratio)
     lm.save_pretrained(args.out)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
         src = Path(args.tokenizer) / name

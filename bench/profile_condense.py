@@ -14,9 +14,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import beacon
-
-from .shapes import random_model
+from .shapes import official_qwen2_lm, random_model
 
 
 def main() -> None:
@@ -29,16 +27,7 @@ def main() -> None:
     p.add_argument("--out", default="")
     args = p.parse_args()
     model = random_model(args.shape)
-    lm = beacon.from_hf(
-        model,
-        beacon_window=args.window,
-        beacon_stride=args.window,
-        beacon_ratio=[args.ratio],
-        beacon_pos="interleave",
-        beacon_attn="full-coverage",
-        beacon_param=["q", "k", "v"],
-        beacon_parallel_window=args.parallel_window,
-    )
+    lm = official_qwen2_lm(model, args.window, args.ratio, beacon_parallel_window=args.parallel_window)
     ids = torch.randint(0, 150_000, (1, args.length), device="cuda")
     lm.condense(ids[:, : 3 * args.window])
     torch.cuda.synchronize()

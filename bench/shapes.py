@@ -65,6 +65,23 @@ def random_model(shape: str, device: str = "cuda", dtype: torch.dtype = torch.bf
     return model.eval()
 
 
+def official_qwen2_lm(model, window: int = 2048, ratio: int = 8, **overrides):
+    """`model` with beacons set as the official Qwen-2 checkpoint is (interleave, full-coverage,
+    q/k/v beacon weights), one fixed ratio: the setting every benchmark measures."""
+    import beacon
+
+    settings = dict(
+        beacon_window=window,
+        beacon_stride=window,
+        beacon_ratio=[ratio],
+        beacon_ratio_mix="step-random",
+        beacon_pos="interleave",
+        beacon_attn="full-coverage",
+        beacon_param=["q", "k", "v"],
+    )
+    return beacon.from_hf(model, **(settings | overrides))
+
+
 def environment() -> dict:
     """Versions and device, recorded next to every result."""
     import platform

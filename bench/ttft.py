@@ -19,11 +19,10 @@ from pathlib import Path
 
 import torch
 
-import beacon
 from snapshots import SnapshotStore
 
 from .condense import timed
-from .shapes import environment, random_model
+from .shapes import environment, official_qwen2_lm, random_model
 
 
 def drop_page_cache(folder: Path) -> str:
@@ -57,15 +56,7 @@ def main() -> None:
     p.add_argument("--out", default="docs/results/ttft.json")
     args = p.parse_args()
     model = random_model(args.shape, device=args.device)
-    lm = beacon.from_hf(
-        model,
-        beacon_window=args.window,
-        beacon_stride=args.window,
-        beacon_ratio=[args.ratio],
-        beacon_pos="interleave",
-        beacon_attn="full-coverage",
-        beacon_param=["q", "k", "v"],
-    )
+    lm = official_qwen2_lm(model, args.window, args.ratio)
     doc = torch.randint(0, 150_000, (1, args.length), device=args.device)
     question = torch.randint(0, 150_000, (1, 32), device=args.device)
     store = SnapshotStore(args.db)
