@@ -32,6 +32,8 @@ from .reports import IngestReport, WorkerStats
 from .search import SearchIndex
 
 MAX_REPORTED_FAILURES = 100
+SEARCH_ROWS_PER_COMMIT = 256  # search rows are upserted per this many documents ...
+SEARCH_COMMIT_S = 10.0  # ... or this many seconds, whichever comes first
 
 
 def ingest(
@@ -93,13 +95,18 @@ def ingest(
     bar = Progress(corpus.n_documents, desc="ingest", unit="doc", enabled=config.progress)
     seen: set[str] = set()
     n_out = 0
+    pending: list[dict] = []  # search rows not yet committed
+    flushed = time.perf_counter()
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             rows = batch.to_pylist()
             condensed = _tally(report, rows, seen)
             n_out += len(rows)
             if search is not None:
-                search.upsert([r for r in rows if r["status"] in ("condensed", "stored")])
+                pending += [r for r in rows if r["status"] in ("condensed", "stored")]
+            if len(pending) >= SEARCH_ROWS_PER_COMMIT or (pending and time.perf_counter() - flushed > SEARCH_COMMIT_S):
+                search.upsert(pending)
+                pending, flushed = [], time.perf_counter()
             bar.update(len(rows), condensed)
             if on_batch is not None:
                 on_batch(rows)
@@ -107,7 +114,8 @@ def ingest(
         bar.update(report.n_skipped)
     finally:
         bar.close()
-    if search is not None:
+    if search is not None:  # rows lost to a crash before this are written by the next run ('stored')
+        search.upsert(pending)
         search.refresh()
     report.seconds = time.perf_counter() - start
     return report

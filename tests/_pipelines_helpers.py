@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -99,6 +100,9 @@ class HeadNode:
         self.env.pop("RAY_ADDRESS", None)
         cmd = [str(Path(bindir) / "ray"), "start", "--head", "--block", f"--port={self.port}", f"--num-cpus={num_cpus}"]
         cmd += ["--num-gpus=0", f"--temp-dir={self.tmp / 'ray'}", "--disable-usage-stats"]
+        for option in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                       "metrics-export-port", "ray-client-server-port"):  # fmt: skip
+            cmd.append(f"--{option}={free_port()}")  # not Ray's fixed defaults: other Rays may run here
         if dashboard:
             cmd += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}"]
         else:
@@ -115,6 +119,7 @@ class HeadNode:
         self.proc = subprocess.Popen(
             cmd, env=self.env, start_new_session=True, stdout=open(self.log, "w"), stderr=subprocess.STDOUT
         )
+        atexit.register(self.stop)  # a backstop: the head never outlives the test process
         self._wait_started()
 
     @property
@@ -141,6 +146,7 @@ class HeadNode:
 
     def stop(self) -> None:
         """SIGKILL the head's process group (raylets, workers, fake nodes: all started from it)."""
+        atexit.unregister(self.stop)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
