@@ -66,7 +66,7 @@ def pool_options(default_batch: int):
             "--gpus-per-actor",
             type=float,
             default=None,
-            help="GPUs per actor (default: 1 if the cluster has GPUs, else 0).",
+            help="GPUs per actor (default: 1 if the cluster has GPUs now, else 0; say 1 on autoscaling clusters).",
         )(f)
         f = click.option(
             "--actors",

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--db", default=DEFAULT_DB, help="snapshot store folder")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="the checkpoint the snapshots were made with")
     parser.add_argument("--dtype", default=None, help="the dtype they were made with")
-    parser.add_argument("--gpus-per-actor", type=float, default=None, help="default: 1 if the cluster has GPUs")
+    parser.add_argument("--gpus-per-actor", type=float, default=None, help="default: 1 if GPUs are up; 1 to autoscale")
     parser.add_argument("--actors", type=pool, default=(1, 1), help="pool size MIN or MIN:MAX (autoscaled)")
     parser.add_argument("--batch-size", type=int, default=16, help="questions per actor call")
     parser.add_argument("--max-new-tokens", type=int, default=64)

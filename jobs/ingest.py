@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--db", default=DEFAULT_DB, help="snapshot store folder (shared by every node)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="beacon checkpoint (folder or hub id)")
     parser.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default: the checkpoint's)")
-    parser.add_argument("--gpus-per-actor", type=float, default=None, help="default: 1 if the cluster has GPUs")
+    parser.add_argument("--gpus-per-actor", type=float, default=None, help="default: 1 if GPUs are up; 1 to autoscale")
     parser.add_argument("--actors", type=pool, default=(1, 1), help="pool size MIN or MIN:MAX (autoscaled)")
     parser.add_argument("--batch-size", type=int, default=8, help="documents per actor call")
     parser.add_argument("--no-progress", action="store_true")
