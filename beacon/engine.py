@@ -212,7 +212,8 @@ class BeaconLM:
     ) -> list[Memory]:
         """Condense several documents, up to `batch_size` of them per forward pass, windows in lockstep.
 
-        Exactly what condensing each alone gives. Documents of uneven length share passes while they
+        What condensing each alone gives (up to the rounding of batched matrix products, ~1e-6 in
+        float32). Documents of uneven length share passes while they
         all have tokens left; one that runs out drops out of the batch and its remaining partial
         window is read on its own. Returns one memory per document, in the given order.
         """
