@@ -6,7 +6,7 @@ window arithmetic (windows.py) decides what each step reads and which entries it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,14 @@ TokenInput = torch.Tensor | Sequence[int] | Sequence[Sequence[int]]
 
 
 def as_batch(input_ids: TokenInput, device: torch.device) -> torch.Tensor:
-    """Token ids as a (b, n) int64 tensor on `device`; a flat list or 1-D tensor means b = 1."""
+    """Token ids as a (b, n) int64 tensor on `device`; a flat list or 1-D tensor means b = 1.
+
+    A tokenizer's output (a mapping with "input_ids", e.g. a BatchEncoding) is accepted too.
+    """
+    if isinstance(input_ids, Mapping):
+        if "input_ids" not in input_ids:
+            raise ValueError(f"got a mapping without 'input_ids' (keys: {sorted(input_ids)})")
+        input_ids = input_ids["input_ids"]
     ids = input_ids if isinstance(input_ids, torch.Tensor) else torch.tensor(input_ids, dtype=torch.long)
     if ids.dim() == 1:
         ids = ids[None]

@@ -357,3 +357,12 @@ def test_run_time_knobs_survive_calls():
     lm.condense(tokens(20, seed=50))
     assert lm.parallel_window == 3 and lm.windows_per_pass() == 3
     lm.parallel_window = None
+
+
+def test_tokenizer_output_is_accepted_as_input():
+    lm = load_tiny("qwen2", beacon_pos="interleave", beacon_ratio=[2], beacon_param=["q", "k", "v"])
+    ids = tokens(30, seed=60)
+    from_mapping = lm.condense({"input_ids": ids[0].tolist(), "attention_mask": [1] * 30})
+    assert_same_memory(from_mapping, lm.condense(ids))
+    with pytest.raises(ValueError, match="without 'input_ids'"):
+        lm.condense({"ids": [1, 2]})
