@@ -512,9 +512,3 @@ def build_chunk(cfg: BeaconConfig, steps: list[Step]) -> Chunk:
         before=first.before,
         after=steps[-1].after,
     )
-
-
-def carried_positions(cfg: BeaconConfig, state: WindowState) -> torch.Tensor:
-    """RoPE positions of the window entries a memory holds in `state` (its W part)."""
-    ratio = state.window_ratio if cfg.interleave else -1
-    return window_entries(cfg, ratio, state.n_outer, 0, state.window_raw, False).pos
