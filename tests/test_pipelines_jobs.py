@@ -70,9 +70,10 @@ def wait(client, job_id: str, timeout: float = 240) -> str:
 
 
 def report_of(client, job_id: str) -> dict:
-    """The JSON report a job printed last."""
+    """The JSON report a job printed last (worker output such as progress bars may follow it)."""
     logs = client.get_job_logs(job_id)
-    return json.loads(logs[logs.rindex("\n{\n") + 1 :])
+    report, _ = json.JSONDecoder().raw_decode(logs, logs.rindex("\n{\n") + 1)
+    return report
 
 
 def test_ingest_and_answer_jobs_write_what_they_should(client, model, tmp_path):
