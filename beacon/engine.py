@@ -64,6 +64,9 @@ class BeaconLM:
         self.compile_layers = False
         # windows per forward pass (speed only: results are identical); None = automatic
         self.parallel_window: int | None = None
+        # how generate() steps one token (decode.MODES): "static" buffers (decode.StaticDecoder),
+        # "eager" (the general forward per token); "auto" = static, as CUDA graphs on a GPU
+        self.decode_mode = "auto"
 
     # ---- facts ---------------------------------------------------------------------------------
     @property
@@ -340,20 +343,45 @@ class BeaconLM:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(0 if seed is None else seed)
         work, logits = self.forward(ids, work, logits="last", expected_length=expected_length)
+        stepper = self._stepper(work)
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=self.device)
         tokens: list[torch.Tensor] = []
-        for _ in range(max_new_tokens):
+        all_done: list[torch.Tensor] = []  # per new token: has every sequence ended (on the device)
+        check_every = 8  # host syncs for the eos test: one per 8 tokens, not one per token
+        for t in range(max_new_tokens):
             nxt = _pick(logits, do_sample, temperature, top_k, top_p, gen)
             if eos.numel():
                 nxt = torch.where(done, tokens[-1] if tokens else nxt, nxt)
                 done = done | torch.isin(nxt, eos)
+                all_done.append(done.all())
             tokens.append(nxt)
-            if eos.numel() and bool(done.all()):  # one host sync per token (decode, not condensing)
+            if t == max_new_tokens - 1:
                 break
-            work, logits = self.forward(nxt[:, None], work, logits="last")
+            if eos.numel() and t % check_every == check_every - 1 and bool(all_done[-1]):
+                break
+            if stepper is not None:
+                logits = stepper.step(nxt[:, None])
+            else:
+                work, logits = self.forward(nxt[:, None], work, logits="last")
         if not tokens:
             return ids.new_zeros(ids.shape[0], 0)
-        return torch.stack(tokens, dim=1)
+        out = torch.stack(tokens, dim=1)
+        if all_done:  # tokens after the step where all had ended are eos padding: cut them
+            ended = torch.stack(all_done).nonzero()
+            if ended.numel():
+                out = out[:, : int(ended[0, 0]) + 1]
+        return out
+
+    def _stepper(self, memory: Memory):
+        """The decode stepper for `decode_mode` (None = the general forward per token)."""
+        from .decode import MODES, StaticDecoder
+
+        if self.decode_mode not in MODES:
+            raise ValueError(f"decode_mode {self.decode_mode!r}: choose one of {MODES}")
+        if self.decode_mode == "eager":
+            return None
+        graphs = self.decode_mode == "auto" and self.device.type == "cuda"
+        return StaticDecoder(self, memory, graphs=graphs)
 
     def loss(
         self,

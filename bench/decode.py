@@ -2,9 +2,12 @@
 
     python -m bench.decode --shapes qwen2-7b --lengths 32768,131072 --ratio 8 --out docs/results/decode.json
 
-The document is condensed (beacon) or prefilled (plain, transformers with SDPA and a DynamicCache);
-then a 32-token question and `--new` greedy tokens. Decode tok/s = new tokens after the first /
-their seconds. Random bf16 weights, batch 1, eager PyTorch on both sides (no CUDA graphs).
+The document is condensed (beacon) or prefilled (plain); then a 32-token question and `--new`
+greedy tokens. Decode tok/s = new tokens after the first / their seconds. Random bf16 weights,
+batch 1. Beacon, each `BeaconLM.decode_mode`: "eager" (the general forward per token), "static"
+(decode.StaticDecoder's buffers, no graphs), "auto" (the same, replayed as CUDA graphs).
+Plain: transformers with SDPA and a DynamicCache, eager; and at --compiled-lengths,
+`generate(cache_implementation="static")`, which transformers compiles into CUDA graphs.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from .condense import timed
 from .shapes import environment, official_qwen2_lm, random_model
 
 
-def beacon_decode(lm, doc: torch.Tensor, question: torch.Tensor, new: int) -> dict:
-    memory = lm.condense(doc)
-    lm.generate(question, memory=memory, max_new_tokens=4)  # warm-up
+def beacon_decode(lm, memory, question: torch.Tensor, new: int, mode: str) -> dict:
+    lm.decode_mode = mode
+    lm.generate(question, memory=memory, max_new_tokens=4)  # warm-up (graph capture for "auto")
     first, _ = timed(lambda: lm.generate(question, memory=memory, max_new_tokens=1))
     total, peak = timed(lambda: lm.generate(question, memory=memory, max_new_tokens=new))
+    lm.decode_mode = "auto"
     return {
-        "kind": "beacon",
+        "kind": f"beacon-{mode}",
         "first_token_s": first,
         "decode_tok_s": (new - 1) / (total - first),
         "memory_entries": memory.state.size,
@@ -52,10 +56,32 @@ def plain_decode(model, doc: torch.Tensor, question: torch.Tensor, new: int) -> 
     total, peak = timed(lambda: run(new))
     entries = doc.shape[1] + question.shape[1]
     return {
-        "kind": "plain",
+        "kind": "plain-eager",
         "first_token_s": first,
         "decode_tok_s": (new - 1) / (total - first),
         "kv_entries": entries,
+        "peak_gib": peak,
+    }
+
+
+@torch.no_grad()
+def plain_compiled_decode(model, doc: torch.Tensor, question: torch.Tensor, new: int) -> dict:
+    """transformers' own fast path: a static KV cache, the decode step compiled (CUDA graphs)."""
+    ids = torch.cat([doc, question], 1)
+
+    def run(n_new: int) -> None:
+        model.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                       cache_implementation="static", pad_token_id=0)  # fmt: skip
+
+    run(4)  # compiles
+    run(4)
+    first, _ = timed(lambda: run(1))
+    total, peak = timed(lambda: run(new))
+    return {
+        "kind": "plain-static-compiled",
+        "first_token_s": first,
+        "decode_tok_s": (new - 1) / (total - first),
+        "kv_entries": ids.shape[1],
         "peak_gib": peak,
     }
 
@@ -68,7 +94,9 @@ def main() -> None:
     p.add_argument("--window", type=int, default=2048)
     p.add_argument("--new", type=int, default=65)
     p.add_argument("--device", default="cuda")
+    p.add_argument("--modes", default="eager,static,auto", help="beacon decode modes to time")
     p.add_argument("--no-plain", action="store_true")
+    p.add_argument("--compiled-lengths", default="32768", help="lengths for the compiled plain baseline")
     p.add_argument("--out", default="docs/results/decode.json")
     args = p.parse_args()
     result = {"command": " ".join(["python -m bench.decode"] + sys.argv[1:]), "env": environment(), "runs": []}
@@ -78,12 +106,18 @@ def main() -> None:
         for length in [int(x) for x in args.lengths.split(",")]:
             doc = torch.randint(0, 150_000, (1, length), device=args.device)
             question = torch.randint(0, 150_000, (1, 32), device=args.device)
-            runs = [beacon_decode(lm, doc, question, args.new)]
-            if not args.no_plain:
+            memory = lm.condense(doc)
+            runs = [beacon_decode(lm, memory, question, args.new, mode) for mode in args.modes.split(",")]
+            runs[-1]["memory_tokens"] = memory.n_tokens
+            del memory
+            compiled = [int(x) for x in args.compiled_lengths.split(",") if x]
+            baselines = [] if args.no_plain else [plain_decode]
+            baselines += [plain_compiled_decode] if length in compiled and not args.no_plain else []
+            for fn in baselines:
                 try:
-                    runs.append(plain_decode(model, doc, question, args.new))
-                except torch.OutOfMemoryError as err:
-                    runs.append({"kind": "plain", "error": f"OOM: {err}"[:200]})
+                    runs.append(fn(model, doc, question, args.new))
+                except Exception as err:  # noqa: BLE001 — a baseline that fails is reported, not fatal
+                    runs.append({"kind": fn.__name__, "error": f"{type(err).__name__}: {err}"[:300]})
             for run in runs:
                 result["runs"].append({"shape": shape, "length": length, **run})
                 print(json.dumps(result["runs"][-1]), flush=True)

@@ -3,8 +3,10 @@
     python -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 --db /tmp/ttft-db
 
 Beacon: SnapshotStore.get (disk -> host -> GPU, checked) + the question read after the memory +
-the first token. Page cache warm (the snapshot was just read) and cold (its files dropped from the
-page cache with posix_fadvise DONTNEED, or /proc/sys/vm/drop_caches where allowed). Plain: a
+the first token, for each snapshot dtype (--store-dtypes; float8 halves the bytes, lossy) and each
+number of reader threads (--workers), load and question timed apart. Page cache warm (the
+snapshot was just read) and cold (its files dropped from the page cache with posix_fadvise
+DONTNEED, or /proc/sys/vm/drop_caches where allowed). Plain: a
 full-attention prefill of document + question with transformers (SDPA). Random bf16 weights.
 """
 
@@ -15,6 +17,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -44,6 +47,11 @@ def drop_page_cache(folder: Path) -> str:
         return "posix_fadvise"
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="qwen2-7b")
@@ -52,6 +60,8 @@ def main() -> None:
     p.add_argument("--window", type=int, default=2048)
     p.add_argument("--db", default="/tmp/beacon-ttft-db")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workers", default="4,8,16", help="SnapshotStore read_workers to try, comma-separated")
+    p.add_argument("--store-dtypes", default="bfloat16,float8_e4m3fn", help="snapshot dtypes to try")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="docs/results/ttft.json")
     args = p.parse_args()
@@ -61,20 +71,46 @@ def main() -> None:
     question = torch.randint(0, 150_000, (1, 32), device=args.device)
     store = SnapshotStore(args.db)
     fp = lm.fingerprint()
-    put_s, _ = timed(lambda: store.put("doc", lm.condense(doc), fingerprint=fp))
-    info = store.show("doc")
+    memory = lm.condense(doc)
+    result = {
+        "command": " ".join(["python -m bench.ttft"] + sys.argv[1:]),
+        "env": environment(),
+        "shape": args.shape, "length": args.length, "ratio": args.ratio, "runs": [],
+    }  # fmt: skip
+    for dtype in args.store_dtypes.split(","):
+        put_s, _ = timed(lambda d=dtype: store.put(d, memory, fingerprint=fp, store_dtype=d))
+        stored = store.show(dtype).stored_bytes
 
-    def first_token() -> None:
-        memory = store.get("doc", fingerprint=fp, device=args.device)
-        _, logits = lm.forward(question, memory, logits="last")
-        logits.argmax(-1).tolist()
+        def first_token(doc_id: str) -> tuple[float, float]:
+            """(seconds to load the memory onto the GPU, seconds for question + first token)."""
+            _sync()
+            t0 = time.perf_counter()
+            mem = store.get(doc_id, fingerprint=fp, device=args.device)
+            _sync()
+            t1 = time.perf_counter()
+            _, logits = lm.forward(question, mem, logits="last")
+            logits.argmax(-1).tolist()
+            return t1 - t0, time.perf_counter() - t1
 
-    first_token()  # warm-up (and warms the page cache)
-    warm = [timed(first_token)[0] for _ in range(args.repeats)]
-    cold, how = [], ""
-    for _ in range(args.repeats):
-        how = drop_page_cache(Path(args.db))
-        cold.append(timed(first_token)[0])
+        for workers in [int(w) for w in args.workers.split(",")]:
+            store.read_workers = workers
+            first_token(dtype)  # warm-up (and warms the page cache)
+            warm = [first_token(dtype) for _ in range(args.repeats)]
+            cold, how = [], ""
+            for _ in range(args.repeats):
+                how = drop_page_cache(Path(args.db))
+                cold.append(first_token(dtype))
+            run = {
+                "store_dtype": dtype, "read_workers": workers, "snapshot_bytes": stored, "put_s": put_s,
+                "warm_s": statistics.median(sum(w) for w in warm),
+                "warm_load_s": statistics.median(w[0] for w in warm),
+                "warm_question_s": statistics.median(w[1] for w in warm),
+                "cold_s": statistics.median(sum(c) for c in cold),
+                "cold_load_s": statistics.median(c[0] for c in cold),
+                "cold_how": how,
+            }  # fmt: skip
+            result["runs"].append(run)
+            print(json.dumps(run), flush=True)
 
     def plain() -> None:
         with torch.no_grad():
@@ -82,17 +118,10 @@ def main() -> None:
             out.logits[:, -1].argmax(-1).tolist()
 
     plain()  # warm-up
-    plain_s = [timed(plain)[0] for _ in range(max(1, args.repeats - 1))]
-    result = {
-        "command": " ".join(["python -m bench.ttft"] + sys.argv[1:]),
-        "env": environment(),
-        "shape": args.shape, "length": args.length, "ratio": args.ratio,
-        "snapshot_bytes": info.stored_bytes, "put_s": put_s,
-        "warm_s": statistics.median(warm), "cold_s": statistics.median(cold), "cold_how": how,
-        "plain_prefill_s": statistics.median(plain_s),
-    }  # fmt: skip
-    result["speedup_warm"] = result["plain_prefill_s"] / result["warm_s"]
-    result["speedup_cold"] = result["plain_prefill_s"] / result["cold_s"]
+    result["plain_prefill_s"] = statistics.median(timed(plain)[0] for _ in range(max(1, args.repeats - 1)))
+    for run in result["runs"]:
+        run["speedup_warm"] = result["plain_prefill_s"] / run["warm_s"]
+        run["speedup_cold"] = result["plain_prefill_s"] / run["cold_s"]
     print(json.dumps(result, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

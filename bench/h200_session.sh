@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One-GPU device sessions (nvidia-h200 / nvidia-h100-x1), as run for docs/results. Two calls on one warm
+# machine: pylance travels in two parts (a call carries at most 64 MiB), so part 1 stashes its half.
+#   call 1: bash bench/h200_session.sh 1   (carry .carry/x2a/pylance.part.aa): CUDA tests, decode, batched
+#   call 2: bash bench/h200_session.sh 2   (carry .carry/x2b/pylance.part.ab): pylance, TTFT, profiles
+# Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
+set -u
+PART=${1:?which part: 1 or 2}
+STASH=/root/stash
+mkdir -p "$STASH" /root/site "$OUT/r"
+export PYTHONPATH=/root/site:$PWD PYTHONUNBUFFERED=1
+stage() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/r/$name.log" 2>&1; echo "   rc=$?"; tail -n 3 "$OUT/r/$name.log"; }
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+if [ "$PART" = 1 ]; then
+  cp .carry/x2a/pylance.part.aa "$STASH"/
+  stage cuda_tests 170 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q \
+    tests/test_decode.py tests/test_parity.py tests/test_engine.py tests/test_windows.py
+  stage decode 230 python3 -m bench.decode --shapes qwen2-7b --lengths 32768,131072 --compiled-lengths "" \
+    --out "$OUT/r/decode.json"
+  stage batched 90 python3 -m bench.batched --shape qwen2-1.5b --docs 16 --min-len 4096 --max-len 12288 \
+    --batch 1,2,4,8 --out "$OUT/r/batched.json"
+  stage decode_compiled 100 python3 -m bench.decode --shapes qwen2-7b --lengths 32768 --modes auto \
+    --compiled-lengths 32768 --out "$OUT/r/decode_compiled.json"
+else
+  cp .carry/x2b/pylance.part.ab "$STASH"/
+  ( cd "$STASH" && cat pylance.part.aa pylance.part.ab | tar -xJ -C /root/site ) || echo "pylance install failed"
+  python3 -c "import lance; print('lance', lance.__version__)"
+  stage ttft 200 python3 -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 --db /root/ttft-db \
+    --workers 4,8,16 --out "$OUT/r/ttft.json"
+  stage profile 200 python3 -m bench.profile_condense \
+    --cases qwen2-1.5b:131072:8,qwen2-1.5b:32768:8,qwen2-7b:8192:2,qwen2-7b:8192:8,qwen2-7b:131072:8 \
+    --out "$OUT/r/profile_condense.json"
+fi
+tar -czf "$OUT/results_$PART.tgz" -C "$OUT" r && rm -rf "$OUT/r"
