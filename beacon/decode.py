@@ -10,8 +10,11 @@ fixed shape, so it can run over preallocated buffers and be captured once as a C
     mask     (rows, cap) bool    which slots each new row sees (O always; the window per
                                  windows.window_mask; nothing beyond the rows)
 
-The planner (windows.plan_steps / build_chunk) still decides every step on the host — positions,
-visibility, whether the window closes — so this file holds no window arithmetic of its own.
+The planner (windows.plan_steps, window_mask) still decides every step on the host — positions,
+visibility, whether the window closes — so this file holds no window arithmetic of its own. To keep
+the host ahead of the GPU it plans a *block* of up to BLOCK tokens of the open window at once (what
+reading them in one piece gives, which is what reading them one by one gives: tested) and moves
+the block's positions and mask rows to the GPU in one copy; each token then only slices them.
 A step that condenses (the window closes) or does not fit the buffers is handed to the general
 path (forward.run_chunk) on a Memory rebuilt from the buffers; the buffers are rebuilt after it.
 
@@ -29,9 +32,10 @@ import torch.nn.functional as F
 
 from .forward import _project, ensure_rot
 from .memory import Memory
-from .windows import Chunk, build_chunk, plan_steps, window_mask
+from .windows import Chunk, WindowState, build_chunk, plan_steps, window_mask
 
 MODES = ("auto", "static", "eager")
+BLOCK = 64  # tokens of the open window planned (and staged to the GPU) at once
 # torch.bmm(..., out_dtype=float32) on CUDA (bf16/fp16 in, float32 out) exists from torch 2.8
 _HAS_OUT_DTYPE = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 8)
 
@@ -49,6 +53,20 @@ class _Buffers:
     sin: torch.Tensor
     slot_pos: torch.Tensor  # host (size,) position of every filled slot (checks the planner agrees)
     size: int  # filled slots
+
+
+@dataclass
+class _Block:
+    """The next tokens of the open window, planned at once: entries in reading order (= slot order)."""
+
+    start: WindowState  # state before the block
+    after: WindowState  # state after all of it
+    n_tokens: int  # tokens planned
+    first_entry: list[int]  # per token: index of its raw entry among the block's entries (+ end)
+    pos: torch.Tensor  # (n_entries,) on the device
+    mask: torch.Tensor  # (n_entries, cap - |O|) bool on the device: window slots each entry's row sees
+    size0: int  # filled slots when the block starts
+    done: int = 0  # tokens read so far
 
 
 class StaticDecoder:
@@ -70,38 +88,52 @@ class StaticDecoder:
         self._buf: _Buffers | None = None
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = None
-        self.state = memory.state
+        self._block: _Block | None = None
+        self._state = memory.state
         b = memory.batch_size
-        p = lm.parts
         dev = lm.device
         self._tokens = torch.zeros(b, 1, dtype=torch.long, device=dev)
         self._rows: dict[int, dict[str, torch.Tensor]] = {}  # per row count: pos, slot, win_slot, mask
-        self.stats = {"static_steps": 0, "general_steps": 0, "builds": 0}
-        self._vocab = p.vocab_size
+        self.stats = {"static_steps": 0, "general_steps": 0, "builds": 0, "blocks": 0}
 
     # ---- the public step -----------------------------------------------------------------------
+    @property
+    def state(self) -> WindowState:
+        """Where reading stands (mid-block: planned again for the tokens read so far)."""
+        block = self._block
+        if block is None or block.done == 0:
+            return self._state
+        if block.done == block.n_tokens:
+            return block.after
+        steps = plan_steps(self.lm.config, block.start, block.done, max_positions=self.lm.parts.max_positions)
+        return steps[-1].after
+
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Read `tokens` (b, 1) after the memory; return the next-token logits (b, vocab)."""
-        chunk = self._plan()
-        if not self._appends(chunk):
-            memory = self.memory()
-            self._buf, self._graphs, self._pool = None, {}, None
-            _, logits = self.lm.forward(tokens, memory, logits="last")
-            self._memory, self.state = memory, memory.state
-            self.stats["general_steps"] += 1
-            return logits
-        if self._buf is None or not self._fits(chunk):
-            self._build(chunk)
-        rows = self._stage(chunk)
-        self._tokens.copy_(tokens)
-        if self.graphs:
-            logits = self._replay(rows)
+        block = self._block
+        if block is not None and block.done == block.n_tokens:
+            self._state, self._block, block = block.after, None, None
+        if block is None and self._buf is not None:
+            block = self._block = self._plan_block()
+        if block is not None:
+            rows = self._stage_from_block(block)
         else:
-            logits = self._body(rows)
-        buf = self._buf
-        buf.slot_pos = torch.cat([buf.slot_pos, chunk.cols.pos[chunk.n_cached :]])
-        buf.size += rows
-        self.state = chunk.after
+            chunk = self._plan()
+            if not self._appends(chunk):
+                memory = self.memory()
+                self._buf, self._graphs, self._pool = None, {}, None
+                _, logits = self.lm.forward(tokens, memory, logits="last")
+                self._memory, self._state = memory, memory.state
+                self.stats["general_steps"] += 1
+                return logits
+            if self._buf is None or not self._fits(chunk):
+                self._build(chunk)
+            rows = self._stage(chunk)
+            self._buf.slot_pos = torch.cat([self._buf.slot_pos, chunk.cols.pos[chunk.n_cached :]])
+            self._state = chunk.after
+        self._tokens.copy_(tokens)
+        logits = self._replay(rows) if self.graphs else self._body(rows)
+        self._buf.size += rows
         self.stats["static_steps"] += 1
         return logits.clone() if self.graphs else logits
 
@@ -120,7 +152,7 @@ class StaticDecoder:
 
     # ---- planning ------------------------------------------------------------------------------
     def _plan(self) -> Chunk:
-        steps = plan_steps(self.lm.config, self.state, 1, max_positions=self.lm.parts.max_positions)
+        steps = plan_steps(self.lm.config, self._state, 1, max_positions=self.lm.parts.max_positions)
         return build_chunk(self.lm.config, steps)
 
     @staticmethod
@@ -140,6 +172,71 @@ class StaticDecoder:
             and int(chunk.cols.pos.max()) < buf.cap
             and torch.equal(chunk.cols.pos[: chunk.n_cached], buf.slot_pos[buf.n_outer :])
         )
+
+    def _plan_block(self) -> _Block | None:
+        """Plan the next tokens of the open window at once, or None where one token at a time must be
+        planned: the window is about to close, or interleave has yet to fix its ratio."""
+        cfg, buf, state = self.lm.config, self._buf, self._state
+        n = min(BLOCK, cfg.beacon_window - state.window_raw - 1)  # the closing token goes its own way
+        if n < 2 or (cfg.interleave and state.window_ratio < 0):
+            return None
+        steps = plan_steps(cfg, state, n, known_length=state.n_tokens + 1, max_positions=self.lm.parts.max_positions)
+        if len(steps) != 1 or steps[0].closes:
+            return None
+        step = steps[0]
+        c, new = len(step.cached), step.new
+        if (
+            state.n_outer != buf.n_outer
+            or buf.n_outer + c != buf.size
+            or buf.size + len(new) > buf.cap
+            or int(new.pos.max()) >= buf.cap
+            or not torch.equal(step.cached.pos, buf.slot_pos[buf.n_outer :])
+        ):
+            return None
+        cols = [torch.cat([getattr(step.cached, f), getattr(new, f)]) for f in ("beacon", "idx", "e")]
+        meta = dict(zip(("beacon", "idx", "e"), cols, strict=True))
+        meta |= {
+            "window": torch.zeros(c + len(new), dtype=torch.long),
+            "row_ratio": torch.full((len(new),), max(step.ratio, 0), dtype=torch.long),
+            "copy_window": torch.empty(0, dtype=torch.long),
+        }
+        visible = window_mask(cfg, meta, c)  # (entries, c + entries): rows never see later entries
+        mask = torch.zeros(len(new), buf.cap - buf.n_outer, dtype=torch.long)
+        mask[:, : c + len(new)] = visible
+        moved = self.lm._stager.move({"pos": new.pos, "mask": mask.flatten()})
+        first = torch.nonzero(new.beacon == 0).flatten().tolist() + [len(new)]
+        buf.slot_pos = torch.cat([buf.slot_pos, new.pos])  # slots filled as the block is read
+        self.stats["blocks"] += 1
+        return _Block(
+            start=state, after=step.after, n_tokens=n, first_entry=first,
+            pos=moved["pos"], mask=moved["mask"].view(len(new), -1).bool(), size0=buf.size,
+        )  # fmt: skip
+
+    def _stage_from_block(self, block: _Block) -> int:
+        """Static inputs of the block's next token: device-to-device copies only."""
+        a, b = block.first_entry[block.done], block.first_entry[block.done + 1]
+        n, buf = b - a, self._buf
+        static = self._static_rows(n)
+        static["pos"].copy_(block.pos[a:b])
+        slots = torch.arange(buf.size, buf.size + n, device=block.pos.device)
+        static["slot"].copy_(slots)
+        static["win_slot"].copy_(slots - buf.n_outer)
+        static["mask"][:, buf.n_outer :].copy_(block.mask[a:b])
+        block.done += 1
+        return n
+
+    def _static_rows(self, n: int) -> dict[str, torch.Tensor]:
+        """The static inputs of an n-row step (made once per buffer build)."""
+        if n not in self._rows:
+            dev, cap = self.lm.device, self._buf.cap
+            self._rows[n] = {
+                "pos": torch.zeros(n, dtype=torch.long, device=dev),
+                "slot": torch.zeros(n, dtype=torch.long, device=dev),
+                "win_slot": torch.zeros(n, dtype=torch.long, device=dev),
+                "mask": torch.zeros(n, cap, dtype=torch.bool, device=dev),
+            }
+            self._rows[n]["mask"][:, : self._buf.n_outer] = True
+        return self._rows[n]
 
     # ---- buffers -------------------------------------------------------------------------------
     def _build(self, chunk: Chunk) -> None:
@@ -180,16 +277,7 @@ class StaticDecoder:
         """Write this step's positions, slots and mask into the static inputs; returns the row count."""
         buf, n = self._buf, chunk.n_rows
         c = chunk.n_cached
-        dev = self.lm.device
-        if n not in self._rows:
-            self._rows[n] = {
-                "pos": torch.zeros(n, dtype=torch.long, device=dev),
-                "slot": torch.zeros(n, dtype=torch.long, device=dev),
-                "win_slot": torch.zeros(n, dtype=torch.long, device=dev),
-                "mask": torch.zeros(n, buf.cap, dtype=torch.bool, device=dev),
-            }
-            self._rows[n]["mask"][:, : buf.n_outer] = True
-        static = self._rows[n]
+        static = self._static_rows(n)
         visible = window_mask(self.lm.config, chunk.host_meta(), c)  # (n, c + n), host
         mask_win = torch.zeros(n, buf.cap - buf.n_outer, dtype=torch.long)
         mask_win[:, : c + n] = visible

@@ -177,6 +177,11 @@ def run_chunk(
     device = memory.device
     ensure_rot(parts, memory)
     flex_ok = device.type == "cuda" and memory.dtype in (torch.bfloat16, torch.float16)
+    if attn_mode == "flex" and device.type == "cuda" and not flex_ok:
+        raise ValueError(
+            f"attention mode 'flex' on CUDA needs a bf16/fp16 model (compiled FlexAttention rounds {memory.dtype}"
+            " products like TF32 and lacks kernels for some shapes): use attn_mode='dense' or load in bf16"
+        )
     layout = plan_attention(cfg, chunk, attn_mode, flex_ok=flex_ok)
     meta = (stager or Stager(device)).move(chunk.host_meta() | layout.host)
     layout = finish_layout(cfg, layout, chunk, meta)

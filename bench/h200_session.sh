@@ -3,6 +3,8 @@
 # machine: pylance travels in two parts (a call carries at most 64 MiB), so part 1 stashes its half.
 #   call 1: bash bench/h200_session.sh 1   (carry .carry/x2a/pylance.part.aa): CUDA tests, decode, batched
 #   call 2: bash bench/h200_session.sh 2   (carry .carry/x2b/pylance.part.ab): pylance, TTFT, profiles
+#   call 3: bash bench/h200_session.sh 3   (nothing carried): CUDA tests of the decoder, decode with
+#           blocks planned ahead, torch.compile of the decoder layer against eager
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -21,6 +23,13 @@ if [ "$PART" = 1 ]; then
     --batch 1,2,4,8 --out "$OUT/r/batched.json"
   stage decode_compiled 100 python3 -m bench.decode --shapes qwen2-7b --lengths 32768 --modes auto \
     --compiled-lengths 32768 --out "$OUT/r/decode_compiled.json"
+elif [ "$PART" = 3 ]; then
+  stage cuda_tests 150 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q \
+    tests/test_decode.py tests/test_engine.py
+  stage decode 150 python3 -m bench.decode --shapes qwen2-7b --lengths 32768,131072 --modes static,auto \
+    --no-plain --compiled-lengths "" --out "$OUT/r/decode_blocks.json"
+  stage condense_compile 230 python3 -m bench.condense --shapes qwen2-1.5b --lengths 32768,131072 --ratios 8 \
+    --parallel-window 4 --compile 0,1 --prefill --out "$OUT/r/condense_compile.json"
 else
   cp .carry/x2b/pylance.part.ab "$STASH"/
   ( cd "$STASH" && cat pylance.part.aa pylance.part.ab | tar -xJ -C /root/site ) || echo "pylance install failed"

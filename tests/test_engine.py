@@ -7,7 +7,7 @@ import torch
 
 from beacon import Memory
 
-from .conftest import FAMILIES, load_tiny, tokens
+from .conftest import DEVICE, FAMILIES, load_tiny, tokens
 
 ATOL = 2e-5
 
@@ -302,8 +302,13 @@ def test_attention_modes_compute_the_same_function(family, overrides):
     "family, overrides", [CONFIGS[0], CONFIGS[2], CONFIGS[6]], ids=["fc-interleave", "se-interleave", "seg-append"]
 )
 def test_flex_block_mask_attention_equals_dense(family, overrides):
-    """FlexAttention with our block mask (eager reference on a CPU, compiled on CUDA) == the dense mask."""
-    lm = load_tiny(family, **overrides, beacon_parallel_window=2)
+    """FlexAttention with our block mask (eager reference on a CPU, compiled on CUDA) == the dense mask.
+
+    On CUDA compiled FlexAttention runs in bf16 only (see attention.plan_attention), so there the
+    model is bf16 and the two kernels agree up to bf16 rounding."""
+    cuda = DEVICE == "cuda"
+    lm = load_tiny(family, **overrides, beacon_parallel_window=2, **({"dtype": "bf16"} if cuda else {}))
+    atol = 3e-2 if cuda else ATOL
     ids = tokens(150, seed=19)
     results = {}
     for mode in ("dense", "flex"):
@@ -312,8 +317,8 @@ def test_flex_block_mask_attention_equals_dense(family, overrides):
             results[mode] = all_logits(lm, ids, pieces=[70, 80])
         finally:
             lm.attn_mode = "auto"
-    torch.testing.assert_close(results["flex"][1], results["dense"][1], atol=ATOL, rtol=0)
-    assert_same_memory(results["flex"][0], results["dense"][0])
+    torch.testing.assert_close(results["flex"][1], results["dense"][1], atol=atol, rtol=0)
+    assert_same_memory(results["flex"][0], results["dense"][0], atol=atol)
 
 
 @pytest.mark.slow
