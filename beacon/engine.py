@@ -60,8 +60,9 @@ class BeaconLM:
         # attention kernel choice (attention.MODES); "auto" picks the fastest exact one per pass
         self.attn_mode = "auto"
         self._stager = Stager(self.device)
-        # torch.compile the decoder layer (see forward.compiled_layer); first call compiles
-        self.compile_layers = False
+        # torch.compile the decoder layer (forward.compiled_layer; the first call compiles): None =
+        # automatic — on for inference on a GPU in bf16/fp16 (1.5B shape: 1.3-2x, docs/performance.md)
+        self.compile_layers: bool | None = None
         # windows per forward pass (speed only: results are identical); None = automatic
         self.parallel_window: int | None = None
         # how generate() steps one token (decode.MODES): "static" buffers (decode.StaticDecoder),
@@ -101,6 +102,13 @@ class BeaconLM:
         if self.device.type != "cuda":
             return configured
         return max(configured, 8192 // self.config.beacon_window)
+
+    def _compiles(self, training: bool) -> bool:
+        """Whether this call runs the compiled decoder layer (see compile_layers)."""
+        if self.compile_layers is not None:
+            return self.compile_layers
+        low_precision = self.dtype in (torch.bfloat16, torch.float16)
+        return self.device.type == "cuda" and low_precision and not training and not torch.is_grad_enabled()
 
     def new_memory(self, batch_size: int = 1, seed: int | None = None) -> Memory:
         """An empty memory for `batch_size` sequences read in lockstep."""
@@ -189,7 +197,7 @@ class BeaconLM:
                 checkpoint_layers=checkpoint_layers,
                 attn_mode=self.attn_mode,
                 stager=self._stager,
-                layer_fn=compiled_layer() if self.compile_layers else None,
+                layer_fn=compiled_layer() if self._compiles(training) else None,
             )
             if want == "all":
                 if on_logits is not None:

@@ -176,11 +176,13 @@ def run_chunk(
     """
     device = memory.device
     ensure_rot(parts, memory)
-    flex_ok = device.type == "cuda" and memory.dtype in (torch.bfloat16, torch.float16)
+    # compiled FlexAttention (CUDA): bf16/fp16 only (float32 products round like TF32) and head dims
+    # of real models (it has no kernel for the tiny test models' 16)
+    flex_ok = device.type == "cuda" and memory.dtype in (torch.bfloat16, torch.float16) and parts.head_dim >= 64
     if attn_mode == "flex" and device.type == "cuda" and not flex_ok:
         raise ValueError(
-            f"attention mode 'flex' on CUDA needs a bf16/fp16 model (compiled FlexAttention rounds {memory.dtype}"
-            " products like TF32 and lacks kernels for some shapes): use attn_mode='dense' or load in bf16"
+            f"attention mode 'flex' on CUDA needs a bf16/fp16 model with head_dim >= 64 (got {memory.dtype},"
+            f" head_dim {parts.head_dim}): use attn_mode='dense'"
         )
     layout = plan_attention(cfg, chunk, attn_mode, flex_ok=flex_ok)
     meta = (stager or Stager(device)).move(chunk.host_meta() | layout.host)

@@ -302,13 +302,20 @@ def test_attention_modes_compute_the_same_function(family, overrides):
     "family, overrides", [CONFIGS[0], CONFIGS[2], CONFIGS[6]], ids=["fc-interleave", "se-interleave", "seg-append"]
 )
 def test_flex_block_mask_attention_equals_dense(family, overrides):
-    """FlexAttention with our block mask (eager reference on a CPU, compiled on CUDA) == the dense mask.
+    """FlexAttention with our block mask (its eager reference, on the CPU) == the dense mask.
 
-    On CUDA compiled FlexAttention runs in bf16 only (see attention.plan_attention), so there the
-    model is bf16 and the two kernels agree up to bf16 rounding."""
-    cuda = DEVICE == "cuda"
-    lm = load_tiny(family, **overrides, beacon_parallel_window=2, **({"dtype": "bf16"} if cuda else {}))
-    atol = 3e-2 if cuda else ATOL
+    Compiled FlexAttention (CUDA) has no kernel for the tiny models' head_dim 16: there the engine
+    refuses it (tested here) and the GPU benchmarks run it at real head dims."""
+    lm = load_tiny(family, **overrides, beacon_parallel_window=2)
+    if DEVICE == "cuda":
+        lm.attn_mode = "flex"
+        try:
+            with pytest.raises(ValueError, match="head_dim >= 64"):
+                lm.condense(tokens(70, seed=19))
+        finally:
+            lm.attn_mode = "auto"
+        return
+    atol = ATOL
     ids = tokens(150, seed=19)
     results = {}
     for mode in ("dense", "flex"):
