@@ -5,6 +5,8 @@
 #   call 2: bash bench/h200_session.sh 2   (carry .carry/x2b/pylance.part.ab): pylance, TTFT, profiles
 #   call 3: bash bench/h200_session.sh 3   (nothing carried): CUDA tests of the decoder, decode with
 #           blocks planned ahead, torch.compile of the decoder layer against eager
+#   call 4: bash bench/h200_session.sh 4   (nothing carried): a Condenser's start-up (load, compile),
+#           4 vs 8 windows per pass compiled, the CUDA tests after the flex guard
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -30,6 +32,15 @@ elif [ "$PART" = 3 ]; then
     --no-plain --compiled-lengths "" --out "$OUT/r/decode_blocks.json"
   stage condense_compile 230 python3 -m bench.condense --shapes qwen2-1.5b --lengths 32768,131072 --ratios 8 \
     --parallel-window 4 --compile 0,1 --prefill --out "$OUT/r/condense_compile.json"
+elif [ "$PART" = 4 ]; then
+  stage cuda_tests 120 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q \
+    tests/test_decode.py tests/test_engine.py
+  stage random_model 100 python3 -m bench.make_random_model --shape qwen2-1.5b --out /root/m15
+  for c in 1 1 0; do
+    stage startup_$c 150 python3 -m bench.startup --model /root/m15 --compile $c --out "$OUT/r/startup.jsonl"
+  done
+  stage condense_p8 170 python3 -m bench.condense --shapes qwen2-1.5b --lengths 131072 --ratios 8 \
+    --parallel-window 4,8 --compile 1 --prefill --out "$OUT/r/condense_p8.json"
 else
   cp .carry/x2b/pylance.part.ab "$STASH"/
   ( cd "$STASH" && cat pylance.part.aa pylance.part.ab | tar -xJ -C /root/site ) || echo "pylance install failed"
