@@ -60,9 +60,10 @@ class BeaconLM:
         # attention kernel choice (attention.MODES); "auto" picks the fastest exact one per pass
         self.attn_mode = "auto"
         self._stager = Stager(self.device)
-        # torch.compile the decoder layer (forward.compiled_layer; the first call compiles): None =
-        # automatic — on for inference on a GPU in bf16/fp16 (1.5B shape: 1.3-2x, docs/performance.md)
-        self.compile_layers: bool | None = None
+        # torch.compile the decoder layer (forward.compiled_layer) for inference. Opt-in: on a GPU it
+        # reads 1.2-2x faster once compiled, but the first call compiles for 36-83 s (docs/performance.md
+        # §1b), which only a long-running job earns back. None = on for a GPU in bf16/fp16.
+        self.compile_layers: bool | None = False
         # windows per forward pass (speed only: results are identical); None = automatic
         self.parallel_window: int | None = None
         # how generate() steps one token (decode.MODES): "static" buffers (decode.StaticDecoder),

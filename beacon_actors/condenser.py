@@ -52,6 +52,8 @@ class Condenser:
         return_text: send each document's text back (the driver's search table needs it).
         skip_stored: report documents the store already holds (same text, same model) as 'stored'
             instead of condensing them again (False: condense and replace everything).
+        compile_layers: torch.compile the decoder layer (GPU, bf16/fp16): faster condensing after a
+            first call that compiles for tens of seconds — for long ingestion jobs.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class Condenser:
         store_dtype: str | None = None,
         return_text: bool = True,
         skip_stored: bool = True,
+        compile_layers: bool = False,
     ):
         if batch_size < 1 or piece_tokens < 1 or long_document_tokens < 1:
             raise ValueError(
@@ -74,6 +77,7 @@ class Condenser:
                 f" ({long_document_tokens}) must all be >= 1"
             )
         self.lm = beacon.load(model, device=resolve_device(device), dtype=dtype, tokenizer=False)
+        self.lm.compile_layers = compile_layers
         self.fingerprint = self.lm.fingerprint()
         self.store = SnapshotStore(db)
         self.batch_size = batch_size

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--qa-batch-size", type=int, default=16, help="questions per Answerer call")
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--no-qa", action="store_true", help="time ingestion only")
+    ap.add_argument("--compile", action="store_true", help="compile the Condensers' decoder layer (IngestConfig)")
     ap.add_argument(
         "--warmup-docs", type=int, default=0,
         help="first ingest this many other documents (untimed), so compile caches are warm for the timed run",
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.warmup_docs:  # the same code path on a throw-away corpus and store
         synthetic_corpus(work / "warmup", args.warmup_docs, args.doc_chars, seed=1)
         warm = IngestConfig(corpus=str(work / "warmup" / "corpus.jsonl"), db=str(work / "warmup_db"),
-                            batch_size=args.batch_size, **pool)  # fmt: skip
+                            batch_size=args.batch_size, compile_layers=args.compile, **pool)  # fmt: skip
         ingest(warm)
 
     arrivals: list[tuple[float, int]] = []  # (seconds since start, tokens condensed) per finished batch
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
         tokens = sum(r["n_tokens"] for r in rows if r["status"] == "condensed")
         arrivals.append((time.perf_counter() - started, tokens))
 
-    report = ingest(IngestConfig(corpus=corpus, db=db, batch_size=args.batch_size, **pool), on_batch=on_batch)
+    config = IngestConfig(corpus=corpus, db=db, batch_size=args.batch_size, compile_layers=args.compile, **pool)
+    report = ingest(config, on_batch=on_batch)
     busy = [w.tokens / w.seconds for w in report.workers.values() if w.seconds > 0 and w.tokens]
     # when results reached the driver: a late first batch is start-up (Ray, actors, model load)
     times = [t for t, _ in arrivals]

@@ -52,6 +52,7 @@ class IngestConfig(_FromDict):
     piece_tokens: int = 8192  # a long document is handed to the engine this many tokens at a time
     long_document_tokens: int = 32768  # longer documents are condensed alone, streamed in pieces
     store_dtype: str | None = None  # stored bytes (None: lossless; "float8_e4m3fn" halves bf16)
+    compile_layers: bool = False  # torch.compile the decoder layer: faster after a slow first call (long jobs)
     tokenize_cpus: float = 0.5  # CPUs per tokenize task (one document at a time: one thread); != num_cpus keeps
     # tokenizing a stage of its own (Ray Data fuses a task stage into the actors when resources are equal)
     skip_existing: bool = True  # skip documents stored with the same text hash and model fingerprint

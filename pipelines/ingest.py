@@ -83,6 +83,7 @@ def ingest(
             model=model, db=db, dtype=config.dtype, device=config.device, batch_size=config.batch_size,
             piece_tokens=config.piece_tokens, long_document_tokens=config.long_document_tokens,
             store_dtype=config.store_dtype, return_text=config.search, skip_stored=config.skip_existing,
+            compile_layers=config.compile_layers,
         ),
         compute=ActorPoolStrategy(min_size=config.min_actors, max_size=config.max_actors),
         num_gpus=config.num_gpus,

@@ -93,6 +93,15 @@ def test_condenser_reads_equal_whole_window_documents(model, lm, tmp_path):
         assert_close_memory(store.get(doc_id, fingerprint=lm.fingerprint()), want)
 
 
+def test_compiling_is_opt_in_from_the_cli_to_the_engine(model, tmp_path):
+    """Compiling costs a first call of tens of seconds (docs/performance.md §1b): off unless asked."""
+    from pipelines.config import IngestConfig
+
+    assert IngestConfig(corpus="c").compile_layers is False
+    assert Condenser(str(model), str(tmp_path / "db")).lm.compile_layers is False
+    assert Condenser(str(model), str(tmp_path / "db"), compile_layers=True).lm.compile_layers is True
+
+
 def lm_tokenizer(model):
     from beacon_actors.text import load_tokenizer
 
