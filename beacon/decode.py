@@ -25,6 +25,7 @@ key and value once and parallelises over the whole key axis.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +35,7 @@ from .forward import _project, ensure_rot
 from .memory import Memory
 from .windows import Chunk, WindowState, build_chunk, plan_steps, window_mask
 
-MODES = ("auto", "static", "eager")
+MODES = ("auto", "static", "eager", "compiled")
 BLOCK = 64  # tokens of the open window planned (and staged to the GPU) at once
 # torch.bmm(..., out_dtype=float32) on CUDA (bf16/fp16 in, float32 out) exists from torch 2.8
 _HAS_OUT_DTYPE = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 8)
@@ -75,14 +76,19 @@ class StaticDecoder:
     `step(tokens)` reads tokens (b, 1) and returns next-token logits (b, vocab) float32, exactly
     what `BeaconLM.forward(tokens, memory, logits="last")` returns (up to float rounding of the
     attention, ~1e-6 in float32). `memory()` gives the memory read so far.
-    `graphs=True` (CUDA only) captures one CUDA graph per row count of an appending step.
+    `graphs=True` (CUDA only) captures one CUDA graph per row count of an appending step;
+    `compiled=True` runs the step through torch.compile first (fused norms, RoPE, softmax: fewer,
+    larger kernels inside the graph; the first step of each row count compiles, tens of seconds).
     """
 
-    def __init__(self, lm, memory: Memory, *, graphs: bool = False, headroom: int | None = None):
+    def __init__(
+        self, lm, memory: Memory, *, graphs: bool = False, compiled: bool = False, headroom: int | None = None
+    ):
         if graphs and lm.device.type != "cuda":
             raise ValueError("CUDA graphs need the model on a CUDA device")
         self.lm = lm
         self.graphs = graphs
+        self.compiled = compiled
         self.headroom = headroom if headroom is not None else 2 * lm.config.beacon_window + 64
         self._memory: Memory | None = memory
         self._buf: _Buffers | None = None
@@ -108,8 +114,10 @@ class StaticDecoder:
         steps = plan_steps(self.lm.config, block.start, block.done, max_positions=self.lm.parts.max_positions)
         return steps[-1].after
 
+    @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Read `tokens` (b, 1) after the memory; return the next-token logits (b, vocab)."""
+        """Read `tokens` (b, 1) after the memory; return the next-token logits (b, vocab). Inference
+        only: no gradients."""
         block = self._block
         if block is not None and block.done == block.n_tokens:
             self._state, self._block, block = block.after, None, None
@@ -132,11 +140,12 @@ class StaticDecoder:
             self._buf.slot_pos = torch.cat([self._buf.slot_pos, chunk.cols.pos[chunk.n_cached :]])
             self._state = chunk.after
         self._tokens.copy_(tokens)
-        logits = self._replay(rows) if self.graphs else self._body(rows)
+        logits = self._replay(rows) if self.graphs else self._run(rows)
         self._buf.size += rows
         self.stats["static_steps"] += 1
         return logits.clone() if self.graphs else logits
 
+    @torch.no_grad()
     def memory(self) -> Memory:
         """The memory read so far (rebuilt from the buffers: keys pre-RoPE, layout [O | W])."""
         if self._buf is None:
@@ -327,21 +336,31 @@ class StaticDecoder:
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return parts.lm_head(parts.norm(x[:, :1]))[:, 0].float()
 
+    def _run(self, n: int) -> torch.Tensor:
+        """The step, eager or through torch.compile (one compiled function per process, dynamic
+        shapes: the buffers grow between builds)."""
+        return _compiled_body()(self, n) if self.compiled else self._body(n)
+
     def _replay(self, n: int) -> torch.Tensor:
         if n not in self._graphs:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                self._body(n)  # warm-up: lazy inits and autotuning happen outside the capture
+                self._run(n)  # warm-up: compiling, lazy inits and autotuning happen outside the capture
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
-                out = self._body(n)
+                out = self._run(n)
             self._pool = graph.pool()
             self._graphs[n] = (graph, out)
         graph, out = self._graphs[n]
         graph.replay()
         return out
+
+
+@functools.cache
+def _compiled_body():
+    return torch.compile(StaticDecoder._body, dynamic=True)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -67,7 +67,8 @@ class BeaconLM:
         # windows per forward pass (speed only: results are identical); None = automatic
         self.parallel_window: int | None = None
         # how generate() steps one token (decode.MODES): "static" buffers (decode.StaticDecoder),
-        # "eager" (the general forward per token); "auto" = static, as CUDA graphs on a GPU
+        # "eager" (the general forward per token); "auto" = static, as CUDA graphs on a GPU;
+        # "compiled" = "auto" with the step compiled first (faster after a slow first token)
         self.decode_mode = "auto"
 
     # ---- facts ---------------------------------------------------------------------------------
@@ -389,8 +390,9 @@ class BeaconLM:
             raise ValueError(f"decode_mode {self.decode_mode!r}: choose one of {MODES}")
         if self.decode_mode == "eager":
             return None
-        graphs = self.decode_mode == "auto" and self.device.type == "cuda"
-        return StaticDecoder(self, memory, graphs=graphs)
+        cuda = self.device.type == "cuda"
+        graphs = self.decode_mode in ("auto", "compiled") and cuda
+        return StaticDecoder(self, memory, graphs=graphs, compiled=self.decode_mode == "compiled")
 
     def loss(
         self,

@@ -5,7 +5,7 @@
 The document is condensed (beacon) or prefilled (plain); then a 32-token question and `--new`
 greedy tokens. Decode tok/s = new tokens after the first / their seconds. Random bf16 weights,
 batch 1. Beacon, each `BeaconLM.decode_mode`: "eager" (the general forward per token), "static"
-(decode.StaticDecoder's buffers, no graphs), "auto" (the same, replayed as CUDA graphs).
+(decode.StaticDecoder's buffers, no graphs), "auto" (the same, replayed as CUDA graphs), "compiled" (the step compiled, then graphed).
 Plain: transformers with SDPA and a DynamicCache, eager; and at --compiled-lengths,
 `generate(cache_implementation="static")`, which transformers compiles into CUDA graphs.
 """
@@ -25,7 +25,8 @@ from .shapes import environment, official_qwen2_lm, random_model
 
 def beacon_decode(lm, memory, question: torch.Tensor, new: int, mode: str) -> dict:
     lm.decode_mode = mode
-    lm.generate(question, memory=memory, max_new_tokens=4)  # warm-up (graph capture for "auto")
+    # warm-up: captures (and for "compiled" compiles) the one-row and, past a beacon, two-row steps
+    lm.generate(question, memory=memory, max_new_tokens=3 * lm.config.beacon_ratio[0] + 4)
     first, _ = timed(lambda: lm.generate(question, memory=memory, max_new_tokens=1))
     total, peak = timed(lambda: lm.generate(question, memory=memory, max_new_tokens=new))
     lm.decode_mode = "auto"

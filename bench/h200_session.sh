@@ -7,6 +7,7 @@
 #           blocks planned ahead, torch.compile of the decoder layer against eager
 #   call 4: bash bench/h200_session.sh 4   (nothing carried): a Condenser's start-up (load, compile),
 #           4 vs 8 windows per pass compiled, the CUDA tests after the flex guard
+#   call 5: bash bench/h200_session.sh 5   (nothing carried): decode_mode="compiled" — its CUDA test, speed
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -41,6 +42,11 @@ elif [ "$PART" = 4 ]; then
   done
   stage condense_p8 170 python3 -m bench.condense --shapes qwen2-1.5b --lengths 131072 --ratios 8 \
     --parallel-window 4,8 --compile 1 --prefill --out "$OUT/r/condense_p8.json"
+elif [ "$PART" = 5 ]; then
+  stage cuda_tests 150 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m slow \
+    tests/test_decode.py
+  stage decode 420 python3 -m bench.decode --shapes qwen2-7b --lengths 32768,131072 --modes auto,compiled \
+    --no-plain --compiled-lengths "" --out "$OUT/r/decode_compiled_step.json"
 else
   cp .carry/x2b/pylance.part.ab "$STASH"/
   ( cd "$STASH" && cat pylance.part.aa pylance.part.ab | tar -xJ -C /root/site ) || echo "pylance install failed"

@@ -98,3 +98,18 @@ def test_bad_decode_mode_is_refused():
     if DEVICE != "cuda":
         with pytest.raises(ValueError, match="CUDA"):
             StaticDecoder(lm, lm.new_memory(), graphs=True)
+
+
+@pytest.mark.slow
+def test_compiled_steps_equal_general_steps():
+    """decode_mode="compiled": the step through torch.compile (and CUDA graphs on a GPU)."""
+    lm = load_tiny(CONFIGS[0][0], **CONFIGS[0][1])
+    memory = lm.condense(tokens(29, seed=4))
+    fast = StaticDecoder(lm, memory.fork(), graphs=GRAPHS, compiled=True)
+    slow = memory.fork()
+    new = tokens(40, seed=5)
+    for t in range(new.shape[1]):
+        got = fast.step(new[:, t : t + 1].to(lm.device))
+        _, want = lm.forward(new[:, t : t + 1], slow, logits="last")
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert_same_memory(fast.memory(), slow)
