@@ -5,7 +5,8 @@
 The document is condensed (beacon) or prefilled (plain); then a 32-token question and `--new`
 greedy tokens. Decode tok/s = new tokens after the first / their seconds. Random bf16 weights,
 batch 1. Beacon, each `BeaconLM.decode_mode`: "eager" (the general forward per token), "static"
-(decode.StaticDecoder's buffers, no graphs), "auto" (the same, replayed as CUDA graphs), "compiled" (the step compiled, then graphed).
+(decode.StaticDecoder's buffers, no graphs), "auto" (the same, replayed as CUDA graphs),
+"compiled" (the step compiled, then graphed).
 Plain: transformers with SDPA and a DynamicCache, eager; and at --compiled-lengths,
 `generate(cache_implementation="static")`, which transformers compiles into CUDA graphs.
 """
