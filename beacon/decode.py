@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .families import apply_rope
 from .forward import _project, ensure_rot
 from .memory import Memory
 from .windows import Chunk, WindowState, build_chunk, plan_steps, window_mask
@@ -268,7 +269,7 @@ class StaticDecoder:
             kr = torch.zeros(b, h, cap, d, dtype=like.dtype, device=like.device)
             kr[:, :, :n_o] = memory.rot_keys[i]
             w = memory.keys[i][:, :, n_o:size]
-            kr[:, :, n_o:size] = _rope(w, cos[win_pos], sin[win_pos])
+            kr[:, :, n_o:size] = apply_rope(w, cos[win_pos], sin[win_pos])
             v = torch.zeros_like(kr)
             v[:, :, :size] = memory.values[i]
             kw = torch.zeros(b, h, cap - n_o, d, dtype=like.dtype, device=like.device)
@@ -328,9 +329,9 @@ class StaticDecoder:
                 q, k = attn.q_norm(q), attn.k_norm(k)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             buf.k_win[i].index_copy_(2, static["win_slot"], k)
-            buf.k_rot[i].index_copy_(2, static["slot"], _rope(k, cos, sin))
+            buf.k_rot[i].index_copy_(2, static["slot"], apply_rope(k, cos, sin))
             buf.values[i].index_copy_(2, static["slot"], v)
-            out = _attend(_rope(q, cos, sin), buf.k_rot[i], buf.values[i], static["mask"], parts.scaling, group)
+            out = _attend(apply_rope(q, cos, sin), buf.k_rot[i], buf.values[i], static["mask"], parts.scaling, group)
             out = out.transpose(1, 2).reshape(b, n, parts.n_heads * d)
             x = x + _project(attn.o_proj, proj.get("o"), out, 1)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
@@ -361,11 +362,6 @@ class StaticDecoder:
 @functools.cache
 def _compiled_body():
     return torch.compile(StaticDecoder._body, dynamic=True)
-
-
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
 def _attend(
