@@ -20,7 +20,9 @@ path (forward.run_chunk) on a Memory rebuilt from the buffers; the buffers are r
 
 Attention here is plain matmul + softmax over all `cap` slots with the mask (query heads grouped
 per key/value head, scores in float32), which is what a one-row decode wants: it reads each
-key and value once and parallelises over the whole key axis.
+key and value once and parallelises over the whole key axis. Optionally (`compiled`) the step goes
+through torch.compile before capture, fusing HF's norms, RoPE and the softmax into fewer kernels.
+Speed: docs/performance.md §3.
 """
 
 from __future__ import annotations
@@ -67,7 +69,6 @@ class _Block:
     first_entry: list[int]  # per token: index of its raw entry among the block's entries (+ end)
     pos: torch.Tensor  # (n_entries,) on the device
     mask: torch.Tensor  # (n_entries, cap - |O|) bool on the device: window slots each entry's row sees
-    size0: int  # filled slots when the block starts
     done: int = 0  # tokens read so far
 
 
@@ -219,7 +220,7 @@ class StaticDecoder:
         self.stats["blocks"] += 1
         return _Block(
             start=state, after=step.after, n_tokens=n, first_entry=first,
-            pos=moved["pos"], mask=moved["mask"].view(len(new), -1).bool(), size0=buf.size,
+            pos=moved["pos"], mask=moved["mask"].view(len(new), -1).bool(),
         )  # fmt: skip
 
     def _stage_from_block(self, block: _Block) -> int:
