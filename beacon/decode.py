@@ -175,13 +175,18 @@ class StaticDecoder:
         return chunk.n_joined == 0 and chunk.n_copies == 0 and chunk.n_raw == 1 and keep_all
 
     def _fits(self, chunk: Chunk) -> bool:
+        return self._continues(chunk.n_outer, chunk.cols.pos[: chunk.n_cached], chunk.cols.pos[chunk.n_cached :])
+
+    def _continues(self, n_outer: int, cached_pos: torch.Tensor, new_pos: torch.Tensor) -> bool:
+        """Whether new entries at `new_pos` can follow in the buffers: same O, the buffers hold exactly
+        the window the planner expects (at the same positions), and there is room."""
         buf = self._buf
         return (
-            chunk.n_outer == buf.n_outer
-            and buf.n_outer + chunk.n_cached == buf.size
-            and buf.size + chunk.n_rows <= buf.cap
-            and int(chunk.cols.pos.max()) < buf.cap
-            and torch.equal(chunk.cols.pos[: chunk.n_cached], buf.slot_pos[buf.n_outer :])
+            n_outer == buf.n_outer
+            and buf.n_outer + len(cached_pos) == buf.size
+            and buf.size + len(new_pos) <= buf.cap
+            and int(new_pos.max()) < buf.cap
+            and torch.equal(cached_pos, buf.slot_pos[buf.n_outer :])
         )
 
     def _plan_block(self) -> _Block | None:
@@ -196,13 +201,7 @@ class StaticDecoder:
             return None
         step = steps[0]
         c, new = len(step.cached), step.new
-        if (
-            state.n_outer != buf.n_outer
-            or buf.n_outer + c != buf.size
-            or buf.size + len(new) > buf.cap
-            or int(new.pos.max()) >= buf.cap
-            or not torch.equal(step.cached.pos, buf.slot_pos[buf.n_outer :])
-        ):
+        if not self._continues(state.n_outer, step.cached.pos, new.pos):
             return None
         cols = [torch.cat([getattr(step.cached, f), getattr(new, f)]) for f in ("beacon", "idx", "e")]
         meta = dict(zip(("beacon", "idx", "e"), cols, strict=True))
