@@ -351,24 +351,27 @@ class SnapshotStore:
         return sorted(live, key=lambda r: r["_rowid"])  # file order
 
     def _load_once(self, info: DocumentInfo, device: torch.device | str) -> tuple[Memory, list[dict]]:
-        view = self.tables.snapshot_view()
-        live = self._plan_load(view, info)
-        try:
-            blobs = view.blobs([r["_rowid"] for r in live])
-        except (OSError, ValueError, RuntimeError) as e:
-            raise CorruptSnapshotError(f"document {info.doc_id!r}: its rows cannot be opened ({e})") from e
-        reads = [
-            RowRead(info.doc_id, r["generation"], r["row"], _slab(r), r["dtype"], tuple(r["shape"]), r["nbytes"],
-                    r["crc32"], r["scale"], size, read_into)
-            for r, (size, read_into) in zip(live, blobs, strict=True)
-        ]  # fmt: skip
+        with self.tables.snapshot_view() as view:
+            live = self._plan_load(view, info)
+            try:
+                blobs = view.blobs(live)
+            except (OSError, ValueError, RuntimeError) as e:
+                raise CorruptSnapshotError(f"document {info.doc_id!r}: its rows cannot be opened ({e})") from e
+            reads = [
+                RowRead(info.doc_id, r["generation"], r["row"], _slab(r), r["dtype"], tuple(r["shape"]), r["nbytes"],
+                        r["crc32"], r["scale"], blob.size, blob.read_into, blob.any_buffer)
+                for r, blob in zip(live, blobs, strict=True)
+            ]  # fmt: skip
+            return self._fill(info, reads, device), live
+
+    def _fill(self, info: DocumentInfo, reads: list[RowRead], device: torch.device | str) -> Memory:
         shape = (info.n_layers, 1, info.n_kv_heads, info.n_entries, info.head_dim)  # (L, b, h, n, d)
         dtype = to_dtype(info.memory_dtype)
         keys = torch.empty(shape, dtype=dtype, device=device)
         values = torch.empty(shape, dtype=dtype, device=device)
         load_rows(reads, keys, values, workers=self.read_workers, prefetch=2 * self.read_workers)
         meta = {"version": info.memory_version, "state": info.state.to_dict()}
-        return Memory.from_export({"keys": keys, "values": values}, meta), live
+        return Memory.from_export({"keys": keys, "values": values}, meta)
 
     def _load(
         self, info: DocumentInfo, fingerprint: dict, device: torch.device | str

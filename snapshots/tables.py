@@ -9,9 +9,12 @@ retried here with jittered exponential backoff.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -28,6 +31,8 @@ from .schema import DATA_STORAGE_VERSION, DOCUMENTS, DOCUMENTS_SCHEMA, SCHEMAS, 
 T = TypeVar("T")
 
 ROWS_PER_GROUP = 16  # snapshot rows per Lance row group (blob bytes live out of line)
+DOC_ID_INDEX = "doc_id_idx"  # BTREE on doc_id in both tables: a lookup reads O(log n), not every fragment
+UPKEEP_EVERY = 32  # commits by one Tables object between upkeeps (new fragments are scanned until then)
 
 
 def sql_str(value: str) -> str:
@@ -41,24 +46,99 @@ def _is_conflict(e: BaseException) -> bool:
 
 
 class SnapshotView:
-    """The snapshots table at one version, so row metadata and the blobs read agree."""
+    """The snapshots table at one version, so row metadata and the blobs read agree.
+
+    Blob bytes are read straight from the data files (`pread`, any buffer, threads in parallel)
+    where Lance describes them as (position, size) in a fragment's one local data file — the
+    layout of this pinned file format. Lance's own blob reader runs one read at a time and only
+    into a bytearray (measured: 74 ms for 0.47 GB on 1 thread, 70 ms on 2; pread: 44 / 30 ms),
+    so it is the fallback for any other layout (object storage, several files per fragment).
+    What is read is checked against the row's crc32 either way.
+    """
 
     def __init__(self, ds: lance.LanceDataset):
         self._ds = ds
+        self._fds: dict[str, int] = {}
+
+    def __enter__(self) -> SnapshotView:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the data files opened for direct reads."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def rows(self, where: str, columns: list[str]) -> list[dict]:
-        """Rows matching `where` (with their `_rowid`), `columns` only."""
-        return self._ds.to_table(columns=columns, filter=where, with_row_id=True).to_pylist()
+        """Rows matching `where`, `columns` only, with `_rowid`, `_rowaddr` and `_blob` (the data's location)."""
+        t = self._ds.to_table(columns=[*columns, "data"], filter=where, with_row_id=True, with_row_address=True)
+        t = t.rename_columns([("_blob" if n == "data" else n) for n in t.column_names])
+        return t.to_pylist()
 
-    def blobs(self, row_ids: list[int]) -> list[tuple[Callable[[], int], Callable[[bytearray], int]]]:
-        """Per row id: (stored size of its `data`, read it into a bytearray -> bytes read)."""
-        blobs = self._ds.take_blobs("data", ids=row_ids, buffer_size=0)  # no read-ahead: whole rows
-        return [(blob.size, partial(_read_into, blob)) for blob in blobs]
+    def blobs(self, rows: list[dict]) -> list[BlobReader]:
+        """A reader of each row's `data` (rows from `rows`), in order."""
+        files = self._direct_files(rows)
+        if files is None:
+            blobs = self._ds.take_blobs("data", ids=[r["_rowid"] for r in rows], buffer_size=0)  # no read-ahead
+            return [BlobReader(blob.size, partial(_lance_read_into, blob), any_buffer=False) for blob in blobs]
+        readers = []
+        for r, path in zip(rows, files, strict=True):
+            if path not in self._fds:
+                self._fds[path] = os.open(path, os.O_RDONLY)
+            fd, at, size = self._fds[path], r["_blob"]["position"], r["_blob"]["size"]
+            with contextlib.suppress(OSError):  # a hint: the kernel starts reading every row at once (cold disks)
+                os.posix_fadvise(fd, at, size, os.POSIX_FADV_WILLNEED)
+            readers.append(BlobReader(partial(int, size), partial(_pread_into, fd, at, size), any_buffer=True))
+        return readers
+
+    def _direct_files(self, rows: list[dict]) -> list[str] | None:
+        """Per row, the local data file holding its blob; None where that is not this simple layout."""
+        if "://" in self._ds.uri or not hasattr(os, "preadv"):
+            return None
+        by_fragment: dict[int, str | None] = {}
+        files = []
+        for r in rows:
+            blob = r.get("_blob")
+            if not isinstance(blob, dict) or set(blob) != {"position", "size"} or r.get("_rowaddr") is None:
+                return None
+            fragment = r["_rowaddr"] >> 32  # a row address is (fragment id, offset)
+            if fragment not in by_fragment:
+                data_files = self._ds.get_fragment(fragment).data_files()
+                one = len(data_files) == 1 and getattr(data_files[0], "base_id", None) is None
+                by_fragment[fragment] = os.path.join(self._ds.uri, "data", data_files[0].path) if one else None
+            if by_fragment[fragment] is None:
+                return None
+            files.append(by_fragment[fragment])
+        return files
 
 
-def _read_into(blob, buf: bytearray) -> int:
+@dataclass(frozen=True)
+class BlobReader:
+    """One row's stored bytes: `size()` as stored, `read_into(buffer)` -> bytes read from its start
+    (any writable buffer if `any_buffer`, else a bytearray)."""
+
+    size: Callable[[], int]
+    read_into: Callable[[bytearray | memoryview], int]
+    any_buffer: bool
+
+
+def _lance_read_into(blob, buf: bytearray) -> int:
     blob.seek(0)
     return blob.readinto(buf)  # a bytearray takes Lance's copy-free path
+
+
+def _pread_into(fd: int, at: int, size: int, buf: bytearray | memoryview) -> int:
+    view = memoryview(buf).cast("B")[:size]
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], at + done)
+        if n == 0:  # end of file: a truncated data file
+            break
+        done += n
+    return done
 
 
 class Tables:
@@ -67,6 +147,7 @@ class Tables:
     def __init__(self, path: Path, *, commit_retries: int = 10):
         self.path = path
         self.commit_retries = commit_retries
+        self._commits_since_upkeep = 0
         self.uri = {name: str(path / f"{name}.lance") for name in SCHEMAS}
         path.mkdir(parents=True, exist_ok=True)
         for name in SCHEMAS:
@@ -85,6 +166,7 @@ class Tables:
                     mode="create",
                     data_storage_version=DATA_STORAGE_VERSION,
                 )
+                ds.create_scalar_index("doc_id", "BTREE", name=DOC_ID_INDEX)
             except OSError as e:  # another process created it first
                 if "exists" not in str(e):
                     raise
@@ -131,10 +213,43 @@ class Tables:
             return builder.execute(table)
 
         stats = self.retry(commit)
+        self._committed()
         return (stats["num_inserted_rows"] if expect is None else stats["num_updated_rows"]) == 1
 
     def delete_docs(self, where: str) -> None:
         self.retry(lambda: self.open(DOCUMENTS).delete(where))
+        self._committed()
+
+    # ---- upkeep --------------------------------------------------------------------------------
+    def _committed(self) -> None:
+        self._commits_since_upkeep += 1
+        if self._commits_since_upkeep >= UPKEEP_EVERY:
+            self.upkeep()
+
+    def upkeep(self) -> None:
+        """Keep a lookup by doc_id from reading every fragment: each put adds a fragment to both
+        tables, and a filter scans each fragment its index does not cover (measured: 0.4 ms per
+        fragment, 125 ms per lookup at 300 documents, 6 ms indexed — docs/snapshots.md).
+
+        Merges new fragments into both doc_id indexes (created if missing) and compacts the small
+        documents table (the snapshots table keeps its fragments: rewriting blobs costs their
+        size; `SnapshotStore.optimize` compacts it). Best effort: a commit it loses to another
+        writer is left to the next upkeep; nothing is lost either way.
+        """
+        self._commits_since_upkeep = 0
+        for name in SCHEMAS:
+            try:
+                ds = self.open(name)
+                if name == DOCUMENTS and len(ds.get_fragments()) > 1:
+                    ds.optimize.compact_files()
+                    ds = self.open(name)
+                if any(i.name == DOC_ID_INDEX for i in ds.describe_indices()):
+                    ds.optimize.optimize_indices(index_names=[DOC_ID_INDEX])
+                else:  # a store written before the index existed
+                    ds.create_scalar_index("doc_id", "BTREE", name=DOC_ID_INDEX)
+            except (OSError, RuntimeError, ValueError) as e:
+                if not _is_conflict(e):
+                    raise
 
     # ---- snapshots -----------------------------------------------------------------------------
     def write_rows(

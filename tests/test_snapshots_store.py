@@ -178,6 +178,55 @@ def test_optimize_keeps_documents_and_compacts(tmp_path):
     assert store.stats().snapshot_rows == store.stats().live_rows
 
 
+def test_local_rows_are_read_straight_from_the_data_files_and_lance_reads_the_same(tmp_path, monkeypatch):
+    from snapshots.tables import SnapshotView
+
+    lm = load_tiny("qwen2", **CONFIGS["interleave"])
+    fp = lm.fingerprint()
+    store = _store(tmp_path, max_row_bytes=300)
+    memory = lm.condense(tokens(37, 1))
+    store.put("doc", memory, fingerprint=fp)
+    with store.tables.snapshot_view() as view:
+        rows = view.rows("doc_id = 'doc'", ["row", "nbytes"])
+        readers = view.blobs(rows)
+        assert len(rows) > 4 and all(r.any_buffer for r in readers)  # the fast path is taken here
+        for r, reader in zip(rows, readers, strict=True):  # into a buffer that is not a bytearray
+            buf = memoryview(bytearray(r["nbytes"] + 3))[: r["nbytes"]]
+            assert reader.size() == r["nbytes"] == reader.read_into(buf)
+    assert_same_memory(store.get("doc", fingerprint=fp), memory)
+    monkeypatch.setattr(SnapshotView, "_direct_files", lambda self, rows: None)  # Lance's reader
+    with store.tables.snapshot_view() as view:
+        assert not any(r.any_buffer for r in view.blobs(view.rows("doc_id = 'doc'", ["row"])))
+    assert_same_memory(store.get("doc", fingerprint=fp), memory)
+
+
+def test_upkeep_keeps_lookups_indexed_as_puts_add_fragments(tmp_path, monkeypatch):
+    """Every put adds a fragment to both tables; upkeep folds them into the doc_id indexes and
+    compacts the documents table, so a lookup stops reading every fragment (stores written
+    without the index get one)."""
+    import lance
+
+    from snapshots import tables
+
+    monkeypatch.setattr(tables, "UPKEEP_EVERY", 4)
+    lm = load_tiny("qwen2", **CONFIGS["interleave"])
+    fp = lm.fingerprint()
+    store = _store(tmp_path)
+    docs_uri, snaps_uri = (str(store.path / f"{t}.lance") for t in ("documents", "snapshots"))
+    lance.dataset(snaps_uri).drop_index(tables.DOC_ID_INDEX)  # as written before the index existed
+    mems = {f"d{i}": lm.condense(tokens(10 + i, i)) for i in range(9)}
+    for k, m in mems.items():
+        store.put(k, m, fingerprint=fp)
+    docs, snaps = lance.dataset(docs_uri), lance.dataset(snaps_uri)
+    assert len(docs.get_fragments()) <= 3  # 9 without upkeep: 4 + 4 compacted at the 4th and 8th commit, + 1
+    for ds in (docs, snaps):
+        stats = ds.stats.index_stats(tables.DOC_ID_INDEX)
+        assert stats["num_unindexed_fragments"] <= 1 < stats["num_indexed_fragments"]
+    for k, m in mems.items():  # what the index finds is what was stored
+        assert_same_memory(store.get(k, fingerprint=fp), m)
+    assert [i.doc_id for i in store.list()] == sorted(mems)
+
+
 # ---- dtypes ------------------------------------------------------------------------------------
 def test_bf16_is_lossless_and_fp8_halves_it(tmp_path):
     lm = load_tiny("qwen2", dtype="bfloat16", **CONFIGS["append"])
