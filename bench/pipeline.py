@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     )  # fmt: skip
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     ap.add_argument("--work", default="/tmp/beacon_bench", help="corpus, store and answers go here (wiped)")
+    ap.add_argument("--cleanup", action="store_true", help="delete --work when done (a large corpus fills disks)")
     ap.add_argument("--tag", default=None, help="result name: docs/results/pipeline_<tag>.json")
     ap.add_argument("--out", default=None, help="result file (default from --tag, else only printed)")
     args = ap.parse_args(argv)
@@ -110,11 +111,16 @@ def main(argv: list[str] | None = None) -> dict:
         ingest(warm)
 
     arrivals: list[tuple[float, int]] = []  # (seconds since start, tokens condensed) per finished batch
+    per_worker: dict[str, dict] = {}  # worker -> first/last arrival, batches
     started = time.perf_counter()
 
     def on_batch(rows: list[dict]) -> None:
+        now = time.perf_counter() - started
         tokens = sum(r["n_tokens"] for r in rows if r["status"] == "condensed")
-        arrivals.append((time.perf_counter() - started, tokens))
+        arrivals.append((now, tokens))
+        for worker in {r["worker"] for r in rows}:
+            w = per_worker.setdefault(worker, {"first_s": now, "batches": 0})
+            w["last_s"], w["batches"] = now, w["batches"] + 1
 
     config = IngestConfig(corpus=corpus, db=db, batch_size=args.batch_size, compile_layers=args.compile, **pool)
     report = ingest(config, on_batch=on_batch)
@@ -122,6 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
     # when results reached the driver: a late first batch is start-up (Ray, actors, model load)
     times = [t for t, _ in arrivals]
     arrived = {"first": times[0], "median": times[len(times) // 2], "last": times[-1]} if times else None
+    # steady state: the tokens that arrived after the first batch, over the time they took (no start-up)
+    steady = sum(t for _, t in arrivals[1:]) / (times[-1] - times[0]) if len(times) > 1 else None
     result = {
         "bench": "pipeline",
         "gpus": args.gpus,
@@ -139,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
             "tokens_per_s_per_gpu": report.tokens_per_s / args.gpus if args.gpus else None,
             "busy_tokens_per_s_per_actor": sum(busy) / len(busy) if busy else None,
             "batches_arrived_s": arrived,
+            "steady_tokens_per_s": steady,
+            "arrivals_per_worker": per_worker,
             "warmup_docs": args.warmup_docs,
             "workers": {k: vars(v) for k, v in report.workers.items()},
         },
@@ -171,6 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")
+    if args.cleanup:
+        shutil.rmtree(work, ignore_errors=True)
     return result
 
 

@@ -63,6 +63,10 @@ def main() -> None:
     p.add_argument("--workers", default="4,8,16", help="SnapshotStore read_workers to try, comma-separated")
     p.add_argument("--store-dtypes", default="bfloat16,float8_e4m3fn", help="snapshot dtypes to try")
     p.add_argument("--device", default="cuda")
+    p.add_argument(
+        "--question-modes", default="eager,compiled",
+        help="question prefill: eager and/or compiled (layer compiled once per process: a warm query actor)",
+    )  # fmt: skip
     p.add_argument("--out", default="docs/results/ttft.json")
     args = p.parse_args()
     model = random_model(args.shape, device=args.device)
@@ -92,19 +96,26 @@ def main() -> None:
             logits.argmax(-1).tolist()
             return t1 - t0, time.perf_counter() - t1
 
-        for workers in [int(w) for w in args.workers.split(",")]:
+        for workers, mode in [(int(w), "eager") for w in args.workers.split(",")] + [
+            (int(args.workers.split(",")[0]), m) for m in args.question_modes.split(",") if m != "eager"
+        ]:
+            if mode not in ("eager", "compiled"):
+                raise SystemExit(f"--question-modes: {mode!r} is not eager or compiled")
+            lm.compile_layers = mode == "compiled"
             store.read_workers = workers
-            first_token(dtype)  # warm-up (and warms the page cache)
+            first_token(dtype)  # warm-up (and warms the page cache; compiles in "compiled" mode)
             warm = [first_token(dtype) for _ in range(args.repeats)]
             cold, how = [], ""
             for _ in range(args.repeats):
                 how = drop_page_cache(Path(args.db))
                 cold.append(first_token(dtype))
             run = {
-                "store_dtype": dtype, "read_workers": workers, "snapshot_bytes": stored, "put_s": put_s,
+                "store_dtype": dtype, "read_workers": workers, "question": mode, "snapshot_bytes": stored,
+                "put_s": put_s,
                 "warm_s": statistics.median(sum(w) for w in warm),
                 "warm_load_s": statistics.median(w[0] for w in warm),
                 "warm_question_s": statistics.median(w[1] for w in warm),
+                "cold_question_s": statistics.median(c[1] for c in cold),
                 "cold_s": statistics.median(sum(c) for c in cold),
                 "cold_load_s": statistics.median(c[0] for c in cold),
                 "cold_how": how,
