@@ -8,6 +8,10 @@
 #   call 4: bash bench/h200_session.sh 4   (nothing carried): a Condenser's start-up (load, compile),
 #           4 vs 8 windows per pass compiled, the CUDA tests after the flex guard
 #   call 5: bash bench/h200_session.sh 5   (nothing carried): decode_mode="compiled" — its CUDA test, speed
+#   call 6: bash bench/h200_session.sh 6   (carry .carry/x2a .whl .carry/ref_src): stash pylance part 1,
+#           transformers 4.44 for the official code; 1.5B condensing: beacon, full prefill and official
+#   call 7: bash bench/h200_session.sh 7   (carry .carry/x2b): pylance; snapshot CUDA tests; TTFT
+#   call 8: bash bench/h200_session.sh 8   (carry .carry/ref_src): 7B condensing: beacon, prefill, official
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -42,6 +46,25 @@ elif [ "$PART" = 4 ]; then
   done
   stage condense_p8 170 python3 -m bench.condense --shapes qwen2-1.5b --lengths 131072 --ratios 8 \
     --parallel-window 4,8 --compile 1 --prefill --out "$OUT/r/condense_p8.json"
+elif [ "$PART" = 6 ] || [ "$PART" = 8 ]; then
+  if [ "$PART" = 6 ]; then
+    cp .carry/x2a/pylance.part.aa "$STASH"/
+    python3 -m pip install -q --no-index --no-deps --target /tmp/oldtf .whl/*.whl || echo "transformers 4.44 install failed"
+    shape=qwen2-1.5b
+  else
+    shape=qwen2-7b
+  fi
+  stage condense_$shape 560 python3 -m bench.condense --shapes $shape --lengths 8192,32768,131072 --ratios 2,8,32 \
+    --parallel-window 4 --compile 1 --prefill --official-src .carry/ref_src --official-site /tmp/oldtf \
+    --out "$OUT/r/condense_session_$shape.json"
+elif [ "$PART" = 7 ]; then
+  cp .carry/x2b/pylance.part.ab "$STASH"/
+  ( cd "$STASH" && cat pylance.part.aa pylance.part.ab | tar -xJ -C /root/site ) || echo "pylance install failed"
+  python3 -c "import lance; print('lance', lance.__version__)"
+  stage snapshot_tests 120 python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" tests/test_snapshots_store.py \
+    tests/test_snapshots_integrity.py
+  stage ttft 420 python3 -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 --db /root/ttft-db \
+    --workers 8,16 --question-modes eager,compiled --out "$OUT/r/ttft.json"
 elif [ "$PART" = 5 ]; then
   stage cuda_tests 150 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m slow \
     tests/test_decode.py

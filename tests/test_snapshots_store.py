@@ -334,15 +334,41 @@ def test_bad_input_gets_clear_errors_and_stores_nothing(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_get_onto_cuda_through_pinned_buffers(tmp_path):
+@pytest.mark.parametrize("reader", ["direct", "lance"])
+@pytest.mark.parametrize("store_dtype", [None, "float8_e4m3fn"])
+def test_get_onto_cuda_through_pinned_buffers(tmp_path, monkeypatch, reader, store_dtype):
+    """Rows staged in pinned buffers (read straight into them by the direct reader), decoded on
+    the GPU; a flipped byte is caught on this path too, and the next load still works."""
+    import lance
+
+    from snapshots import CorruptSnapshotError
+    from snapshots.tables import SnapshotView
+
+    if reader == "lance":
+        monkeypatch.setattr(SnapshotView, "_direct_files", lambda self, rows: None)
     lm = load_tiny("qwen2", **CONFIGS["interleave"])
     fp = lm.fingerprint()
-    store = _store(tmp_path, max_row_bytes=300)
+    store = _store(tmp_path, max_row_bytes=300, read_workers=3)
     memory = lm.condense(tokens(37, 1))
-    store.put("doc", memory, fingerprint=fp)
+    store.put("doc", memory, fingerprint=fp, store_dtype=store_dtype)
+    want = store.get("doc", fingerprint=fp)  # on the host: decoded the same way
     got = store.get("doc", fingerprint=fp, device="cuda")
     assert got.device.type == "cuda"
-    assert_same_memory(got, memory)
+    assert_same_memory(got.to("cpu"), want)
+    if store_dtype is None:
+        assert_same_memory(got.to("cpu"), memory)
+    store.put("bad", memory, fingerprint=fp, store_dtype=store_dtype)
+    with store.tables.snapshot_view() as view:
+        (row,) = view.rows("doc_id = 'bad' AND row = 5", ["row"])
+    ds = lance.dataset(str(store.path / "snapshots.lance"))
+    (data_file,) = ds.get_fragment(row["_rowaddr"] >> 32).data_files()
+    path = store.path / "snapshots.lance" / "data" / data_file.path
+    data = bytearray(path.read_bytes())
+    data[row["_blob"]["position"] + 3] ^= 0x10
+    path.write_bytes(data)
+    with pytest.raises(CorruptSnapshotError, match="row 5 .*fails its checksum"):
+        store.get("bad", fingerprint=fp, device="cuda")
+    assert_same_memory(store.get("doc", fingerprint=fp, device="cuda").to("cpu"), want)
 
 
 def test_a_batch_memory_is_put_one_sequence_at_a_time(tmp_path):
