@@ -8,7 +8,7 @@
 #   call 4: bash bench/h200_session.sh 4   (nothing carried): a Condenser's start-up (load, compile),
 #           4 vs 8 windows per pass compiled, the CUDA tests after the flex guard
 #   call 5: bash bench/h200_session.sh 5   (nothing carried): decode_mode="compiled" — its CUDA test, speed
-#   call 6: bash bench/h200_session.sh 6   (carry .carry/x2a .whl .carry/ref_src): stash pylance part 1,
+#   call 6: bash bench/h200_session.sh 6   (carry .carry/p1 .whl .carry/ref_src; p1 = pylance.part.aa alone): stash pylance part 1,
 #           transformers 4.44 for the official code; 1.5B condensing: beacon, full prefill and official
 #   call 7: bash bench/h200_session.sh 7   (carry .carry/x2b): pylance; snapshot CUDA tests; TTFT
 #   call 8: bash bench/h200_session.sh 8   (carry .carry/ref_src): 7B condensing: beacon, prefill, official
@@ -48,7 +48,7 @@ elif [ "$PART" = 4 ]; then
     --parallel-window 4,8 --compile 1 --prefill --out "$OUT/r/condense_p8.json"
 elif [ "$PART" = 6 ] || [ "$PART" = 8 ]; then
   if [ "$PART" = 6 ]; then
-    cp .carry/x2a/pylance.part.aa "$STASH"/
+    cp .carry/p1/pylance.part.aa "$STASH"/
     python3 -m pip install -q --no-index --no-deps --target /tmp/oldtf .whl/*.whl || echo "transformers 4.44 install failed"
     shape=qwen2-1.5b
   else
