@@ -12,6 +12,8 @@
 #           transformers 4.44 for the official code; 1.5B condensing: beacon, full prefill and official
 #   call 7: bash bench/h200_session.sh 7   (carry .carry/x2b): pylance; snapshot CUDA tests; TTFT
 #   call 8: bash bench/h200_session.sh 8   (carry .carry/ref_src): 7B condensing: beacon, prefill, official
+#   call 9: bash bench/h200_session.sh 9   (carry .carry/p1): stash pylance part 1; profile of a question
+#   call 10: bash bench/h200_session.sh 10 (carry .carry/x2b): pylance; snapshot CUDA tests; TTFT again
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -57,14 +59,18 @@ elif [ "$PART" = 6 ] || [ "$PART" = 8 ]; then
   stage condense_$shape 560 python3 -m bench.condense --shapes $shape --lengths 8192,32768,131072 --ratios 2,8,32 \
     --parallel-window 4 --compile 1 --prefill --official-src .carry/ref_src --official-site /tmp/oldtf \
     --out "$OUT/r/condense_session_$shape.json"
-elif [ "$PART" = 7 ]; then
+elif [ "$PART" = 9 ]; then
+  cp .carry/p1/pylance.part.aa "$STASH"/
+  stage question_profile 200 python3 -m bench.question_profile --shape qwen2-7b --length 131072 --ratio 8 \
+    --out "$OUT/r/question_profile.json"
+elif [ "$PART" = 7 ] || [ "$PART" = 10 ]; then
   cp .carry/x2b/pylance.part.ab "$STASH"/
   ( cd "$STASH" && cat pylance.part.aa pylance.part.ab | tar -xJ -C /root/site ) || echo "pylance install failed"
   python3 -c "import lance; print('lance', lance.__version__)"
   stage snapshot_tests 120 python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" tests/test_snapshots_store.py \
     tests/test_snapshots_integrity.py
   stage ttft 420 python3 -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 --db /root/ttft-db \
-    --workers 8,16 --question-modes eager,compiled --out "$OUT/r/ttft.json"
+    --workers 8,16 --question-modes "$([ "$PART" = 7 ] && echo eager,compiled || echo eager)" --out "$OUT/r/ttft.json"
 elif [ "$PART" = 5 ]; then
   stage cuda_tests 150 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m slow \
     tests/test_decode.py

@@ -113,6 +113,7 @@ def _read_checked(row: RowRead, buffers: _Buffers, dst: dict[str, torch.Tensor])
         slot = buffers.take_pinned()
         try:
             _read_and_check(row, memoryview(slot.tensor[: row.nbytes].numpy()))
+            _stage_scale(row, slot)
         except BaseException:
             buffers.pinned.put(slot)
             raise
@@ -126,7 +127,21 @@ def _read_checked(row: RowRead, buffers: _Buffers, dst: dict[str, torch.Tensor])
     slot = buffers.take_pinned()
     slot.tensor[: row.nbytes].copy_(torch.frombuffer(buf, dtype=torch.uint8))
     buffers.give(buf)
+    _stage_scale(row, slot)
     return slot
+
+
+def _staged_bytes(row: RowRead) -> int:
+    """Bytes of the row in its pinned slot: the data, then its fp8 scales where they can ride along
+    (float32 right after the data needs a data length divisible by 4; else they go separately)."""
+    return row.nbytes + (len(row.scale) if row.scale and row.nbytes % 4 == 0 else 0)
+
+
+def _stage_scale(row: RowRead, slot: _Pinned) -> None:
+    """Put the row's scales behind its data in the slot: one non-blocking copy carries both (a
+    separate pageable copy of the scales would make the host wait for the GPU at every row)."""
+    if _staged_bytes(row) > row.nbytes:
+        slot.tensor[row.nbytes : _staged_bytes(row)].copy_(torch.frombuffer(row.scale, dtype=torch.uint8))
 
 
 def _read_and_check(row: RowRead, buf: bytearray | memoryview) -> None:
@@ -149,13 +164,14 @@ def _read_and_check(row: RowRead, buf: bytearray | memoryview) -> None:
         )
 
 
-def _place(row: RowRead, raw: torch.Tensor, dst: dict[str, torch.Tensor]) -> None:
-    """Decode a checked row (uint8 bytes on the destination's device) into its destination slice."""
+def _place(row: RowRead, raw: torch.Tensor, dst: dict[str, torch.Tensor], scale: torch.Tensor | None = None) -> None:
+    """Decode a checked row (uint8 bytes on the destination's device; float32 scales there, or
+    taken from the row) into its destination slice."""
     target = dst[row.slab.tensor]
-    scale = None
-    if row.scale:
-        s = torch.from_numpy(np.frombuffer(row.scale, dtype="<f4").copy()).view(*row.shape[:-1], 1)
-        scale = s.to(target.device)
+    if row.scale and scale is None:
+        scale = torch.from_numpy(np.frombuffer(row.scale, dtype="<f4").copy()).to(target.device)
+    if scale is not None:
+        scale = scale.view(*row.shape[:-1], 1)
     value = decode(raw, row.dtype, row.shape, scale, target.dtype)  # (layers, b, h, entries, d)
     s = row.slab
     target[s.layer_from : s.layer_to, :, :, s.entry_from : s.entry_to].copy_(value)
@@ -163,13 +179,15 @@ def _place(row: RowRead, raw: torch.Tensor, dst: dict[str, torch.Tensor]) -> Non
 
 def _place_staged(row: RowRead, slot: _Pinned, dst: dict[str, torch.Tensor], buffers: _Buffers) -> None:
     """Copy a pinned row to the device without blocking, then decode it there."""
+    staged = _staged_bytes(row)
     try:
-        raw = slot.tensor[: row.nbytes].to(dst["keys"].device, non_blocking=True)
+        raw = slot.tensor[:staged].to(dst["keys"].device, non_blocking=True)
         slot.event = torch.cuda.Event()
         slot.event.record()
     finally:
         buffers.pinned.put(slot)  # reused once the event fires
-    _place(row, raw, dst)
+    scale = raw[row.nbytes :].view(torch.float32) if staged > row.nbytes else None
+    _place(row, raw[: row.nbytes], dst, scale)
 
 
 def load_rows(
@@ -187,7 +205,7 @@ def load_rows(
         return
     cuda = keys.device.type == "cuda"
     dst = {"keys": keys, "values": values}
-    buffers = _Buffers(prefetch if cuda else 0, max(r.nbytes for r in rows))
+    buffers = _Buffers(prefetch if cuda else 0, max(_staged_bytes(r) for r in rows))
     pending: deque[tuple[RowRead, Future]] = deque()
     todo = iter(rows)
     on_device = torch.cuda.device(keys.device) if cuda else contextlib.nullcontext()  # events, streams: its own

@@ -42,7 +42,7 @@ def assert_same_memory(got: Memory, want: Memory) -> None:
 
 def run_child(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run `code` in a fresh Python process at the repo root (raises with its output if it fails)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     out = subprocess.run(
         [sys.executable, "-c", code, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )

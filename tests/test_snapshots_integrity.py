@@ -149,7 +149,7 @@ for version in range(1, 1000):
 def test_a_writer_killed_mid_put_leaves_an_old_or_new_whole_document(tmp_path):
     store = SnapshotStore(tmp_path / "db")
     fp = load_tiny("qwen2", **CONFIGS["append"]).fingerprint()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     child = subprocess.Popen(
         [sys.executable, "-c", _CRASHING_WRITER, str(store.path)], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
     )

@@ -1,0 +1,99 @@
+"""Where the time of a question read after a memory goes: host vs GPU, syncs, kernels.
+
+    python -m bench.question_profile --shape qwen2-7b --length 131072 --ratio 8 --out docs/results/question_profile.json
+
+Condenses a random document (random bf16 weights), then times `lm.forward(question, memory.fork(),
+logits="last")` + the first token (median of --repeats), and profiles one such call with
+torch.profiler: the GPU's kernel time against the wall time says whether the host (Python, op
+dispatch, launches) or the GPU bounds it; CUDA sync-debug mode counts the host syncs and where
+they come from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from .shapes import environment, official_qwen2_lm, random_model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="qwen2-7b")
+    p.add_argument("--length", type=int, default=131072)
+    p.add_argument("--ratio", type=int, default=8)
+    p.add_argument("--question", type=int, default=32, help="question tokens")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--out", default="docs/results/question_profile.json")
+    args = p.parse_args()
+    model = random_model(args.shape, device=args.device)
+    lm = official_qwen2_lm(model, 2048, args.ratio)
+    memory = lm.condense(torch.randint(0, 150_000, (1, args.length), device=args.device))
+    question = torch.randint(0, 150_000, (1, args.question), device=args.device)
+
+    def ask() -> int:
+        _, logits = lm.forward(question, memory.fork(), logits="last")
+        return logits[0, -1].argmax().item()  # the first token reaches the host: one sync
+
+    for _ in range(3):
+        ask()
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        ask()
+        times.append(time.perf_counter() - t0)
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        ask()
+        profiled_s = time.perf_counter() - t0
+    events = prof.key_averages()
+    gpu_us = sum(e.self_device_time_total for e in events)
+    kernels = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    top_cpu = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:20]
+
+    syncs: collections.Counter[str] = collections.Counter()  # file:line of the Python code that synced
+    if torch.cuda.is_available():
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ask()
+        torch.cuda.set_sync_debug_mode(0)
+        syncs.update(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+
+    result = {
+        "command": " ".join(["python -m bench.question_profile"] + sys.argv[1:]),
+        "env": environment(),
+        "shape": args.shape, "length": args.length, "ratio": args.ratio, "question_tokens": args.question,
+        "memory_entries": memory.state.size,
+        "question_s_median": statistics.median(times),
+        "question_s_all": times,
+        "profiled_wall_s": profiled_s,
+        "gpu_kernel_s": gpu_us / 1e6,
+        "gpu_busy_fraction": gpu_us / 1e6 / profiled_s,
+        "kernel_launches": kernels,
+        "host_syncs": dict(syncs),
+        "top_cpu_ops": [
+            {"name": e.key, "count": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+             "gpu_ms": e.self_device_time_total / 1e3}
+            for e in top_cpu
+        ],
+    }  # fmt: skip
+    print(json.dumps(result, indent=1))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
