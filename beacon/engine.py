@@ -162,10 +162,9 @@ class BeaconLM:
         if memory is None:
             memory = self.new_memory(ids.shape[0])
         self._check_memory(memory, ids.shape[0])
-        if int(ids.max()) >= self.parts.vocab_size or int(ids.min()) < 0:
-            raise ValueError(
-                f"token ids must lie in [0, {self.parts.vocab_size}); got {int(ids.min())}..{int(ids.max())}"
-            )
+        low, high = torch.stack(torch.aminmax(ids)).tolist()  # one host sync for both ends
+        if high >= self.parts.vocab_size or low < 0:
+            raise ValueError(f"token ids must lie in [0, {self.parts.vocab_size}); got {low}..{high}")
         if self._stager.device != self.device:  # the model moved
             self._stager = Stager(self.device)
         known = None if expected_length is None else max(expected_length, memory.n_tokens + ids.shape[1])

@@ -25,6 +25,12 @@ import torch
 from .shapes import environment, official_qwen2_lm, random_model
 
 
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="qwen2-7b")
@@ -62,6 +68,14 @@ def main() -> None:
     gpu_us = sum(e.self_device_time_total for e in events)
     kernels = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
     top_cpu = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:20]
+    top_gpu = sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:20]
+    # the same question with each attention layout that can run it (the engine picks "causal")
+    by_mode = {}
+    for mode in ("causal", "dense"):
+        lm.attn_mode = mode
+        ask()
+        by_mode[mode] = statistics.median(_timed(ask) for _ in range(args.repeats))
+    lm.attn_mode = "auto"
 
     syncs: collections.Counter[str] = collections.Counter()  # file:line of the Python code that synced
     if torch.cuda.is_available():
@@ -84,10 +98,14 @@ def main() -> None:
         "gpu_busy_fraction": gpu_us / 1e6 / profiled_s,
         "kernel_launches": kernels,
         "host_syncs": dict(syncs),
+        "question_s_by_attn_mode": by_mode,
         "top_cpu_ops": [
             {"name": e.key, "count": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
              "gpu_ms": e.self_device_time_total / 1e3}
             for e in top_cpu
+        ],
+        "top_gpu_ops": [
+            {"name": e.key, "count": e.count, "gpu_ms": e.self_device_time_total / 1e3} for e in top_gpu
         ],
     }  # fmt: skip
     print(json.dumps(result, indent=1))

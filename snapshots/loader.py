@@ -141,7 +141,7 @@ def _stage_scale(row: RowRead, slot: _Pinned) -> None:
     """Put the row's scales behind its data in the slot: one non-blocking copy carries both (a
     separate pageable copy of the scales would make the host wait for the GPU at every row)."""
     if _staged_bytes(row) > row.nbytes:
-        slot.tensor[row.nbytes : _staged_bytes(row)].copy_(torch.frombuffer(row.scale, dtype=torch.uint8))
+        slot.tensor[row.nbytes : _staged_bytes(row)].copy_(torch.frombuffer(bytearray(row.scale), dtype=torch.uint8))
 
 
 def _read_and_check(row: RowRead, buf: bytearray | memoryview) -> None:
