@@ -30,14 +30,27 @@ def _project(base: nn.Linear, beacon: nn.Linear | None, h: torch.Tensor, n_raw: 
     return torch.cat([base(h[:, :n_raw]), beacon(h[:, n_raw:])], dim=1)
 
 
-def ensure_rot(parts: Parts, memory: Memory) -> None:
-    """Make memory.rot_keys hold RoPE'd keys of O (entries 0..|O|-1 at positions 0..|O|-1)."""
+def ensure_rot(
+    parts: Parts,
+    memory: Memory,
+    layer: int | None = None,
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> None:
+    """Make memory.rot_keys hold RoPE'd keys of O (entries 0..|O|-1 at positions 0..|O|-1), for
+    every layer or only `layer` (of a memory still loading: later layers may not be there yet).
+    `rope`: cos/sin of positions 0..|O|-1 if the caller has them."""
     n_outer = memory.state.n_outer
-    if memory.rot_keys is not None and all(k.shape[2] == n_outer for k in memory.rot_keys):
+    if layer is None:
+        memory.ready()
+    rot = memory.rot_keys if memory.rot_keys is not None else [None] * memory.n_layers
+    todo = [i for i in (range(memory.n_layers) if layer is None else [layer])
+            if rot[i] is None or rot[i].shape[2] != n_outer]  # fmt: skip
+    if not todo:
         return
-    pos = torch.arange(n_outer, device=memory.device)
-    cos, sin = rope_cos_sin(parts, pos, memory.keys[0])
-    memory.rot_keys = [apply_rope(k[:, :, :n_outer], cos, sin) for k in memory.keys]
+    cos, sin = rope or rope_cos_sin(parts, torch.arange(n_outer, device=memory.device), memory.keys[0])
+    for i in todo:
+        rot[i] = apply_rope(memory.keys[i][:, :, :n_outer], cos, sin)
+    memory.rot_keys = rot
 
 
 def _layer(
@@ -175,7 +188,9 @@ def run_chunk(
     logits: "all" -> (b, n_raw, vocab) float32, "last" -> (b, 1, vocab), "none" -> None.
     """
     device = memory.device
-    ensure_rot(parts, memory)
+    loading = memory.pending is not None  # layers still arriving: wait for each just before it is read
+    if not loading:
+        ensure_rot(parts, memory)
     # compiled FlexAttention (CUDA): bf16/fp16 only (float32 products round like TF32) and head dims
     # of real models (it has no kernel for the tiny test models' 16)
     flex_ok = device.type == "cuda" and memory.dtype in (torch.bfloat16, torch.float16) and parts.head_dim >= 64
@@ -205,7 +220,11 @@ def run_chunk(
     rope_joined = rope_cos_sin(parts, joined_pos, x)
 
     new_keys, new_values, new_rot = [], [], []
+    rope_outer = rope_cos_sin(parts, torch.arange(n_outer, device=device), memory.keys[0]) if loading else None
     for i, layer in enumerate(parts.layers):
+        if loading:
+            memory.ready(i)
+            ensure_rot(parts, memory, i, rope_outer)
         args = (
             parts,
             cfg,
@@ -234,6 +253,8 @@ def run_chunk(
         new_values.append(v)
         new_rot.append(r)
 
+    if loading:
+        memory.ready()  # every layer has arrived; this joins the loader (and raises what it raised)
     memory.keys, memory.values, memory.rot_keys = new_keys, new_values, new_rot
     memory.state = chunk.after
 

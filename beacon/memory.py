@@ -5,12 +5,18 @@ Shape contract: keys[l], values[l] are (b, h_kv, n, d) with n = state.size, laid
   W = the current window's entries (raw tokens, and in interleave mode its beacons so far).
 Keys are stored *before* RoPE, so a memory is position-free: it can be saved, reloaded, extended
 and concatenated. `rot_keys` is a derived cache (RoPE'd keys of O) that the engine keeps up to
-date; it is never exported and is rebuilt when missing.
+date; it is never exported and is rebuilt when missing (per layer: entries may be None).
+
+A memory can still be arriving: `SnapshotStore.get(..., background=True)` returns one whose layers
+are filled by a loader thread, with `pending` set. The engine's forward pass waits for each layer
+just before it reads it (`ready(layer)`), so reading a question overlaps the load; everything
+else that touches the tensors (fork, select, to, export, concat) waits for all of it first.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +33,9 @@ class Memory:
     keys: list[torch.Tensor]  # per layer (b, h_kv, n, d), pre-RoPE
     values: list[torch.Tensor]  # per layer (b, h_kv, n, d)
     state: WindowState = field(default_factory=WindowState)
-    rot_keys: list[torch.Tensor] | None = None  # derived: per layer (b, h_kv, |O|, d), RoPE'd
+    rot_keys: list[torch.Tensor | None] | None = None  # derived: per layer (b, h_kv, |O|, d), RoPE'd
+    # a loader still filling the tensors: pending(layer) waits for one layer, pending(None) for all
+    pending: Callable[[int | None], None] | None = field(default=None, repr=False, compare=False)
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
@@ -86,28 +94,39 @@ class Memory:
             if k.shape != v.shape or k.dim() != 4 or k.shape[2] != n:
                 raise ValueError(f"layer {i}: keys {tuple(k.shape)} / values {tuple(v.shape)} do not hold {n} entries")
 
+    def ready(self, layer: int | None = None) -> None:
+        """Wait until `layer` (every layer if None) of a memory still being loaded is in place;
+        raises what the load raised (e.g. CorruptSnapshotError). Returns at once otherwise."""
+        if self.pending is not None:
+            self.pending(layer)
+            if layer is None:
+                self.pending = None
+
     # ---- copies --------------------------------------------------------------------------------
     def fork(self) -> Memory:
         """An independent copy: what the copy reads never changes this memory."""
-        rot = None if self.rot_keys is None else [k.clone() for k in self.rot_keys]
+        self.ready()
+        rot = None if self.rot_keys is None else [None if k is None else k.clone() for k in self.rot_keys]
         return Memory([k.clone() for k in self.keys], [v.clone() for v in self.values], self.state, rot)
 
     def select(self, rows: list[int]) -> Memory:
         """The memory of some sequences of the batch (a copy), e.g. to go on with them alone."""
         if any(not 0 <= r < self.batch_size for r in rows):
             raise ValueError(f"rows {rows} out of range for a batch of {self.batch_size}")
+        self.ready()
         index = torch.tensor(rows, device=self.device)
-        pick = lambda ts: None if ts is None else [t.index_select(0, index) for t in ts]  # noqa: E731
+        pick = lambda ts: None if ts is None else [None if t is None else t.index_select(0, index) for t in ts]  # noqa: E731
         return Memory(pick(self.keys), pick(self.values), self.state, pick(self.rot_keys))
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None, non_blocking: bool = False
     ) -> Memory:
         """The same memory on another device and/or dtype (the RoPE cache is dropped if dtype changes)."""
+        self.ready()
         move = dict(device=device, dtype=dtype, non_blocking=non_blocking)
         rot = None
         if self.rot_keys is not None and (dtype is None or dtype == self.dtype):
-            rot = [k.to(**move) for k in self.rot_keys]
+            rot = [None if k is None else k.to(**move) for k in self.rot_keys]
         return Memory([k.to(**move) for k in self.keys], [v.to(**move) for v in self.values], self.state, rot)
 
     # ---- export / import (the snapshot layer persists exactly this) ----------------------------
@@ -117,6 +136,7 @@ class Memory:
         tensors: "keys", "values": (n_layers, b, h_kv, n, d), pre-RoPE, layout [sink|beacons|window].
         meta: {"version", "state": WindowState fields}.
         """
+        self.ready()
         tensors = {"keys": torch.stack(self.keys), "values": torch.stack(self.values)}
         return tensors, {"version": EXPORT_VERSION, "state": self.state.to_dict()}
 
@@ -140,6 +160,8 @@ class Memory:
         """
         if not memories:
             raise ValueError("concat needs at least one memory")
+        for m in memories:
+            m.ready()
         if len(memories) == 1:
             return memories[0].fork()
         first = memories[0]

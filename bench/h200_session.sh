@@ -14,6 +14,9 @@
 #   call 8: bash bench/h200_session.sh 8   (carry .carry/ref_src): 7B condensing: beacon, prefill, official
 #   call 9: bash bench/h200_session.sh 9   (carry .carry/p1): stash pylance part 1; profile of a question
 #   call 10: bash bench/h200_session.sh 10 (carry .carry/x2b): pylance; snapshot CUDA tests; TTFT again
+#   call 11: bash bench/h200_session.sh 11 (carry .carry/p1): stash pylance part 1; engine CUDA tests
+#   call 12: bash bench/h200_session.sh 12 (carry .carry/x2b): pylance; snapshot CUDA tests; TTFT with
+#            background loads (the question overlapping the load)
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -59,18 +62,23 @@ elif [ "$PART" = 6 ] || [ "$PART" = 8 ]; then
   stage condense_$shape 560 python3 -m bench.condense --shapes $shape --lengths 8192,32768,131072 --ratios 2,8,32 \
     --parallel-window 4 --compile 1 --prefill --official-src .carry/ref_src --official-site /tmp/oldtf \
     --out "$OUT/r/condense_session_$shape.json"
+elif [ "$PART" = 11 ]; then
+  cp .carry/p1/pylance.part.aa "$STASH"/
+  stage cuda_tests 200 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q \
+    tests/test_decode.py tests/test_parity.py tests/test_engine.py tests/test_windows.py
 elif [ "$PART" = 9 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
   stage question_profile 200 python3 -m bench.question_profile --shape qwen2-7b --length 131072 --ratio 8 \
     --out "$OUT/r/question_profile.json"
-elif [ "$PART" = 7 ] || [ "$PART" = 10 ]; then
+elif [ "$PART" = 7 ] || [ "$PART" = 10 ] || [ "$PART" = 12 ]; then
   cp .carry/x2b/pylance.part.ab "$STASH"/
   ( cd "$STASH" && cat pylance.part.aa pylance.part.ab | tar -xJ -C /root/site ) || echo "pylance install failed"
   python3 -c "import lance; print('lance', lance.__version__)"
   stage snapshot_tests 120 python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" tests/test_snapshots_store.py \
     tests/test_snapshots_integrity.py
   stage ttft 420 python3 -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 --db /root/ttft-db \
-    --workers 8,16 --question-modes "$([ "$PART" = 7 ] && echo eager,compiled || echo eager)" --out "$OUT/r/ttft.json"
+    --workers 8,16 --question-modes "$([ "$PART" = 7 ] && echo eager,compiled || echo eager)" \
+    --loads "$([ "$PART" = 12 ] && echo sync,background || echo sync)" --out "$OUT/r/ttft.json"
 elif [ "$PART" = 5 ]; then
   stage cuda_tests 150 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m slow \
     tests/test_decode.py

@@ -191,13 +191,21 @@ def _place_staged(row: RowRead, slot: _Pinned, dst: dict[str, torch.Tensor], buf
 
 
 def load_rows(
-    rows: Sequence[RowRead], keys: torch.Tensor, values: torch.Tensor, *, workers: int = 2, prefetch: int = 4
+    rows: Sequence[RowRead],
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    *,
+    workers: int = 2,
+    prefetch: int = 4,
+    on_layer: Callable[[int], None] | None = None,
 ) -> None:
     """Fill `keys` and `values` (L, b, h, n, d) from `rows`; every row is checked before use.
 
     `workers` threads read at most `prefetch` rows ahead of the one being placed, so host memory
     stays at about `prefetch` rows (plus as many pinned rows towards CUDA). Returns when every
-    copy has finished.
+    copy has finished. `on_layer(l)` is called as soon as every row of layer l is placed (towards
+    CUDA: its copies are queued on this thread's current stream, so work queued after it on that
+    stream sees them); rows in layer order make layers arrive one by one.
     """
     if workers < 1 or prefetch < 1:
         raise ValueError(f"workers ({workers}) and prefetch ({prefetch}) must be >= 1")
@@ -208,6 +216,10 @@ def load_rows(
     buffers = _Buffers(prefetch if cuda else 0, max(_staged_bytes(r) for r in rows))
     pending: deque[tuple[RowRead, Future]] = deque()
     todo = iter(rows)
+    rows_left = [0] * keys.shape[0]  # per layer: rows not placed yet
+    for r in rows:
+        for layer in range(r.slab.layer_from, r.slab.layer_to):
+            rows_left[layer] += 1
     on_device = torch.cuda.device(keys.device) if cuda else contextlib.nullcontext()  # events, streams: its own
     with on_device, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapshot-read") as pool:
         try:
@@ -223,6 +235,10 @@ def load_rows(
                     pending.append((nxt, pool.submit(_read_checked, nxt, buffers, dst)))
                 if staged is not None:
                     _place_staged(row, staged, dst, buffers)
+                for layer in range(row.slab.layer_from, row.slab.layer_to):
+                    rows_left[layer] -= 1
+                    if rows_left[layer] == 0 and on_layer is not None:
+                        on_layer(layer)
         except BaseException:
             for _, fut in pending:
                 fut.cancel()
@@ -230,3 +246,65 @@ def load_rows(
             raise
     if cuda:
         torch.cuda.current_stream(keys.device).synchronize()
+
+
+class LayerGate:
+    """Which layers of a background load are in place (a Memory's `pending`).
+
+    gate(layer) blocks until every row of `layer` is placed — towards CUDA it then makes the
+    caller's current stream wait for that layer's copies — and gate(None) until the whole load
+    has finished. Either raises what the load raised.
+    """
+
+    def __init__(self, n_layers: int, device: torch.device):
+        self._device = device
+        self._placed = [threading.Event() for _ in range(n_layers)]
+        self._copied: list[torch.cuda.Event | None] = [None] * n_layers
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def _layer_done(self, layer: int) -> None:  # on the loader thread
+        if self._device.type == "cuda":
+            self._copied[layer] = torch.cuda.Event()
+            self._copied[layer].record()
+        self._placed[layer].set()
+
+    def __call__(self, layer: int | None = None) -> None:
+        if layer is None:
+            if self._thread is not None:
+                self._thread.join()
+        else:
+            self._placed[layer].wait()
+            if self._copied[layer] is not None:
+                torch.cuda.current_stream(self._device).wait_event(self._copied[layer])
+        if self._error is not None:
+            raise self._error
+
+
+def load_rows_in_background(
+    rows: Sequence[RowRead],
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    *,
+    workers: int,
+    prefetch: int,
+    when_done: Callable[[], None],
+) -> LayerGate:
+    """load_rows on a thread of its own; returns at once with the gate that tells which layers
+    are in place. Rows in layer order let a reader start on layer 0 long before the last arrives.
+    `when_done()` runs on that thread at the end, success or not (e.g. closing files)."""
+    gate = LayerGate(keys.shape[0], keys.device)
+
+    def run() -> None:
+        try:
+            load_rows(rows, keys, values, workers=workers, prefetch=prefetch, on_layer=gate._layer_done)
+        except BaseException as e:  # raised to whoever waits for a layer
+            gate._error = e
+        finally:
+            for placed in gate._placed:
+                placed.set()
+            when_done()
+
+    gate._thread = threading.Thread(target=run, name="snapshot-load", daemon=True)
+    gate._thread.start()
+    return gate

@@ -33,7 +33,7 @@ from beacon.memory import EXPORT_VERSION
 from .codec import Slab, dtype_name, encode, plan_slabs, segments_of, to_dtype
 from .errors import ConcurrentUpdateError, CorruptSnapshotError, DocumentExistsError, DocumentNotFoundError
 from .fingerprints import check_fingerprint
-from .loader import RowRead, load_rows
+from .loader import RowRead, load_rows, load_rows_in_background
 from .records import DocumentInfo, Part, Piece, chosen_ratios, full_kv_bytes, text_digest, tokens_digest
 from .reports import DocStats, OptimizeReport, StoreStats
 from .schema import SNAPSHOT_META_COLUMNS, STORE_DTYPES
@@ -139,7 +139,14 @@ class SnapshotStore:
             self._drop_dead_rows(doc_id, [p["generation"] for p in old["parts"]] + [old["generation"]])
         return info
 
-    def get(self, doc_ids: str | Sequence[str], *, fingerprint: dict, device: torch.device | str = "cpu") -> Memory:
+    def get(
+        self,
+        doc_ids: str | Sequence[str],
+        *,
+        fingerprint: dict,
+        device: torch.device | str = "cpu",
+        background: bool = False,
+    ) -> Memory:
         """Rebuild the memory of one document, or of several as one memory, on `device`.
 
         `fingerprint` (lm.fingerprint() of the asking model) must match each document's, else
@@ -147,11 +154,18 @@ class SnapshotStore:
         earlier documents become outer memory visible to all that follows, the last keeps its
         open window, so reading continues as right after it. Rows are streamed and checked (size,
         crc32, coverage) before use; towards CUDA through pinned buffers with non-blocking copies.
+
+        background=True (one document): return as soon as the rows are planned, with a loader
+        thread filling the memory layer by layer (`Memory.pending`); the engine's forward pass
+        waits for each layer just before reading it, so a question read right away overlaps the
+        load. A damaged row raises CorruptSnapshotError where the memory is first used.
         """
         ids = [doc_ids] if isinstance(doc_ids, str) else list(doc_ids)
         if not ids:
             raise ValueError("get needs at least one doc id")
-        memories = [self._load(self.show(i), fingerprint, device)[0] for i in ids]
+        if background and len(ids) > 1:
+            raise ValueError(f"background=True loads one document; got {len(ids)} (load them, then concat)")
+        memories = [self._load(self.show(i), fingerprint, device, background)[0] for i in ids]
         return memories[0] if len(memories) == 1 else Memory.concat(memories)
 
     def append(
@@ -350,8 +364,11 @@ class SnapshotStore:
                 raise _RowsMissing(f"document {info.doc_id!r}: no stored row holds {t} of layer {layer}, entry {entry}")
         return sorted(live, key=lambda r: r["_rowid"])  # file order
 
-    def _load_once(self, info: DocumentInfo, device: torch.device | str) -> tuple[Memory, list[dict]]:
-        with self.tables.snapshot_view() as view:
+    def _load_once(
+        self, info: DocumentInfo, device: torch.device | str, background: bool = False
+    ) -> tuple[Memory, list[dict]]:
+        view = self.tables.snapshot_view()
+        try:
             live = self._plan_load(view, info)
             try:
                 blobs = view.blobs(live)
@@ -362,25 +379,34 @@ class SnapshotStore:
                         r["crc32"], r["scale"], blob.size, blob.read_into, blob.any_buffer)
                 for r, blob in zip(live, blobs, strict=True)
             ]  # fmt: skip
-            return self._fill(info, reads, device), live
-
-    def _fill(self, info: DocumentInfo, reads: list[RowRead], device: torch.device | str) -> Memory:
-        shape = (info.n_layers, 1, info.n_kv_heads, info.n_entries, info.head_dim)  # (L, b, h, n, d)
-        dtype = to_dtype(info.memory_dtype)
-        keys = torch.empty(shape, dtype=dtype, device=device)
-        values = torch.empty(shape, dtype=dtype, device=device)
-        load_rows(reads, keys, values, workers=self.read_workers, prefetch=2 * self.read_workers)
-        meta = {"version": info.memory_version, "state": info.state.to_dict()}
-        return Memory.from_export({"keys": keys, "values": values}, meta)
+            shape = (info.n_layers, 1, info.n_kv_heads, info.n_entries, info.head_dim)  # (L, b, h, n, d)
+            dtype = to_dtype(info.memory_dtype)
+            keys = torch.empty(shape, dtype=dtype, device=device)
+            values = torch.empty(shape, dtype=dtype, device=device)
+            meta = {"version": info.memory_version, "state": info.state.to_dict()}
+            memory = Memory.from_export({"keys": keys, "values": values}, meta)  # views of keys/values
+            workers, prefetch = self.read_workers, 2 * self.read_workers
+            if background:  # layer by layer; the loader thread closes the files when done
+                reads.sort(key=lambda r: (r.slab.layer_from, r.slab.entry_from, r.slab.tensor))
+                memory.pending = load_rows_in_background(
+                    reads, keys, values, workers=workers, prefetch=prefetch, when_done=view.close
+                )
+                view = None
+            else:
+                load_rows(reads, keys, values, workers=workers, prefetch=prefetch)
+            return memory, live
+        finally:
+            if view is not None:
+                view.close()
 
     def _load(
-        self, info: DocumentInfo, fingerprint: dict, device: torch.device | str
+        self, info: DocumentInfo, fingerprint: dict, device: torch.device | str, background: bool = False
     ) -> tuple[Memory, DocumentInfo, list[dict]]:
         """Load `info`'s memory; if its rows vanished because it was replaced meanwhile, the new version."""
         for _ in range(3):
             check_fingerprint(info.fingerprint, fingerprint, doc_id=info.doc_id)
             try:
-                memory, live = self._load_once(info, device)
+                memory, live = self._load_once(info, device, background)
                 return memory, info, live
             except _RowsMissing as e:
                 newer = self._read_doc(info.doc_id)

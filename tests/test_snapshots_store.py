@@ -200,6 +200,59 @@ def test_local_rows_are_read_straight_from_the_data_files_and_lance_reads_the_sa
     assert_same_memory(store.get("doc", fingerprint=fp), memory)
 
 
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_a_background_load_answers_as_a_loaded_memory(tmp_path, config):
+    """get(background=True) returns while rows still arrive; a question read at once waits layer by
+    layer and gives bit-identical logits; every other use waits for the whole memory."""
+    lm = load_tiny("qwen2", **CONFIGS[config])
+    fp = lm.fingerprint()
+    store = _store(tmp_path, max_row_bytes=300)  # many rows, several per layer
+    memory = lm.condense(tokens(37, 1))
+    store.put("doc", memory, fingerprint=fp)
+    q = tokens(11, 2)
+    _, want = lm.forward(q, store.get("doc", fingerprint=fp), logits="last")
+
+    streamed = store.get("doc", fingerprint=fp, background=True)
+    gate, asked = streamed.pending, []
+    assert gate is not None
+    streamed.pending = lambda layer: (asked.append(layer), gate(layer))[1]
+    _, got = lm.forward(q, streamed, logits="last")
+    assert asked == [*range(memory.n_layers), None]  # each layer just before it is read, then the rest
+    assert streamed.pending is None
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert_same_memory(store.get("doc", fingerprint=fp, background=True).fork(), memory)
+    assert torch.equal(
+        lm.generate(q, store.get("doc", fingerprint=fp, background=True), max_new_tokens=6),
+        lm.generate(q, memory, max_new_tokens=6),
+    )
+    with pytest.raises(ValueError, match="one document"):
+        store.get(["doc", "doc"], fingerprint=fp, background=True)
+
+
+def test_a_damaged_row_of_a_background_load_is_raised_where_the_memory_is_used(tmp_path):
+    import lance
+
+    from snapshots import CorruptSnapshotError
+
+    lm = load_tiny("qwen2", **CONFIGS["interleave"])
+    fp = lm.fingerprint()
+    store = _store(tmp_path, max_row_bytes=300)
+    memory = lm.condense(tokens(37, 1))
+    store.put("doc", memory, fingerprint=fp)
+    with store.tables.snapshot_view() as view:
+        (row,) = view.rows("doc_id = 'doc' AND tensor = 'values' AND layer_from = 1 AND entry_from = 0", ["row"])
+    (data_file,) = lance.dataset(str(store.path / "snapshots.lance")).get_fragment(row["_rowaddr"] >> 32).data_files()
+    path = store.path / "snapshots.lance" / "data" / data_file.path
+    data = bytearray(path.read_bytes())
+    data[row["_blob"]["position"]] ^= 0x01
+    path.write_bytes(data)
+    streamed = store.get("doc", fingerprint=fp, background=True)  # returns: the rows are read later
+    with pytest.raises(CorruptSnapshotError, match="fails its checksum"):
+        lm.forward(tokens(5, 2), streamed, logits="last")
+    with pytest.raises(CorruptSnapshotError):
+        streamed.fork()  # and at every later use
+
+
 def test_upkeep_keeps_lookups_indexed_as_puts_add_fragments(tmp_path, monkeypatch):
     """Every put adds a fragment to both tables; upkeep folds them into the doc_id indexes and
     compacts the documents table, so a lookup stops reading every fragment (stores written
@@ -369,6 +422,31 @@ def test_get_onto_cuda_through_pinned_buffers(tmp_path, monkeypatch, reader, sto
     with pytest.raises(CorruptSnapshotError, match="row 5 .*fails its checksum"):
         store.get("bad", fingerprint=fp, device="cuda")
     assert_same_memory(store.get("doc", fingerprint=fp, device="cuda").to("cpu"), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("side_stream", [False, True], ids=["default-stream", "side-stream"])
+def test_a_background_load_onto_cuda_answers_as_a_loaded_memory(tmp_path, side_stream):
+    """The loader thread queues each layer's copies; the question's kernels for a layer are queued
+    after them (on the caller's stream, made to wait for that layer's copies even if it is not the
+    loader's stream)."""
+    import beacon
+
+    from .conftest import tiny_path
+
+    lm = beacon.load(tiny_path("qwen2"), device="cuda", **CONFIGS["interleave"])
+    fp = lm.fingerprint()
+    store = _store(tmp_path, max_row_bytes=300, read_workers=3)
+    memory = lm.condense(tokens(300, 1))
+    store.put("doc", memory, fingerprint=fp)
+    q = tokens(11, 2)
+    _, want = lm.forward(q, store.get("doc", fingerprint=fp, device="cuda"), logits="last")
+    stream = torch.cuda.Stream() if side_stream else torch.cuda.current_stream()
+    with torch.cuda.stream(stream):
+        _, got = lm.forward(q, store.get("doc", fingerprint=fp, device="cuda", background=True), logits="last")
+    torch.cuda.synchronize()
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_a_batch_memory_is_put_one_sequence_at_a_time(tmp_path):
