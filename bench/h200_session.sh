@@ -16,7 +16,7 @@
 #   call 10: bash bench/h200_session.sh 10 (carry .carry/x2b): pylance; snapshot CUDA tests; TTFT again
 #   call 11: bash bench/h200_session.sh 11 (carry .carry/p1): stash pylance part 1; engine CUDA tests
 #   call 12: bash bench/h200_session.sh 12 (carry .carry/x2b): pylance; snapshot CUDA tests; TTFT with
-#            background loads (the question overlapping the load)
+#            background loads (the question overlapping the load), rows of 8 and 32 MiB
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -78,7 +78,8 @@ elif [ "$PART" = 7 ] || [ "$PART" = 10 ] || [ "$PART" = 12 ]; then
     tests/test_snapshots_integrity.py
   stage ttft 420 python3 -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 --db /root/ttft-db \
     --workers 8,16 --question-modes "$([ "$PART" = 7 ] && echo eager,compiled || echo eager)" \
-    --loads "$([ "$PART" = 12 ] && echo sync,background || echo sync)" --out "$OUT/r/ttft.json"
+    --loads "$([ "$PART" = 12 ] && echo sync,background || echo sync)" \
+    --max-row-mib "$([ "$PART" = 12 ] && echo 8,32 || echo 8)" --out "$OUT/r/ttft.json"
 elif [ "$PART" = 5 ]; then
   stage cuda_tests 150 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m slow \
     tests/test_decode.py

@@ -71,13 +71,13 @@ def main() -> None:
         "--loads", default="sync,background",
         help="sync: get, then the question; background: get(background=True), the question overlapping the load",
     )  # fmt: skip
+    p.add_argument("--max-row-mib", default="8", help="snapshot row sizes to try (SnapshotStore max_row_bytes)")
     p.add_argument("--out", default="docs/results/ttft.json")
     args = p.parse_args()
     model = random_model(args.shape, device=args.device)
     lm = official_qwen2_lm(model, args.window, args.ratio)
     doc = torch.randint(0, 150_000, (1, args.length), device=args.device)
     question = torch.randint(0, 150_000, (1, 32), device=args.device)
-    store = SnapshotStore(args.db)
     fp = lm.fingerprint()
     memory = lm.condense(doc)
     result = {
@@ -85,54 +85,58 @@ def main() -> None:
         "env": environment(),
         "shape": args.shape, "length": args.length, "ratio": args.ratio, "runs": [],
     }  # fmt: skip
-    for dtype in args.store_dtypes.split(","):
-        put_s, _ = timed(lambda d=dtype: store.put(d, memory, fingerprint=fp, store_dtype=d))
-        stored = store.show(dtype).stored_bytes
+    for row_mib in [float(x) for x in args.max_row_mib.split(",")]:
+        store = SnapshotStore(Path(args.db) / f"rows-{row_mib:g}MiB", max_row_bytes=int(row_mib * 2**20))
+        for dtype in args.store_dtypes.split(","):
+            put_s, _ = timed(lambda d=dtype, st=store: st.put(d, memory, fingerprint=fp, store_dtype=d))
+            stored = store.show(dtype).stored_bytes
 
-        def first_token(doc_id: str, background: bool = False) -> tuple[float, float]:
-            """(seconds to load the memory onto the GPU, seconds for question + first token); with
-            background=True get returns at once and the question overlaps the load: the second
-            number then holds most of both."""
-            _sync()
-            t0 = time.perf_counter()
-            mem = store.get(doc_id, fingerprint=fp, device=args.device, background=background)
-            if not background:
+            def first_token(doc_id: str, background: bool = False, store=store) -> tuple[float, float]:
+                """(seconds to load the memory onto the GPU, seconds for question + first token); with
+                background=True get returns at once and the question overlaps the load: the second
+                number then holds most of both."""
                 _sync()
-            t1 = time.perf_counter()
-            _, logits = lm.forward(question, mem, logits="last")
-            logits.argmax(-1).tolist()
-            return t1 - t0, time.perf_counter() - t1
+                t0 = time.perf_counter()
+                mem = store.get(doc_id, fingerprint=fp, device=args.device, background=background)
+                if not background:
+                    _sync()
+                t1 = time.perf_counter()
+                _, logits = lm.forward(question, mem, logits="last")
+                logits.argmax(-1).tolist()
+                return t1 - t0, time.perf_counter() - t1
 
-        loads = args.loads.split(",")
-        if not set(loads) <= {"sync", "background"}:
-            raise SystemExit(f"--loads: {args.loads!r}: choose from sync, background")
-        for workers, mode, load in [(int(w), "eager", ld) for ld in loads for w in args.workers.split(",")] + [
-            (int(args.workers.split(",")[0]), m, "sync") for m in args.question_modes.split(",") if m != "eager"
-        ]:
-            if mode not in ("eager", "compiled"):
-                raise SystemExit(f"--question-modes: {mode!r} is not eager or compiled")
-            lm.compile_layers = mode == "compiled"
-            store.read_workers = workers
-            bg = load == "background"
-            first_token(dtype, bg)  # warm-up (and warms the page cache; compiles in "compiled" mode)
-            warm = [first_token(dtype, bg) for _ in range(args.repeats)]
-            cold, how = [], ""
-            for _ in range(args.repeats):
-                how = drop_page_cache(Path(args.db))
-                cold.append(first_token(dtype, bg))
-            run = {
-                "store_dtype": dtype, "read_workers": workers, "question": mode, "load": load, "snapshot_bytes": stored,
-                "put_s": put_s,
-                "warm_s": statistics.median(sum(w) for w in warm),
-                "warm_load_s": statistics.median(w[0] for w in warm),
-                "warm_question_s": statistics.median(w[1] for w in warm),
-                "cold_question_s": statistics.median(c[1] for c in cold),
-                "cold_s": statistics.median(sum(c) for c in cold),
-                "cold_load_s": statistics.median(c[0] for c in cold),
-                "cold_how": how,
-            }  # fmt: skip
-            result["runs"].append(run)
-            print(json.dumps(run), flush=True)
+            loads = args.loads.split(",")
+            if not set(loads) <= {"sync", "background"}:
+                raise SystemExit(f"--loads: {args.loads!r}: choose from sync, background")
+            for workers, mode, load in [(int(w), "eager", ld) for ld in loads for w in args.workers.split(",")] + [
+                (int(args.workers.split(",")[0]), m, "sync") for m in args.question_modes.split(",") if m != "eager"
+            ]:
+                if mode not in ("eager", "compiled"):
+                    raise SystemExit(f"--question-modes: {mode!r} is not eager or compiled")
+                lm.compile_layers = mode == "compiled"
+                store.read_workers = workers
+                bg = load == "background"
+                first_token(dtype, bg)  # warm-up (and warms the page cache; compiles in "compiled" mode)
+                warm = [first_token(dtype, bg) for _ in range(args.repeats)]
+                cold, how = [], ""
+                for _ in range(args.repeats):
+                    how = drop_page_cache(Path(args.db))
+                    cold.append(first_token(dtype, bg))
+                run = {
+                    "store_dtype": dtype, "max_row_mib": row_mib, "read_workers": workers, "question": mode,
+                    "load": load,
+                    "snapshot_bytes": stored,
+                    "put_s": put_s,
+                    "warm_s": statistics.median(sum(w) for w in warm),
+                    "warm_load_s": statistics.median(w[0] for w in warm),
+                    "warm_question_s": statistics.median(w[1] for w in warm),
+                    "cold_question_s": statistics.median(c[1] for c in cold),
+                    "cold_s": statistics.median(sum(c) for c in cold),
+                    "cold_load_s": statistics.median(c[0] for c in cold),
+                    "cold_how": how,
+                }  # fmt: skip
+                result["runs"].append(run)
+                print(json.dumps(run), flush=True)
 
     def plain() -> None:
         with torch.no_grad():
