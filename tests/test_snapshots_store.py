@@ -24,6 +24,29 @@ def _store(tmp_path, **kw) -> SnapshotStore:
     return SnapshotStore(tmp_path / "db", **kw)
 
 
+def _one_doc(tmp_path, config: str = "interleave", n: int = 37, store_dtype: str | None = None, **store_kw):
+    """(lm, fingerprint, store, memory) with `memory` stored as "doc" in rows of at most 300 bytes."""
+    lm = load_tiny("qwen2", **CONFIGS[config])
+    fp = lm.fingerprint()
+    store = _store(tmp_path, max_row_bytes=300, **store_kw)
+    memory = lm.condense(tokens(n, 1))
+    store.put("doc", memory, fingerprint=fp, store_dtype=store_dtype)
+    return lm, fp, store, memory
+
+
+def _flip_a_byte(store: SnapshotStore, where: str, offset: int = 0) -> None:
+    """Flip one bit of the data of the snapshot row matching `where`, in its Lance data file."""
+    import lance
+
+    with store.tables.snapshot_view() as view:
+        (row,) = view.rows(where, ["row"])
+    (data_file,) = lance.dataset(str(store.path / "snapshots.lance")).get_fragment(row["_rowaddr"] >> 32).data_files()
+    path = store.path / "snapshots.lance" / "data" / data_file.path
+    data = bytearray(path.read_bytes())
+    data[row["_blob"]["position"] + offset] ^= 0x10
+    path.write_bytes(data)
+
+
 # ---- exactness ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("n", [5, 16, 37], ids=["shorter-than-window", "whole-window", "mid-window"])
@@ -181,11 +204,7 @@ def test_optimize_keeps_documents_and_compacts(tmp_path):
 def test_local_rows_are_read_straight_from_the_data_files_and_lance_reads_the_same(tmp_path, monkeypatch):
     from snapshots.tables import SnapshotView
 
-    lm = load_tiny("qwen2", **CONFIGS["interleave"])
-    fp = lm.fingerprint()
-    store = _store(tmp_path, max_row_bytes=300)
-    memory = lm.condense(tokens(37, 1))
-    store.put("doc", memory, fingerprint=fp)
+    lm, fp, store, memory = _one_doc(tmp_path)
     with store.tables.snapshot_view() as view:
         rows = view.rows("doc_id = 'doc'", ["row", "nbytes"])
         readers = view.blobs(rows)
@@ -204,11 +223,7 @@ def test_local_rows_are_read_straight_from_the_data_files_and_lance_reads_the_sa
 def test_a_background_load_answers_as_a_loaded_memory(tmp_path, config):
     """get(background=True) returns while rows still arrive; a question read at once waits layer by
     layer and gives bit-identical logits; every other use waits for the whole memory."""
-    lm = load_tiny("qwen2", **CONFIGS[config])
-    fp = lm.fingerprint()
-    store = _store(tmp_path, max_row_bytes=300)  # many rows, several per layer
-    memory = lm.condense(tokens(37, 1))
-    store.put("doc", memory, fingerprint=fp)
+    lm, fp, store, memory = _one_doc(tmp_path, config)  # many rows, several per layer
     q = tokens(11, 2)
     _, want = lm.forward(q, store.get("doc", fingerprint=fp), logits="last")
 
@@ -230,22 +245,10 @@ def test_a_background_load_answers_as_a_loaded_memory(tmp_path, config):
 
 
 def test_a_damaged_row_of_a_background_load_is_raised_where_the_memory_is_used(tmp_path):
-    import lance
-
     from snapshots import CorruptSnapshotError
 
-    lm = load_tiny("qwen2", **CONFIGS["interleave"])
-    fp = lm.fingerprint()
-    store = _store(tmp_path, max_row_bytes=300)
-    memory = lm.condense(tokens(37, 1))
-    store.put("doc", memory, fingerprint=fp)
-    with store.tables.snapshot_view() as view:
-        (row,) = view.rows("doc_id = 'doc' AND tensor = 'values' AND layer_from = 1 AND entry_from = 0", ["row"])
-    (data_file,) = lance.dataset(str(store.path / "snapshots.lance")).get_fragment(row["_rowaddr"] >> 32).data_files()
-    path = store.path / "snapshots.lance" / "data" / data_file.path
-    data = bytearray(path.read_bytes())
-    data[row["_blob"]["position"]] ^= 0x01
-    path.write_bytes(data)
+    lm, fp, store, _ = _one_doc(tmp_path)
+    _flip_a_byte(store, "doc_id = 'doc' AND tensor = 'values' AND layer_from = 1 AND entry_from = 0")
     streamed = store.get("doc", fingerprint=fp, background=True)  # returns: the rows are read later
     with pytest.raises(CorruptSnapshotError, match="fails its checksum"):
         lm.forward(tokens(5, 2), streamed, logits="last")
@@ -392,18 +395,12 @@ def test_bad_input_gets_clear_errors_and_stores_nothing(tmp_path):
 def test_get_onto_cuda_through_pinned_buffers(tmp_path, monkeypatch, reader, store_dtype):
     """Rows staged in pinned buffers (read straight into them by the direct reader), decoded on
     the GPU; a flipped byte is caught on this path too, and the next load still works."""
-    import lance
-
     from snapshots import CorruptSnapshotError
     from snapshots.tables import SnapshotView
 
     if reader == "lance":
         monkeypatch.setattr(SnapshotView, "_direct_files", lambda self, rows: None)
-    lm = load_tiny("qwen2", **CONFIGS["interleave"])
-    fp = lm.fingerprint()
-    store = _store(tmp_path, max_row_bytes=300, read_workers=3)
-    memory = lm.condense(tokens(37, 1))
-    store.put("doc", memory, fingerprint=fp, store_dtype=store_dtype)
+    lm, fp, store, memory = _one_doc(tmp_path, store_dtype=store_dtype, read_workers=3)
     want = store.get("doc", fingerprint=fp)  # on the host: decoded the same way
     got = store.get("doc", fingerprint=fp, device="cuda")
     assert got.device.type == "cuda"
@@ -411,14 +408,7 @@ def test_get_onto_cuda_through_pinned_buffers(tmp_path, monkeypatch, reader, sto
     if store_dtype is None:
         assert_same_memory(got.to("cpu"), memory)
     store.put("bad", memory, fingerprint=fp, store_dtype=store_dtype)
-    with store.tables.snapshot_view() as view:
-        (row,) = view.rows("doc_id = 'bad' AND row = 5", ["row"])
-    ds = lance.dataset(str(store.path / "snapshots.lance"))
-    (data_file,) = ds.get_fragment(row["_rowaddr"] >> 32).data_files()
-    path = store.path / "snapshots.lance" / "data" / data_file.path
-    data = bytearray(path.read_bytes())
-    data[row["_blob"]["position"] + 3] ^= 0x10
-    path.write_bytes(data)
+    _flip_a_byte(store, "doc_id = 'bad' AND row = 5", offset=3)
     with pytest.raises(CorruptSnapshotError, match="row 5 .*fails its checksum"):
         store.get("bad", fingerprint=fp, device="cuda")
     assert_same_memory(store.get("doc", fingerprint=fp, device="cuda").to("cpu"), want)
