@@ -1,12 +1,17 @@
 """Stream stored rows into a memory's tensors on a device: read, check, copy — overlapped.
 
-Reader threads read a row into a reused host buffer and check its size and crc32 (Lance reads,
-zlib and torch copies release the GIL, so they run in parallel). Into host tensors the reader
-then decodes the row (dtype, fp8 scales) into its destination slice itself. Towards CUDA it
-copies the row into a reused pinned buffer, and the calling thread, in row order, issues a
-non-blocking host->device copy (the pinned buffer is reused only after that copy's event fires)
-and decodes on the device. A row that fails a check raises CorruptSnapshotError before the
-memory exists: bad bytes are never used.
+Reader threads read a row and check its size and crc32 (pread, zlib and torch copies release the
+GIL, so they run in parallel). Into host tensors the reader reads into a reused host buffer and
+decodes the row (dtype, fp8 scales) into its destination slice itself. Towards CUDA it reads
+straight into a reused pinned buffer (or, with Lance's bytearray-only reader, copies into one),
+fp8 scales placed behind the data, and the calling thread, in row order, issues one non-blocking
+host->device copy (the pinned buffer is reused only after that copy's event fires) and decodes on
+the device. A row that fails a check raises CorruptSnapshotError before the memory exists: bad
+bytes are never used.
+
+`load_rows_in_background` runs the same on a thread of its own and reports each layer as soon as
+all its rows are placed (`LayerGate`, a Memory's `pending`): the engine reads a question layer by
+layer behind the load.
 
 Buffers are reused on purpose: first-touching fresh pages costs more than the copy itself on
 some hosts (measured in docs/snapshots.md).
