@@ -3,8 +3,9 @@
 A store folder is a LanceDB database (`lancedb.connect(path)` opens it): `documents.lance` and
 `snapshots.lance`, schemas from schema.py. We write through pylance directly (`write_dataset`,
 `merge_insert`, `delete`, `take_blobs`): the fast path measured in docs/snapshots.md, and it
-needs no LanceDB client on a GPU box. Lance commits are optimistic; conflicting commits are
-retried here with jittered exponential backoff.
+needs no LanceDB client on a GPU box. Blob bytes of local stores are read straight from the data
+files (SnapshotView); both tables keep a doc_id index up to date (Tables.upkeep). Lance commits
+are optimistic; conflicting commits are retried here with jittered exponential backoff.
 """
 
 from __future__ import annotations
