@@ -11,6 +11,7 @@ are optimistic; conflicting commits are retried here with jittered exponential b
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import time
@@ -24,12 +25,14 @@ from typing import TypeVar
 import lance
 import numpy as np
 import pyarrow as pa
+from lance.commit import CommitConflictError
 
 from .codec import EncodedRow
 from .errors import SchemaMismatchError
 from .schema import DATA_STORAGE_VERSION, DOCUMENTS, DOCUMENTS_SCHEMA, SCHEMAS, SNAPSHOTS, SNAPSHOTS_SCHEMA
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 ROWS_PER_GROUP = 16  # snapshot rows per Lance row group (blob bytes live out of line)
 DOC_ID_INDEX = "doc_id_idx"  # BTREE on doc_id in both tables: a lookup reads O(log n), not every fragment
@@ -43,7 +46,7 @@ def sql_str(value: str) -> str:
 
 def _is_conflict(e: BaseException) -> bool:
     text = str(e).lower()
-    return "conflict" in text or "retryable" in text
+    return isinstance(e, CommitConflictError) or any(w in text for w in ("conflict", "retryable", "incompatible"))
 
 
 class SnapshotView:
@@ -51,9 +54,10 @@ class SnapshotView:
 
     Blob bytes are read straight from the data files (`pread`, any buffer, threads in parallel)
     where Lance describes them as (position, size) in a fragment's one local data file — the
-    layout of this pinned file format. Lance's own blob reader runs one read at a time and only
-    into a bytearray (measured: 74 ms for 0.47 GB on 1 thread, 70 ms on 2; pread: 44 / 30 ms),
-    so it is the fallback for any other layout (object storage, several files per fragment).
+    layout of this pinned file format. Lance's own blob reader barely gains from more threads and
+    reads only into a bytearray (`python -m bench.blob_readers`, 0.47 GB warm: 69 / 70 ms on 1 / 2
+    threads, pread 43 / 31 ms), so it is the fallback for any other layout (object storage,
+    several files per fragment).
     What is read is checked against the row's crc32 either way.
     """
 
@@ -167,11 +171,13 @@ class Tables:
                     mode="create",
                     data_storage_version=DATA_STORAGE_VERSION,
                 )
-                ds.create_scalar_index("doc_id", "BTREE", name=DOC_ID_INDEX)
             except OSError as e:  # another process created it first
                 if "exists" not in str(e):
                     raise
                 ds = lance.dataset(self.uri[name])
+            else:  # best effort: a creator racing us can win this commit; upkeep makes the index then
+                with contextlib.suppress(OSError):
+                    ds.create_scalar_index("doc_id", "BTREE", name=DOC_ID_INDEX)
         if not ds.schema.equals(schema, check_metadata=True):
             raise SchemaMismatchError(
                 f"table {name!r} in {self.path} has schema {ds.schema.metadata} / {ds.schema.names}, this code"
@@ -223,14 +229,18 @@ class Tables:
 
     # ---- upkeep --------------------------------------------------------------------------------
     def _committed(self) -> None:
+        """After a commit: upkeep now and then. Its failure never fails the commit that stood."""
         self._commits_since_upkeep += 1
         if self._commits_since_upkeep >= UPKEEP_EVERY:
-            self.upkeep()
+            try:
+                self.upkeep()
+            except Exception as e:  # lookups stay correct, only slower; the next upkeep tries again
+                logger.warning("store upkeep failed (%s: %s); lookups by doc_id may slow down", type(e).__name__, e)
 
     def upkeep(self) -> None:
         """Keep a lookup by doc_id from reading every fragment: each put adds a fragment to both
-        tables, and a filter scans each fragment its index does not cover (measured: 0.4 ms per
-        fragment, 125 ms per lookup at 300 documents, 6 ms indexed — docs/snapshots.md).
+        tables, and a filter scans each fragment its index does not cover (`python -m
+        bench.store_lookups`: a `show` at 300 documents 130 ms without upkeep, 9 ms with it).
 
         Merges new fragments into both doc_id indexes (created if missing) and compacts the small
         documents table (the snapshots table keeps its fragments: rewriting blobs costs their

@@ -201,6 +201,19 @@ def test_optimize_keeps_documents_and_compacts(tmp_path):
     assert store.stats().snapshot_rows == store.stats().live_rows
 
 
+def test_a_failing_upkeep_never_fails_the_put_it_follows(tmp_path, monkeypatch, caplog):
+    from snapshots import tables
+
+    def broken(self):
+        raise RuntimeError("disk hiccup")
+
+    monkeypatch.setattr(tables, "UPKEEP_EVERY", 1)
+    monkeypatch.setattr(tables.Tables, "upkeep", broken)
+    lm, fp, store, memory = _one_doc(tmp_path)  # the put commits, then upkeep fails
+    assert_same_memory(store.get("doc", fingerprint=fp), memory)
+    assert "store upkeep failed (RuntimeError: disk hiccup)" in caplog.text
+
+
 def test_local_rows_are_read_straight_from_the_data_files_and_lance_reads_the_same(tmp_path, monkeypatch):
     from snapshots.tables import SnapshotView
 
