@@ -12,6 +12,12 @@ only pick an order of rows and columns in which that mask becomes something a fu
   "dense"   anything else (parallel windows): one SDPA call with the dense boolean mask.
   "flex"    (CUDA) FlexAttention with a block mask built from the same rule: O blocks are dense,
             blocks no row sees are skipped — the choice for parallel windows on a GPU.
+  "flex-outer"  "flex" with O attended apart: every row sees all of O, so that part needs no mask
+            and goes to the fastest unmasked kernel (cuDNN on a GPU: 1.6x FlexAttention's rate
+            over a long memory, docs/performance.md); FlexAttention covers the window, and the two
+            are merged by their log-sum-exps. "auto" takes it for parallel windows on a GPU once
+            |O| >= OUTER_APART_MIN, at inference (the fused kernels' backward ignores the
+            log-sum-exp, so training keeps "flex").
 
 Every mode computes exactly the same function; tests hold them to each other.
 """
@@ -28,8 +34,11 @@ from torch.nn.attention.bias import causal_lower_right
 from .config import BeaconConfig
 from .windows import Chunk, window_mask
 
-MODES = ("auto", "causal", "split", "dense", "flex")
+MODES = ("auto", "causal", "split", "dense", "flex", "flex-outer")
 FLEX_BLOCK = 128
+# |O| from which "auto" attends O apart: below it the saving is smaller than the merge's cost
+# (memory_attention_probe: 0.9 ms saved per layer at 16K entries, 9K rows; the merge ~0.07 ms)
+OUTER_APART_MIN = 4096
 
 
 @dataclass
@@ -50,7 +59,9 @@ class AttnLayout:
     row_inverse: torch.Tensor | None = None  # (n,) back to slot order
     col_order: torch.Tensor | None = None  # (c + n,) window columns in attention order
     mask: torch.Tensor | None = None  # dense: (n, m + k + p) bool; split: (n - n_prefix_rows, m + k + p)
-    block_mask: object | None = None  # flex: a BlockMask
+    block_mask: object | None = None  # flex: a BlockMask (flex-outer: of the window columns only)
+    outer_kernel: str = ""  # flex-outer: "cudnn", "flash" or "cpu" (unmasked_kernel), chosen on the host
+    merge: object | None = None  # flex-outer: merge_attention, compiled on CUDA
 
 
 def _maybe(order: torch.Tensor) -> torch.Tensor | None:
@@ -61,7 +72,8 @@ def plan_attention(cfg: BeaconConfig, chunk: Chunk, mode: str = "auto", flex_ok:
     """Choose the mode and the row/column orders for `chunk` (host side, no device work).
 
     "auto": one window per pass -> causal (full-coverage) or split; several -> flex where
-    `flex_ok` (CUDA with bf16/fp16: its float32 dots would round like TF32), dense elsewhere.
+    `flex_ok` (CUDA with bf16/fp16: its float32 dots would round like TF32), dense elsewhere;
+    flex-outer instead of flex over a long O at inference.
     """
     if mode not in MODES:
         raise ValueError(f"attention mode {mode!r}: choose one of {MODES}")
@@ -70,13 +82,20 @@ def plan_attention(cfg: BeaconConfig, chunk: Chunk, mode: str = "auto", flex_ok:
     if mode == "auto":
         mode = "dense" if not single else ("causal" if cfg.beacon_attn == "full-coverage" else "split")
     if mode == "dense" and not single and flex_ok and auto:  # parallel windows on a GPU: block-sparse
-        mode = "flex"
+        mode = "flex-outer" if chunk.n_outer >= OUTER_APART_MIN and not torch.is_grad_enabled() else "flex"
+    if mode == "flex-outer" and torch.is_grad_enabled():
+        raise ValueError(
+            "attention mode 'flex-outer' is for inference (its kernels' backward ignores the log-sum-exp):"
+            " run under torch.no_grad() or use 'flex'"
+        )
     if mode in ("causal", "split") and not single:
         raise ValueError(f"attention mode {mode!r} needs one window per pass (beacon_parallel_window=1)")
     if mode == "causal" and cfg.beacon_attn != "full-coverage":
         raise ValueError("attention mode 'causal' is exact only for beacon_attn='full-coverage'")
     c, n, m = chunk.n_cached, chunk.n_rows, chunk.n_outer
-    if mode in ("dense", "flex"):
+    if mode == "flex-outer" and m == 0:
+        mode = "flex"  # no O to attend apart
+    if mode in ("dense", "flex", "flex-outer"):
         return AttnLayout(mode, m, c + n, 0, 0, {})
     if mode == "causal":  # reading order = order of the logical index e (cached entries already are)
         order = _maybe(torch.argsort(chunk.cols.e[c:]))
@@ -100,8 +119,16 @@ def plan_attention(cfg: BeaconConfig, chunk: Chunk, mode: str = "auto", flex_ok:
     return AttnLayout("split", m, c + n, chunk.n_raw, m + n_raw_cols, host)
 
 
-def finish_layout(cfg: BeaconConfig, layout: AttnLayout, chunk: Chunk, meta: dict[str, torch.Tensor]) -> AttnLayout:
-    """Attach the moved index vectors and build masks on meta's device."""
+def finish_layout(
+    cfg: BeaconConfig,
+    layout: AttnLayout,
+    chunk: Chunk,
+    meta: dict[str, torch.Tensor],
+    dtype: torch.dtype | None = None,
+    head_dim: int | None = None,
+) -> AttnLayout:
+    """Attach the moved index vectors and build masks on meta's device; for flex-outer, pick the
+    unmasked kernel for the model's `dtype` and `head_dim` here, outside any compiled code."""
     layout.row_order = meta.get("att_row_order")
     layout.row_inverse = meta.get("att_row_inverse")
     layout.col_order = meta.get("att_col_order")
@@ -109,17 +136,24 @@ def finish_layout(cfg: BeaconConfig, layout: AttnLayout, chunk: Chunk, meta: dic
         return layout
     c, n, m = chunk.n_cached, chunk.n_rows, chunk.n_outer
     device = meta["pos"].device
-    if layout.mode == "flex":
-        layout.block_mask = flex_block_mask(cfg, meta, chunk)
+    if layout.mode in ("flex", "flex-outer"):
+        layout.block_mask = flex_block_mask(cfg, meta, chunk, with_outer=layout.mode == "flex")
+        if layout.mode == "flex-outer":
+            if dtype is None or head_dim is None:
+                raise ValueError("flex-outer needs the model's dtype and head_dim to choose its kernel")
+            layout.outer_kernel = unmasked_kernel(device, dtype, head_dim)
+            layout.merge = _merger(device.type == "cuda")
         return layout
     full = torch.cat([torch.ones(n, m, dtype=torch.bool, device=device), window_mask(cfg, meta, c)], dim=1)
     layout.mask = full if layout.mode == "dense" else full[chunk.n_raw :][:, meta["att_mask_cols"]]
     return layout
 
 
-def _mask_mod(cfg: BeaconConfig, meta: dict[str, torch.Tensor], chunk: Chunk):
-    """windows.window_mask's rule, one (query, key) pair at a time, for FlexAttention."""
-    c, n, m = chunk.n_cached, chunk.n_rows, chunk.n_outer
+def _mask_mod(cfg: BeaconConfig, meta: dict[str, torch.Tensor], chunk: Chunk, with_outer: bool = True):
+    """windows.window_mask's rule, one (query, key) pair at a time, for FlexAttention (keys: O, if
+    `with_outer`, then the window columns and copies)."""
+    c, n = chunk.n_cached, chunk.n_rows
+    m = chunk.n_outer if with_outer else 0
     k_cols = c + n
     beacon, idx, e, window, ratio = meta["beacon"], meta["idx"], meta["e"], meta["window"], meta["row_ratio"]
     copy_window = meta["copy_window"]
@@ -150,16 +184,18 @@ def _mask_mod(cfg: BeaconConfig, meta: dict[str, torch.Tensor], chunk: Chunk):
     return mask_mod
 
 
-def flex_block_mask(cfg: BeaconConfig, meta: dict[str, torch.Tensor], chunk: Chunk):
+def flex_block_mask(cfg: BeaconConfig, meta: dict[str, torch.Tensor], chunk: Chunk, with_outer: bool = True):
     """A FlexAttention BlockMask for the chunk, built from the dense window part only.
 
     O columns are always visible, so their blocks are full; the window part (n x (k + p), small)
     is reduced to blocks: none visible -> skipped, all visible -> full, else partial (mask_mod).
+    `with_outer=False`: a mask over the window columns and copies alone (flex-outer).
     """
     from torch.nn.attention.flex_attention import BlockMask
 
     size = FLEX_BLOCK
-    c, n, m = chunk.n_cached, chunk.n_rows, chunk.n_outer
+    c, n = chunk.n_cached, chunk.n_rows
+    m = chunk.n_outer if with_outer else 0
     wm = window_mask(cfg, meta, c)  # (n, k + p)
     lead, m_blocks = m % size, m // size
     wm = F.pad(wm, (lead, 0), value=True)  # the O columns sharing a block with the window
@@ -185,7 +221,7 @@ def flex_block_mask(cfg: BeaconConfig, meta: dict[str, torch.Tensor], chunk: Chu
         full_num,
         full_idx,
         BLOCK_SIZE=size,
-        mask_mod=_mask_mod(cfg, meta, chunk),
+        mask_mod=_mask_mod(cfg, meta, chunk, with_outer),
         seq_lengths=(n, n_keys),
     )
 
@@ -200,13 +236,30 @@ def _flex_attention(cuda: bool):
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttnLayout, scale: float, gqa: bool
+    q: torch.Tensor,
+    k_outer: torch.Tensor,
+    v_outer: torch.Tensor,
+    k_win: torch.Tensor,
+    v_win: torch.Tensor,
+    layout: AttnLayout,
+    scale: float,
+    gqa: bool,
 ) -> torch.Tensor:
     """Attention output (b, h, n, d) in the rows' attention order.
 
-    q: (b, h, n, d) rows in `layout.row_order`; k, v: (b, h_kv, m + k + p, d) with window columns
-    in `layout.col_order` — both already RoPE'd by the caller.
+    q: (b, h, n, d) rows in `layout.row_order`; k_outer, v_outer: (b, h_kv, m, d) the memory O;
+    k_win, v_win: (b, h_kv, k + p, d) window columns in `layout.col_order`, then copies — keys
+    already RoPE'd by the caller. Keys are [O | window | copies] in that order.
     """
+    if layout.mode == "flex-outer":
+        out_o, lse_o = attend_unmasked(q, k_outer, v_outer, scale, layout.outer_kernel)
+        flex = _flex_attention(q.device.type == "cuda")
+        out_w, lse_w = flex(q, k_win, v_win, block_mask=layout.block_mask, scale=scale, enable_gqa=gqa, **_LSE)
+        if not isinstance(lse_w, torch.Tensor):  # AuxOutput
+            lse_w = lse_w.lse
+        return layout.merge(out_o, lse_o, out_w, lse_w)
+    k = torch.cat([k_outer, k_win], dim=2)
+    v = torch.cat([v_outer, v_win], dim=2)
     if layout.mode == "dense":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask, scale=scale, enable_gqa=gqa)
     if layout.mode == "flex":
@@ -222,3 +275,71 @@ def attend(
         q[:, :, n_rows:], k, v, attn_mask=layout.mask, scale=scale, enable_gqa=gqa
     )  # the beacon rows: few queries, dense mask
     return torch.cat([out, rest], dim=2)
+
+
+def _lse_request() -> dict:
+    """FlexAttention's keyword for the log-sum-exp (return_aux from torch 2.9, return_lse before)."""
+    try:
+        from torch.nn.attention.flex_attention import AuxRequest
+
+        return {"return_aux": AuxRequest(lse=True)}
+    except ImportError:
+        return {"return_lse": True}
+
+
+_LSE = _lse_request()
+
+
+def attend_unmasked(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, kernel: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row over every key, no mask: (output (b, h, n, d), log-sum-exp (b, h, n) float32).
+
+    kernel (unmasked_kernel): "cudnn" / "flash" (CUDA, both GQA-native) or "cpu" (the fused CPU
+    kernel). Graph-safe: no host work, so it runs inside a compiled decoder layer."""
+    if kernel == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)[:2]
+        return out, lse
+    if kernel == "cudnn":
+        op = torch.ops.aten._scaled_dot_product_cudnn_attention
+        out, lse = op(q, k, v, None, True, 0.0, False, False, scale=scale)[:2]
+        return out, lse.view(q.shape[:3])
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
+    return out, lse
+
+
+def unmasked_kernel(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
+    """The kernel attend_unmasked should use here: "cpu" off CUDA; "cudnn" where this build runs
+    cuDNN's attention for this dtype and head dim and it agrees with FlashAttention; else "flash"."""
+    if device.type != "cuda":
+        return "cpu"
+    return "cudnn" if _cudnn_serves(device.index, dtype, head_dim) else "flash"
+
+
+@functools.cache
+def _cudnn_serves(device_index: int | None, dtype: torch.dtype, head_dim: int) -> bool:
+    """Asked once per process and setting: a small GQA attention through cuDNN and FlashAttention."""
+    device = torch.device("cuda", device_index)
+    try:
+        g = torch.Generator(device=device).manual_seed(0)
+        q = torch.randn(1, 4, 128, head_dim, device=device, dtype=dtype, generator=g)
+        k = torch.randn(1, 2, 384, head_dim, device=device, dtype=dtype, generator=g)
+        v = torch.randn_like(k)
+        out, lse = attend_unmasked(q, k, v, head_dim**-0.5, "cudnn")
+        ref, ref_lse = attend_unmasked(q, k, v, head_dim**-0.5, "flash")
+        return bool((out - ref).abs().max() < 1e-2 and (lse - ref_lse).abs().max() < 1e-2)
+    except Exception:  # no cuDNN attention in this build/device/shape: FlashAttention serves
+        return False
+
+
+def merge_attention(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor) -> torch.Tensor:
+    """Attention over two disjoint key sets -> attention over their union (weights exp(lse_i - lse))."""
+    lse = torch.logaddexp(lse_a, lse_b)
+    merged = out_a.float() * torch.exp(lse_a - lse)[..., None] + out_b.float() * torch.exp(lse_b - lse)[..., None]
+    return merged.to(out_a.dtype)
+
+
+@functools.cache
+def _merger(cuda: bool):
+    """merge_attention, compiled on CUDA (one fused kernel instead of eight passes over the rows)."""
+    return torch.compile(merge_attention, dynamic=True) if cuda else merge_attention

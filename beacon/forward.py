@@ -147,13 +147,14 @@ def _attend_and_mlp(
     k_cols = k_win if order is None else k_win[:, :, order]  # attention order (see attention.py)
     v_cols = v_win if order is None else v_win[:, :, order]
     k_att = torch.cat([k_cols, k_win[:, :, copy_src]], dim=2)  # (b, h_kv, k + p, d)
-    k_att = torch.cat([rot_outer, apply_rope(k_att, *rope_window)], dim=2)  # (b, h_kv, m + k + p, d)
-    v_att = torch.cat([values[:, :, :n_outer], v_cols, v_win[:, :, copy_src]], dim=2)
+    k_att = apply_rope(k_att, *rope_window)
+    v_att = torch.cat([v_cols, v_win[:, :, copy_src]], dim=2)
     if layout.row_order is not None:
         q = q[:, :, layout.row_order]
     q = apply_rope(q, *rope_rows)
 
-    out = attend(q, k_att, v_att, layout, parts.scaling, parts.n_heads != parts.n_kv_heads)  # (b, h, n, d)
+    gqa = parts.n_heads != parts.n_kv_heads
+    out = attend(q, rot_outer, values[:, :, :n_outer], k_att, v_att, layout, parts.scaling, gqa)  # (b, h, n, d)
     if layout.row_inverse is not None:
         out = out[:, :, layout.row_inverse]
     out = out.transpose(1, 2).reshape(b, n, parts.n_heads * parts.head_dim)
@@ -194,14 +195,14 @@ def run_chunk(
     # compiled FlexAttention (CUDA): bf16/fp16 only (float32 products round like TF32) and head dims
     # of real models (it has no kernel for the tiny test models' 16)
     flex_ok = device.type == "cuda" and memory.dtype in (torch.bfloat16, torch.float16) and parts.head_dim >= 64
-    if attn_mode == "flex" and device.type == "cuda" and not flex_ok:
+    if attn_mode in ("flex", "flex-outer") and device.type == "cuda" and not flex_ok:
         raise ValueError(
-            f"attention mode 'flex' on CUDA needs a bf16/fp16 model with head_dim >= 64 (got {memory.dtype},"
+            f"attention mode {attn_mode!r} on CUDA needs a bf16/fp16 model with head_dim >= 64 (got {memory.dtype},"
             f" head_dim {parts.head_dim}): use attn_mode='dense'"
         )
     layout = plan_attention(cfg, chunk, attn_mode, flex_ok=flex_ok)
     meta = (stager or Stager(device)).move(chunk.host_meta() | layout.host)
-    layout = finish_layout(cfg, layout, chunk, meta)
+    layout = finish_layout(cfg, layout, chunk, meta, memory.dtype, parts.head_dim)
     n_outer, n_cached, n_raw = chunk.n_outer, chunk.n_cached, chunk.n_raw
 
     # embeddings: raw rows read the call's tokens, beacon rows the beacon embedding

@@ -24,6 +24,7 @@ import torch
 import beacon
 
 from .shapes import environment, random_model
+from .timing import median_time
 
 
 def _sync() -> None:
@@ -46,12 +47,39 @@ def timed(fn) -> tuple[float, float]:
     return seconds, peak
 
 
+def timed_median(fn) -> tuple[float, float, list[float]]:
+    """(median seconds, peak GiB allocated, every time) of `fn` (bench.timing's rule: a short call
+    is timed three times)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+    def once() -> float:
+        _sync()
+        t0 = time.perf_counter()
+        fn()
+        _sync()
+        return time.perf_counter() - t0
+
+    seconds, times = median_time(once)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+    return seconds, peak, times
+
+
 def prefill_run(model, length: int, device: str) -> dict:
     ids = torch.randint(0, 150_000, (1, length), device=device)
     with torch.no_grad():
         model(input_ids=ids[:, :1024], logits_to_keep=1, use_cache=True)  # warm-up
-        seconds, peak = timed(lambda: model(input_ids=ids, logits_to_keep=1, use_cache=True))
-    return {"kind": "prefill", "length": length, "seconds": seconds, "tok_s": length / seconds, "peak_gib": peak}
+        seconds, peak, times = timed_median(lambda: model(input_ids=ids, logits_to_keep=1, use_cache=True))
+    return {
+        "kind": "prefill",
+        "length": length,
+        "seconds": seconds,
+        "times": times,
+        "tok_s": length / seconds,
+        "peak_gib": peak,
+    }
 
 
 def beacon_run(lm, length: int, ratio: int, device: str, sync_debug: bool = False) -> dict:
@@ -66,9 +94,10 @@ def beacon_run(lm, length: int, ratio: int, device: str, sync_debug: bool = Fals
             torch.cuda.set_sync_debug_mode("warn")
         holder["memory"] = lm.condense(ids)
         holder["host_s"] = time.perf_counter() - t0  # until the last kernel is queued: host-bound if ~ seconds
-        torch.cuda.set_sync_debug_mode("default")
+        if sync_debug:
+            torch.cuda.set_sync_debug_mode("default")
 
-    seconds, peak = timed(run)
+    seconds, peak, times = timed_median(run)
     mem = holder["memory"]
     return {
         "kind": "beacon",
@@ -76,6 +105,7 @@ def beacon_run(lm, length: int, ratio: int, device: str, sync_debug: bool = Fals
         "ratio": ratio,
         "parallel_window": lm.windows_per_pass(),
         "seconds": seconds,
+        "times": times,
         "host_s": holder["host_s"],
         "tok_s": length / seconds,
         "peak_gib": peak,
@@ -124,7 +154,7 @@ def main() -> None:
     p.add_argument("--window", type=int, default=2048)
     p.add_argument("--pos", default="interleave")
     p.add_argument("--attn", default="full-coverage")
-    p.add_argument("--attn-mode", default="auto", help="beacon attention kernel layout (attention.MODES)")
+    p.add_argument("--attn-mode", default="auto", help="comma list: beacon attention layouts (attention.MODES)")
     p.add_argument("--parallel-window", default="1", help="comma list: windows per forward pass")
     p.add_argument("--compile", default="0", help="comma list of 0/1: torch.compile the decoder layer")
     p.add_argument("--prefill", action="store_true", help="also time plain full-attention prefill")
@@ -167,15 +197,16 @@ def main() -> None:
             beacon_param=["q", "k", "v"],
             beacon_attend_prev=args.attn == "full-coverage",
         )
-        lm.attn_mode = args.attn_mode
         for compiled in [bool(int(x)) for x in args.compile.split(",")]:
             lm.compile_layers = compiled
             for parallel in [int(x) for x in args.parallel_window.split(",")]:
                 lm.parallel_window = parallel
                 for ratio in ratios:
                     for length in lengths:
-                        run = beacon_run(lm, length, ratio, args.device, args.sync_debug)
-                        record({"shape": shape, "compiled": compiled, **run})
+                        for attn_mode in args.attn_mode.split(","):
+                            lm.attn_mode = attn_mode
+                            run = beacon_run(lm, length, ratio, args.device, args.sync_debug)
+                            record({"shape": shape, "compiled": compiled, **run})
         del lm, model
         gc.collect()
         torch.cuda.empty_cache()
@@ -193,7 +224,7 @@ def print_table(runs: list[dict]) -> None:
     nan = float("nan")
     print(
         f"{'shape':<11} {'tokens':>7} {'ratio':>5} {'P':>2} {'beacon tok/s':>12} {'host s':>7} {'peak GiB':>8} "
-        f"{'prefill':>9} {'x prefill':>9} {'official':>9} {'x official':>10}"
+        f"{'prefill':>9} {'x prefill':>9} {'official':>9} {'x official':>10} attention"
     )
     for r in runs:
         if r.get("kind") != "beacon":
@@ -205,7 +236,7 @@ def print_table(runs: list[dict]) -> None:
             f"{'c' if r.get('compiled') else ' '}"
             f"{r['tok_s']:>12,.0f} {r.get('host_s', nan):>7.3f} {r['peak_gib']:>8.1f} "
             f"{pre or nan:>9,.0f} {(r['tok_s'] / pre) if pre else nan:>9.2f} "
-            f"{off or nan:>9,.0f} {(r['tok_s'] / off) if off else nan:>10.2f}"
+            f"{off or nan:>9,.0f} {(r['tok_s'] / off) if off else nan:>10.2f} {r.get('attn_mode', '')}"
         )
 
 

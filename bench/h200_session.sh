@@ -17,6 +17,11 @@
 #   call 11: bash bench/h200_session.sh 11 (carry .carry/p1): stash pylance part 1; engine CUDA tests
 #   call 12: bash bench/h200_session.sh 12 (carry .carry/x2b): pylance; snapshot CUDA tests; TTFT with
 #            background loads (the question overlapping the load), rows of 8 and 32 MiB
+#   call 13: bash bench/h200_session.sh 13 (carry .whl .carry/ref_src): attention tests on the GPU; 1.5B
+#            condensing with O attended apart (flex-outer, auto) against flex, prefill and official
+#   call 14: bash bench/h200_session.sh 14 (carry .whl .carry/ref_src): the same for 7B
+#   call 15: bash bench/h200_session.sh 15 (carry .whl .carry/ref_src): both shapes at 8K and 32K, every
+#            column timed five times (median): short calls vary run to run
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -62,6 +67,25 @@ elif [ "$PART" = 6 ] || [ "$PART" = 8 ]; then
   stage condense_$shape 560 python3 -m bench.condense --shapes $shape --lengths 8192,32768,131072 --ratios 2,8,32 \
     --parallel-window 4 --compile 1 --prefill --official-src .carry/ref_src --official-site /tmp/oldtf \
     --out "$OUT/r/condense_session_$shape.json"
+elif [ "$PART" = 13 ] || [ "$PART" = 14 ]; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/oldtf .whl/*.whl || echo "transformers 4.44 install failed"
+  if [ "$PART" = 13 ]; then
+    shape=qwen2-1.5b
+    stage attention_tests 150 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
+      tests/test_attention_gpu.py tests/test_engine.py -k "gpu or flex or apart or attention or compiled"
+    stage memory_attention_probe 150 python3 -m bench.memory_attention_probe --quick \
+      --out "$OUT/r/memory_attention_probe.json"
+  else
+    shape=qwen2-7b
+  fi
+  stage condense_$shape 500 python3 -m bench.condense --shapes $shape --lengths 8192,32768,131072 --ratios 2,8,32 \
+    --parallel-window 4 --compile 1 --attn-mode flex,auto --prefill --official-src .carry/ref_src \
+    --official-site /tmp/oldtf --out "$OUT/r/condense_outer_$shape.json"
+elif [ "$PART" = 15 ]; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/oldtf .whl/*.whl || echo "transformers 4.44 install failed"
+  stage condense_short 560 python3 -m bench.condense --shapes qwen2-1.5b,qwen2-7b --lengths 8192,32768 --ratios 2,8,32 \
+    --parallel-window 4 --compile 1 --prefill --official-src .carry/ref_src --official-site /tmp/oldtf \
+    --out "$OUT/r/condense_short.json"
 elif [ "$PART" = 11 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
   stage cuda_tests 200 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q \

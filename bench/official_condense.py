@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .shapes import COMMON, SHAPES
+from .timing import median_time
 
 
 def main() -> None:
@@ -72,19 +73,25 @@ def main() -> None:
             with torch.no_grad():
                 model(input_ids=ids[:, : 2 * args.window + 100])  # warm-up
             model.memory.reset()
-            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                model(input_ids=ids)
-            torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
+
+            def once(ids=ids) -> float:
+                model.memory.reset()
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    model(input_ids=ids)
+                torch.cuda.synchronize()
+                return time.perf_counter() - t0
+
+            seconds, times = median_time(once)
             runs.append(
                 {
                     "kind": "official",
                     "length": length,
                     "ratio": ratio,
                     "seconds": seconds,
+                    "times": times,
                     "tok_s": length / seconds,
                     "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
                     "memory_sizes": list(model.memory.get_memory_size()),

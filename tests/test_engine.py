@@ -302,30 +302,41 @@ def test_attention_modes_compute_the_same_function(family, overrides):
     "family, overrides", [CONFIGS[0], CONFIGS[2], CONFIGS[6]], ids=["fc-interleave", "se-interleave", "seg-append"]
 )
 def test_flex_block_mask_attention_equals_dense(family, overrides):
-    """FlexAttention with our block mask (its eager reference, on the CPU) == the dense mask.
+    """FlexAttention with our block mask (its eager reference, on the CPU) == the dense mask, and so
+    does flex-outer (O through the unmasked fused kernel, the window through FlexAttention, merged
+    by log-sum-exp).
 
     Compiled FlexAttention (CUDA) has no kernel for the tiny models' head_dim 16: there the engine
-    refuses it (tested here) and the GPU benchmarks run it at real head dims."""
+    refuses it (tested here) and tests/test_attention_gpu.py runs it at a real head dim."""
     lm = load_tiny(family, **overrides, beacon_parallel_window=2)
     if DEVICE == "cuda":
-        lm.attn_mode = "flex"
-        try:
-            with pytest.raises(ValueError, match="head_dim >= 64"):
-                lm.condense(tokens(70, seed=19))
-        finally:
-            lm.attn_mode = "auto"
+        for mode in ("flex", "flex-outer"):
+            lm.attn_mode = mode
+            try:
+                with pytest.raises(ValueError, match="head_dim >= 64"):
+                    lm.condense(tokens(70, seed=19))
+            finally:
+                lm.attn_mode = "auto"
         return
     atol = ATOL
     ids = tokens(150, seed=19)
     results = {}
-    for mode in ("dense", "flex"):
+    for mode in ("dense", "flex", "flex-outer"):
         lm.attn_mode = mode
         try:
             results[mode] = all_logits(lm, ids, pieces=[70, 80])
         finally:
             lm.attn_mode = "auto"
-    torch.testing.assert_close(results["flex"][1], results["dense"][1], atol=atol, rtol=0)
-    assert_same_memory(results["flex"][0], results["dense"][0], atol=atol)
+    assert results["dense"][0].state.n_outer > 0  # the second piece's passes attend a memory
+    for mode in ("flex", "flex-outer"):
+        torch.testing.assert_close(results[mode][1], results["dense"][1], atol=atol, rtol=0)
+        assert_same_memory(results[mode][0], results["dense"][0], atol=atol)
+    lm.attn_mode = "flex-outer"
+    try:
+        with pytest.raises(ValueError, match="for inference"):
+            lm.forward(ids, logits="all")  # gradients on: its kernels' backward ignores the log-sum-exp
+    finally:
+        lm.attn_mode = "auto"
 
 
 @pytest.mark.slow
@@ -378,3 +389,27 @@ def test_tokenizer_output_is_accepted_as_input():
     assert_same_memory(from_mapping, lm.condense(ids))
     with pytest.raises(ValueError, match="without 'input_ids'"):
         lm.condense({"ids": [1, 2]})
+
+
+def test_auto_attends_a_long_memory_apart_only_at_inference(monkeypatch):
+    """attention.plan_attention's choice for parallel windows: flex-outer once |O| reaches
+    OUTER_APART_MIN with gradients off and FlexAttention usable; flex under gradients; dense where
+    FlexAttention is not (the CPU, float32)."""
+    from beacon import attention
+    from beacon.windows import build_chunk, group_steps, plan_steps
+
+    lm = load_tiny("qwen2", beacon_pos="interleave", beacon_ratio=[2], beacon_parallel_window=2)
+    memory = lm.condense(tokens(70, seed=23))
+    cfg = lm.config
+    steps = plan_steps(cfg, memory.state, 40, max_positions=lm.parts.max_positions)
+    chunk = build_chunk(cfg, group_steps(cfg, steps)[0])
+    assert len(chunk.steps) > 1 and chunk.n_outer > 0
+    monkeypatch.setattr(attention, "OUTER_APART_MIN", chunk.n_outer)
+    with torch.no_grad():
+        assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == "flex-outer"
+        assert attention.plan_attention(cfg, chunk, "auto", flex_ok=False).mode == "dense"
+    with torch.enable_grad():
+        assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == "flex"
+    monkeypatch.setattr(attention, "OUTER_APART_MIN", chunk.n_outer + 1)
+    with torch.no_grad():
+        assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == "flex"

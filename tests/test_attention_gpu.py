@@ -1,0 +1,126 @@
+"""Attention kernels only a GPU has, at a real head dim (bf16): FlexAttention, cuDNN, flex-outer.
+
+Run with `pytest -m gpu tests/test_attention_gpu.py` on a CUDA machine (skipped elsewhere).
+The tiny test models' head dim (16) has no compiled FlexAttention kernel, so these build a small
+random Qwen2 with head dim 128 instead.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def _reference(q, k, v, scale):
+    """float32 math, every row over every key (GQA: key/value heads repeated)."""
+    g = q.shape[1] // k.shape[1]
+    k, v = k.float().repeat_interleave(g, 1), v.float().repeat_interleave(g, 1)
+    return torch.softmax((q.float() @ k.transpose(-1, -2)) * scale, dim=-1) @ v
+
+
+def _small_lm(device: str = "cuda"):
+    """A 2-layer random Qwen2 in bf16 on the GPU with head dim 128 (GQA 2:1), beacons as the official
+    Qwen-2 checkpoint sets them, window 128, ratio 2."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    import beacon
+    from bench.shapes import COMMON
+
+    config = Qwen2Config(
+        **(COMMON | dict(max_position_embeddings=8192, bos_token_id=0, eos_token_id=1)),
+        vocab_size=512,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=128,
+    )
+    torch.manual_seed(1)
+    with torch.device(device):
+        model = Qwen2ForCausalLM._from_config(config, dtype=torch.bfloat16).eval()
+    lm = beacon.from_hf(
+        model,
+        beacon_window=128,
+        beacon_stride=128,
+        beacon_ratio=[2],
+        beacon_pos="interleave",
+        beacon_attn="full-coverage",
+        beacon_param=["q", "k", "v"],
+    )
+    return lm
+
+
+def test_unmasked_part_and_merge_equal_one_attention():
+    """O by the unmasked fused kernel (cuDNN where it serves) + the rest by FlexAttention, merged by
+    log-sum-exp == one attention over all keys."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from beacon.attention import _LSE, attend_unmasked, merge_attention, unmasked_kernel
+
+    torch.manual_seed(0)
+    q = torch.randn(1, 12, 640, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, 2, 5000 + 700, 128, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    scale = 128**-0.5
+    kernel = unmasked_kernel(q.device, q.dtype, 128)
+    assert kernel in ("cudnn", "flash")
+    out_o, lse_o = attend_unmasked(q, k[:, :, :5000], v[:, :, :5000], scale, kernel)
+    assert lse_o.shape == (1, 12, 640) and lse_o.dtype == torch.float32
+    out_w, aux = torch.compile(flex_attention)(q, k[:, :, 5000:], v[:, :, 5000:], scale=scale, enable_gqa=True, **_LSE)
+    lse_w = aux if isinstance(aux, torch.Tensor) else aux.lse
+    merged = merge_attention(out_o, lse_o, out_w, lse_w)
+    ref = _reference(q, k, v, scale)
+    assert _rel(merged, ref) < 1e-2, kernel
+    assert _rel(out_o, _reference(q, k[:, :, :5000], v[:, :, :5000], scale)) < 1e-2
+
+
+def test_flex_outer_equals_flex_and_dense_in_the_engine():
+    """The three layouts of parallel windows over a growing memory give the same logits and memory
+    (bf16: within a few times the rounding flex itself shows against the dense mask)."""
+    lm = _small_lm()
+    lm.parallel_window = 4
+    assert lm.parts.head_dim == 128
+    ids = torch.randint(0, 512, (1, 3000), generator=torch.Generator().manual_seed(2))
+    results = {}
+    for mode in ("dense", "flex", "flex-outer"):
+        lm.attn_mode = mode
+        with torch.no_grad():
+            memory, logits = lm.forward(ids, logits="all")
+        results[mode] = (memory, logits)
+    assert results["dense"][0].state.n_outer > 1000
+    base = _rel(results["flex"][1], results["dense"][1])
+    assert _rel(results["flex-outer"][1], results["dense"][1]) < max(3 * base, 1e-3)
+    assert _rel(results["flex-outer"][1], results["flex"][1]) < max(3 * base, 1e-3)
+    for key in ("keys", "values"):
+        a, b = results["flex-outer"][0].export()[0][key], results["dense"][0].export()[0][key]
+        assert a.shape == b.shape and _rel(a, b) < 2e-2
+
+
+def test_flex_outer_adds_no_graph_break_to_the_compiled_layer():
+    """Its kernel and merge are chosen on the host: inside the compiled decoder layer flex-outer
+    breaks the graph no more often than flex does (a break there costs host time every layer)."""
+    from torch._dynamo.utils import counters
+
+    lm = _small_lm()
+    lm.parallel_window = 4
+    lm.compile_layers = True
+    ids = torch.randint(0, 512, (1, 2000), generator=torch.Generator().manual_seed(3))
+    breaks, logits = {}, {}
+    for mode in ("flex", "flex-outer"):
+        lm.attn_mode = mode
+        counters.clear()
+        with torch.no_grad():
+            _, logits[mode] = lm.forward(ids, logits="all")
+        breaks[mode] = sum(counters["graph_break"].values())
+    assert breaks["flex-outer"] <= breaks["flex"], breaks
+    assert _rel(logits["flex-outer"], logits["flex"]) < 2e-2
