@@ -22,6 +22,9 @@
 #   call 14: bash bench/h200_session.sh 14 (carry .whl .carry/ref_src): the same for 7B
 #   call 15: bash bench/h200_session.sh 15 (carry .whl .carry/ref_src): both shapes at 8K and 32K, every
 #            column timed five times (median): short calls vary run to run
+#   call 16: bash bench/h200_session.sh 16 (carry .carry/p1): stash pylance part 1
+#   call 17: bash bench/h200_session.sh 17 (carry .carry/x2b): pylance; TTFT with the loader's
+#            interpreter switch interval off / 0.5 ms / 0.2 ms during background loads
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -86,6 +89,15 @@ elif [ "$PART" = 15 ]; then
   stage condense_short 560 python3 -m bench.condense --shapes qwen2-1.5b,qwen2-7b --lengths 8192,32768 --ratios 2,8,32 \
     --parallel-window 4 --compile 1 --prefill --official-src .carry/ref_src --official-site /tmp/oldtf \
     --out "$OUT/r/condense_short.json"
+elif [ "$PART" = 16 ]; then
+  cp .carry/p1/pylance.part.aa "$STASH"/
+elif [ "$PART" = 17 ]; then
+  cp .carry/x2b/pylance.part.ab "$STASH"/
+  ( cd "$STASH" && cat pylance.part.aa pylance.part.ab | tar -xJ -C /root/site ) || echo "pylance install failed"
+  python3 -c "import lance; print('lance', lance.__version__)"
+  stage ttft 420 python3 -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 --db /root/ttft-db \
+    --workers 16 --loads sync,background --max-row-mib 32 --switch-intervals off,0.0005,0.0002 \
+    --out "$OUT/r/ttft_switch.json"
 elif [ "$PART" = 11 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
   stage cuda_tests 200 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q \

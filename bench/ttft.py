@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from snapshots import SnapshotStore
+from snapshots import SnapshotStore, loader
 
 from .condense import timed
 from .shapes import environment, official_qwen2_lm, random_model
@@ -72,6 +72,12 @@ def main() -> None:
         help="sync: get, then the question; background: get(background=True), the question overlapping the load",
     )  # fmt: skip
     p.add_argument("--max-row-mib", default="8", help="snapshot row sizes to try (SnapshotStore max_row_bytes)")
+    p.add_argument(
+        "--switch-intervals",
+        default="default",
+        help="background loads: interpreter switch intervals to try (loader.BACKGROUND_SWITCH_INTERVAL_S),"
+        " seconds or 'off' (leave Python's 5 ms); 'default' = the loader's own (off)",
+    )
     p.add_argument("--out", default="docs/results/ttft.json")
     args = p.parse_args()
     model = random_model(args.shape, device=args.device)
@@ -85,6 +91,7 @@ def main() -> None:
         "env": environment(),
         "shape": args.shape, "length": args.length, "ratio": args.ratio, "runs": [],
     }  # fmt: skip
+    default_interval = loader.BACKGROUND_SWITCH_INTERVAL_S
     for row_mib in [float(x) for x in args.max_row_mib.split(",")]:
         store = SnapshotStore(Path(args.db) / f"rows-{row_mib:g}MiB", max_row_bytes=int(row_mib * 2**20))
         for dtype in args.store_dtypes.split(","):
@@ -108,11 +115,20 @@ def main() -> None:
             loads = args.loads.split(",")
             if not set(loads) <= {"sync", "background"}:
                 raise SystemExit(f"--loads: {args.loads!r}: choose from sync, background")
-            for workers, mode, load in [(int(w), "eager", ld) for ld in loads for w in args.workers.split(",")] + [
+            combos = [(int(w), "eager", ld) for ld in loads for w in args.workers.split(",")] + [
                 (int(args.workers.split(",")[0]), m, "sync") for m in args.question_modes.split(",") if m != "eager"
-            ]:
+            ]
+            intervals = args.switch_intervals.split(",")
+            combos = [(w, m, ld, si) for w, m, ld in combos for si in (intervals if ld == "background" else ["-"])]
+            for workers, mode, load, interval in combos:
                 if mode not in ("eager", "compiled"):
                     raise SystemExit(f"--question-modes: {mode!r} is not eager or compiled")
+                if interval == "default":
+                    loader.BACKGROUND_SWITCH_INTERVAL_S = default_interval
+                elif interval == "off":
+                    loader.BACKGROUND_SWITCH_INTERVAL_S = None
+                elif interval != "-":
+                    loader.BACKGROUND_SWITCH_INTERVAL_S = float(interval)
                 lm.compile_layers = mode == "compiled"
                 store.read_workers = workers
                 bg = load == "background"
@@ -125,6 +141,7 @@ def main() -> None:
                 run = {
                     "store_dtype": dtype, "max_row_mib": row_mib, "read_workers": workers, "question": mode,
                     "load": load,
+                    "switch_interval_s": loader.BACKGROUND_SWITCH_INTERVAL_S if load == "background" else None,
                     "snapshot_bytes": stored,
                     "put_s": put_s,
                     "warm_s": statistics.median(sum(w) for w in warm),
