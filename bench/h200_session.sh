@@ -25,6 +25,8 @@
 #   call 16: bash bench/h200_session.sh 16 (carry .carry/p1): stash pylance part 1
 #   call 17: bash bench/h200_session.sh 17 (carry .carry/x2b): pylance; TTFT with the loader's
 #            interpreter switch interval off / 0.5 ms / 0.2 ms during background loads
+#   call 18: bash bench/h200_session.sh 18 (carry .whl .carry/ref_src): 7B at 32K with every call of
+#            every implementation timed five times (BENCH_SHORT_S=4)
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -89,6 +91,11 @@ elif [ "$PART" = 15 ]; then
   stage condense_short 560 python3 -m bench.condense --shapes qwen2-1.5b,qwen2-7b --lengths 8192,32768 --ratios 2,8,32 \
     --parallel-window 4 --compile 1 --prefill --official-src .carry/ref_src --official-site /tmp/oldtf \
     --out "$OUT/r/condense_short.json"
+elif [ "$PART" = 18 ]; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/oldtf .whl/*.whl || echo "transformers 4.44 install failed"
+  stage condense_7b_32k 500 env BENCH_SHORT_S=4 python3 -m bench.condense --shapes qwen2-7b --lengths 32768 \
+    --ratios 2,8,32 --parallel-window 4 --compile 1 --prefill --official-src .carry/ref_src \
+    --official-site /tmp/oldtf --out "$OUT/r/condense_7b_32k.json"
 elif [ "$PART" = 16 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
 elif [ "$PART" = 17 ]; then
