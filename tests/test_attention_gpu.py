@@ -68,14 +68,14 @@ def test_unmasked_part_and_merge_equal_one_attention():
     from beacon.attention import _LSE, attend_unmasked, merge_attention, unmasked_kernel
 
     torch.manual_seed(0)
-    q = torch.randn(1, 12, 640, 128, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(1, 2, 5000 + 700, 128, device="cuda", dtype=torch.bfloat16)
+    q = torch.randn(2, 12, 640, 128, device="cuda", dtype=torch.bfloat16)  # a batch of 2, GQA 6:1
+    k = torch.randn(2, 2, 5000 + 700, 128, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
     scale = 128**-0.5
     kernel = unmasked_kernel(q.device, q.dtype, 128)
     assert kernel in ("cudnn", "flash")
     out_o, lse_o = attend_unmasked(q, k[:, :, :5000], v[:, :, :5000], scale, kernel)
-    assert lse_o.shape == (1, 12, 640) and lse_o.dtype == torch.float32
+    assert lse_o.shape == (2, 12, 640) and lse_o.dtype == torch.float32
     out_w, aux = torch.compile(flex_attention)(q, k[:, :, 5000:], v[:, :, 5000:], scale=scale, enable_gqa=True, **_LSE)
     lse_w = aux if isinstance(aux, torch.Tensor) else aux.lse
     merged = merge_attention(out_o, lse_o, out_w, lse_w)

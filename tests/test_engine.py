@@ -331,6 +331,14 @@ def test_flex_block_mask_attention_equals_dense(family, overrides):
     for mode in ("flex", "flex-outer"):
         torch.testing.assert_close(results[mode][1], results["dense"][1], atol=atol, rtol=0)
         assert_same_memory(results[mode][0], results["dense"][0], atol=atol)
+    batch = {}
+    for mode in ("dense", "flex-outer"):  # two sequences per pass: O's values are a strided slice
+        lm.attn_mode = mode
+        try:
+            batch[mode] = all_logits(lm, tokens(150, seed=20, batch=2), pieces=[70, 80])
+        finally:
+            lm.attn_mode = "auto"
+    torch.testing.assert_close(batch["flex-outer"][1], batch["dense"][1], atol=atol, rtol=0)
     lm.attn_mode = "flex-outer"
     try:
         with pytest.raises(ValueError, match="for inference"):
