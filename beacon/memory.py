@@ -103,6 +103,17 @@ class Memory:
                 self.pending = None
 
     # ---- copies --------------------------------------------------------------------------------
+    def share(self) -> Memory:
+        """A new Memory over the same tensors, to read on from without copying a byte.
+
+        Safe because `BeaconLM.forward` never writes into a memory's tensors: it replaces them (and
+        the state) with new ones, so what the share reads leaves this memory as it was. Things that
+        do write into tensors (training code, hand edits) need `fork()`. A memory still loading is
+        shared as it is: both wait on the same loader, and the share's forward pass reads layer by
+        layer behind it. The RoPE cache list is shared on purpose: whatever the share's first pass
+        adds to it is RoPE'd keys of this same O (later passes replace the share's list)."""
+        return Memory(list(self.keys), list(self.values), self.state, self.rot_keys, pending=self.pending)
+
     def fork(self) -> Memory:
         """An independent copy: what the copy reads never changes this memory."""
         self.ready()

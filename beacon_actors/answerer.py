@@ -5,7 +5,12 @@ Input columns: QUESTIONS. Output columns: ANSWERS (one row per input row, in ord
 Questions of a batch are grouped by their documents (first-seen order): each group's memory is
 loaded once — from the actor's LRU cache of hot memories on the device, else from the store —
 then every question of the group is answered greedily after it (`generation.greedy_answer`).
-Timings per answer: load_s (0 on a cache hit), first_token_s, total_s = load + generation.
+A single document loads in the background (`SnapshotStore.get(..., background=True)`): the first
+question's forward pass reads each layer as soon as it has arrived, so reading the question
+overlaps the load (docs/performance.md §2); a damaged row is raised there and the memory dropped.
+Timings per answer: load_s (until the store returned: planning, and for several documents the
+whole load; 0 on a cache hit), first_token_s (from the start of the load), total_s = load +
+generation.
 """
 
 from __future__ import annotations
@@ -87,12 +92,14 @@ class Answerer:
             return out
         if not doc_ids:
             return {**out, "error": "no documents to read: give doc_ids"}
+        prompt = question_ids(self.lm.tokenizer, row["question"])
         try:
             memory, load_s, hit = self._memory(doc_ids)
-        except SnapshotError as err:
+            gen = greedy_answer(self.lm, prompt, memory, max_new_tokens=self.max_new_tokens, stops=self.stops)
+            memory.ready()  # a background load has finished by now: mark it so (raises what it raised)
+        except SnapshotError as err:  # not found, wrong model, or rows that fail their checks
+            self.cache.discard(doc_ids)
             return {**out, "error": f"{type(err).__name__}: {err}"}
-        prompt = question_ids(self.lm.tokenizer, row["question"])
-        gen = greedy_answer(self.lm, prompt, memory, max_new_tokens=self.max_new_tokens, stops=self.stops)
         return {
             **out,
             "answer": decode_answer(self.lm.tokenizer, gen.token_ids, self.stops),
@@ -111,9 +118,12 @@ class Answerer:
         if cached is not None:
             return cached, 0.0, True
         start = time.perf_counter()
-        memory = self.store.get(list(doc_ids), fingerprint=self.fingerprint, device=self.lm.device)
-        if memory.keys[0].is_cuda:
+        background = len(doc_ids) == 1  # several documents are loaded, then concatenated
+        memory = self.store.get(
+            list(doc_ids), fingerprint=self.fingerprint, device=self.lm.device, background=background
+        )
+        if memory.keys[0].is_cuda and not background:
             torch.cuda.synchronize(memory.keys[0].device)
         load_s = time.perf_counter() - start
-        self.cache.put(doc_ids, memory)
+        self.cache.put(doc_ids, memory)  # still loading if background: its first use waits for it
         return memory, load_s, False

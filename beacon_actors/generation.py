@@ -3,7 +3,7 @@
 The steps are the engine's own (`lm.forward` of the prompt, then one token at a time) so the
 result is exactly `lm.generate(prompt_ids, memory=memory, max_new_tokens=n, eos_token_id=stops)`
 (a test holds them equal); doing them here lets us stamp the first token and read the memory
-through one fork, not two.
+without copying it (`Memory.share`; generate forks it).
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ class Generated:
 def greedy_answer(
     lm: BeaconLM, prompt_ids: list[int], memory: Memory | None, *, max_new_tokens: int, stops: list[int]
 ) -> Generated:
-    """Continue after `memory` (never changed: this reads a fork) + `prompt_ids`, greedily.
+    """Continue after `memory` (never changed: this reads a share of it, see Memory.share) +
+    `prompt_ids`, greedily. A memory still loading (SnapshotStore.get(..., background=True)) is
+    read layer by layer as it arrives.
 
     Stops after a token in `stops` or `max_new_tokens` tokens. Syncs with the device once per
     token (to test for a stop), as the engine's generate does.
@@ -41,7 +43,7 @@ def greedy_answer(
     start = time.perf_counter()
     if max_new_tokens == 0:
         return Generated([], None, 0.0)
-    work = None if memory is None else memory.fork()
+    work = None if memory is None else memory.share()
     work, logits = lm.forward(prompt_ids, work, logits="last")
     nxt = logits.argmax(dim=-1)  # (1,)
     tokens = [int(nxt)]  # host sync

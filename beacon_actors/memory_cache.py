@@ -39,6 +39,12 @@ class MemoryCache:
         self.hits += 1
         return item[0]
 
+    def discard(self, key: Hashable) -> None:
+        """Forget `key` if cached (a memory found damaged on use)."""
+        item = self._items.pop(key, None)
+        if item is not None:
+            self.nbytes -= item[1]
+
     def put(self, key: Hashable, memory: Memory) -> None:
         """Cache `memory`, evicting the least recently used until it fits."""
         size = memory.nbytes()

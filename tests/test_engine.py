@@ -421,3 +421,18 @@ def test_auto_attends_a_long_memory_apart_only_at_inference(monkeypatch):
     monkeypatch.setattr(attention, "OUTER_APART_MIN", chunk.n_outer + 1)
     with torch.no_grad():
         assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == "flex"
+
+
+def test_reading_on_from_a_share_leaves_the_memory_as_it_was():
+    """Memory.share copies no tensor: forward replaces tensors, never writes into them — so the
+    shared memory is bit for bit what it was, and a second share reads on exactly like the first."""
+    lm = load_tiny(CONFIGS[0][0], **CONFIGS[0][1])
+    memory = lm.condense(tokens(45, seed=24))
+    before = memory.fork()
+    first, second = memory.share(), memory.share()
+    assert first.keys[0] is memory.keys[0]  # nothing copied
+    _, a = lm.forward(tokens(30, seed=25), first, logits="all")
+    _, b = lm.forward(tokens(30, seed=25), second, logits="all")
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert_same_memory(memory, before, atol=0)
+    assert first.n_tokens == second.n_tokens == memory.n_tokens + 30

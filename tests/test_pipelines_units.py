@@ -168,6 +168,28 @@ def test_answerer_groups_by_document_and_caches(model, tmp_path):
     assert stop_ids(answerer.lm) == [2]
 
 
+def test_answerer_turns_a_damaged_snapshot_into_error_rows_and_forgets_it(model, tmp_path):
+    """The single-document load runs in the background; a flipped byte is found while the question
+    is read: that question's row carries the error, the memory is not cached, the next one errors too."""
+    from .test_snapshots_store import _flip_a_byte
+
+    texts = {"x": "KEY = 'amber'\n" * 5, "y": "other text " * 9}
+    Condenser(str(model), str(tmp_path / "db"))(tokenize_documents(documents(texts), tokenizer=str(model)))
+    _flip_a_byte(SnapshotStore(tmp_path / "db"), "doc_id = 'x' AND row = 0", offset=3)
+    answerer = Answerer(str(model), str(tmp_path / "db"), max_new_tokens=4)
+    real_get, backgrounds = answerer.store.get, []
+    answerer.store.get = lambda *a, **kw: (backgrounds.append(kw.get("background")), real_get(*a, **kw))[1]
+    first = answerer.answer(to_question({"question": "a?", "doc_ids": ["x"]}, 0))
+    assert backgrounds == [True]  # the store returned before the rows were read: found during the question
+    assert "CorruptSnapshotError" in first["error"] and ("x",) not in answerer.cache
+    again = answerer.answer(to_question({"question": "a?", "doc_ids": ["x"]}, 1))
+    assert "CorruptSnapshotError" in again["error"] and again["cache_hit"] is False
+    fine = answerer.answer(to_question({"question": "b?", "doc_ids": ["y"]}, 2))
+    assert fine.get("error") is None and fine["n_new_tokens"] >= 1 and ("y",) in answerer.cache
+    hit = answerer.answer(to_question({"question": "b?", "doc_ids": ["y"]}, 3))
+    assert hit["cache_hit"] and hit["answer"] == fine["answer"]  # the cached memory was not changed by use
+
+
 def test_search_table_full_text_and_vectors(tmp_path):
     s = SearchIndex(tmp_path)
     assert s.search("anything") == [] and s.known() == {}

@@ -249,6 +249,11 @@ def test_a_background_load_answers_as_a_loaded_memory(tmp_path, config):
     assert streamed.pending is None
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert_same_memory(store.get("doc", fingerprint=fp, background=True).fork(), memory)
+    streamed = store.get("doc", fingerprint=fp, background=True)  # read on from a share (the Answerer)
+    _, got = lm.forward(q, streamed.share(), logits="last")
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    streamed.ready()
+    assert_same_memory(streamed, memory)  # the loaded memory itself is untouched
     assert torch.equal(
         lm.generate(q, store.get("doc", fingerprint=fp, background=True), max_new_tokens=6),
         lm.generate(q, memory, max_new_tokens=6),
