@@ -300,9 +300,9 @@ def attend_unmasked(
     if kernel == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)[:2]
         return out, lse
-    if kernel == "cudnn":  # dense inputs, as checked by _cudnn_serves (O's values are a slice of the memory's)
+    if kernel == "cudnn":  # O's values are a slice of the memory's: strided, as _cudnn_serves checks
         op = torch.ops.aten._scaled_dot_product_cudnn_attention
-        out, lse = op(q, k.contiguous(), v.contiguous(), None, True, 0.0, False, False, scale=scale)[:2]
+        out, lse = op(q, k, v, None, True, 0.0, False, False, scale=scale)[:2]
         return out, lse.view(q.shape[:3])
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
     return out, lse
@@ -322,9 +322,10 @@ def _cudnn_serves(device_index: int | None, dtype: torch.dtype, head_dim: int) -
     device = torch.device("cuda", device_index)
     try:
         g = torch.Generator(device=device).manual_seed(0)
-        q = torch.randn(2, 4, 128, head_dim, device=device, dtype=dtype, generator=g)  # a batch, GQA
-        k = torch.randn(2, 2, 384, head_dim, device=device, dtype=dtype, generator=g)
-        v = torch.randn_like(k)
+        # as the engine calls it: a batch, 7 query heads per key/value head, values a slice
+        q = torch.randn(2, 14, 256, head_dim, device=device, dtype=dtype, generator=g)
+        k = torch.randn(2, 2, 1024, head_dim, device=device, dtype=dtype, generator=g)
+        v = torch.randn(2, 2, 1024 + 96, head_dim, device=device, dtype=dtype, generator=g)[:, :, :1024]
         out, lse = attend_unmasked(q, k, v, head_dim**-0.5, "cudnn")
         ref, ref_lse = attend_unmasked(q, k, v, head_dim**-0.5, "flash")
         return bool((out - ref).abs().max() < 1e-2 and (lse - ref_lse).abs().max() < 1e-2)

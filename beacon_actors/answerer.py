@@ -95,10 +95,14 @@ class Answerer:
         prompt = question_ids(self.lm.tokenizer, row["question"])
         try:
             memory, load_s, hit = self._memory(doc_ids)
-            gen = greedy_answer(self.lm, prompt, memory, max_new_tokens=self.max_new_tokens, stops=self.stops)
-            memory.ready()  # a background load has finished by now: mark it so (raises what it raised)
+            try:
+                gen = greedy_answer(self.lm, prompt, memory, max_new_tokens=self.max_new_tokens, stops=self.stops)
+                memory.ready()  # a background load has finished by now: mark it so (raises what it raised)
+            except BaseException:
+                if not hit:  # loaded for this question and failed on first use (its loader's error
+                    self.cache.discard(doc_ids)  # would come back on every later use): not kept
+                raise
         except SnapshotError as err:  # not found, wrong model, or rows that fail their checks
-            self.cache.discard(doc_ids)
             return {**out, "error": f"{type(err).__name__}: {err}"}
         return {
             **out,

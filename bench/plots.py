@@ -141,9 +141,11 @@ def plot_flex_outer(results: Path, out: Path) -> Path:
         labels, gains = [], []
         for ratio in RATIOS:
             for length in LENGTHS[1:]:
-                tok = {r["attn_mode"]: r["tok_s"] for r in runs if r["length"] == length and r["ratio"] == ratio}
+                where = f"{shape} {length} ratio {ratio}"
+                flex = _one(runs, where, length=length, ratio=ratio, attn_mode="flex")
+                outer = _one(runs, where, length=length, ratio=ratio, attn_mode="auto")
                 labels.append(f"{length // 1024}K r{ratio}")
-                gains.append(tok["auto"] / tok["flex"])
+                gains.append(outer["tok_s"] / flex["tok_s"])
         ax.bar(labels, gains, color=[COLORS[int(lb.split("r")[-1])] for lb in labels])
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_ylabel("tok/s flex-outer / flex")

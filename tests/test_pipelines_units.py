@@ -190,6 +190,29 @@ def test_answerer_turns_a_damaged_snapshot_into_error_rows_and_forgets_it(model,
     assert hit["cache_hit"] and hit["answer"] == fine["answer"]  # the cached memory was not changed by use
 
 
+def test_a_load_failing_otherwise_is_not_cached_either(model, tmp_path, monkeypatch):
+    """A background load that fails with something other than a snapshot error (say, out of device
+    memory) propagates, and the memory is not kept: the next question loads afresh and succeeds."""
+    from snapshots import loader
+
+    rows = tokenize_documents(documents({"x": "text " * 30}), tokenizer=str(model))
+    Condenser(str(model), str(tmp_path / "db"))(rows)
+    answerer = Answerer(str(model), str(tmp_path / "db"), max_new_tokens=3)
+    real_place, failures = loader._place, [RuntimeError("out of memory (injected)")]
+
+    def place_failing_once(*args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return real_place(*args, **kwargs)
+
+    monkeypatch.setattr(loader, "_place", place_failing_once)
+    with pytest.raises(RuntimeError, match="injected"):
+        answerer.answer(to_question({"question": "a?", "doc_ids": ["x"]}, 0))
+    assert ("x",) not in answerer.cache
+    again = answerer.answer(to_question({"question": "a?", "doc_ids": ["x"]}, 1))
+    assert again.get("error") is None and not again["cache_hit"] and ("x",) in answerer.cache
+
+
 def test_search_table_full_text_and_vectors(tmp_path):
     s = SearchIndex(tmp_path)
     assert s.search("anything") == [] and s.known() == {}
