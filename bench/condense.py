@@ -32,39 +32,38 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn) -> tuple[float, float]:
-    """(seconds, peak GiB allocated) of one call."""
+def _reset_peak() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+
+
+def _one_call(fn) -> float:
+    """Seconds of one call of `fn`, the device synchronised on both sides."""
     _sync()
     t0 = time.perf_counter()
     fn()
     _sync()
-    seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
-    return seconds, peak
+    return time.perf_counter() - t0
+
+
+def timed(fn) -> tuple[float, float]:
+    """(seconds, peak GiB allocated) of one call."""
+    _reset_peak()
+    return _one_call(fn), _peak_gib()
 
 
 def timed_median(fn) -> tuple[float, float, list[float]]:
     """(median seconds, peak GiB allocated over all runs, every time) of `fn` (bench.timing's rule:
     a short call is timed SHORT_RUNS times)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-    def once() -> float:
-        _sync()
-        t0 = time.perf_counter()
-        fn()
-        _sync()
-        return time.perf_counter() - t0
-
-    seconds, times = median_time(once)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
-    return seconds, peak, times
+    _reset_peak()
+    seconds, times = median_time(lambda: _one_call(fn))
+    return seconds, _peak_gib(), times
 
 
 def prefill_run(model, length: int, device: str) -> dict:

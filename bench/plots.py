@@ -88,49 +88,40 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_condense(rows: list[dict], out: Path) -> Path:
-    """Throughput against document length: beacon and the official code per ratio, full prefill."""
-    fig, axes = _axes(2, "Condensing throughput, H200, bf16 (docs/performance.md §1a)")
+def _plot_against_length(
+    rows: list[dict], metric: str, ratios: tuple[int, ...], ylabel: str, title: str, path: Path
+) -> Path:
+    """Per shape: beacon and the official code per ratio (`metric` = "tok_s" or "gib"), and full prefill."""
+    fig, axes = _axes(2, title)
     for ax, shape in zip(axes, SHAPES, strict=True):
-        mine = [r for r in rows if r["shape"] == shape]
-        for ratio in RATIOS:
-            at = [r for r in mine if r["ratio"] == ratio]
+        for ratio in ratios:
+            at = [r for r in rows if r["shape"] == shape and r["ratio"] == ratio]
             xs = [r["length"] for r in at]
-            ax.plot(xs, [r["beacon_tok_s"] for r in at], "o-", color=COLORS[ratio], label=f"beacon, ratio {ratio}")
-            ax.plot(xs, [r["official_tok_s"] for r in at], "s--", color=COLORS[ratio], alpha=0.6,
+            ax.plot(xs, [r[f"beacon_{metric}"] for r in at], "o-", color=COLORS[ratio], label=f"beacon, ratio {ratio}")
+            ax.plot(xs, [r[f"official_{metric}"] for r in at], "s--", color=COLORS[ratio], alpha=0.6,
                     label=f"official, ratio {ratio}")  # fmt: skip
-        pre = [r for r in mine if r["ratio"] == RATIOS[0]]
-        ax.plot([r["length"] for r in pre], [r["prefill_tok_s"] for r in pre], "k^-", label="full prefill (SDPA)")
+        at = [r for r in rows if r["shape"] == shape and r["ratio"] == ratios[0]]  # prefill: any ratio's row
+        ax.plot([r["length"] for r in at], [r[f"prefill_{metric}"] for r in at], "k^-", label="full prefill (SDPA)")
         ax.set_xscale("log", base=2)
         ax.set_xticks(LENGTHS, ["8K", "32K", "128K"])
         ax.set_xlabel("document tokens")
-        ax.set_ylabel("tokens / s")
+        ax.set_ylabel(ylabel)
         ax.set_title(shape)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="upper right")
-    return _save(fig, out / "condense_throughput.png")
+    axes[-1].legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def plot_condense(rows: list[dict], out: Path) -> Path:
+    """Throughput against document length: beacon and the official code per ratio, full prefill."""
+    title = "Condensing throughput, H200, bf16 (docs/performance.md §1a)"
+    return _plot_against_length(rows, "tok_s", RATIOS, "tokens / s", title, out / "condense_throughput.png")
 
 
 def plot_memory(rows: list[dict], out: Path) -> Path:
-    """Peak GPU memory against document length (ratio 8 and 2; prefill)."""
-    fig, axes = _axes(2, "Peak GPU memory while condensing (weights included)")
-    for ax, shape in zip(axes, SHAPES, strict=True):
-        for ratio in (2, 8):
-            at = [r for r in rows if r["shape"] == shape and r["ratio"] == ratio]
-            xs = [r["length"] for r in at]
-            ax.plot(xs, [r["beacon_gib"] for r in at], "o-", color=COLORS[ratio], label=f"beacon, ratio {ratio}")
-            ax.plot(xs, [r["official_gib"] for r in at], "s--", color=COLORS[ratio], alpha=0.6,
-                    label=f"official, ratio {ratio}")  # fmt: skip
-        at = [r for r in rows if r["shape"] == shape and r["ratio"] == 8]
-        ax.plot([r["length"] for r in at], [r["prefill_gib"] for r in at], "k^-", label="full prefill")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(LENGTHS, ["8K", "32K", "128K"])
-        ax.set_xlabel("document tokens")
-        ax.set_ylabel("peak GiB")
-        ax.set_title(shape)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    return _save(fig, out / "condense_peak_memory.png")
+    """Peak GPU memory against document length (ratio 2 and 8; prefill)."""
+    title = "Peak GPU memory while condensing (weights included)"
+    return _plot_against_length(rows, "gib", (2, 8), "peak GiB", title, out / "condense_peak_memory.png")
 
 
 def plot_flex_outer(results: Path, out: Path) -> Path:
