@@ -1,8 +1,9 @@
-"""Fast token-by-token continuation of a memory: static buffers, replayed as CUDA graphs.
+"""Fast reading after a memory: static buffers, replayed as CUDA graphs — the question, then its answer.
 
-Almost every decode step only *appends*: the new token (and in interleave mode, after every
-`ratio`-th token, a beacon) joins the open window and nothing is condensed. Such a step has a
-fixed shape, so it can run over preallocated buffers and be captured once as a CUDA graph:
+Almost every step after a memory only *appends*: new rows (a question's tokens, then one token at
+a time, and in interleave mode a beacon after every `ratio`-th token) join the open window and
+nothing is condensed. Such a step has a fixed shape, so it can run over preallocated buffers and
+be captured once as a CUDA graph:
 
     k_rot[l] (b, h_kv, cap, d)   RoPE'd keys  [ O (rot_keys) | window | new rows | room ]
     v[l]     (b, h_kv, cap, d)   values, same slots
@@ -10,53 +11,131 @@ fixed shape, so it can run over preallocated buffers and be captured once as a C
     mask     (rows, cap) bool    which slots each new row sees (O always; the window per
                                  windows.window_mask; nothing beyond the rows)
 
+Buffers outlive one decoder: `cap` is rounded up to CAP_GRAIN slots and the model keeps a few free
+buffer sets (BufferPool) with the graphs captured over them, so the next memory of a similar size
+— the next document's question — replays graphs captured for an earlier one instead of capturing
+again. Slots past a memory's entries hold stale but finite numbers that the mask hides.
+
+A multi-token read (`read`, the question) pads its raw rows and its beacon rows each up to a
+multiple of ROW_GRAIN, so questions of nearby lengths share one graph: pad rows read token
+ids left in the static input, see only their own slot and write into the room past the real rows,
+which nothing reads before it is written again. Reading a memory that is still loading
+(SnapshotStore.get(..., background=True)) replays the question layer by layer — one graph per layer
+— each just after its layer arrives, so the load and the question overlap.
+
 The planner (windows.plan_steps, window_mask) still decides every step on the host — positions,
 visibility, whether the window closes — so this file holds no window arithmetic of its own. To keep
-the host ahead of the GPU it plans a *block* of up to BLOCK tokens of the open window at once (what
-reading them in one piece gives, which is what reading them one by one gives: tested) and moves
-the block's positions and mask rows to the GPU in one copy; each token then only slices them.
-A step that condenses (the window closes) or does not fit the buffers is handed to the general
-path (forward.run_chunk) on a Memory rebuilt from the buffers; the buffers are rebuilt after it.
+the host ahead of the GPU, single-token decoding plans a *block* of up to BLOCK tokens of the open
+window at once (what reading them in one piece gives, which is what reading them one by one gives:
+tested) and moves the block's positions and mask rows to the GPU in one copy; each token then only
+slices them. A step that condenses (the window closes) or does not fit the buffers is handed to the
+general path (forward.run_chunk) on a Memory rebuilt from the buffers; the buffers are rebuilt after it.
 
-Attention here is plain matmul + softmax over all `cap` slots with the mask (query heads grouped
-per key/value head, scores in float32), which is what a one-row decode wants: it reads each
-key and value once and parallelises over the whole key axis. Optionally (`compiled`) the step goes
-through torch.compile before capture, fusing HF's norms, RoPE and the softmax into fewer kernels.
-Speed: docs/performance.md §3.
+Attention: a few rows (decode) take plain matmul + softmax over all `cap` slots with the mask
+(query heads grouped per key/value head, scores in float32), which reads each key and value once
+and parallelises over the whole key axis; more rows (a question) take PyTorch's fused
+scaled_dot_product_attention with the same mask. Optionally (`compiled`) the whole step goes
+through torch.compile before capture. Speed: docs/performance.md §2, §3.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from .families import apply_rope
-from .forward import _project, ensure_rot
+from .forward import _project
 from .memory import Memory
 from .windows import Chunk, WindowState, build_chunk, plan_steps, window_mask
 
 MODES = ("auto", "static", "eager", "compiled")
 BLOCK = 64  # tokens of the open window planned (and staged to the GPU) at once
+CAP_GRAIN = 4096  # buffer slots are rounded up to this, so memories of similar size share buffers and graphs
+ROW_GRAIN = 16  # a multi-token read pads raw rows and beacon rows each to a multiple of this
+SDPA_MIN_ROWS = 8  # steps of this many rows or more attend through F.scaled_dot_product_attention
 # torch.bmm(..., out_dtype=float32) on CUDA (bf16/fp16 in, float32 out) exists from torch 2.8
 _HAS_OUT_DTYPE = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 8)
+
+Shape = tuple[int, int]  # (raw rows, beacon rows) of a step, padding included: raw rows come first
+
+
+def _round_up(n: int, grain: int) -> int:
+    return -(-n // grain) * grain
+
+
+@dataclass
+class _Rows:
+    """Static inputs of one step shape (raw rows R, beacon rows B), reused by every graph replay."""
+
+    tokens: torch.Tensor  # (b, R) token ids of the raw rows
+    pos: torch.Tensor  # (R + B,) RoPE position of each row
+    slot: torch.Tensor  # (R + B,) slot each row's key/value is written to
+    win_slot: torch.Tensor  # (R + B,) the same, counted from the window's start (k_win)
+    mask: torch.Tensor  # (R + B, cap) bool: slots each row sees
+    last: torch.Tensor  # (1,) row of the last real raw token: its logits are returned
+    n_outer: int = -1  # |O| the mask's O part was set for
 
 
 @dataclass
 class _Buffers:
-    """Static tensors of one decode run (see module docstring); reused by every graph replay."""
+    """Static tensors of one decode run (see module docstring); kept in a BufferPool between runs."""
 
-    n_outer: int  # |O| when built (fixed while the window stays open)
     cap: int  # slots
     k_rot: list[torch.Tensor]
     values: list[torch.Tensor]
     k_win: list[torch.Tensor]
     cos: torch.Tensor  # (cap, d) RoPE table for positions 0..cap-1
     sin: torch.Tensor
-    slot_pos: torch.Tensor  # host (size,) position of every filled slot (checks the planner agrees)
-    size: int  # filled slots
+    n_outer: int = 0  # |O| of the memory in the buffers (fixed while the window stays open)
+    size: int = 0  # filled slots
+    slot_pos: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))  # host, per slot
+    rows: dict[Shape, _Rows] = field(default_factory=dict)
+    graphs: dict[tuple[Shape, bool], list[tuple[torch.cuda.CUDAGraph, dict]]] = field(default_factory=dict)
+    graph_pool: object = None  # the CUDA graphs' shared memory pool
+
+    def fits(self, like: torch.Tensor) -> bool:
+        """Whether these buffers hold memories shaped like `like` (b, h_kv, n, d) of the same dtype/device."""
+        k = self.k_rot[0]
+        return (k.shape[0], k.shape[1], k.shape[3], k.dtype, k.device) == (
+            like.shape[0], like.shape[1], like.shape[3], like.dtype, like.device,
+        )  # fmt: skip
+
+
+class BufferPool:
+    """Free decode buffers of one model, kept between StaticDecoders (see the module docstring).
+
+    Holds at most `keep` free sets (the least recently returned go first): each costs about 3x a
+    memory of `cap` entries on the device. `clear()` frees them all.
+    """
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+        self._free: list[_Buffers] = []
+        self._lock = threading.Lock()  # query actors may answer from several threads
+
+    def take(self, cap: int, like: torch.Tensor) -> _Buffers | None:
+        """A free set of exactly `cap` slots for memories like `like`, or None."""
+        with self._lock:
+            for i in range(len(self._free) - 1, -1, -1):
+                if self._free[i].cap == cap and self._free[i].fits(like):
+                    return self._free.pop(i)
+        return None
+
+    def give(self, buf: _Buffers) -> None:
+        with self._lock:
+            self._free.append(buf)
+            del self._free[: max(0, len(self._free) - self.keep)]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+    def __len__(self) -> int:
+        return len(self._free)
 
 
 @dataclass
@@ -73,14 +152,15 @@ class _Block:
 
 
 class StaticDecoder:
-    """Continues a memory (it takes ownership: pass a fork) one token at a time.
+    """Reads on after a memory (taken as it is: the decoder never writes into its tensors, so a
+    `Memory.share()` will do) — a question at once (`read`), then one token at a time (`step`).
 
-    `step(tokens)` reads tokens (b, 1) and returns next-token logits (b, vocab) float32, exactly
-    what `BeaconLM.forward(tokens, memory, logits="last")` returns (up to float rounding of the
-    attention, ~1e-6 in float32). `memory()` gives the memory read so far.
-    `graphs=True` (CUDA only) captures one CUDA graph per row count of an appending step;
+    Both return next-token logits (b, vocab) float32, exactly what `BeaconLM.forward(tokens,
+    memory, logits="last")` returns (up to float rounding of the attention, ~1e-6 in float32).
+    `memory()` gives the memory read so far; `close()` hands the buffers back to the model's pool.
+    `graphs=True` (CUDA only) captures one CUDA graph per step shape;
     `compiled=True` runs the step through torch.compile first (fused norms, RoPE, softmax: fewer,
-    larger kernels inside the graph; the first step of each row count compiles, tens of seconds).
+    larger kernels inside the graph; the first step of each shape compiles, tens of seconds).
     """
 
     def __init__(
@@ -94,17 +174,15 @@ class StaticDecoder:
         self.headroom = headroom if headroom is not None else 2 * lm.config.beacon_window + 64
         self._memory: Memory | None = memory
         self._buf: _Buffers | None = None
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self._pool = None
         self._block: _Block | None = None
         self._state = memory.state
-        b = memory.batch_size
-        dev = lm.device
-        self._tokens = torch.zeros(b, 1, dtype=torch.long, device=dev)
-        self._rows: dict[int, dict[str, torch.Tensor]] = {}  # per row count: pos, slot, win_slot, mask
-        self.stats = {"static_steps": 0, "general_steps": 0, "builds": 0, "blocks": 0}
+        self._closed = False
+        self._filled = 0  # layers of the memory copied into the buffers (a loading memory fills as it arrives)
+        self._fill_size = 0  # slots [0, fill_size) of the buffers come from the memory
+        self._win_pos: torch.Tensor | None = None  # RoPE positions of the memory's window entries
+        self.stats = {"static_steps": 0, "general_steps": 0, "builds": 0, "blocks": 0, "reads": 0, "captures": 0}
 
-    # ---- the public step -----------------------------------------------------------------------
+    # ---- the public steps ----------------------------------------------------------------------
     @property
     def state(self) -> WindowState:
         """Where reading stands (mid-block: planned again for the tokens read so far)."""
@@ -117,41 +195,58 @@ class StaticDecoder:
         return steps[-1].after
 
     @torch.no_grad()
+    def read(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Read `tokens` (b, n) after the memory at once — a question — and return the last token's
+        next-token logits (b, vocab). One static step when they only append to the open window
+        (the common case: a question shorter than what is left of the window), else the general path."""
+        self._check_open()
+        if tokens.dim() != 2 or tokens.shape[0] != self._state_batch() or tokens.shape[1] == 0:
+            raise ValueError(f"tokens must be (batch {self._state_batch()}, n >= 1), got {tuple(tokens.shape)}")
+        if tokens.shape[1] == 1:
+            return self.step(tokens)
+        self._settle_block()
+        cfg, max_pos = self.lm.config, self.lm.parts.max_positions
+        steps = plan_steps(cfg, self._state, tokens.shape[1], max_positions=max_pos)
+        chunk = build_chunk(cfg, steps) if len(steps) == 1 and not steps[0].closes else None
+        if chunk is None or not self._appends(chunk):
+            return self._general(tokens)
+        shape = _padded_shape(chunk)
+        if self._buf is None or not self._fits(chunk, sum(shape)):
+            self._build(chunk, sum(shape))
+        self._stage(chunk, shape, tokens)
+        self.stats["reads"] += 1
+        return self._execute(shape)
+
+    @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Read `tokens` (b, 1) after the memory; return the next-token logits (b, vocab). Inference
         only: no gradients."""
+        self._check_open()
         block = self._block
         if block is not None and block.done == block.n_tokens:
             self._state, self._block, block = block.after, None, None
         if block is None and self._buf is not None:
             block = self._block = self._plan_block()
         if block is not None:
-            rows = self._stage_from_block(block)
+            shape = self._stage_from_block(block)
         else:
             chunk = self._plan()
             if not self._appends(chunk):
-                memory = self.memory()
-                self._buf, self._graphs, self._pool = None, {}, None
-                _, logits = self.lm.forward(tokens, memory, logits="last")
-                self._memory, self._state = memory, memory.state
-                self.stats["general_steps"] += 1
-                return logits
-            if self._buf is None or not self._fits(chunk):
-                self._build(chunk)
-            rows = self._stage(chunk)
-            self._buf.slot_pos = torch.cat([self._buf.slot_pos, chunk.cols.pos[chunk.n_cached :]])
-            self._state = chunk.after
-        self._tokens.copy_(tokens)
-        logits = self._replay(rows) if self.graphs else self._run(rows)
-        self._buf.size += rows
-        self.stats["static_steps"] += 1
-        return logits.clone() if self.graphs else logits
+                return self._general(tokens)
+            if self._buf is None or not self._fits(chunk, chunk.n_rows):
+                self._build(chunk, chunk.n_rows)
+            shape = (1, chunk.n_rows - 1)
+            self._stage(chunk, shape, None)
+        self._buf.rows[shape].tokens.copy_(tokens)
+        return self._execute(shape)
 
     @torch.no_grad()
     def memory(self) -> Memory:
         """The memory read so far (rebuilt from the buffers: keys pre-RoPE, layout [O | W])."""
+        self._check_open()
         if self._buf is None:
             return self._memory
+        self._memory.ready()
         buf, base = self._buf, self._memory
         n_o, size = buf.n_outer, buf.size
         keys = [
@@ -161,7 +256,38 @@ class StaticDecoder:
         rot = [k[:, :, :n_o].clone() for k in buf.k_rot]
         return Memory(keys, values, self.state, rot)
 
+    def close(self) -> None:
+        """Hand the buffers (and the CUDA graphs over them) back to the model's pool; the decoder
+        cannot be used after this. Idempotent."""
+        if self._buf is not None:
+            self._memory.ready()  # no loader may still be writing into what the pool hands out next
+            self.lm.decode_buffers.give(self._buf)
+        self._buf, self._memory, self._block, self._closed = None, None, None, True
+
     # ---- planning ------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this StaticDecoder is closed; start a new one from a memory")
+
+    def _state_batch(self) -> int:
+        return self._memory.batch_size
+
+    def _settle_block(self) -> None:
+        """Forget a block half read (a read after some steps): its unread slots are dropped."""
+        if self._block is not None:
+            self._state, self._block = self.state, None
+            self._buf.slot_pos = self._buf.slot_pos[: self._buf.size]
+
+    def _general(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Hand the tokens to the general path (forward.run_chunk) on a Memory rebuilt from the buffers."""
+        self._settle_block()
+        memory = self.memory()
+        self._give_back()
+        _, logits = self.lm.forward(tokens, memory, logits="last")
+        self._memory, self._state = memory, memory.state
+        self.stats["general_steps"] += 1
+        return logits
+
     def _plan(self) -> Chunk:
         steps = plan_steps(self.lm.config, self._state, 1, max_positions=self.lm.parts.max_positions)
         return build_chunk(self.lm.config, steps)
@@ -169,22 +295,25 @@ class StaticDecoder:
     @staticmethod
     def _appends(chunk: Chunk) -> bool:
         """True when the step only adds rows to the open window (nothing condensed or dropped)."""
-        keep_all = chunk.compact_src.numel() == len(chunk.cols) and bool(
-            torch.equal(chunk.compact_src, torch.arange(len(chunk.cols)))
+        c, src = chunk.n_cached, chunk.compact_src  # the memory keeps every entry, cached ones in place
+        keep_all = src.numel() == len(chunk.cols) and bool(
+            torch.equal(src.sort().values, torch.arange(len(chunk.cols))) and torch.equal(src[:c], torch.arange(c))
         )
-        return chunk.n_joined == 0 and chunk.n_copies == 0 and chunk.n_raw == 1 and keep_all
+        return chunk.n_joined == 0 and chunk.n_copies == 0 and keep_all
 
-    def _fits(self, chunk: Chunk) -> bool:
-        return self._continues(chunk.n_outer, chunk.cols.pos[: chunk.n_cached], chunk.cols.pos[chunk.n_cached :])
+    def _fits(self, chunk: Chunk, n_slots: int) -> bool:
+        c = chunk.n_cached
+        return self._continues(chunk.n_outer, chunk.cols.pos[:c], chunk.cols.pos[c:], n_slots)
 
-    def _continues(self, n_outer: int, cached_pos: torch.Tensor, new_pos: torch.Tensor) -> bool:
-        """Whether new entries at `new_pos` can follow in the buffers: same O, the buffers hold exactly
-        the window the planner expects (at the same positions), and there is room."""
+    def _continues(self, n_outer: int, cached_pos: torch.Tensor, new_pos: torch.Tensor, n_slots: int) -> bool:
+        """Whether new entries at `new_pos` (taking `n_slots` slots, padding included) can follow in the
+        buffers: same O, the buffers hold exactly the window the planner expects (at the same
+        positions), and there is room."""
         buf = self._buf
         return (
             n_outer == buf.n_outer
             and buf.n_outer + len(cached_pos) == buf.size
-            and buf.size + len(new_pos) <= buf.cap
+            and buf.size + n_slots <= buf.cap
             and int(new_pos.max()) < buf.cap
             and torch.equal(cached_pos, buf.slot_pos[buf.n_outer :])
         )
@@ -201,7 +330,7 @@ class StaticDecoder:
             return None
         step = steps[0]
         c, new = len(step.cached), step.new
-        if not self._continues(state.n_outer, step.cached.pos, new.pos):
+        if not self._continues(state.n_outer, step.cached.pos, new.pos, len(new)):
             return None
         cols = [torch.cat([getattr(step.cached, f), getattr(new, f)]) for f in ("beacon", "idx", "e")]
         meta = dict(zip(("beacon", "idx", "e"), cols, strict=True))
@@ -222,146 +351,257 @@ class StaticDecoder:
             pos=moved["pos"], mask=moved["mask"].view(len(new), -1).bool(),
         )  # fmt: skip
 
-    def _stage_from_block(self, block: _Block) -> int:
+    # ---- buffers -------------------------------------------------------------------------------
+    def _give_back(self) -> None:
+        if self._buf is not None:
+            self.lm.decode_buffers.give(self._buf)
+            self._buf = None
+
+    def _build(self, chunk: Chunk, n_slots: int) -> None:
+        """Take buffers from the pool (or make them) and fill them from the memory: O's RoPE'd keys,
+        the window's keys at their positions. A memory still loading is filled layer by layer as
+        its layers arrive (`_fill`, called from `_execute`)."""
+        memory = self.memory()
+        self._give_back()
+        n_o, c = chunk.n_outer, chunk.n_cached
+        size = n_o + c
+        cap = _round_up(max(size + self.headroom, size + n_slots, int(chunk.cols.pos.max()) + 1), CAP_GRAIN)
+        like = memory.keys[0]
+        buf = self.lm.decode_buffers.take(cap, like) or self._allocate(cap, like)
+        buf.n_outer, buf.size = n_o, size
+        buf.slot_pos = torch.cat([torch.arange(n_o), chunk.cols.pos[:c]])
+        self._memory, self._buf = memory, buf
+        self._win_pos = chunk.cols.pos[:c].to(memory.device)
+        self._filled, self._fill_size = 0, size
+        if memory.pending is None:
+            self._fill(memory.n_layers)
+        self.stats["builds"] += 1
+
+    def _allocate(self, cap: int, like: torch.Tensor) -> _Buffers:
+        parts = self.lm.parts
+        cos, sin = parts.rotary_emb(like, torch.arange(cap, device=like.device)[None])
+        b, h, _, d = like.shape
+        zeros = lambda n: torch.zeros(b, h, n, d, dtype=like.dtype, device=like.device)  # noqa: E731
+        layers = range(len(parts.layers))
+        return _Buffers(cap, [zeros(cap) for _ in layers], [zeros(cap) for _ in layers], [zeros(cap) for _ in layers],
+                        cos[0], sin[0])  # fmt: skip
+
+    def _fill(self, upto: int) -> None:
+        """Copy layers [filled, upto) of the memory into the buffers (waiting for each to arrive)."""
+        memory, buf = self._memory, self._buf
+        n_o, size = buf.n_outer, self._fill_size
+        cos_o, sin_o = buf.cos[:n_o], buf.sin[:n_o]
+        cos_w, sin_w = buf.cos[self._win_pos], buf.sin[self._win_pos]
+        for i in range(self._filled, upto):
+            memory.ready(i)
+            keys = memory.keys[i]
+            rot = memory.rot_keys[i] if memory.rot_keys is not None else None
+            if rot is not None and rot.shape[2] == n_o:
+                buf.k_rot[i][:, :, :n_o] = rot
+            else:
+                buf.k_rot[i][:, :, :n_o] = apply_rope(keys[:, :, :n_o], cos_o, sin_o)
+            window = keys[:, :, n_o:size]
+            buf.k_rot[i][:, :, n_o:size] = apply_rope(window, cos_w, sin_w)
+            buf.values[i][:, :, :size] = memory.values[i]
+            buf.k_win[i][:, :, : size - n_o] = window
+        self._filled = max(self._filled, upto)
+
+    # ---- staging the static inputs -------------------------------------------------------------
+    def _static_rows(self, shape: Shape) -> _Rows:
+        """The static inputs of a step of `shape` (made once per buffer set), O part of the mask set."""
+        buf = self._buf
+        rows = buf.rows.get(shape)
+        if rows is None:
+            dev, n, b = self.lm.device, sum(shape), self._memory.batch_size
+            long = lambda k: torch.zeros(k, dtype=torch.long, device=dev)  # noqa: E731
+            rows = buf.rows[shape] = _Rows(
+                torch.zeros(b, shape[0], dtype=torch.long, device=dev), long(n), long(n), long(n),
+                torch.zeros(n, buf.cap, dtype=torch.bool, device=dev), long(1),
+            )  # fmt: skip
+        if rows.n_outer != buf.n_outer:
+            rows.mask[:, : buf.n_outer] = True
+            rows.n_outer = buf.n_outer
+        return rows
+
+    def _stage_from_block(self, block: _Block) -> Shape:
         """Static inputs of the block's next token: device-to-device copies only."""
         a, b = block.first_entry[block.done], block.first_entry[block.done + 1]
         n, buf = b - a, self._buf
-        static = self._static_rows(n)
-        static["pos"].copy_(block.pos[a:b])
+        shape = (1, n - 1)
+        static = self._static_rows(shape)
+        static.pos.copy_(block.pos[a:b])
         slots = torch.arange(buf.size, buf.size + n, device=block.pos.device)
-        static["slot"].copy_(slots)
-        static["win_slot"].copy_(slots - buf.n_outer)
-        static["mask"][:, buf.n_outer :].copy_(block.mask[a:b])
+        static.slot.copy_(slots)
+        static.win_slot.copy_(slots - buf.n_outer)
+        static.mask[:, buf.n_outer :].copy_(block.mask[a:b])
+        static.last.zero_()
         block.done += 1
-        return n
+        buf.size += n
+        return shape
 
-    def _static_rows(self, n: int) -> dict[str, torch.Tensor]:
-        """The static inputs of an n-row step (made once per buffer build)."""
-        if n not in self._rows:
-            dev, cap = self.lm.device, self._buf.cap
-            self._rows[n] = {
-                "pos": torch.zeros(n, dtype=torch.long, device=dev),
-                "slot": torch.zeros(n, dtype=torch.long, device=dev),
-                "win_slot": torch.zeros(n, dtype=torch.long, device=dev),
-                "mask": torch.zeros(n, cap, dtype=torch.bool, device=dev),
-            }
-            self._rows[n]["mask"][:, : self._buf.n_outer] = True
-        return self._rows[n]
-
-    # ---- buffers -------------------------------------------------------------------------------
-    def _build(self, chunk: Chunk) -> None:
-        """Fill fresh buffers from the memory: O's RoPE'd keys, the window's keys at their positions."""
-        memory = self.memory()
-        parts = self.lm.parts
-        ensure_rot(parts, memory)
-        n_o, c = chunk.n_outer, chunk.n_cached
-        size = n_o + c
-        cap = size + self.headroom
-        cap += -cap % 256
-        pos_all = torch.arange(cap, device=memory.device)
-        like = memory.keys[0]
-        cos, sin = parts.rotary_emb(like, pos_all[None])
-        cos, sin = cos[0], sin[0]  # (cap, d)
-        win_pos = chunk.cols.pos[:c].to(memory.device)
-        b, h, _, d = like.shape
-        k_rot, values, k_win = [], [], []
-        for i in range(memory.n_layers):
-            kr = torch.zeros(b, h, cap, d, dtype=like.dtype, device=like.device)
-            kr[:, :, :n_o] = memory.rot_keys[i]
-            w = memory.keys[i][:, :, n_o:size]
-            kr[:, :, n_o:size] = apply_rope(w, cos[win_pos], sin[win_pos])
-            v = torch.zeros_like(kr)
-            v[:, :, :size] = memory.values[i]
-            kw = torch.zeros(b, h, cap - n_o, d, dtype=like.dtype, device=like.device)
-            kw[:, :, :c] = w
-            k_rot.append(kr)
-            values.append(v)
-            k_win.append(kw)
-        slot_pos = torch.cat([torch.arange(n_o), chunk.cols.pos[:c]])
-        self._memory = memory
-        self._buf = _Buffers(n_o, cap, k_rot, values, k_win, cos, sin, slot_pos, size)
-        self._graphs, self._pool, self._rows = {}, None, {}
-        self.stats["builds"] += 1
-
-    def _stage(self, chunk: Chunk) -> int:
-        """Write this step's positions, slots and mask into the static inputs; returns the row count."""
-        buf, n = self._buf, chunk.n_rows
-        c = chunk.n_cached
-        static = self._static_rows(n)
-        visible = window_mask(self.lm.config, chunk.host_meta(), c)  # (n, c + n), host
-        mask_win = torch.zeros(n, buf.cap - buf.n_outer, dtype=torch.long)
-        mask_win[:, : c + n] = visible
-        slots = torch.arange(buf.size, buf.size + n)
-        host = {
-            "pos": chunk.cols.pos[c:],
-            "slot": slots,
-            "win_slot": slots - buf.n_outer,
-            "mask": mask_win.flatten(),
-        }
+    def _stage(self, chunk: Chunk, shape: Shape, tokens: torch.Tensor | None) -> None:
+        """Write a chunk's positions, slots, mask (and tokens, if given) into the static inputs of
+        `shape`; real rows first in each part, pad rows (see the module docstring) after them."""
+        buf, c, n, n_raw = self._buf, chunk.n_cached, chunk.n_rows, chunk.n_raw
+        raw_pad, width = shape[0] - n_raw, sum(shape)
+        static = self._static_rows(shape)
+        # where each of the chunk's rows (raw first, then beacons) goes among the padded rows
+        at = torch.cat([torch.arange(n_raw), torch.arange(n_raw, n) + raw_pad])
+        pad = torch.ones(width, dtype=torch.bool)
+        pad[at] = False
+        pad_at = torch.nonzero(pad).flatten()
+        # the memory keeps the window in reading order (compact_src), not the chunk's raw-first order:
+        # column k of the chunk lives in window slot slot_of[k]
+        slot_of = torch.empty(c + n, dtype=torch.long)
+        slot_of[chunk.compact_src] = torch.arange(c + n)
+        slots = torch.empty(width, dtype=torch.long)
+        slots[at] = buf.n_outer + slot_of[c:]
+        slots[pad_at] = torch.arange(buf.size + n, buf.size + width)  # room past the real rows
+        pos = torch.zeros(width, dtype=torch.long)
+        pos[at] = chunk.cols.pos[c:]
+        mask_win = torch.zeros(width, buf.cap - buf.n_outer, dtype=torch.long)
+        visible = torch.zeros(n, c + n, dtype=torch.long)
+        visible[:, slot_of] = window_mask(self.lm.config, chunk.host_meta(), c).long()
+        mask_win[at, : c + n] = visible
+        mask_win[pad_at, slots[pad_at] - buf.n_outer] = 1  # a pad row sees itself only: finite, unseen
+        host = {"pos": pos, "slot": slots, "mask": mask_win.flatten(), "last": torch.tensor([n_raw - 1])}
         moved = self.lm._stager.move(host)
-        static["pos"].copy_(moved["pos"])
-        static["slot"].copy_(moved["slot"])
-        static["win_slot"].copy_(moved["win_slot"])
-        static["mask"][:, buf.n_outer :].copy_(moved["mask"].view(n, -1).bool())
-        return n
+        static.pos.copy_(moved["pos"])
+        static.slot.copy_(moved["slot"])
+        static.win_slot.copy_(moved["slot"] - buf.n_outer)
+        static.mask[:, buf.n_outer :].copy_(moved["mask"].view(width, -1).bool())
+        static.last.copy_(moved["last"])
+        if tokens is not None:
+            static.tokens[:, :n_raw].copy_(tokens)
+        buf.slot_pos = torch.cat([buf.slot_pos, chunk.cols.pos[chunk.compact_src[c:]]])
+        buf.size += n
+        self._state = chunk.after
 
     # ---- the step itself -----------------------------------------------------------------------
-    def _body(self, n: int) -> torch.Tensor:
-        """One appending step over the static buffers: n rows (1 raw + beacons). Graph-safe."""
-        lm, parts, buf, static = self.lm, self.lm.parts, self._buf, self._rows[n]
-        beacon = lm._beacon
-        x = parts.embed_tokens(self._tokens)  # (b, 1, hidden)
-        b = x.shape[0]
-        if n > 1:
-            emb = beacon["embed"].weight[0].to(x.dtype)
-            x = torch.cat([x, emb.expand(b, n - 1, -1)], dim=1)
-        cos, sin = buf.cos[static["pos"]][None, None], buf.sin[static["pos"]][None, None]  # (1, 1, n, d)
-        h_kv, d = parts.n_kv_heads, parts.head_dim
+    def _embed(self, shape: Shape) -> dict[str, torch.Tensor]:
+        """Rows' input: embeddings of the raw rows' tokens, then the beacon embedding; RoPE of the rows."""
+        lm, parts, static = self.lm, self.lm.parts, self._buf.rows[shape]
+        x = parts.embed_tokens(static.tokens)  # (b, R, hidden)
+        if shape[1]:
+            emb = lm._beacon["embed"].weight[0].to(x.dtype)
+            x = torch.cat([x, emb.expand(x.shape[0], shape[1], -1)], dim=1)
+        cos, sin = self._buf.cos[static.pos][None, None], self._buf.sin[static.pos][None, None]  # (1, 1, n, d)
+        return {"x": x, "cos": cos, "sin": sin}
+
+    def _layer(self, i: int, shape: Shape, io: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Decoder layer i over the step's rows: writes their keys/values into the buffers. Graph-safe."""
+        parts, buf, static = self.lm.parts, self._buf, self._buf.rows[shape]
+        layer, proj = parts.layers[i], self.lm._beacon["layers"][i]
+        x, cos, sin = io["x"], io["cos"], io["sin"]
+        b, n, _ = x.shape
+        n_raw, h_kv, d = shape[0], parts.n_kv_heads, parts.head_dim
+        attn = layer.self_attn
+        hid = layer.input_layernorm(x)
+        q = _project(attn.q_proj, proj.get("q"), hid, n_raw).view(b, n, parts.n_heads, d)
+        k = _project(attn.k_proj, proj.get("k"), hid, n_raw).view(b, n, h_kv, d)
+        v = _project(attn.v_proj, proj.get("v"), hid, n_raw).view(b, n, h_kv, d)
+        if parts.family.qk_norm:
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        buf.k_win[i].index_copy_(2, static.win_slot, k)
+        buf.k_rot[i].index_copy_(2, static.slot, apply_rope(k, cos, sin))
+        buf.values[i].index_copy_(2, static.slot, v)
+        q = apply_rope(q, cos, sin)
         group = parts.n_heads // h_kv
-        for i, layer in enumerate(parts.layers):
-            proj = beacon["layers"][i]
-            attn = layer.self_attn
-            hid = layer.input_layernorm(x)
-            q = _project(attn.q_proj, proj.get("q"), hid, 1).view(b, n, parts.n_heads, d)
-            k = _project(attn.k_proj, proj.get("k"), hid, 1).view(b, n, h_kv, d)
-            v = _project(attn.v_proj, proj.get("v"), hid, 1).view(b, n, h_kv, d)
-            if parts.family.qk_norm:
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            buf.k_win[i].index_copy_(2, static["win_slot"], k)
-            buf.k_rot[i].index_copy_(2, static["slot"], apply_rope(k, cos, sin))
-            buf.values[i].index_copy_(2, static["slot"], v)
-            out = _attend(apply_rope(q, cos, sin), buf.k_rot[i], buf.values[i], static["mask"], parts.scaling, group)
-            out = out.transpose(1, 2).reshape(b, n, parts.n_heads * d)
-            x = x + _project(attn.o_proj, proj.get("o"), out, 1)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return parts.lm_head(parts.norm(x[:, :1]))[:, 0].float()
+        if n >= SDPA_MIN_ROWS:
+            out = F.scaled_dot_product_attention(
+                q, buf.k_rot[i], buf.values[i], attn_mask=static.mask, scale=parts.scaling, enable_gqa=group > 1
+            )
+        else:
+            out = _attend(q, buf.k_rot[i], buf.values[i], static.mask, parts.scaling, group)
+        out = out.transpose(1, 2).reshape(b, n, parts.n_heads * d)
+        x = x + _project(attn.o_proj, proj.get("o"), out, n_raw)
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return {"x": x, "cos": cos, "sin": sin}
 
-    def _run(self, n: int) -> torch.Tensor:
-        """The step, eager or through torch.compile (one compiled function per process, dynamic
-        shapes: the buffers grow between builds)."""
-        return _compiled_body()(self, n) if self.compiled else self._body(n)
+    def _head(self, shape: Shape, io: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        parts, static = self.lm.parts, self._buf.rows[shape]
+        last = io["x"].index_select(1, static.last)  # (b, 1, hidden)
+        return {"logits": parts.lm_head(parts.norm(last))[:, 0].float()}
 
-    def _replay(self, n: int) -> torch.Tensor:
-        if n not in self._graphs:
+    def _whole(self, shape: Shape) -> dict[str, torch.Tensor]:
+        """The whole step: embed, every layer, the head."""
+        io = self._embed(shape)
+        for i in range(len(self.lm.parts.layers)):
+            io = self._layer(i, shape, io)
+        return self._head(shape, io)
+
+    def _units(self, shape: Shape, split: bool) -> list:
+        """The step as functions of the previous one's output: one (the whole step), or, split, the
+        embedding, each layer and the head apart — so a loading memory's layers can be waited for
+        in between."""
+        if not split:
+            whole = _compiled_whole() if self.compiled else StaticDecoder._whole
+            return [lambda _io: whole(self, shape)]
+        n_layers = len(self.lm.parts.layers)
+        layer = lambda i: lambda io: self._layer(i, shape, io)  # noqa: E731
+        head = lambda io: self._head(shape, io)  # noqa: E731
+        return [lambda _io: self._embed(shape)] + [layer(i) for i in range(n_layers)] + [head]
+
+    def _execute(self, shape: Shape) -> torch.Tensor:
+        """Run the staged step (eager, or replaying its CUDA graphs); returns the logits."""
+        loading = split = self._filled < self._memory.n_layers
+        if self.graphs and split and (shape, True) not in self._buf.graphs:
+            self._fill(self._memory.n_layers)  # first capture of this shape: wait for the whole memory
+            loading = False
+        units = self._units(shape, split)
+        graphs = self._capture(shape, split, units) if self.graphs else None
+        io: dict[str, torch.Tensor] = {}
+        for k, unit in enumerate(units):
+            if loading and 1 <= k <= self._memory.n_layers:
+                self._fill(k)  # layer k - 1 is in the buffers before its unit runs
+            if graphs is None:
+                io = unit(io)
+            else:
+                graphs[k][0].replay()
+                io = graphs[k][1]
+        if loading:
+            self._memory.ready()  # joins the loader (and raises what it raised)
+        self.stats["static_steps"] += 1
+        return io["logits"].clone() if graphs is not None else io["logits"]
+
+    def _capture(self, shape: Shape, split: bool, units: list) -> list[tuple[torch.cuda.CUDAGraph, dict]]:
+        """The CUDA graphs of a step shape over these buffers, captured on first use (after one
+        warm-up run outside capture: lazy inits, cuBLAS workspaces, compiling)."""
+        buf = self._buf
+        key = (shape, split)
+        if key not in buf.graphs:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                self._run(n)  # warm-up: compiling, lazy inits and autotuning happen outside the capture
+                io: dict = {}
+                for unit in units:
+                    io = unit(io)
             torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                out = self._run(n)
-            self._pool = graph.pool()
-            self._graphs[n] = (graph, out)
-        graph, out = self._graphs[n]
-        graph.replay()
-        return out
+            captured, io = [], {}
+            for unit in units:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=buf.graph_pool, capture_error_mode="thread_local"):
+                    io = unit(io)
+                buf.graph_pool = graph.pool()
+                captured.append((graph, io))
+            buf.graphs[key] = captured
+            self.stats["captures"] += 1
+        return buf.graphs[key]
+
+
+def _padded_shape(chunk: Chunk) -> Shape:
+    """(raw rows, beacon rows) of a read, each padded up to a multiple of ROW_GRAIN (a single raw
+    row is a decode step: no padding)."""
+    n_raw, n_beacons = chunk.n_raw, chunk.n_rows - chunk.n_raw
+    if n_raw == 1:
+        return (1, n_beacons)
+    return (_round_up(n_raw, ROW_GRAIN), _round_up(n_beacons, ROW_GRAIN))
 
 
 @functools.cache
-def _compiled_body():
-    return torch.compile(StaticDecoder._body, dynamic=True)
+def _compiled_whole():
+    return torch.compile(StaticDecoder._whole, dynamic=True)
 
 
 def _attend(

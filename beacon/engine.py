@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import BeaconConfig
+from .decode import BufferPool
 from .families import Parts, model_parts
 from .fingerprint import fingerprint
 from .forward import compiled_layer, run_chunk
@@ -70,6 +71,9 @@ class BeaconLM:
         # "eager" (the general forward per token); "auto" = static, as CUDA graphs on a GPU;
         # "compiled" = "auto" with the step compiled first (faster after a slow first token)
         self.decode_mode = "auto"
+        # buffers (and CUDA graphs over them) that decoding keeps between calls (decode.BufferPool):
+        # the next question replays what an earlier one captured; `decode_buffers.clear()` frees them
+        self.decode_buffers = BufferPool()
 
     # ---- facts ---------------------------------------------------------------------------------
     @property
@@ -330,7 +334,7 @@ class BeaconLM:
         seed: int | None = None,
         expected_length: int | None = None,
     ) -> torch.Tensor:
-        """Continue after `memory` (never changed: generation reads a fork) + `prompt_ids`.
+        """Continue after `memory` (never changed: generation reads a share of it) + `prompt_ids`.
 
         Greedy by default; sampling with temperature / top-k / top-p and a seed. Returns the new
         tokens (b, <= max_new_tokens); a sequence that has ended is padded with its eos token.
@@ -340,7 +344,9 @@ class BeaconLM:
         if do_sample and temperature <= 0:
             raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
         ids = as_batch(prompt_ids, self.device)
-        work = None if memory is None else memory.fork()
+        # a share, not a copy: neither the engine's forward nor the decoder writes into a memory's tensors
+        work = self.new_memory(ids.shape[0]) if memory is None else memory.share()
+        self._check_memory(work, ids.shape[0])
         if eos_token_id is None and self.tokenizer is not None:
             eos_token_id = self.tokenizer.eos_token_id
         eos = torch.tensor(
@@ -351,14 +357,28 @@ class BeaconLM:
         if do_sample:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(0 if seed is None else seed)
-        work, logits = self.forward(ids, work, logits="last", expected_length=expected_length)
-        stepper = self._stepper(work)
-        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=self.device)
+        stepper = None
+        try:
+            if expected_length is None:
+                stepper = self._stepper(work)
+                logits = self.forward(ids, work, logits="last")[1] if stepper is None else stepper.read(ids)
+            else:  # adapt-N is told of a longer future: the general path plans the prompt for it
+                work, logits = self.forward(ids, work, logits="last", expected_length=expected_length)
+                stepper = self._stepper(work)
+            sampling = (do_sample, temperature, top_k, top_p, gen)
+            return self._continue(logits, work, stepper, max_new_tokens, sampling, eos)
+        finally:
+            if stepper is not None:
+                stepper.close()  # its buffers go back to the pool for the next question
+
+    def _continue(self, logits, work, stepper, max_new_tokens: int, sampling: tuple, eos: torch.Tensor) -> torch.Tensor:
+        """generate()'s loop after the prompt: pick a token, read it, until done."""
+        done = torch.zeros(logits.shape[0], dtype=torch.bool, device=self.device)
         tokens: list[torch.Tensor] = []
         all_done: list[torch.Tensor] = []  # per new token: has every sequence ended (on the device)
         check_every = 8  # host syncs for the eos test: one per 8 tokens, not one per token
         for t in range(max_new_tokens):
-            nxt = _pick(logits, do_sample, temperature, top_k, top_p, gen)
+            nxt = _pick(logits, *sampling)
             if eos.numel():
                 nxt = torch.where(done, tokens[-1] if tokens else nxt, nxt)
                 done = done | torch.isin(nxt, eos)
@@ -373,7 +393,7 @@ class BeaconLM:
             else:
                 work, logits = self.forward(nxt[:, None], work, logits="last")
         if not tokens:
-            return ids.new_zeros(ids.shape[0], 0)
+            return torch.zeros(logits.shape[0], 0, dtype=torch.long, device=self.device)
         out = torch.stack(tokens, dim=1)
         if all_done:  # tokens after the step where all had ended are eos padding: cut them
             ended = torch.stack(all_done).nonzero()

@@ -1,9 +1,9 @@
 """Greedy answers after a memory, timed: time to the first new token, and in total.
 
-The steps are the engine's own (`lm.forward` of the prompt, then one token at a time) so the
-result is exactly `lm.generate(prompt_ids, memory=memory, max_new_tokens=n, eos_token_id=stops)`
-(a test holds them equal); doing them here lets us stamp the first token and read the memory
-without copying it (`Memory.share`; generate forks it).
+The steps are the engine's own (its decoder for `lm.decode_mode`: the prompt read at once, then one
+token at a time — decode.StaticDecoder, CUDA graphs on a GPU) so the result is exactly
+`lm.generate(prompt_ids, memory=memory, max_new_tokens=n, eos_token_id=stops)` (a test holds them
+equal); doing them here lets us stamp the first token.
 """
 
 from __future__ import annotations
@@ -43,13 +43,20 @@ def greedy_answer(
     start = time.perf_counter()
     if max_new_tokens == 0:
         return Generated([], None, 0.0)
-    work = None if memory is None else memory.share()
-    work, logits = lm.forward(prompt_ids, work, logits="last")
-    nxt = logits.argmax(dim=-1)  # (1,)
-    tokens = [int(nxt)]  # host sync
-    first_token_s = time.perf_counter() - start
-    while len(tokens) < max_new_tokens and tokens[-1] not in stops:
-        work, logits = lm.forward(nxt[:, None], work, logits="last")
-        nxt = logits.argmax(dim=-1)
-        tokens.append(int(nxt))
+    work = lm.new_memory() if memory is None else memory.share()
+    prompt = torch.tensor([prompt_ids], dtype=torch.long, device=lm.device)
+    stepper = lm._stepper(work)  # the engine's decoder for lm.decode_mode (None: "eager")
+    try:
+        read = (lambda t: lm.forward(t, work, logits="last")[1]) if stepper is None else stepper.read
+        logits = read(prompt)
+        nxt = logits.argmax(dim=-1)  # (1,)
+        tokens = [int(nxt)]  # host sync
+        first_token_s = time.perf_counter() - start
+        while len(tokens) < max_new_tokens and tokens[-1] not in stops:
+            logits = read(nxt[:, None])
+            nxt = logits.argmax(dim=-1)
+            tokens.append(int(nxt))
+    finally:
+        if stepper is not None:
+            stepper.close()  # buffers (and CUDA graphs) back to the model's pool for the next question
     return Generated(tokens, first_token_s, time.perf_counter() - start)

@@ -27,6 +27,15 @@
 #            interpreter switch interval off / 0.5 ms / 0.2 ms during background loads
 #   call 18: bash bench/h200_session.sh 18 (carry .whl .carry/ref_src): 7B at 32K with every call of
 #            every implementation timed five times (BENCH_SHORT_S=4)
+#   call 19: bash bench/h200_session.sh 19 (carry .carry/p1): stash pylance part 1; CUDA tests (the
+#            decoder's one-step question read, pooled buffers, graphs per layer); the question's
+#            paths profiled; decode speed after the decoder change
+#   call 20: bash bench/h200_session.sh 20 (carry .carry/x2b): pylance; snapshot tests (the background
+#            tests on CUDA too); TTFT with the question through the general forward vs the decoder
+#   call 21: bash bench/h200_session.sh 21 (carry .carry/p1): stash pylance part 1; the question's
+#            decoder paths again: matmul vs SDPA attention, whole vs per-layer graphs, phases
+#   call 22: bash bench/h200_session.sh 22 (carry .carry/x2b): pylance; what bounds a warm load
+#            (bench.load_bound); the background snapshot tests on CUDA
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -96,6 +105,38 @@ elif [ "$PART" = 18 ]; then
   stage condense_7b_32k 500 env BENCH_SHORT_S=4 python3 -m bench.condense --shapes qwen2-7b --lengths 32768 \
     --ratios 2,8,32 --parallel-window 4 --compile 1 --prefill --official-src .carry/ref_src \
     --official-site /tmp/oldtf --out "$OUT/r/condense_7b_32k.json"
+elif [ "$PART" = 19 ]; then
+  cp .carry/p1/pylance.part.aa "$STASH"/
+  stage cuda_tests 240 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
+    tests/test_decode.py tests/test_attention_gpu.py tests/test_engine.py tests/test_windows.py tests/test_parity.py
+  stage question_profile 150 python3 -m bench.question_profile --shape qwen2-7b --length 131072 --ratio 8 \
+    --out "$OUT/r/question_profile_decoder.json"
+  stage decode 150 python3 -m bench.decode --shapes qwen2-7b --lengths 32768,131072 --modes auto \
+    --no-plain --compiled-lengths "" --out "$OUT/r/decode_after_read.json"
+elif [ "$PART" = 20 ]; then
+  cp .carry/x2b/pylance.part.ab "$STASH"/
+  ( cd "$STASH" && cat pylance.part.aa pylance.part.ab | tar -xJ -C /root/site ) || echo "pylance install failed"
+  python3 -c "import lance; print('lance', lance.__version__)"
+  stage snapshot_tests 100 python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" tests/test_snapshots_store.py \
+    tests/test_snapshots_integrity.py
+  stage snapshot_tests_cuda 60 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q \
+    tests/test_snapshots_store.py -k "background or overlaps"
+  stage ttft 400 python3 -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 --db /root/ttft-db \
+    --workers 16 --question-modes eager,decoder --loads sync,background --max-row-mib 32 \
+    --out "$OUT/r/ttft_decoder.json"
+elif [ "$PART" = 21 ]; then
+  cp .carry/p1/pylance.part.aa "$STASH"/
+  stage question_profile 200 python3 -m bench.question_profile --shape qwen2-7b --length 131072 --ratio 8 \
+    --out "$OUT/r/question_paths.json"
+elif [ "$PART" = 22 ]; then
+  cp .carry/x2b/pylance.part.ab "$STASH"/
+  ( cd "$STASH" && cat pylance.part.aa pylance.part.ab | tar -xJ -C /root/site ) || echo "pylance install failed"
+  stage load_bound 150 python3 -m bench.load_bound --size-gb 0.94 --row-mib 32 --workers 16 \
+    --out "$OUT/r/load_bound.json"
+  stage load_bound_8 150 python3 -m bench.load_bound --size-gb 0.94 --row-mib 8 --workers 16 \
+    --out "$OUT/r/load_bound_8mib.json"
+  stage snapshot_tests_cuda 60 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q \
+    tests/test_snapshots_store.py -k "background or overlaps"
 elif [ "$PART" = 16 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
 elif [ "$PART" = 17 ]; then

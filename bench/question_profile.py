@@ -3,7 +3,9 @@
     python -m bench.question_profile --shape qwen2-7b --length 131072 --ratio 8 --out docs/results/question_profile.json
 
 Condenses a random document (random bf16 weights), then times `lm.forward(question, memory.fork(),
-logits="last")` + the first token (median of --repeats), and profiles one such call with
+logits="last")` + the first token (median of --repeats), the same through the decoder's one-step
+read (decode.StaticDecoder.read: eager, CUDA graphs, graphs per layer, matmul attention), and
+profiles one call of each with
 torch.profiler: the GPU's kernel time against the wall time says whether the host (Python, op
 dispatch, launches) or the GPU bounds it; CUDA sync-debug mode counts the host syncs and where
 they come from.
@@ -29,6 +31,84 @@ def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def _decoder_paths(lm, memory, question: torch.Tensor, repeats: int) -> tuple[dict, dict]:
+    """Median seconds of a question + first token through decode.StaticDecoder.read, each way it can
+    run: eager; CUDA graphs (first call: buffers made and graphs captured; then replays from the
+    model's pool); graphs split per layer (as over a memory still loading — here a loader that has
+    everything already); each with the plain matmul attention and with SDPA. Also where one graph
+    read's time goes (synchronised phases), and a profile of it: kernel time and launches."""
+    from beacon import decode
+
+    def ask(graphs: bool = True, loading: bool = False, phases: dict | None = None) -> int:
+        mem = memory.share()
+        if loading:
+            mem.pending = lambda layer: None  # every layer "arrives" at once: the split path, no disk
+        stepper = decode.StaticDecoder(lm, mem, graphs=graphs and torch.cuda.is_available())
+        if phases is not None:  # time the read's parts, synchronised (slower in all: for shares only)
+            for name in ("_build", "_stage", "_execute"):
+                setattr(stepper, name, _phase(getattr(stepper, name), phases, name))
+        token = stepper.read(question)[0].argmax().item()
+        stepper.close()
+        return token
+
+    out: dict = {}
+    default_rows = decode.SDPA_MIN_ROWS
+    try:
+        for attention, rows in (("bmm", 10**9), ("sdpa", default_rows)):
+            decode.SDPA_MIN_ROWS = rows
+            lm.decode_buffers.clear()
+            out[f"{attention}_graphs_first_call"] = _timed(ask)
+            for name, kw in [("graphs", {}), ("graphs_split", {"loading": True}), ("eager", {"graphs": False})]:
+                ask(**kw)
+                out[f"{attention}_{name}"] = statistics.median(_timed(lambda kw=kw: ask(**kw)) for _ in range(repeats))
+            phases: dict = {}
+            for _ in range(repeats):
+                ask(phases=phases)
+            out[f"{attention}_graphs_phases"] = {k: statistics.median(v) for k, v in phases.items()}
+        decode.SDPA_MIN_ROWS = default_rows
+        lm.decode_buffers.clear()
+        ask()
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            t0 = time.perf_counter()
+            ask()
+            wall = time.perf_counter() - t0
+    finally:
+        decode.SDPA_MIN_ROWS = default_rows
+    events = prof.key_averages()
+    gpu_us = sum(e.self_device_time_total for e in events)
+    top_gpu = sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:12]
+    top_cpu = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
+    profile_out = {
+        "attention": "default (decode.SDPA_MIN_ROWS)",
+        "profiled_wall_s": wall,
+        "gpu_kernel_s": gpu_us / 1e6,
+        "kernels_run": sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA),
+        "top_gpu_ops": [{"name": e.key[:120], "count": e.count, "gpu_ms": e.self_device_time_total / 1e3}
+                        for e in top_gpu],
+        "top_cpu_ops": [{"name": e.key[:120], "count": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3}
+                        for e in top_cpu],
+    }  # fmt: skip
+    return out, profile_out
+
+
+def _phase(fn, into: dict, name: str):
+    """`fn`, its wall time (device synchronised before and after) appended to into[name]."""
+
+    def run(*a, **kw):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        result = fn(*a, **kw)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        into.setdefault(name, []).append(time.perf_counter() - t0)
+        return result
+
+    return run
 
 
 def main() -> None:
@@ -77,6 +157,9 @@ def main() -> None:
         by_mode[mode] = statistics.median(_timed(ask) for _ in range(args.repeats))
     lm.attn_mode = "auto"
 
+    # the decoder's one-step read (decode.StaticDecoder.read: what generate and the Answerer do)
+    by_path, decoder_profile = _decoder_paths(lm, memory, question, args.repeats)
+
     syncs: collections.Counter[str] = collections.Counter()  # file:line of the Python code that synced
     if torch.cuda.is_available():
         torch.cuda.set_sync_debug_mode("warn")
@@ -99,6 +182,8 @@ def main() -> None:
         "kernel_launches": kernels,
         "host_syncs": dict(syncs),
         "question_s_by_attn_mode": by_mode,
+        "question_s_by_path": by_path,
+        "decoder_graphs_profile": decoder_profile,
         "top_cpu_ops": [
             {"name": e.key, "count": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
              "gpu_ms": e.self_device_time_total / 1e3}

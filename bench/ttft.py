@@ -3,8 +3,10 @@
     python -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 --db /tmp/ttft-db
 
 Beacon: SnapshotStore.get (disk -> host -> GPU, checked) + the question read after the memory +
-the first token, for each snapshot dtype (--store-dtypes; float8 halves the bytes, lossy) and each
-number of reader threads (--workers), load and question timed apart. Page cache warm (the
+the first token (the general forward pass, or the decoder's one-step read over pooled buffers
+replayed as CUDA graphs — what generate and the Answerer do), for each snapshot dtype
+(--store-dtypes; float8 halves the bytes, lossy) and each number of reader threads (--workers),
+load and question timed apart. Page cache warm (the
 snapshot was just read) and cold (its files dropped from the page cache with posix_fadvise
 DONTNEED, or /proc/sys/vm/drop_caches where allowed). Plain: a
 full-attention prefill of document + question with transformers (SDPA). Random bf16 weights.
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from beacon.decode import StaticDecoder
 from snapshots import SnapshotStore, loader
 
 from .condense import timed
@@ -64,8 +67,9 @@ def main() -> None:
     p.add_argument("--store-dtypes", default="bfloat16,float8_e4m3fn", help="snapshot dtypes to try")
     p.add_argument("--device", default="cuda")
     p.add_argument(
-        "--question-modes", default="eager,compiled",
-        help="question prefill: eager and/or compiled (layer compiled once per process: a warm query actor)",
+        "--question-modes", default="eager,decoder",
+        help="question prefill: eager (the general forward), compiled (its layer compiled once per process: a"
+        " warm query actor), decoder (decode.StaticDecoder.read, CUDA graphs: what generate and the Answerer do)",
     )  # fmt: skip
     p.add_argument(
         "--loads", default="sync,background",
@@ -98,7 +102,9 @@ def main() -> None:
             put_s, _ = timed(lambda d=dtype, st=store: st.put(d, memory, fingerprint=fp, store_dtype=d))
             stored = store.show(dtype).stored_bytes
 
-            def first_token(doc_id: str, background: bool = False, store=store) -> tuple[float, float]:
+            def first_token(
+                doc_id: str, background: bool = False, store=store, decoder: bool = False
+            ) -> tuple[float, float]:
                 """(seconds to load the memory onto the GPU, seconds for question + first token); with
                 background=True get returns at once and the question overlaps the load: the second
                 number then holds most of both."""
@@ -108,21 +114,28 @@ def main() -> None:
                 if not background:
                     _sync()
                 t1 = time.perf_counter()
-                _, logits = lm.forward(question, mem, logits="last")
-                logits.argmax(-1).tolist()
+                if decoder:  # what generate() and the Answerer do: StaticDecoder.read (CUDA graphs)
+                    stepper = StaticDecoder(lm, mem, graphs=mem.device.type == "cuda")
+                    stepper.read(question).argmax(-1).tolist()
+                    stepper.close()
+                else:  # the general forward pass
+                    _, logits = lm.forward(question, mem, logits="last")
+                    logits.argmax(-1).tolist()
                 return t1 - t0, time.perf_counter() - t1
 
             loads = args.loads.split(",")
             if not set(loads) <= {"sync", "background"}:
                 raise SystemExit(f"--loads: {args.loads!r}: choose from sync, background")
-            combos = [(int(w), "eager", ld) for ld in loads for w in args.workers.split(",")] + [
-                (int(args.workers.split(",")[0]), m, "sync") for m in args.question_modes.split(",") if m != "eager"
+            modes = args.question_modes.split(",")
+            direct = [m for m in modes if m in ("eager", "decoder")]  # each with every load and reader count
+            combos = [(int(w), m, ld) for m in direct for ld in loads for w in args.workers.split(",")] + [
+                (int(args.workers.split(",")[0]), m, "sync") for m in modes if m not in direct
             ]
             intervals = args.switch_intervals.split(",")
             combos = [(w, m, ld, si) for w, m, ld in combos for si in (intervals if ld == "background" else ["-"])]
             for workers, mode, load, interval in combos:
-                if mode not in ("eager", "compiled"):
-                    raise SystemExit(f"--question-modes: {mode!r} is not eager or compiled")
+                if mode not in ("eager", "compiled", "decoder"):
+                    raise SystemExit(f"--question-modes: {mode!r} is not eager, compiled or decoder")
                 if interval == "default":
                     loader.BACKGROUND_SWITCH_INTERVAL_S = default_interval
                 elif interval == "off":
@@ -131,13 +144,14 @@ def main() -> None:
                     loader.BACKGROUND_SWITCH_INTERVAL_S = float(interval)
                 lm.compile_layers = mode == "compiled"
                 store.read_workers = workers
-                bg = load == "background"
-                first_token(dtype, bg)  # warm-up (and warms the page cache; compiles in "compiled" mode)
-                warm = [first_token(dtype, bg) for _ in range(args.repeats)]
+                bg, dec = load == "background", mode == "decoder"
+                # warm-up (and warms the page cache; compiles in "compiled" mode; captures the decoder's graphs)
+                first_token(dtype, bg, decoder=dec)
+                warm = [first_token(dtype, bg, decoder=dec) for _ in range(args.repeats)]
                 cold, how = [], ""
                 for _ in range(args.repeats):
                     how = drop_page_cache(Path(args.db))
-                    cold.append(first_token(dtype, bg))
+                    cold.append(first_token(dtype, bg, decoder=dec))
                 run = {
                     "store_dtype": dtype, "max_row_mib": row_mib, "read_workers": workers, "question": mode,
                     "load": load,

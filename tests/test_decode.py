@@ -113,3 +113,110 @@ def test_compiled_steps_equal_general_steps():
         _, want = lm.forward(new[:, t : t + 1], slow, logits="last")
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
     assert_same_memory(fast.memory(), slow)
+
+
+def _roomy(overrides: dict) -> dict:
+    """The config with a 64-token window (stride halved where it was shorter), so questions fit."""
+    stride = overrides.get("beacon_stride")
+    return overrides | {"beacon_window": 64, "beacon_stride": 32 if stride else 64}
+
+
+@pytest.mark.parametrize(
+    "family, overrides",
+    [CONFIGS[0], CONFIGS[1], CONFIGS[3], CONFIGS[4], CONFIGS[7]],
+    ids=["interleave", "interleave-sink", "segmentation", "append", "append-stride8"],
+)
+def test_a_question_read_at_once_equals_the_general_path(family, overrides):
+    """read(): a question in one static step (raw and beacon rows padded to ROW_GRAIN) gives the
+    general path's logits and memory, in a batch of 2; then decoding goes on from it exactly; a
+    question that closes the window is handed to the general path."""
+    lm = load_tiny(family, **_roomy(overrides))
+    memory = lm.condense(tokens(140, seed=4, batch=2))
+    assert memory.state.n_outer > 0 and memory.state.window_raw + 17 < lm.config.beacon_window
+    for n_question in (5, 17):
+        q = tokens(n_question, seed=20 + n_question, batch=2)
+        fast = StaticDecoder(lm, memory.share(), graphs=GRAPHS)
+        slow = memory.fork()
+        got = fast.read(q.to(lm.device))
+        _, want = lm.forward(q, slow, logits="last")
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+        assert fast.stats["reads"] == 1 and fast.stats["general_steps"] == 0, fast.stats
+        assert_same_memory(fast.memory(), slow)
+        new = tokens(12, seed=9, batch=2)
+        for t in range(new.shape[1]):
+            got = fast.step(new[:, t : t + 1].to(lm.device))
+            _, want = lm.forward(new[:, t : t + 1], slow, logits="last")
+            torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+        assert_same_memory(fast.memory(), slow)
+        fast.close()
+    long_q = tokens(lm.config.beacon_window + 3, seed=30, batch=2)  # closes the open window
+    fast = StaticDecoder(lm, memory.share(), graphs=GRAPHS)
+    got = fast.read(long_q.to(lm.device))
+    slow = memory.fork()
+    _, want = lm.forward(long_q, slow, logits="last")
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert fast.stats["general_steps"] == 1 and fast.stats["reads"] == 0
+    assert_same_memory(fast.memory(), slow)
+    fast.close()
+    assert_same_memory(memory, lm.condense(tokens(140, seed=4, batch=2)))  # the shared memory is untouched
+
+
+def test_a_read_after_some_steps_drops_the_half_read_block():
+    """Steps plan a block of tokens ahead; a read in the middle of it starts from where reading is."""
+    lm = load_tiny(CONFIGS[4][0], **CONFIGS[4][1])  # append: blocks from the first step
+    memory = lm.condense(tokens(21, seed=2))
+    fast = StaticDecoder(lm, memory.share(), graphs=GRAPHS)
+    slow = memory.fork()
+    for t in range(3):
+        fast.step(torch.tensor([[40 + t]], device=lm.device))
+    assert fast.stats["blocks"] == 1
+    q = tokens(6, seed=3)
+    got = fast.read(q.to(lm.device))
+    lm.forward(torch.tensor([[40, 41, 42]]), slow)
+    _, want = lm.forward(q, slow, logits="last")
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert_same_memory(fast.memory(), slow)
+
+
+def test_buffers_and_graphs_serve_the_next_memory_from_the_pool():
+    """A closed decoder's buffers go to the model's pool; a later memory of a size in the same
+    bucket reads from them (stale slots hidden by the mask) exactly, and on a GPU replays the
+    graphs captured for the first (no capture for a question of a length in the same bucket)."""
+    lm = load_tiny(CONFIGS[0][0], **_roomy(CONFIGS[0][1]))
+    lm.decode_buffers.clear()
+    first, second = lm.condense(tokens(150, seed=1)), lm.condense(tokens(90, seed=2))
+    fast = StaticDecoder(lm, first.share(), graphs=GRAPHS)
+    fast.read(tokens(9, seed=3).to(lm.device))
+    fast.step(torch.tensor([[5]], device=lm.device))
+    fast.close()
+    assert len(lm.decode_buffers) == 1
+    with pytest.raises(RuntimeError, match="closed"):
+        fast.step(torch.tensor([[5]], device=lm.device))
+    kept = lm.decode_buffers._free[0]
+    fast = StaticDecoder(lm, second.share(), graphs=GRAPHS)
+    q = tokens(11, seed=4)  # 11 and 9 raw rows both pad to ROW_GRAIN
+    got = fast.read(q.to(lm.device))
+    assert fast._buf is kept and len(lm.decode_buffers) == 0
+    slow = second.fork()
+    _, want = lm.forward(q, slow, logits="last")
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert fast.stats["captures"] == 0
+    assert_same_memory(fast.memory(), slow)
+    fast.close()
+    lm.decode_buffers.clear()
+    assert len(lm.decode_buffers) == 0
+
+
+def test_the_pool_keeps_only_a_few_free_sets():
+    from beacon.decode import BufferPool
+
+    lm = load_tiny(CONFIGS[0][0], **CONFIGS[0][1])
+    pool = BufferPool(keep=2)
+    like = lm.new_memory().keys[0]
+    bufs = [StaticDecoder(lm, lm.new_memory())._allocate(cap, like) for cap in (4096, 8192, 12288)]
+    for b in bufs:
+        pool.give(b)
+    assert len(pool) == 2 and pool.take(4096, like) is None  # the oldest went first
+    assert pool.take(8192, like) is bufs[1] and pool.take(8192, like) is None
+    other = torch.zeros(like.shape[0] + 1, *like.shape[1:], dtype=like.dtype, device=like.device)
+    assert pool.take(12288, other) is None  # another batch size never takes them

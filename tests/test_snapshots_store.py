@@ -17,7 +17,8 @@ from snapshots import (
 )
 
 from ._snapshots_helpers import CONFIGS, assert_same_memory
-from .conftest import load_tiny, tokens
+from .conftest import DEVICE, load_tiny, tokens
+from .test_engine import ATOL
 
 
 def _store(tmp_path, **kw) -> SnapshotStore:
@@ -238,9 +239,9 @@ def test_a_background_load_answers_as_a_loaded_memory(tmp_path, config):
     layer and gives bit-identical logits; every other use waits for the whole memory."""
     lm, fp, store, memory = _one_doc(tmp_path, config)  # many rows, several per layer
     q = tokens(11, 2)
-    _, want = lm.forward(q, store.get("doc", fingerprint=fp), logits="last")
+    _, want = lm.forward(q, store.get("doc", fingerprint=fp, device=lm.device), logits="last")
 
-    streamed = store.get("doc", fingerprint=fp, background=True)
+    streamed = store.get("doc", fingerprint=fp, device=lm.device, background=True)
     gate, asked = streamed.pending, []
     assert gate is not None
     streamed.pending = lambda layer: (asked.append(layer), gate(layer))[1]
@@ -248,18 +249,19 @@ def test_a_background_load_answers_as_a_loaded_memory(tmp_path, config):
     assert asked == [*range(memory.n_layers), None]  # each layer just before it is read, then the rest
     assert streamed.pending is None
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    assert_same_memory(store.get("doc", fingerprint=fp, background=True).fork(), memory)
-    streamed = store.get("doc", fingerprint=fp, background=True)  # read on from a share (the Answerer)
+    assert_same_memory(store.get("doc", fingerprint=fp, device=lm.device, background=True).fork(), memory)
+    # read on from a share (the Answerer)
+    streamed = store.get("doc", fingerprint=fp, device=lm.device, background=True)
     _, got = lm.forward(q, streamed.share(), logits="last")
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     streamed.ready()
     assert_same_memory(streamed, memory)  # the loaded memory itself is untouched
     assert torch.equal(
-        lm.generate(q, store.get("doc", fingerprint=fp, background=True), max_new_tokens=6),
+        lm.generate(q, store.get("doc", fingerprint=fp, device=lm.device, background=True), max_new_tokens=6),
         lm.generate(q, memory, max_new_tokens=6),
     )
     with pytest.raises(ValueError, match="one document"):
-        store.get(["doc", "doc"], fingerprint=fp, background=True)
+        store.get(["doc", "doc"], fingerprint=fp, device=lm.device, background=True)
 
 
 def test_background_loads_shorten_the_switch_interval_only_while_they_run(monkeypatch):
@@ -287,6 +289,29 @@ def test_background_loads_shorten_the_switch_interval_only_while_they_run(monkey
             assert sys.getswitchinterval() == pytest.approx(0.0001, abs=2e-6)  # None: left alone
     finally:
         sys.setswitchinterval(before)
+
+
+@pytest.mark.parametrize("config", ["interleave", "append"])
+def test_a_question_read_at_once_overlaps_a_background_load(tmp_path, config):
+    """The decoder's one-step question (StaticDecoder.read, what generate and the Answerer use) over a
+    memory still loading fills each layer into its buffers just before that layer runs, and gives
+    what the loaded memory gives; the memory itself is untouched."""
+    from beacon.decode import StaticDecoder
+
+    lm, fp, store, memory = _one_doc(tmp_path, config)
+    q = tokens(6, 2)
+    _, want = lm.forward(q, memory.fork(), logits="last")
+    streamed = store.get("doc", fingerprint=fp, device=lm.device, background=True)
+    gate, asked = streamed.pending, []
+    streamed.pending = lambda layer: (asked.append(layer), gate(layer))[1]
+    fast = StaticDecoder(lm, streamed.share(), graphs=DEVICE == "cuda")
+    got = fast.read(q.to(lm.device))
+    assert fast.stats["reads"] == 1 and fast.stats["general_steps"] == 0, fast.stats
+    assert asked == [*range(memory.n_layers), None]  # layer by layer, then the rest
+    torch.testing.assert_close(got, want, rtol=0, atol=ATOL)
+    fast.close()
+    streamed.ready()
+    assert_same_memory(streamed, memory)
 
 
 def test_a_damaged_row_of_a_background_load_is_raised_where_the_memory_is_used(tmp_path):

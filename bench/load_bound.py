@@ -1,0 +1,123 @@
+"""What bounds a warm snapshot load to the GPU: the loader against parallel raw reads of the same bytes.
+
+    python -m bench.load_bound --size-gb 0.94 --row-mib 32 --workers 16 --out docs/results/load_bound.json
+
+A synthetic Qwen2-7B-shaped memory (bench.snapshot_io.synthetic: 128K tokens at ratio 8) is put
+once; then, page cache warm, medians of --repeats:
+
+  get                 SnapshotStore.get(device="cuda"): read, crc32 check, pinned staging, copy, place
+  get, no checksum    the same with the crc32 check skipped (a probe only: the store never skips it)
+  pread -> pinned     the snapshots table's data files read with os.preadv in rows of --row-mib by
+                      --workers threads into reused pinned buffers: the host's own pace for these bytes
+  + crc32             the same, each row checksummed (zlib.crc32) on its thread
+  pinned -> gpu       one host-to-device copy of the whole size from pinned memory
+
+Needs torch and pylance; no model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from snapshots import SnapshotStore, loader
+
+from .shapes import environment
+from .snapshot_io import synthetic, timed
+
+
+def parallel_pread(files: list[Path], row_bytes: int, workers: int, crc: bool, pin: bool = True) -> int:
+    """Read every file in rows of `row_bytes` with `workers` threads into reused (pinned) buffers."""
+    buffers = [torch.empty(row_bytes, dtype=torch.uint8, pin_memory=pin) for _ in range(workers)]
+    jobs = [
+        (f, off, min(row_bytes, f.stat().st_size - off)) for f in files for off in range(0, f.stat().st_size, row_bytes)
+    ]
+
+    def read(k: int) -> int:
+        path, offset, size = jobs[k]
+        view = memoryview(buffers[k % workers].numpy())[:size]
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            n = os.preadv(fd, [view], offset)
+        finally:
+            os.close(fd)
+        if crc:
+            zlib.crc32(view[:n])
+        return n
+
+    # each thread owns buffer k % workers only while it reads job k: jobs of one buffer run in turn
+    with ThreadPoolExecutor(workers) as pool:
+        total = 0
+        for start in range(0, len(jobs), workers):
+            total += sum(pool.map(read, range(start, min(start + workers, len(jobs)))))
+    return total
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size-gb", type=float, default=0.94)
+    p.add_argument("--row-mib", type=float, default=32)
+    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cuda", help="cpu: a smoke run (no pinned memory, no GPU copy)")
+    p.add_argument("--out", default="docs/results/load_bound.json")
+    args = p.parse_args()
+    memory, fp = synthetic(args.size_gb, args.device)
+    cuda = args.device == "cuda"
+    nbytes = memory.nbytes()
+    root = Path(tempfile.mkdtemp(prefix="load-bound-"))
+    store = SnapshotStore(root / "store", max_row_bytes=int(args.row_mib * 2**20), read_workers=args.workers)
+    store.put("doc", memory, fingerprint=fp)
+    files = sorted((store.path / "snapshots.lance" / "data").rglob("*.lance"))
+    file_bytes = sum(f.stat().st_size for f in files)
+
+    def median_of(fn) -> float:
+        fn()  # warm: page cache, pinned buffers, CUDA context
+        return statistics.median(timed(fn) for _ in range(args.repeats))
+
+    get = lambda: store.get("doc", fingerprint=fp, device=args.device)  # noqa: E731
+    results = {"get": median_of(get)}
+    checked = loader._read_and_check
+
+    def unchecked(row, buf) -> None:  # the loader's read without the crc32 comparison
+        n = row.read_into(buf)
+        if n != row.nbytes:
+            raise RuntimeError(f"short read of row {row.row}")
+
+    loader._read_and_check = unchecked
+    try:
+        results["get_no_checksum"] = median_of(get)
+    finally:
+        loader._read_and_check = checked
+    row_bytes = int(args.row_mib * 2**20)
+    results["pread_pinned"] = median_of(lambda: parallel_pread(files, row_bytes, args.workers, crc=False, pin=cuda))
+    results["pread_pinned_crc32"] = median_of(
+        lambda: parallel_pread(files, row_bytes, args.workers, crc=True, pin=cuda)
+    )
+    if cuda:
+        host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        device = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+        results["pinned_to_gpu"] = median_of(lambda: device.copy_(host, non_blocking=True))
+    out = {
+        "command": " ".join(["python -m bench.load_bound"] + sys.argv[1:]),
+        "env": environment(),
+        "memory_bytes": nbytes, "data_file_bytes": file_bytes, "row_mib": args.row_mib, "workers": args.workers,
+        "seconds": results,
+        "gb_s": {k: nbytes / v / 1e9 for k, v in results.items()},
+    }  # fmt: skip
+    print(json.dumps(out, indent=1))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
