@@ -560,8 +560,7 @@ class StaticDecoder:
             else:
                 graphs[k][0].replay()
                 io = graphs[k][1]
-        if loading:
-            self._memory.ready()  # joins the loader (and raises what it raised)
+        self._memory.ready()  # a loader that was running is joined (and what it raised is raised)
         self.stats["static_steps"] += 1
         return io["logits"].clone() if graphs is not None else io["logits"]
 

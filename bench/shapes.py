@@ -92,4 +92,10 @@ def environment() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
+    try:  # which library checks snapshot rows (zlib-ng, else zlib): it sets the pace of warm loads
+        from snapshots import codec
+
+        info["crc32"] = codec.CRC32_IMPL
+    except ImportError:  # no pylance on this machine: no snapshots either
+        pass
     return info

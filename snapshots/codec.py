@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import sys
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +27,15 @@ import numpy as np
 import torch
 
 from beacon import Memory
+
+try:  # zlib-ng: the same CRC-32 as zlib at ~6x its speed (SIMD), and it releases the GIL the same way
+    from zlib_ng import zlib_ng as _crc
+
+    CRC32_IMPL = "zlib-ng"
+except ImportError:  # a platform without its wheel: the standard library (identical values, slower)
+    import zlib as _crc
+
+    CRC32_IMPL = "zlib"
 
 from .schema import TENSORS
 
@@ -131,9 +139,9 @@ def checksum(
 ) -> int:
     """crc32 of the row's header (what it claims to be) + its data + its scales."""
     header = [doc_id, generation, slab.tensor, slab.layer_from, slab.layer_to, slab.entry_from, slab.entry_to]
-    crc = zlib.crc32(json.dumps([*header, dtype, list(shape)]).encode())
-    crc = zlib.crc32(data, crc)
-    return zlib.crc32(scale, crc) if scale else crc
+    crc = _crc.crc32(json.dumps([*header, dtype, list(shape)]).encode())
+    crc = _crc.crc32(data, crc)
+    return _crc.crc32(scale, crc) if scale else crc
 
 
 def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

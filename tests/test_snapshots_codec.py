@@ -93,3 +93,20 @@ def test_a_memory_holding_nan_is_refused():
     slabs = plan_slabs(3, segments_of(memory), entry_bytes=64, max_row_bytes=10**6)
     with pytest.raises(ValueError, match="values of layers .* entries 7:11 hold NaN or Inf"):
         list(encode(memory, slabs, store_dtype="float32", doc_id="d", generation="g"))
+
+
+def test_checksums_are_zlibs_crc32_whichever_library_computes_them():
+    """Rows are checked with zlib-ng when installed (a dependency: CI has it); its CRC-32 is zlib's, so
+    snapshots written with either library load with the other."""
+    import json
+    import zlib
+
+    from snapshots import codec
+
+    assert codec.CRC32_IMPL == "zlib-ng"
+    slab = codec.Slab("keys", 0, 2, 5, 9)
+    data = np.random.default_rng(0).integers(0, 256, 3 * 2**20 + 7, dtype=np.uint8)
+    scale = b"\x01\x02\x03\x04" * 9
+    header = ["doc", "g1", "keys", 0, 2, 5, 9, "bfloat16", [2, 1, 4, 4, 16]]
+    want = zlib.crc32(scale, zlib.crc32(data, zlib.crc32(json.dumps(header).encode())))
+    assert codec.checksum("doc", "g1", slab, "bfloat16", (2, 1, 4, 4, 16), memoryview(data), scale) == want
