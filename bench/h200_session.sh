@@ -41,6 +41,9 @@
 #   call 24: bash bench/h200_session.sh 24 (carry .carry/x2b .carry/zng): pylance and zlib-ng (the
 #            checksum library, a dependency since); load_bound; background snapshot tests on CUDA;
 #            TTFT, question through the general forward vs the decoder
+#   call 25: bash bench/h200_session.sh 25 (carry .carry/p1): stash pylance part 1
+#   call 26: bash bench/h200_session.sh 26 (carry .carry/x2b .carry/zng): as 24, after background
+#            loads got a CUDA stream of their own (they had queued behind the question's kernels)
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -146,18 +149,20 @@ elif [ "$PART" = 23 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
   stage cuda_tests 240 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
     tests/test_decode.py tests/test_attention_gpu.py tests/test_engine.py tests/test_windows.py tests/test_parity.py
-elif [ "$PART" = 24 ]; then
+elif [ "$PART" = 25 ]; then
+  cp .carry/p1/pylance.part.aa "$STASH"/
+elif [ "$PART" = 24 ] || [ "$PART" = 26 ]; then
   cp .carry/x2b/pylance.part.ab "$STASH"/
   ( cd "$STASH" && cat pylance.part.aa pylance.part.ab | tar -xJ -C /root/site ) || echo "pylance install failed"
   python3 -m zipfile -e .carry/zng/zlib_ng-*.whl /root/site
   python3 -c "from snapshots import codec; print('crc32 by', codec.CRC32_IMPL)"
   stage load_bound 150 python3 -m bench.load_bound --size-gb 0.94 --row-mib 32 --workers 16 \
-    --out "$OUT/r/load_bound_zlibng.json"
+    --out "$OUT/r/load_bound_zlibng$([ "$PART" = 26 ] && echo _2).json"
   stage snapshot_tests_cuda 60 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q \
     tests/test_snapshots_store.py tests/test_snapshots_codec.py -k "background or overlaps or checksum"
   stage ttft 330 python3 -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 --db /root/ttft-db \
     --workers 16 --question-modes eager,decoder --loads sync,background --max-row-mib 32 \
-    --out "$OUT/r/ttft_zlibng.json"
+    --out "$OUT/r/ttft_$([ "$PART" = 26 ] && echo stream || echo zlibng).json"
 elif [ "$PART" = 16 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
 elif [ "$PART" = 17 ]; then

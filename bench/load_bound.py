@@ -7,9 +7,10 @@ once; then, page cache warm, medians of --repeats:
 
   get                 SnapshotStore.get(device="cuda"): read, crc32 check, pinned staging, copy, place
   get, no checksum    the same with the crc32 check skipped (a probe only: the store never skips it)
+  get, stdlib zlib    the same with the checksum computed by the standard library's zlib
   pread -> pinned     the snapshots table's data files read with os.preadv in rows of --row-mib by
                       --workers threads into reused pinned buffers: the host's own pace for these bytes
-  + crc32             the same, each row checksummed (zlib.crc32) on its thread
+  + crc32             the same, each row checksummed on its thread (snapshots.codec's library)
   pinned -> gpu       one host-to-device copy of the whole size from pinned memory
 
 Needs torch and pylance; no model.
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from snapshots import SnapshotStore, loader
+from snapshots import SnapshotStore, codec, loader
 
 from .shapes import environment
 from .snapshot_io import synthetic, timed
@@ -51,7 +52,7 @@ def parallel_pread(files: list[Path], row_bytes: int, workers: int, crc: bool, p
         finally:
             os.close(fd)
         if crc:
-            zlib.crc32(view[:n])
+            codec._crc.crc32(view[:n])  # the library the store uses
         return n
 
     # each thread owns buffer k % workers only while it reads job k: jobs of one buffer run in turn
@@ -98,6 +99,12 @@ def main() -> None:
         results["get_no_checksum"] = median_of(get)
     finally:
         loader._read_and_check = checked
+    fast_crc = codec._crc
+    codec._crc = zlib
+    try:
+        results["get_stdlib_zlib"] = median_of(get)
+    finally:
+        codec._crc = fast_crc
     row_bytes = int(args.row_mib * 2**20)
     results["pread_pinned"] = median_of(lambda: parallel_pread(files, row_bytes, args.workers, crc=False, pin=cuda))
     results["pread_pinned_crc32"] = median_of(
@@ -110,6 +117,7 @@ def main() -> None:
     out = {
         "command": " ".join(["python -m bench.load_bound"] + sys.argv[1:]),
         "env": environment(),
+        "crc32": codec.CRC32_IMPL,
         "memory_bytes": nbytes, "data_file_bytes": file_bytes, "row_mib": args.row_mib, "workers": args.workers,
         "seconds": results,
         "gb_s": {k: nbytes / v / 1e9 for k, v in results.items()},

@@ -9,9 +9,9 @@ host->device copy (the pinned buffer is reused only after that copy's event fire
 the device. A row that fails a check raises CorruptSnapshotError before the memory exists: bad
 bytes are never used.
 
-`load_rows_in_background` runs the same on a thread of its own and reports each layer as soon as
-all its rows are placed (`LayerGate`, a Memory's `pending`): the engine reads a question layer by
-layer behind the load.
+`load_rows_in_background` runs the same on a thread (and CUDA stream) of its own and reports each
+layer as soon as all its rows are placed (`LayerGate`, a Memory's `pending`): the engine reads a
+question layer by layer behind the load.
 
 Buffers are reused on purpose: first-touching fresh pages costs more than the copy itself on
 some hosts (measured in docs/snapshots.md).
@@ -332,10 +332,20 @@ def load_rows_in_background(
     are in place. Rows in layer order let a reader start on layer 0 long before the last arrives.
     `when_done()` runs on that thread at the end, success or not (e.g. closing files)."""
     gate = LayerGate(keys.shape[0], keys.device)
+    # Towards CUDA the load gets a stream of its own: on the default stream, which the reader of the
+    # memory also uses, each layer's copies would queue behind the question's kernels for the layer
+    # before — load and question would take turns instead of overlapping. The reader waits for each
+    # layer's copies through the gate's events; the stream first waits for whatever the calling
+    # thread queued (e.g. the destination tensors' initialisation).
+    stream = None
+    if keys.device.type == "cuda":
+        stream = torch.cuda.Stream(keys.device)
+        stream.wait_stream(torch.cuda.current_stream(keys.device))
 
     def run() -> None:
         try:
-            with _short_switch_interval():
+            on_stream = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+            with _short_switch_interval(), on_stream:
                 load_rows(rows, keys, values, workers=workers, prefetch=prefetch, on_layer=gate._layer_done)
         except BaseException as e:  # raised to whoever waits for a layer
             gate._error = e
