@@ -44,6 +44,9 @@
 #   call 25: bash bench/h200_session.sh 25 (carry .carry/p1): stash pylance part 1
 #   call 26: bash bench/h200_session.sh 26 (carry .carry/x2b .carry/zng): as 24, after background
 #            loads got a CUDA stream of their own (they had queued behind the question's kernels)
+#   call 27: bash bench/h200_session.sh 27 (carry .carry/p1): stash pylance part 1
+#   call 28: bash bench/h200_session.sh 28 (carry .carry/x2b .carry/zng): background loads traced layer
+#            by layer (when the question asked for each layer, when it had it), switch interval off / 0.5 ms
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -149,7 +152,7 @@ elif [ "$PART" = 23 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
   stage cuda_tests 240 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
     tests/test_decode.py tests/test_attention_gpu.py tests/test_engine.py tests/test_windows.py tests/test_parity.py
-elif [ "$PART" = 25 ]; then
+elif [ "$PART" = 25 ] || [ "$PART" = 27 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
 elif [ "$PART" = 24 ] || [ "$PART" = 26 ]; then
   cp .carry/x2b/pylance.part.ab "$STASH"/
@@ -163,6 +166,13 @@ elif [ "$PART" = 24 ] || [ "$PART" = 26 ]; then
   stage ttft 330 python3 -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 --db /root/ttft-db \
     --workers 16 --question-modes eager,decoder --loads sync,background --max-row-mib 32 \
     --out "$OUT/r/ttft_$([ "$PART" = 26 ] && echo stream || echo zlibng).json"
+elif [ "$PART" = 28 ]; then
+  cp .carry/x2b/pylance.part.ab "$STASH"/
+  ( cd "$STASH" && cat pylance.part.aa pylance.part.ab | tar -xJ -C /root/site ) || echo "pylance install failed"
+  python3 -m zipfile -e .carry/zng/zlib_ng-*.whl /root/site
+  stage ttft 400 python3 -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 --db /root/ttft-db \
+    --workers 16 --question-modes eager,decoder --loads sync,background --max-row-mib 32 \
+    --switch-intervals off,0.0005 --out "$OUT/r/ttft_traced.json"
 elif [ "$PART" = 16 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
 elif [ "$PART" = 17 ]; then

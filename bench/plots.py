@@ -147,13 +147,13 @@ def plot_flex_outer(results: Path, out: Path) -> Path:
 
 def plot_ttft(results: Path, out: Path) -> Path:
     """Time to the first token from a stored 7B 128K snapshot, warm and cold, against re-prefilling."""
-    data = json.loads((results / "ttft.json").read_text())
-    runs = [r for r in data["runs"] if r.get("question", "eager") == "eager"]
-    fig, axes = _axes(1, "First token from a 128K-token 7B snapshot (ttft.json) vs re-prefill", width=9)
+    data = json.loads((results / "ttft_stream.json").read_text())
+    runs = data["runs"]
+    fig, axes = _axes(1, "First token from a 128K-token 7B snapshot (ttft_stream.json) vs re-prefill", width=9)
     ax = axes[0]
     dtype = {"bfloat16": "bf16", "float8_e4m3fn": "fp8"}
     load = {"background": "bg", "sync": "sync"}
-    labels = [f"{dtype[r['store_dtype']]} {r['max_row_mib']:g}MiB {load[r['load']]} {r['read_workers']}t" for r in runs]
+    labels = [f"{dtype[r['store_dtype']]} {load[r['load']]} {r['question']}" for r in runs]
     xs = range(len(runs))
     ax.bar([x - 0.2 for x in xs], [r["warm_s"] for r in runs], 0.4, label="page cache warm")
     ax.bar([x + 0.2 for x in xs], [r["cold_s"] for r in runs], 0.4, label="cold disk")

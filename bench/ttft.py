@@ -104,16 +104,27 @@ def main() -> None:
 
             def first_token(
                 doc_id: str, background: bool = False, store=store, decoder: bool = False
-            ) -> tuple[float, float]:
-                """(seconds to load the memory onto the GPU, seconds for question + first token); with
-                background=True get returns at once and the question overlaps the load: the second
-                number then holds most of both."""
+            ) -> tuple[float, float, list]:
+                """(seconds to load the memory onto the GPU, seconds for question + first token, layer
+                waits); with background=True get returns at once and the question overlaps the load:
+                the second number then holds most of both, and each layer wait is (layer, ms since get
+                began when the question asked for it, ms when it had it)."""
                 _sync()
                 t0 = time.perf_counter()
                 mem = store.get(doc_id, fingerprint=fp, device=args.device, background=background)
                 if not background:
                     _sync()
                 t1 = time.perf_counter()
+                waits: list = []
+                if mem.pending is not None:
+                    gate = mem.pending
+
+                    def traced(which, gate=gate, waits=waits, t0=t0):
+                        asked = time.perf_counter()
+                        gate(which)
+                        waits.append((which, 1e3 * (asked - t0), 1e3 * (time.perf_counter() - t0)))
+
+                    mem.pending = traced
                 if decoder:  # what generate() and the Answerer do: StaticDecoder.read (CUDA graphs)
                     stepper = StaticDecoder(lm, mem, graphs=mem.device.type == "cuda")
                     stepper.read(question).argmax(-1).tolist()
@@ -121,7 +132,7 @@ def main() -> None:
                 else:  # the general forward pass
                     _, logits = lm.forward(question, mem, logits="last")
                     logits.argmax(-1).tolist()
-                return t1 - t0, time.perf_counter() - t1
+                return t1 - t0, time.perf_counter() - t1, waits
 
             loads = args.loads.split(",")
             if not set(loads) <= {"sync", "background"}:
@@ -158,13 +169,17 @@ def main() -> None:
                     "switch_interval_s": loader.BACKGROUND_SWITCH_INTERVAL_S if load == "background" else None,
                     "snapshot_bytes": stored,
                     "put_s": put_s,
-                    "warm_s": statistics.median(sum(w) for w in warm),
+                    "warm_s": statistics.median(w[0] + w[1] for w in warm),
                     "warm_load_s": statistics.median(w[0] for w in warm),
                     "warm_question_s": statistics.median(w[1] for w in warm),
                     "cold_question_s": statistics.median(c[1] for c in cold),
-                    "cold_s": statistics.median(sum(c) for c in cold),
+                    "cold_s": statistics.median(c[0] + c[1] for c in cold),
                     "cold_load_s": statistics.median(c[0] for c in cold),
                     "cold_how": how,
+                    # the last warm / cold run's layer waits: how long the question stood waiting for the load
+                    "warm_waited_ms": sum(got - asked for _, asked, got in warm[-1][2]),
+                    "cold_waited_ms": sum(got - asked for _, asked, got in cold[-1][2]),
+                    "warm_layer_waits_ms": [[layer, round(a, 2), round(g, 2)] for layer, a, g in warm[-1][2]],
                 }  # fmt: skip
                 result["runs"].append(run)
                 print(json.dumps(run), flush=True)
