@@ -340,15 +340,15 @@ class StaticDecoder:
             "copy_window": torch.empty(0, dtype=torch.long),
         }
         visible = window_mask(cfg, meta, c)  # (entries, c + entries): rows never see later entries
-        mask = torch.zeros(len(new), buf.cap - buf.n_outer, dtype=torch.long)
-        mask[:, : c + len(new)] = visible
-        moved = self.lm._stager.move({"pos": new.pos, "mask": mask.flatten()})
+        moved = self.lm._stager.move({"pos": new.pos, "mask": visible.long().flatten()})
+        # only the window's first c + entries slots can be visible: the rest is set on the device
+        mask = torch.zeros(len(new), buf.cap - buf.n_outer, dtype=torch.bool, device=moved["mask"].device)
+        mask[:, : c + len(new)] = moved["mask"].view(len(new), -1).bool()
         first = torch.nonzero(new.beacon == 0).flatten().tolist() + [len(new)]
         buf.slot_pos = torch.cat([buf.slot_pos, new.pos])  # slots filled as the block is read
         self.stats["blocks"] += 1
         return _Block(
-            start=state, after=step.after, n_tokens=n, first_entry=first,
-            pos=moved["pos"], mask=moved["mask"].view(len(new), -1).bool(),
+            start=state, after=step.after, n_tokens=n, first_entry=first, pos=moved["pos"], mask=mask,
         )  # fmt: skip
 
     # ---- buffers -------------------------------------------------------------------------------
@@ -371,7 +371,7 @@ class StaticDecoder:
         buf.n_outer, buf.size = n_o, size
         buf.slot_pos = torch.cat([torch.arange(n_o), chunk.cols.pos[:c]])
         self._memory, self._buf = memory, buf
-        self._win_pos = chunk.cols.pos[:c].to(memory.device)
+        self._win_pos = self.lm._stager.move({"pos": chunk.cols.pos[:c]})["pos"]  # never a host-blocking copy
         self._filled, self._fill_size = 0, size
         if memory.pending is None:
             self._fill(memory.n_layers)
@@ -459,7 +459,10 @@ class StaticDecoder:
         slots[pad_at] = torch.arange(buf.size + n, buf.size + width)  # room past the real rows
         pos = torch.zeros(width, dtype=torch.long)
         pos[at] = chunk.cols.pos[c:]
-        mask_win = torch.zeros(width, buf.cap - buf.n_outer, dtype=torch.long)
+        # the window slots any row may see: cached, the rows, the pad rows' own (a few KB to move; the
+        # rest of the mask row is cleared on the device)
+        span = c + width
+        mask_win = torch.zeros(width, span, dtype=torch.long)
         visible = torch.zeros(n, c + n, dtype=torch.long)
         visible[:, slot_of] = window_mask(self.lm.config, chunk.host_meta(), c).long()
         mask_win[at, : c + n] = visible
@@ -469,7 +472,8 @@ class StaticDecoder:
         static.pos.copy_(moved["pos"])
         static.slot.copy_(moved["slot"])
         static.win_slot.copy_(moved["slot"] - buf.n_outer)
-        static.mask[:, buf.n_outer :].copy_(moved["mask"].view(width, -1).bool())
+        static.mask[:, buf.n_outer :].zero_()
+        static.mask[:, buf.n_outer : buf.n_outer + span].copy_(moved["mask"].view(width, span).bool())
         static.last.copy_(moved["last"])
         if tokens is not None:
             static.tokens[:, :n_raw].copy_(tokens)
