@@ -47,6 +47,9 @@
 #   call 27: bash bench/h200_session.sh 27 (carry .carry/p1): stash pylance part 1
 #   call 28: bash bench/h200_session.sh 28 (carry .carry/x2b .carry/zng): background loads traced layer
 #            by layer (when the question asked for each layer, when it had it), switch interval off / 0.5 ms
+#   call 29: bash bench/h200_session.sh 29 (carry .carry/p1): stash pylance part 1; CUDA tests of the decoder
+#   call 30: bash bench/h200_session.sh 30 (carry .carry/x2b .carry/zng): TTFT traced again, after the
+#            decoder stages only the visible window slots
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -152,6 +155,10 @@ elif [ "$PART" = 23 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
   stage cuda_tests 240 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
     tests/test_decode.py tests/test_attention_gpu.py tests/test_engine.py tests/test_windows.py tests/test_parity.py
+elif [ "$PART" = 29 ]; then
+  cp .carry/p1/pylance.part.aa "$STASH"/
+  stage cuda_tests 200 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
+    tests/test_decode.py tests/test_engine.py
 elif [ "$PART" = 25 ] || [ "$PART" = 27 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
 elif [ "$PART" = 24 ] || [ "$PART" = 26 ]; then
@@ -166,13 +173,16 @@ elif [ "$PART" = 24 ] || [ "$PART" = 26 ]; then
   stage ttft 330 python3 -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 --db /root/ttft-db \
     --workers 16 --question-modes eager,decoder --loads sync,background --max-row-mib 32 \
     --out "$OUT/r/ttft_$([ "$PART" = 26 ] && echo stream || echo zlibng).json"
-elif [ "$PART" = 28 ]; then
+elif [ "$PART" = 28 ] || [ "$PART" = 30 ]; then
   cp .carry/x2b/pylance.part.ab "$STASH"/
   ( cd "$STASH" && cat pylance.part.aa pylance.part.ab | tar -xJ -C /root/site ) || echo "pylance install failed"
   python3 -m zipfile -e .carry/zng/zlib_ng-*.whl /root/site
   stage ttft 400 python3 -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 --db /root/ttft-db \
     --workers 16 --question-modes eager,decoder --loads sync,background --max-row-mib 32 \
-    --switch-intervals off,0.0005 --out "$OUT/r/ttft_traced.json"
+    --switch-intervals "$([ "$PART" = 28 ] && echo off,0.0005 || echo off)" \
+    --out "$OUT/r/ttft_traced$([ "$PART" = 30 ] && echo _2).json"
+  [ "$PART" = 30 ] && stage snapshot_tests_cuda 60 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider \
+    -q tests/test_snapshots_store.py tests/test_snapshots_codec.py -k "background or overlaps or checksum"
 elif [ "$PART" = 16 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
 elif [ "$PART" = 17 ]; then
