@@ -50,6 +50,9 @@
 #   call 29: bash bench/h200_session.sh 29 (carry .carry/p1): stash pylance part 1; CUDA tests of the decoder
 #   call 30: bash bench/h200_session.sh 30 (carry .carry/x2b .carry/zng): TTFT traced again, after the
 #            decoder stages only the visible window slots
+#   call 31: bash bench/h200_session.sh 31 (carry .carry/p1): stash pylance part 1
+#   call 32: bash bench/h200_session.sh 32 (carry .carry/x2b .carry/zng): what bounds a cold load:
+#            get and parallel / single-threaded reads with the page cache dropped, bf16 and fp8
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -159,7 +162,7 @@ elif [ "$PART" = 29 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
   stage cuda_tests 200 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
     tests/test_decode.py tests/test_engine.py
-elif [ "$PART" = 25 ] || [ "$PART" = 27 ]; then
+elif [ "$PART" = 25 ] || [ "$PART" = 27 ] || [ "$PART" = 31 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
 elif [ "$PART" = 24 ] || [ "$PART" = 26 ]; then
   cp .carry/x2b/pylance.part.ab "$STASH"/
@@ -183,6 +186,14 @@ elif [ "$PART" = 28 ] || [ "$PART" = 30 ]; then
     --out "$OUT/r/ttft_traced$([ "$PART" = 30 ] && echo _2).json"
   [ "$PART" = 30 ] && stage snapshot_tests_cuda 60 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider \
     -q tests/test_snapshots_store.py tests/test_snapshots_codec.py -k "background or overlaps or checksum"
+elif [ "$PART" = 32 ]; then
+  cp .carry/x2b/pylance.part.ab "$STASH"/
+  ( cd "$STASH" && cat pylance.part.aa pylance.part.ab | tar -xJ -C /root/site ) || echo "pylance install failed"
+  python3 -m zipfile -e .carry/zng/zlib_ng-*.whl /root/site
+  for dt in bfloat16 float8_e4m3fn; do
+    stage load_bound_cold_$dt 200 python3 -m bench.load_bound --size-gb 0.94 --row-mib 32 --workers 16 --cold \
+      --repeats 3 --store-dtype $dt --out "$OUT/r/load_bound_cold_$dt.json"
+  done
 elif [ "$PART" = 16 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
 elif [ "$PART" = 17 ]; then

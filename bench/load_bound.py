@@ -12,6 +12,9 @@ once; then, page cache warm, medians of --repeats:
                       --workers threads into reused pinned buffers: the host's own pace for these bytes
   + crc32             the same, each row checksummed on its thread (snapshots.codec's library)
   pinned -> gpu       one host-to-device copy of the whole size from pinned memory
+  --cold              get and the parallel read (16 threads and 1) again, page cache dropped first
+
+GB/s are of the snapshot's stored bytes (get) or of the data files' bytes (reads).
 
 Needs torch and pylance; no model.
 """
@@ -33,7 +36,7 @@ import torch
 from snapshots import SnapshotStore, codec, loader
 
 from .shapes import environment
-from .snapshot_io import synthetic, timed
+from .snapshot_io import drop_cache, synthetic, timed
 
 
 def parallel_pread(files: list[Path], row_bytes: int, workers: int, crc: bool, pin: bool = True) -> int:
@@ -70,6 +73,10 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cuda", help="cpu: a smoke run (no pinned memory, no GPU copy)")
+    p.add_argument("--store-dtype", default="bfloat16", help="snapshot dtype (float8_e4m3fn: half the bytes, lossy)")
+    p.add_argument(
+        "--cold", action="store_true", help="also time get and the parallel read with the page cache dropped"
+    )
     p.add_argument("--out", default="docs/results/load_bound.json")
     args = p.parse_args()
     memory, fp = synthetic(args.size_gb, args.device)
@@ -77,8 +84,9 @@ def main() -> None:
     nbytes = memory.nbytes()
     root = Path(tempfile.mkdtemp(prefix="load-bound-"))
     store = SnapshotStore(root / "store", max_row_bytes=int(args.row_mib * 2**20), read_workers=args.workers)
-    store.put("doc", memory, fingerprint=fp)
+    store.put("doc", memory, fingerprint=fp, store_dtype=args.store_dtype)
     files = sorted((store.path / "snapshots.lance" / "data").rglob("*.lance"))
+    stored = store.show("doc").stored_bytes
     file_bytes = sum(f.stat().st_size for f in files)
 
     def median_of(fn) -> float:
@@ -110,6 +118,18 @@ def main() -> None:
     results["pread_pinned_crc32"] = median_of(
         lambda: parallel_pread(files, row_bytes, args.workers, crc=True, pin=cuda)
     )
+    if args.cold:  # each run after its files left the page cache (posix_fadvise DONTNEED)
+
+        def cold_median(fn) -> float:
+            times = []
+            for _ in range(args.repeats):
+                drop_cache(store.path)
+                times.append(timed(fn))
+            return statistics.median(times)
+
+        results["cold_get"] = cold_median(get)
+        results["cold_pread_pinned"] = cold_median(lambda: parallel_pread(files, row_bytes, args.workers, False, cuda))
+        results["cold_pread_pinned_1_thread"] = cold_median(lambda: parallel_pread(files, row_bytes, 1, False, cuda))
     if cuda:
         host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
         device = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
@@ -120,7 +140,8 @@ def main() -> None:
         "crc32": codec.CRC32_IMPL,
         "memory_bytes": nbytes, "data_file_bytes": file_bytes, "row_mib": args.row_mib, "workers": args.workers,
         "seconds": results,
-        "gb_s": {k: nbytes / v / 1e9 for k, v in results.items()},
+        "store_dtype": args.store_dtype,
+        "gb_s": {k: file_bytes / v / 1e9 if "pread" in k else stored / v / 1e9 for k, v in results.items()},
     }  # fmt: skip
     print(json.dumps(out, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
