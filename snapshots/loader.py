@@ -1,6 +1,7 @@
 """Stream stored rows into a memory's tensors on a device: read, check, copy — overlapped.
 
-Reader threads read a row and check its size and crc32 (pread, zlib and torch copies release the
+Reader threads read a row (its fp8 scales come from one scan of the scale column that `get` starts
+beside the data reads: `SnapshotView.scales`) and check its sizes and crc32 (pread, zlib and torch copies release the
 GIL, so they run in parallel). Into host tensors the reader reads into a reused host buffer and
 decodes the row (dtype, fp8 scales) into its destination slice itself. Towards CUDA it reads
 straight into a reused pinned buffer (or, with Lance's bytearray-only reader, copies into one),
@@ -49,7 +50,8 @@ class RowRead:
     shape: tuple[int, ...]
     nbytes: int  # data bytes the header claims
     crc32: int
-    scale: bytes | None
+    scale_nbytes: int  # fp8 scale bytes the header implies (0: none)
+    read_scale: Callable[[], bytes | None] | None  # the row's stored scales (fp8; read apart, see store.get)
     size: Callable[[], int]  # data bytes actually stored
     read_into: Callable[[bytearray | memoryview], int]  # fill the buffer from the row's start; bytes read
     any_buffer: bool = False  # read_into takes any writable buffer (else only a bytearray)
@@ -109,51 +111,56 @@ class _Abandoned(Exception):
     pass
 
 
-def _read_checked(row: RowRead, buffers: _Buffers, dst: dict[str, torch.Tensor]) -> _Pinned | None:
-    """Read a row and check it. Into host tensors: place it right here (rows fill disjoint slices,
-    so readers place in parallel); towards CUDA: return it staged in a pinned slot — read straight
-    into the slot where the row's reader takes any buffer (one host copy fewer)."""
+def _read_checked(
+    row: RowRead, buffers: _Buffers, dst: dict[str, torch.Tensor]
+) -> tuple[_Pinned | None, bytes | None]:
+    """Read a row and check it; returns (its pinned slot or None, its scales). Into host tensors:
+    place it right here (rows fill disjoint slices, so readers place in parallel); towards CUDA:
+    return it staged in a pinned slot — read straight into the slot where the row's reader takes
+    any buffer (one host copy fewer)."""
     to_cuda = dst["keys"].device.type == "cuda"
     if to_cuda and row.any_buffer:
         slot = buffers.take_pinned()
         try:
-            _read_and_check(row, memoryview(slot.tensor[: row.nbytes].numpy()))
-            _stage_scale(row, slot)
+            scale = _read_and_check(row, memoryview(slot.tensor[: row.nbytes].numpy()))
+            _stage_scale(row, slot, scale)
         except BaseException:
             buffers.pinned.put(slot)
             raise
-        return slot
+        return slot, scale
     buf = buffers.take(row.nbytes)
-    _read_and_check(row, buf)
+    scale = _read_and_check(row, buf)
     if not to_cuda:
-        _place(row, torch.frombuffer(buf, dtype=torch.uint8), dst)
+        _place(row, torch.frombuffer(buf, dtype=torch.uint8), dst, scale)
         buffers.give(buf)  # copied out (a host copy is synchronous)
-        return None
+        return None, scale
     slot = buffers.take_pinned()
     slot.tensor[: row.nbytes].copy_(torch.frombuffer(buf, dtype=torch.uint8))
     buffers.give(buf)
-    _stage_scale(row, slot)
-    return slot
+    _stage_scale(row, slot, scale)
+    return slot, scale
 
 
 def _staged_bytes(row: RowRead) -> int:
     """Bytes of the row in its pinned slot: the data, then its fp8 scales where they can ride along
     (float32 right after the data needs a data length divisible by 4; else they go separately)."""
-    return row.nbytes + (len(row.scale) if row.scale and row.nbytes % 4 == 0 else 0)
+    return row.nbytes + (row.scale_nbytes if row.nbytes % 4 == 0 else 0)
 
 
-def _stage_scale(row: RowRead, slot: _Pinned) -> None:
+def _stage_scale(row: RowRead, slot: _Pinned, scale: bytes | None) -> None:
     """Put the row's scales behind its data in the slot: one non-blocking copy carries both (a
     separate pageable copy of the scales would make the host wait for the GPU at every row)."""
-    if _staged_bytes(row) > row.nbytes:
-        slot.tensor[row.nbytes : _staged_bytes(row)].copy_(torch.frombuffer(bytearray(row.scale), dtype=torch.uint8))
+    if scale and _staged_bytes(row) > row.nbytes:
+        slot.tensor[row.nbytes : _staged_bytes(row)].copy_(torch.frombuffer(bytearray(scale), dtype=torch.uint8))
 
 
-def _read_and_check(row: RowRead, buf: bytearray | memoryview) -> None:
-    """Fill `buf` (row.nbytes long) with the row's bytes; CorruptSnapshotError unless size and crc32 hold."""
+def _read_and_check(row: RowRead, buf: bytearray | memoryview) -> bytes | None:
+    """Fill `buf` (row.nbytes long) with the row's bytes and return its scales (fp8, else None);
+    CorruptSnapshotError unless sizes and crc32 hold."""
     try:
         size = row.size()
         n = row.read_into(buf) if size == row.nbytes else -1
+        scale = row.read_scale() if row.read_scale is not None else None
     except Exception as e:  # the storage layer could not read it: a damaged file
         raise CorruptSnapshotError(f"{row.where()} could not be read: {type(e).__name__}: {e}") from e
     if size != row.nbytes or n != row.nbytes:
@@ -161,20 +168,26 @@ def _read_and_check(row: RowRead, buf: bytearray | memoryview) -> None:
             f"{row.where()} holds {size if size != row.nbytes else n} bytes, its header says {row.nbytes}:"
             " truncated or damaged row; put the document again"
         )
-    got = checksum(row.doc_id, row.generation, row.slab, row.dtype, row.shape, buf, row.scale)
+    if len(scale or b"") != row.scale_nbytes:
+        raise CorruptSnapshotError(
+            f"{row.where()} has {len(scale or b'')} bytes of fp8 scales, its header implies {row.scale_nbytes}:"
+            " damaged row; put the document again"
+        )
+    got = checksum(row.doc_id, row.generation, row.slab, row.dtype, row.shape, buf, scale)
     if got != row.crc32:
         raise CorruptSnapshotError(
             f"{row.where()} fails its checksum (crc32 {got:#010x}, stored {row.crc32:#010x}): flipped bytes;"
             " put the document again"
         )
+    return scale
 
 
-def _place(row: RowRead, raw: torch.Tensor, dst: dict[str, torch.Tensor], scale: torch.Tensor | None = None) -> None:
+def _place(row: RowRead, raw: torch.Tensor, dst: dict[str, torch.Tensor], scale: torch.Tensor | bytes | None) -> None:
     """Decode a checked row (uint8 bytes on the destination's device; float32 scales there, or
-    taken from the row) into its destination slice."""
+    their bytes) into its destination slice."""
     target = dst[row.slab.tensor]
-    if row.scale and scale is None:
-        scale = torch.from_numpy(np.frombuffer(row.scale, dtype="<f4").copy()).to(target.device)
+    if isinstance(scale, bytes):
+        scale = torch.from_numpy(np.frombuffer(scale, dtype="<f4").copy()).to(target.device)
     if scale is not None:
         scale = scale.view(*row.shape[:-1], 1)
     value = decode(raw, row.dtype, row.shape, scale, target.dtype)  # (layers, b, h, entries, d)
@@ -182,8 +195,11 @@ def _place(row: RowRead, raw: torch.Tensor, dst: dict[str, torch.Tensor], scale:
     target[s.layer_from : s.layer_to, :, :, s.entry_from : s.entry_to].copy_(value)
 
 
-def _place_staged(row: RowRead, slot: _Pinned, dst: dict[str, torch.Tensor], buffers: _Buffers) -> None:
-    """Copy a pinned row to the device without blocking, then decode it there."""
+def _place_staged(
+    row: RowRead, slot: _Pinned, scale_bytes: bytes | None, dst: dict[str, torch.Tensor], buffers: _Buffers
+) -> None:
+    """Copy a pinned row (its scales behind it, where they fit) to the device without blocking, then
+    decode it there."""
     staged = _staged_bytes(row)
     try:
         raw = slot.tensor[:staged].to(dst["keys"].device, non_blocking=True)
@@ -191,7 +207,7 @@ def _place_staged(row: RowRead, slot: _Pinned, dst: dict[str, torch.Tensor], buf
         slot.event.record()
     finally:
         buffers.pinned.put(slot)  # reused once the event fires
-    scale = raw[row.nbytes :].view(torch.float32) if staged > row.nbytes else None
+    scale = raw[row.nbytes :].view(torch.float32) if staged > row.nbytes else scale_bytes
     _place(row, raw[: row.nbytes], dst, scale)
 
 
@@ -234,12 +250,12 @@ def load_rows(
                     break
             while pending:
                 row, fut = pending.popleft()
-                staged = fut.result()
+                staged, scale = fut.result()
                 nxt = next(todo, None)
                 if nxt is not None:
                     pending.append((nxt, pool.submit(_read_checked, nxt, buffers, dst)))
                 if staged is not None:
-                    _place_staged(row, staged, dst, buffers)
+                    _place_staged(row, staged, scale, dst, buffers)
                 for layer in range(row.slab.layer_from, row.slab.layer_to):
                     rows_left[layer] -= 1
                     if rows_left[layer] == 0 and on_layer is not None:

@@ -22,6 +22,7 @@ import os
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ import torch
 from beacon import BeaconLM, Memory
 from beacon.memory import EXPORT_VERSION
 
-from .codec import Slab, dtype_name, encode, plan_slabs, segments_of, to_dtype
+from .codec import FP8, Slab, dtype_name, encode, plan_slabs, segments_of, to_dtype
 from .errors import ConcurrentUpdateError, CorruptSnapshotError, DocumentExistsError, DocumentNotFoundError
 from .fingerprints import check_fingerprint
 from .loader import RowRead, load_rows, load_rows_in_background
@@ -340,11 +341,11 @@ class SnapshotStore:
             logger.warning("could not delete dead snapshot rows (%s): %s; optimize() will", where, e)
 
     def _plan_load(self, view: SnapshotView, info: DocumentInfo) -> list[dict]:
-        """Metadata of the live rows of `info`, checked to tile its memory exactly once."""
+        """Metadata of the live rows of `info` (all but their fp8 scales, read beside the data:
+        see `_load_once`), checked to tile its memory exactly once."""
         gens = {p.generation: p for p in info.parts}
-        where = f"doc_id = {sql_str(info.doc_id)} AND generation IN ({', '.join(sql_str(g) for g in gens)})"
         try:
-            rows = view.rows(where, SNAPSHOT_META_COLUMNS)
+            rows = view.rows(_rows_of(info), [c for c in SNAPSHOT_META_COLUMNS if c != "scale"])
         except (OSError, ValueError, RuntimeError) as e:  # a damaged data file
             raise CorruptSnapshotError(f"document {info.doc_id!r}: its rows cannot be read ({e})") from e
         live = [r for r in rows if gens[r["generation"]].entry_from <= r["entry_from"] < gens[r["generation"]].entry_to]
@@ -374,9 +375,11 @@ class SnapshotStore:
                 blobs = view.blobs(live)
             except (OSError, ValueError, RuntimeError) as e:
                 raise CorruptSnapshotError(f"document {info.doc_id!r}: its rows cannot be opened ({e})") from e
+            scale_of = view.scales(_rows_of(info)) if info.store_dtype == FP8 else None
             reads = [
                 RowRead(info.doc_id, r["generation"], r["row"], _slab(r), r["dtype"], tuple(r["shape"]), r["nbytes"],
-                        r["crc32"], r["scale"], blob.size, blob.read_into, blob.any_buffer)
+                        r["crc32"], _scale_nbytes(r), scale_of and partial(scale_of, r["_rowid"]),
+                        blob.size, blob.read_into, blob.any_buffer)
                 for r, blob in zip(live, blobs, strict=True)
             ]  # fmt: skip
             shape = (info.n_layers, 1, info.n_kv_heads, info.n_entries, info.head_dim)  # (L, b, h, n, d)
@@ -435,8 +438,19 @@ def _slab(r: dict) -> Slab:
     return Slab(r["tensor"], r["layer_from"], r["layer_to"], r["entry_from"], r["entry_to"])
 
 
+def _scale_nbytes(r: dict) -> int:
+    """Bytes of a row's fp8 scales (one float32 per vector), from its header."""
+    return 4 * int(np.prod(r["shape"][:-1])) if r["dtype"] == FP8 else 0
+
+
 def _payload(r: dict) -> int:
-    return r["nbytes"] + len(r["scale"] or b"")
+    return r["nbytes"] + _scale_nbytes(r)
+
+
+def _rows_of(info: DocumentInfo) -> str:
+    """Filter for the stored rows of `info`'s generations."""
+    gens = ", ".join(sql_str(p.generation) for p in info.parts)
+    return f"doc_id = {sql_str(info.doc_id)} AND generation IN ({gens})"
 
 
 def _newest_per_id(rows: list[dict]) -> dict[str, dict]:

@@ -14,8 +14,10 @@ import contextlib
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -82,6 +84,23 @@ class SnapshotView:
         t = self._ds.to_table(columns=[*columns, "data"], filter=where, with_row_id=True, with_row_address=True)
         t = t.rename_columns([("_blob" if n == "data" else n) for n in t.column_names])
         return t.to_pylist()
+
+    def scales(self, where: str) -> Callable[[int], bytes | None]:
+        """Start reading the `scale` column of the rows matching `where` in one scan, on a thread of
+        its own; returns row id -> that row's scales (waits for the scan). fp8 scales are ~3% of a
+        snapshot's bytes but Lance reads them ~20x slower than the blobs' direct reads: read beside
+        the data, they stay off the first row's way."""
+        done: Future = Future()
+
+        def scan() -> None:
+            try:
+                t = self._ds.to_table(columns=["scale"], filter=where, with_row_id=True)
+                done.set_result(dict(zip(t.column("_rowid").to_pylist(), t.column("scale").to_pylist(), strict=True)))
+            except BaseException as e:  # raised to every reader that asks
+                done.set_exception(e)
+
+        threading.Thread(target=scan, name="snapshot-scales", daemon=True).start()
+        return lambda row_id: done.result().get(row_id)
 
     def blobs(self, rows: list[dict]) -> list[BlobReader]:
         """A reader of each row's `data` (rows from `rows`), in order."""

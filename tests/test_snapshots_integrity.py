@@ -78,6 +78,33 @@ def test_a_short_row_is_reported(stored):
         store.get("doc", fingerprint=lm.fingerprint())
 
 
+@pytest.mark.parametrize("damage", ["short", "flipped"])
+def test_damaged_fp8_scales_are_reported(tmp_path, damage):
+    """fp8 scales are read apart from the data (store.get reads them beside it); a row whose scales
+    lost bytes or had one flipped is reported, in a load to host and in a background load."""
+    lm = load_tiny("qwen2", **CONFIGS["append"])
+    store = SnapshotStore(tmp_path / "db", max_row_bytes=300)
+    store.put("doc", lm.condense(tokens(37, 1)), fingerprint=lm.fingerprint(), store_dtype="float8_e4m3fn")
+    uri = str(store.path / "snapshots.lance")
+    ds = lance.dataset(uri)
+    columns = [n for n in ds.schema.names if n != "data"]
+    row = ds.to_table(columns=columns, filter="row = 3", with_row_id=True).to_pylist()[0]
+    row["data"] = ds.take_blobs("data", ids=[row.pop("_rowid")])[0].readall()
+    scale = bytearray(row["scale"])
+    if damage == "short":
+        del scale[-4:]
+    else:
+        scale[1] ^= 0x10
+    row["scale"] = bytes(scale)
+    lance.dataset(uri).delete("row = 3")
+    lance.write_dataset(pa.Table.from_pylist([row], schema=lance.dataset(uri).schema), uri, mode="append")
+    message = r"row 3 .* bytes of fp8 scales" if damage == "short" else r"row 3 .* fails its checksum"
+    with pytest.raises(CorruptSnapshotError, match=message):
+        store.get("doc", fingerprint=lm.fingerprint())
+    with pytest.raises(CorruptSnapshotError, match=message):
+        store.get("doc", fingerprint=lm.fingerprint(), background=True).ready()
+
+
 def test_missing_rows_and_a_damaged_documents_row_are_reported(stored):
     store, lm, memory = stored
     lance.dataset(str(store.path / "snapshots.lance")).delete("row = 2")
