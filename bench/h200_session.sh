@@ -53,6 +53,9 @@
 #   call 31: bash bench/h200_session.sh 31 (carry .carry/p1): stash pylance part 1
 #   call 32: bash bench/h200_session.sh 32 (carry .carry/x2b .carry/zng): what bounds a cold load:
 #            get and parallel / single-threaded reads with the page cache dropped, bf16 and fp8
+#   call 33: bash bench/h200_session.sh 33 (carry .carry/p1): stash pylance part 1
+#   call 34: bash bench/h200_session.sh 34 (carry .carry/x2b .carry/zng): as 32 and TTFT (as 30), after
+#            fp8 scales are read beside the data
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -162,7 +165,7 @@ elif [ "$PART" = 29 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
   stage cuda_tests 200 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
     tests/test_decode.py tests/test_engine.py
-elif [ "$PART" = 25 ] || [ "$PART" = 27 ] || [ "$PART" = 31 ]; then
+elif [ "$PART" = 25 ] || [ "$PART" = 27 ] || [ "$PART" = 31 ] || [ "$PART" = 33 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
 elif [ "$PART" = 24 ] || [ "$PART" = 26 ]; then
   cp .carry/x2b/pylance.part.ab "$STASH"/
@@ -186,14 +189,20 @@ elif [ "$PART" = 28 ] || [ "$PART" = 30 ]; then
     --out "$OUT/r/ttft_traced$([ "$PART" = 30 ] && echo _2).json"
   [ "$PART" = 30 ] && stage snapshot_tests_cuda 60 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider \
     -q tests/test_snapshots_store.py tests/test_snapshots_codec.py -k "background or overlaps or checksum"
-elif [ "$PART" = 32 ]; then
+elif [ "$PART" = 32 ] || [ "$PART" = 34 ]; then
   cp .carry/x2b/pylance.part.ab "$STASH"/
   ( cd "$STASH" && cat pylance.part.aa pylance.part.ab | tar -xJ -C /root/site ) || echo "pylance install failed"
   python3 -m zipfile -e .carry/zng/zlib_ng-*.whl /root/site
   for dt in bfloat16 float8_e4m3fn; do
     stage load_bound_cold_$dt 200 python3 -m bench.load_bound --size-gb 0.94 --row-mib 32 --workers 16 --cold \
-      --repeats 3 --store-dtype $dt --out "$OUT/r/load_bound_cold_$dt.json"
+      --repeats 3 --store-dtype $dt --out "$OUT/r/load_bound_cold_$dt$([ "$PART" = 34 ] && echo _scales).json"
   done
+  [ "$PART" = 34 ] && stage ttft 330 python3 -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 \
+    --db /root/ttft-db --workers 16 --question-modes eager,decoder --loads sync,background --max-row-mib 32 \
+    --switch-intervals off --out "$OUT/r/ttft_scales.json"
+  [ "$PART" = 34 ] && stage snapshot_tests_cuda 90 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider \
+    -q tests/test_snapshots_store.py tests/test_snapshots_codec.py tests/test_snapshots_integrity.py \
+    -k "background or overlaps or checksum or fp8"
 elif [ "$PART" = 16 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
 elif [ "$PART" = 17 ]; then

@@ -1,8 +1,8 @@
 """Stream stored rows into a memory's tensors on a device: read, check, copy — overlapped.
 
 Reader threads read a row (its fp8 scales come from one scan of the scale column that `get` starts
-beside the data reads: `SnapshotView.scales`) and check its sizes and crc32 (pread, zlib and torch copies release the
-GIL, so they run in parallel). Into host tensors the reader reads into a reused host buffer and
+beside the data reads: `SnapshotView.scales`) and check its sizes and crc32 (pread, zlib-ng and torch
+copies release the GIL, so they run in parallel). Into host tensors the reader reads into a reused host buffer and
 decodes the row (dtype, fp8 scales) into its destination slice itself. Towards CUDA it reads
 straight into a reused pinned buffer (or, with Lance's bytearray-only reader, copies into one),
 fp8 scales placed behind the data, and the calling thread, in row order, issues one non-blocking
