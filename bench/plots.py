@@ -147,9 +147,9 @@ def plot_flex_outer(results: Path, out: Path) -> Path:
 
 def plot_ttft(results: Path, out: Path) -> Path:
     """Time to the first token from a stored 7B 128K snapshot, warm and cold, against re-prefilling."""
-    data = json.loads((results / "ttft_stream.json").read_text())
+    data = json.loads((results / "ttft_scales.json").read_text())
     runs = data["runs"]
-    fig, axes = _axes(1, "First token from a 128K-token 7B snapshot (ttft_stream.json) vs re-prefill", width=9)
+    fig, axes = _axes(1, "First token from a 128K-token 7B snapshot (ttft_scales.json) vs re-prefill", width=9)
     ax = axes[0]
     dtype = {"bfloat16": "bf16", "float8_e4m3fn": "fp8"}
     load = {"background": "bg", "sync": "sync"}

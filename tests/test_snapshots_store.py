@@ -366,7 +366,7 @@ def test_bf16_is_lossless_and_fp8_halves_it(tmp_path):
     n_values = bf16.stored_bytes // 2
     n_vectors = n_values // 16  # one float32 scale per head_dim=16 vector
     assert fp8.stored_bytes == n_values + 4 * n_vectors  # 1 byte per value + scales
-    got = store.get("fp8", fingerprint=fp)
+    got = store.get("fp8", fingerprint=fp, device=lm.device)
     assert got.dtype == torch.bfloat16 and got.state == memory.state
     for x, y in zip(got.keys + got.values, memory.keys + memory.values, strict=True):
         amax = y.float().abs().amax(-1, keepdim=True)
