@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
 
 from .condense import timed
-from .shapes import environment, official_qwen2_lm, random_model
+from .shapes import environment, official_qwen2_lm, random_model, save_json
 
 
 def main() -> None:
@@ -57,8 +56,7 @@ def main() -> None:
         }
         result["runs"].append(run)
         print(json.dumps(run), flush=True)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        save_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 from snapshots import SnapshotStore
 from snapshots.tables import SnapshotView
 
+from .shapes import save_json
 from .snapshot_io import synthetic
 
 
@@ -63,8 +64,7 @@ def main() -> None:
         view.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    save_json(result, args.out)
 
 
 if __name__ == "__main__":

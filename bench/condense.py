@@ -23,7 +23,7 @@ import torch
 
 import beacon
 
-from .shapes import environment, random_model
+from .shapes import environment, random_model, save_json
 from .timing import median_time
 
 
@@ -177,8 +177,7 @@ def main() -> None:
     def record(run: dict) -> None:
         result["runs"].append(run)
         print(json.dumps(run), flush=True)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        save_json(result, args.out)
 
     for shape in args.shapes.split(","):
         model = random_model(shape, device=args.device)

@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
 
 from .condense import timed
-from .shapes import environment, official_qwen2_lm, random_model
+from .shapes import environment, official_qwen2_lm, random_model, save_json
 
 
 def beacon_decode(lm, memory, question: torch.Tensor, new: int, mode: str) -> dict:
@@ -123,8 +122,7 @@ def main() -> None:
             for run in runs:
                 result["runs"].append({"shape": shape, "length": length, **run})
                 print(json.dumps(result["runs"][-1]), flush=True)
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+            save_json(result, args.out)
         del lm, model
         torch.cuda.empty_cache()
 

@@ -35,7 +35,7 @@ import torch
 
 from snapshots import SnapshotStore, codec, loader
 
-from .shapes import environment
+from .shapes import environment, save_json
 from .snapshot_io import drop_cache, synthetic, timed
 
 
@@ -147,8 +147,7 @@ def main() -> None:
         },
     }  # fmt: skip
     print(json.dumps(out, indent=1))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    save_json(out, args.out)
 
 
 if __name__ == "__main__":

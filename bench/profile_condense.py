@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .shapes import environment, official_qwen2_lm, random_model
+from .shapes import environment, official_qwen2_lm, random_model, save_json
 
 GEMM = ("gemm", "nvjet", "xmma", "cutlass", "wgmma", "sm90_", "cublas")
 ATTENTION = ("flex", "attention", "fmha", "flash", "triton_tem")
@@ -93,8 +93,7 @@ def main() -> None:
         run = {"shape": shape, "ratio": int(ratio), **profile_case(lm, int(length), args.trace)}
         result["runs"].append(run)
         print(json.dumps(run, indent=1), flush=True)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        save_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,10 @@ import statistics
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
-from .shapes import environment, official_qwen2_lm, random_model
+from .shapes import environment, official_qwen2_lm, random_model, save_json
 
 
 def _timed(fn) -> float:
@@ -194,8 +193,7 @@ def main() -> None:
         ],
     }  # fmt: skip
     print(json.dumps(result, indent=1))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    save_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 SHAPES: dict[str, dict] = {
@@ -99,3 +102,10 @@ def environment() -> dict:
     except ImportError:  # no pylance on this machine: no snapshots either
         pass
     return info
+
+
+def save_json(result: dict, path: str | Path) -> None:
+    """Write a benchmark's result where --out says (folders made), one JSON document, indented."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from snapshots import SnapshotStore, tables
 
+from .shapes import save_json
 from .snapshot_io import synthetic
 
 
@@ -75,8 +76,7 @@ def main() -> None:
         "with_upkeep": run(root / "on", args.docs, args.every, args.mb, upkeep=True),
         "without_upkeep": run(root / "off", args.docs, args.every, args.mb, upkeep=False),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    save_json(result, args.out)
 
 
 if __name__ == "__main__":

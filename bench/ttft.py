@@ -28,7 +28,7 @@ from beacon.decode import StaticDecoder
 from snapshots import SnapshotStore, loader
 
 from .condense import timed
-from .shapes import environment, official_qwen2_lm, random_model
+from .shapes import environment, official_qwen2_lm, random_model, save_json
 
 
 def drop_page_cache(folder: Path) -> str:
@@ -195,8 +195,7 @@ def main() -> None:
         run["speedup_warm"] = result["plain_prefill_s"] / run["warm_s"]
         run["speedup_cold"] = result["plain_prefill_s"] / run["cold_s"]
     print(json.dumps(result, indent=1))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    save_json(result, args.out)
 
 
 if __name__ == "__main__":
