@@ -13,6 +13,16 @@ from .test_engine import ATOL, CONFIGS, IDS, assert_same_memory
 GRAPHS = DEVICE == "cuda"  # on a GPU the same tests hold the captured CUDA graphs to the general path
 
 
+def _step_alongside(lm, fast: StaticDecoder, slow, new: torch.Tensor) -> None:
+    """Step `fast` and the general path on `slow` through `new` (b, n) one token at a time: same
+    logits at every step, same memory after."""
+    for t in range(new.shape[1]):
+        got = fast.step(new[:, t : t + 1].to(lm.device))
+        _, want = lm.forward(new[:, t : t + 1], slow, logits="last")
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert_same_memory(fast.memory(), slow)
+
+
 @pytest.mark.parametrize("family, overrides", CONFIGS, ids=IDS)
 def test_static_steps_equal_general_steps(family, overrides):
     """Logits of every decode step and the memory after them, across several window closes
@@ -21,12 +31,7 @@ def test_static_steps_equal_general_steps(family, overrides):
     memory = lm.condense(tokens(29, seed=4, batch=2))
     fast = StaticDecoder(lm, memory.fork(), graphs=GRAPHS)
     slow = memory.fork()
-    new = tokens(50, seed=5, batch=2)
-    for t in range(new.shape[1]):
-        got = fast.step(new[:, t : t + 1].to(lm.device))
-        _, want = lm.forward(new[:, t : t + 1], slow, logits="last")
-        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
-    assert_same_memory(fast.memory(), slow)
+    _step_alongside(lm, fast, slow, tokens(50, seed=5, batch=2))
     stats = fast.stats
     assert stats["static_steps"] > 30 and stats["general_steps"] >= 2 and stats["blocks"] >= 2, stats
 
@@ -106,13 +111,7 @@ def test_compiled_steps_equal_general_steps():
     lm = load_tiny(CONFIGS[0][0], **CONFIGS[0][1])
     memory = lm.condense(tokens(29, seed=4))
     fast = StaticDecoder(lm, memory.fork(), graphs=GRAPHS, compiled=True)
-    slow = memory.fork()
-    new = tokens(40, seed=5)
-    for t in range(new.shape[1]):
-        got = fast.step(new[:, t : t + 1].to(lm.device))
-        _, want = lm.forward(new[:, t : t + 1], slow, logits="last")
-        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
-    assert_same_memory(fast.memory(), slow)
+    _step_alongside(lm, fast, memory.fork(), tokens(40, seed=5))
 
 
 def _roomy(overrides: dict) -> dict:
@@ -142,12 +141,7 @@ def test_a_question_read_at_once_equals_the_general_path(family, overrides):
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
         assert fast.stats["reads"] == 1 and fast.stats["general_steps"] == 0, fast.stats
         assert_same_memory(fast.memory(), slow)
-        new = tokens(12, seed=9, batch=2)
-        for t in range(new.shape[1]):
-            got = fast.step(new[:, t : t + 1].to(lm.device))
-            _, want = lm.forward(new[:, t : t + 1], slow, logits="last")
-            torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
-        assert_same_memory(fast.memory(), slow)
+        _step_alongside(lm, fast, slow, tokens(12, seed=9, batch=2))
         fast.close()
     long_q = tokens(lm.config.beacon_window + 3, seed=30, batch=2)  # closes the open window
     fast = StaticDecoder(lm, memory.share(), graphs=GRAPHS)
