@@ -202,6 +202,7 @@ class StaticDecoder:
         self._check_open()
         if tokens.dim() != 2 or tokens.shape[0] != self._state_batch() or tokens.shape[1] == 0:
             raise ValueError(f"tokens must be (batch {self._state_batch()}, n >= 1), got {tuple(tokens.shape)}")
+        self._check_ids(tokens)
         if tokens.shape[1] == 1:
             return self.step(tokens)
         self._settle_block()
@@ -220,8 +221,11 @@ class StaticDecoder:
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Read `tokens` (b, 1) after the memory; return the next-token logits (b, vocab). Inference
-        only: no gradients."""
+        only: no gradients. Ids on the host are range-checked; ids on the device are taken as the
+        model's own picks (checking them would cost a device sync per token)."""
         self._check_open()
+        if tokens.device.type == "cpu":
+            self._check_ids(tokens)
         block = self._block
         if block is not None and block.done == block.n_tokens:
             self._state, self._block, block = block.after, None, None
@@ -258,13 +262,34 @@ class StaticDecoder:
 
     def close(self) -> None:
         """Hand the buffers (and the CUDA graphs over them) back to the model's pool; the decoder
-        cannot be used after this. Idempotent."""
-        if self._buf is not None:
-            self._memory.ready()  # no loader may still be writing into what the pool hands out next
-            self.lm.decode_buffers.give(self._buf)
-        self._buf, self._memory, self._block, self._closed = None, None, None, True
+        cannot be used after this. Idempotent, and never raises: a loader's error has reached
+        whoever read the memory (and reaches every later user of it)."""
+        buf, self._buf = self._buf, None
+        try:
+            if buf is not None and self._memory is not None:
+                self._memory.ready()  # the loader must be done writing before the buffers serve another memory
+        except BaseException:  # only the wait matters here (see the docstring)
+            pass
+        finally:
+            if buf is not None:
+                self.lm.decode_buffers.give(buf)
+            self._memory, self._block, self._closed = None, None, True
+
+    def _fail(self) -> None:
+        """A static step raised: drop the buffers (they may hold part of a step, or part of a memory
+        that stopped arriving) and close — the memory the decoder started from is unchanged."""
+        self._buf = None
+        self.close()
 
     # ---- planning ------------------------------------------------------------------------------
+    def _check_ids(self, tokens: torch.Tensor) -> None:
+        """Token ids must index the vocabulary (as BeaconLM.forward checks): on a GPU an id out of
+        range would be a device-side assert that poisons the whole process."""
+        low, high = torch.stack(torch.aminmax(tokens)).tolist()  # one host sync for both ends
+        vocab = self.lm.parts.vocab_size
+        if low < 0 or high >= vocab:
+            raise ValueError(f"token ids must lie in [0, {vocab}); got {low}..{high}")
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this StaticDecoder is closed; start a new one from a memory")
@@ -283,8 +308,13 @@ class StaticDecoder:
         self._settle_block()
         memory = self.memory()
         self._give_back()
-        _, logits = self.lm.forward(tokens, memory, logits="last")
-        self._memory, self._state = memory, memory.state
+        # the decoder goes on from `memory` whatever happens: forward updates it pass by pass, so after
+        # an error it still holds a whole memory (the tokens read before the failing pass)
+        self._memory = memory
+        try:
+            _, logits = self.lm.forward(tokens, memory, logits="last")
+        finally:
+            self._state = memory.state
         self.stats["general_steps"] += 1
         return logits
 
@@ -363,6 +393,7 @@ class StaticDecoder:
         its layers arrive (`_fill`, called from `_execute`)."""
         memory = self.memory()
         self._give_back()
+        self._memory = memory  # what the decoder has read, whatever happens next
         n_o, c = chunk.n_outer, chunk.n_cached
         size = n_o + c
         cap = _round_up(max(size + self.headroom, size + n_slots, int(chunk.cols.pos.max()) + 1), CAP_GRAIN)
@@ -548,7 +579,15 @@ class StaticDecoder:
         return [lambda _io: self._embed(shape)] + [layer(i) for i in range(n_layers)] + [head]
 
     def _execute(self, shape: Shape) -> torch.Tensor:
-        """Run the staged step (eager, or replaying its CUDA graphs); returns the logits."""
+        """Run the staged step (eager, or replaying its CUDA graphs); returns the logits. If it raises
+        (a layer of a loading memory failed its checks, out of memory) the decoder closes."""
+        try:
+            return self._run_step(shape)
+        except BaseException:
+            self._fail()
+            raise
+
+    def _run_step(self, shape: Shape) -> torch.Tensor:
         loading = split = self._filled < self._memory.n_layers
         if self.graphs and split and (shape, True) not in self._buf.graphs:
             self._fill(self._memory.n_layers)  # first capture of this shape: wait for the whole memory

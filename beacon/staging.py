@@ -8,6 +8,7 @@ is deeper than the GPU's queue of passes. Everything stays one copy per pass.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -27,21 +28,23 @@ class Stager:
         self._slots: list[_Slot] = []
         self._next = 0
         self._n_slots = slots
+        self._lock = threading.Lock()  # one model may serve questions from several threads
 
     def move(self, named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The same tensors on the device (views of one int64 buffer). A no-op on the CPU."""
         if self.device.type != "cuda":
             return named
         flat = torch.cat([t.reshape(-1).to(torch.int64) for t in named.values()])
-        slot = self._slot(flat.numel())
-        if slot.done is not None:
-            slot.done.synchronize()  # the copy that last read this buffer (passes ago)
-        staged = slot.buffer[: flat.numel()]
-        staged.copy_(flat)
         out = torch.empty(flat.numel(), dtype=torch.int64, device=self.device)
-        out.copy_(staged, non_blocking=True)
-        slot.done = torch.cuda.Event()
-        slot.done.record()
+        with self._lock:
+            slot = self._slot(flat.numel())
+            if slot.done is not None:
+                slot.done.synchronize()  # the copy that last read this buffer (passes ago)
+            staged = slot.buffer[: flat.numel()]
+            staged.copy_(flat)
+            out.copy_(staged, non_blocking=True)
+            slot.done = torch.cuda.Event()
+            slot.done.record()
         views, at = {}, 0
         for name, t in named.items():
             views[name] = out[at : at + t.numel()]

@@ -366,6 +366,8 @@ def load_rows_in_background(
         except BaseException as e:  # raised to whoever waits for a layer
             gate._error = e
         finally:
+            if stream is not None:  # a failed load returns early: its queued copies must end before the
+                stream.synchronize()  # memory's tensors can be freed on the caller's stream
             for placed in gate._placed:
                 placed.set()
             when_done()

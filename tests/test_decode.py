@@ -214,3 +214,46 @@ def test_the_pool_keeps_only_a_few_free_sets():
     assert pool.take(8192, like) is bufs[1] and pool.take(8192, like) is None
     other = torch.zeros(like.shape[0] + 1, *like.shape[1:], dtype=like.dtype, device=like.device)
     assert pool.take(12288, other) is None  # another batch size never takes them
+
+
+def test_bad_token_ids_are_refused_before_the_device_sees_them():
+    """The static path checks ids as the general forward does (on a GPU an id out of range would be a
+    device-side assert that poisons the process)."""
+    lm = load_tiny(CONFIGS[0][0], **_roomy(CONFIGS[0][1]))
+    memory = lm.condense(tokens(70, seed=1))
+    vocab = lm.parts.vocab_size
+    for bad in (vocab + 5, -1):
+        q = torch.tensor([[5, 6, bad, 7]])
+        fast = StaticDecoder(lm, memory.share(), graphs=GRAPHS)
+        with pytest.raises(ValueError, match=r"token ids must lie in \[0, "):
+            fast.read(q.to(lm.device))
+        with pytest.raises(ValueError, match=r"token ids must lie in \[0, "):
+            fast.step(torch.tensor([[bad]]))
+        fast.close()
+        for mode in ("eager", "static", "auto"):
+            lm.decode_mode = mode
+            try:
+                with pytest.raises(ValueError, match=r"token ids must lie in \[0, "):
+                    lm.generate(q, memory=memory, max_new_tokens=3)
+            finally:
+                lm.decode_mode = "auto"
+
+
+def test_a_failed_general_step_leaves_the_decoder_whole(monkeypatch):
+    """A question handed to the general path that fails there leaves the decoder on what it had read
+    (state and memory agree), and reading goes on exactly."""
+    lm = load_tiny(CONFIGS[0][0], **_roomy(CONFIGS[0][1]))
+    memory = lm.condense(tokens(140, seed=4))
+    fast = StaticDecoder(lm, memory.share(), graphs=GRAPHS)
+    slow = memory.fork()
+    q = tokens(9, seed=5)
+    fast.read(q.to(lm.device))
+    lm.forward(q, slow)
+    with monkeypatch.context() as m:
+        m.setattr(lm, "forward", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory")))
+        with pytest.raises(RuntimeError, match="out of memory"):
+            fast.read(tokens(lm.config.beacon_window + 3, seed=6).to(lm.device))  # closes: general path
+    assert fast.state == fast.memory().state == slow.state
+    assert_same_memory(fast.memory(), slow)
+    _step_alongside(lm, fast, slow, tokens(10, seed=7))
+    fast.close()

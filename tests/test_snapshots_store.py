@@ -326,6 +326,28 @@ def test_a_damaged_row_of_a_background_load_is_raised_where_the_memory_is_used(t
         streamed.fork()  # and at every later use
 
 
+def test_a_decoder_over_a_damaged_background_load_raises_once_and_closes(tmp_path):
+    """The question raises the load's error; the decoder is then closed (its buffers, which may hold
+    part of the memory, are dropped) and close() — which generate calls in a finally — stays quiet."""
+    from beacon.decode import StaticDecoder
+    from snapshots import CorruptSnapshotError
+
+    lm, fp, store, _ = _one_doc(tmp_path)
+    _flip_a_byte(store, "doc_id = 'doc' AND tensor = 'values' AND layer_from = 1 AND entry_from = 0")
+    lm.decode_buffers.clear()
+    streamed = store.get("doc", fingerprint=fp, device=lm.device, background=True)
+    fast = StaticDecoder(lm, streamed.share(), graphs=DEVICE == "cuda")
+    with pytest.raises(CorruptSnapshotError, match="fails its checksum"):
+        fast.read(tokens(6, 2).to(lm.device))
+    fast.close()
+    fast.close()
+    assert len(lm.decode_buffers) == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        fast.read(tokens(6, 2).to(lm.device))
+    with pytest.raises(CorruptSnapshotError):
+        lm.generate(tokens(6, 2), store.get("doc", fingerprint=fp, device=lm.device, background=True))
+
+
 def test_upkeep_keeps_lookups_indexed_as_puts_add_fragments(tmp_path, monkeypatch):
     """Every put adds a fragment to both tables; upkeep folds them into the doc_id indexes and
     compacts the documents table, so a lookup stops reading every fragment (stores written
