@@ -56,6 +56,10 @@
 #   call 33: bash bench/h200_session.sh 33 (carry .carry/p1): stash pylance part 1
 #   call 34: bash bench/h200_session.sh 34 (carry .carry/x2b .carry/zng): as 32 and TTFT (as 30), after
 #            fp8 scales are read beside the data
+#   call 35: bash bench/h200_session.sh 35 (carry .carry/p1): stash pylance part 1; CUDA tests after the
+#            review fixes (id checks, failure paths)
+#   call 36: bash bench/h200_session.sh 36 (carry .carry/x2b .carry/zng): snapshot tests on CUDA; TTFT
+#            bf16 through the decoder once more
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -161,7 +165,7 @@ elif [ "$PART" = 23 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
   stage cuda_tests 240 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
     tests/test_decode.py tests/test_attention_gpu.py tests/test_engine.py tests/test_windows.py tests/test_parity.py
-elif [ "$PART" = 29 ]; then
+elif [ "$PART" = 29 ] || [ "$PART" = 35 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
   stage cuda_tests 200 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
     tests/test_decode.py tests/test_engine.py
@@ -203,6 +207,16 @@ elif [ "$PART" = 32 ] || [ "$PART" = 34 ]; then
   [ "$PART" = 34 ] && stage snapshot_tests_cuda 90 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider \
     -q tests/test_snapshots_store.py tests/test_snapshots_codec.py tests/test_snapshots_integrity.py \
     -k "background or overlaps or checksum or fp8"
+elif [ "$PART" = 36 ]; then
+  cp .carry/x2b/pylance.part.ab "$STASH"/
+  ( cd "$STASH" && cat pylance.part.aa pylance.part.ab | tar -xJ -C /root/site ) || echo "pylance install failed"
+  python3 -m zipfile -e .carry/zng/zlib_ng-*.whl /root/site
+  stage snapshot_tests_cuda 120 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q \
+    tests/test_snapshots_store.py tests/test_snapshots_codec.py tests/test_snapshots_integrity.py \
+    -k "background or overlaps or checksum or fp8 or decoder"
+  stage ttft 300 python3 -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 --db /root/ttft-db \
+    --workers 16 --store-dtypes bfloat16,float8_e4m3fn --question-modes decoder --loads sync,background \
+    --max-row-mib 32 --switch-intervals off --out "$OUT/r/ttft_final.json"
 elif [ "$PART" = 16 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
 elif [ "$PART" = 17 ]; then
