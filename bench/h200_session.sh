@@ -60,6 +60,8 @@
 #            review fixes (id checks, failure paths)
 #   call 36: bash bench/h200_session.sh 36 (carry .carry/x2b .carry/zng): snapshot tests on CUDA; TTFT
 #            bf16 through the decoder once more
+#   call 37: bash bench/h200_session.sh 37 (nothing carried): where compiled condensing spends its time
+#            at the settings still short of their targets (7B 8K ratio 2, 7B 32K ratios 2 and 8)
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -217,6 +219,9 @@ elif [ "$PART" = 36 ]; then
   stage ttft 300 python3 -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 --db /root/ttft-db \
     --workers 16 --store-dtypes bfloat16,float8_e4m3fn --question-modes decoder --loads sync,background \
     --max-row-mib 32 --switch-intervals off --out "$OUT/r/ttft_final.json"
+elif [ "$PART" = 37 ]; then
+  stage profile 540 python3 -m bench.profile_condense --compile 1 \
+    --cases qwen2-7b:8192:2,qwen2-7b:32768:8,qwen2-7b:32768:2 --out "$OUT/r/profile_condense_compiled.json"
 elif [ "$PART" = 16 ]; then
   cp .carry/p1/pylance.part.aa "$STASH"/
 elif [ "$PART" = 17 ]; then

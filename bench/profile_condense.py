@@ -59,7 +59,7 @@ def profile_case(lm, length: int, trace: str) -> dict:
     if trace:
         Path(trace).mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(str(Path(trace) / f"condense_{length}.json"))
-    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:12]
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
     gpu_ms = sum(by_kind.values())
     return {
         "tokens": length,
@@ -78,6 +78,7 @@ def main() -> None:
     p.add_argument("--cases", default="qwen2-1.5b:131072:8", help="shape:tokens:ratio, comma-separated")
     p.add_argument("--window", type=int, default=2048)
     p.add_argument("--trace", default="", help="folder for Chrome traces (optional)")
+    p.add_argument("--compile", type=int, default=0, help="1: the decoder layer compiled (lm.compile_layers)")
     p.add_argument("--out", default="docs/results/profile_condense.json")
     args = p.parse_args()
     command = " ".join(["python -m bench.profile_condense"] + sys.argv[1:])
@@ -90,7 +91,9 @@ def main() -> None:
             torch.cuda.empty_cache()
             models[shape] = random_model(shape)
         lm = official_qwen2_lm(models[shape], args.window, int(ratio))
-        run = {"shape": shape, "ratio": int(ratio), **profile_case(lm, int(length), args.trace)}
+        lm.compile_layers = bool(args.compile)
+        run = {"shape": shape, "ratio": int(ratio), "compiled": bool(args.compile),
+               **profile_case(lm, int(length), args.trace)}  # fmt: skip
         result["runs"].append(run)
         print(json.dumps(run, indent=1), flush=True)
         save_json(result, args.out)
