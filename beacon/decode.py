@@ -41,16 +41,18 @@ through torch.compile before capture. Speed: docs/performance.md §2, §3.
 from __future__ import annotations
 
 import functools
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .decode_pool import BufferPool, Shape, _Buffers, _Rows
 from .families import apply_rope
 from .forward import _project
 from .memory import Memory
 from .windows import Chunk, WindowState, build_chunk, plan_steps, window_mask
+
+__all__ = ["MODES", "BufferPool", "StaticDecoder"]
 
 MODES = ("auto", "static", "eager", "compiled")
 BLOCK = 64  # tokens of the open window planned (and staged to the GPU) at once
@@ -60,82 +62,9 @@ SDPA_MIN_ROWS = 8  # steps of this many rows or more attend through F.scaled_dot
 # torch.bmm(..., out_dtype=float32) on CUDA (bf16/fp16 in, float32 out) exists from torch 2.8
 _HAS_OUT_DTYPE = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 8)
 
-Shape = tuple[int, int]  # (raw rows, beacon rows) of a step, padding included: raw rows come first
-
 
 def _round_up(n: int, grain: int) -> int:
     return -(-n // grain) * grain
-
-
-@dataclass
-class _Rows:
-    """Static inputs of one step shape (raw rows R, beacon rows B), reused by every graph replay."""
-
-    tokens: torch.Tensor  # (b, R) token ids of the raw rows
-    pos: torch.Tensor  # (R + B,) RoPE position of each row
-    slot: torch.Tensor  # (R + B,) slot each row's key/value is written to
-    win_slot: torch.Tensor  # (R + B,) the same, counted from the window's start (k_win)
-    mask: torch.Tensor  # (R + B, cap) bool: slots each row sees
-    last: torch.Tensor  # (1,) row of the last real raw token: its logits are returned
-    n_outer: int = -1  # |O| the mask's O part was set for
-
-
-@dataclass
-class _Buffers:
-    """Static tensors of one decode run (see module docstring); kept in a BufferPool between runs."""
-
-    cap: int  # slots
-    k_rot: list[torch.Tensor]
-    values: list[torch.Tensor]
-    k_win: list[torch.Tensor]
-    cos: torch.Tensor  # (cap, d) RoPE table for positions 0..cap-1
-    sin: torch.Tensor
-    n_outer: int = 0  # |O| of the memory in the buffers (fixed while the window stays open)
-    size: int = 0  # filled slots
-    slot_pos: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))  # host, per slot
-    rows: dict[Shape, _Rows] = field(default_factory=dict)
-    graphs: dict[tuple[Shape, bool], list[tuple[torch.cuda.CUDAGraph, dict]]] = field(default_factory=dict)
-    graph_pool: object = None  # the CUDA graphs' shared memory pool
-
-    def fits(self, like: torch.Tensor) -> bool:
-        """Whether these buffers hold memories shaped like `like` (b, h_kv, n, d) of the same dtype/device."""
-        k = self.k_rot[0]
-        return (k.shape[0], k.shape[1], k.shape[3], k.dtype, k.device) == (
-            like.shape[0], like.shape[1], like.shape[3], like.dtype, like.device,
-        )  # fmt: skip
-
-
-class BufferPool:
-    """Free decode buffers of one model, kept between StaticDecoders (see the module docstring).
-
-    Holds at most `keep` free sets (the least recently returned go first): each costs about 3x a
-    memory of `cap` entries on the device. `clear()` frees them all.
-    """
-
-    def __init__(self, keep: int = 2):
-        self.keep = keep
-        self._free: list[_Buffers] = []
-        self._lock = threading.Lock()  # query actors may answer from several threads
-
-    def take(self, cap: int, like: torch.Tensor) -> _Buffers | None:
-        """A free set of exactly `cap` slots for memories like `like`, or None."""
-        with self._lock:
-            for i in range(len(self._free) - 1, -1, -1):
-                if self._free[i].cap == cap and self._free[i].fits(like):
-                    return self._free.pop(i)
-        return None
-
-    def give(self, buf: _Buffers) -> None:
-        with self._lock:
-            self._free.append(buf)
-            del self._free[: max(0, len(self._free) - self.keep)]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._free.clear()
-
-    def __len__(self) -> int:
-        return len(self._free)
 
 
 @dataclass

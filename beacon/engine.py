@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import BeaconConfig
-from .decode import BufferPool
+from .decode_pool import BufferPool
 from .families import Parts, model_parts
 from .fingerprint import fingerprint
 from .forward import compiled_layer, run_chunk
