@@ -330,7 +330,7 @@ class StaticDecoder:
         buf = self.lm.decode_buffers.take(cap, like) or self._allocate(cap, like)
         buf.n_outer, buf.size = n_o, size
         buf.slot_pos = torch.cat([torch.arange(n_o), chunk.cols.pos[:c]])
-        self._memory, self._buf = memory, buf
+        self._buf = buf
         self._win_pos = self.lm._stager.move({"pos": chunk.cols.pos[:c]})["pos"]  # never a host-blocking copy
         self._filled, self._fill_size = 0, size
         if memory.pending is None:

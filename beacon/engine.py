@@ -360,11 +360,11 @@ class BeaconLM:
         stepper = None
         try:
             if expected_length is None:
-                stepper = self._stepper(work)
+                stepper = self.decoder(work)
                 logits = self.forward(ids, work, logits="last")[1] if stepper is None else stepper.read(ids)
             else:  # adapt-N is told of a longer future: the general path plans the prompt for it
                 work, logits = self.forward(ids, work, logits="last", expected_length=expected_length)
-                stepper = self._stepper(work)
+                stepper = self.decoder(work)
             sampling = (do_sample, temperature, top_k, top_p, gen)
             return self._continue(logits, work, stepper, max_new_tokens, sampling, eos)
         finally:
@@ -401,8 +401,10 @@ class BeaconLM:
                 out = out[:, : int(ended[0, 0]) + 1]
         return out
 
-    def _stepper(self, memory: Memory):
-        """The decode stepper for `decode_mode` (None = the general forward per token)."""
+    def decoder(self, memory: Memory):
+        """A decode.StaticDecoder over `memory` (a share will do: it is never written) for
+        `decode_mode`, or None for "eager" (the general forward per token). Read a question with
+        `.read(ids)`, then `.step(token)`; `.close()` hands its buffers back to `decode_buffers`."""
         from .decode import MODES, StaticDecoder
 
         if self.decode_mode not in MODES:

@@ -45,7 +45,7 @@ def greedy_answer(
         return Generated([], None, 0.0)
     work = lm.new_memory() if memory is None else memory.share()
     prompt = torch.tensor([prompt_ids], dtype=torch.long, device=lm.device)
-    stepper = lm._stepper(work)  # the engine's decoder for lm.decode_mode (None: "eager")
+    stepper = lm.decoder(work)  # the engine's decoder for lm.decode_mode (None: "eager")
     try:
         read = (lambda t: lm.forward(t, work, logits="last")[1]) if stepper is None else stepper.read
         logits = read(prompt)
