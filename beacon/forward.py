@@ -202,7 +202,7 @@ def run_chunk(
         )
     layout = plan_attention(cfg, chunk, attn_mode, flex_ok=flex_ok)
     meta = (stager or Stager(device)).move(chunk.host_meta() | layout.host)
-    layout = finish_layout(cfg, layout, chunk, meta, memory.dtype, parts.head_dim)
+    layout = finish_layout(cfg, layout, chunk, meta, memory.dtype, parts.head_dim, batch=input_ids.shape[0])
     n_outer, n_cached, n_raw = chunk.n_outer, chunk.n_cached, chunk.n_raw
 
     # embeddings: raw rows read the call's tokens, beacon rows the beacon embedding

@@ -124,3 +124,76 @@ def test_flex_outer_adds_no_graph_break_to_the_compiled_layer():
         breaks[mode] = sum(counters["graph_break"].values())
     assert breaks["flex-outer"] <= breaks["flex"], breaks
     assert _rel(logits["flex-outer"], logits["flex"]) < 2e-2
+
+
+def test_varlen_equals_dense_and_flex_in_the_engine():
+    """varlen / varlen-outer through FlashAttention's variable-length kernel (lower-right causal per
+    window) give the logits and memory of the dense mask, within flex's own bf16 rounding: one
+    sequence and a batch of two, reading in pieces so a pass starts with a half-read window."""
+    lm = _small_lm()
+    lm.parallel_window = 4
+    for batch in (1, 2):
+        ids = torch.randint(0, 512, (batch, 3000), generator=torch.Generator().manual_seed(4))
+        results = {}
+        for mode in ("dense", "flex", "varlen", "varlen-outer"):
+            lm.attn_mode = mode
+            memory = lm.new_memory(batch)
+            outs = []
+            with torch.no_grad():
+                for piece in (ids[:, :700], ids[:, 700:]):
+                    memory, logits = lm.forward(piece, memory, logits="all")
+                    outs.append(logits)
+            results[mode] = (memory, torch.cat(outs, dim=1))
+        lm.attn_mode = "auto"
+        assert results["dense"][0].state.n_outer > 1000
+        base = max(_rel(results["flex"][1], results["dense"][1]), 1e-3)
+        for mode in ("varlen", "varlen-outer"):
+            assert _rel(results[mode][1], results["dense"][1]) < 3 * base, (mode, batch)
+            for key in ("keys", "values"):
+                a, b = results[mode][0].export()[0][key], results["dense"][0].export()[0][key]
+                assert a.shape == b.shape and _rel(a, b) < 2e-2, (mode, key)
+
+
+def test_auto_takes_varlen_at_inference_and_compiles_without_more_breaks():
+    """With full-coverage parallel windows on a GPU "auto" runs the varlen layout at inference (the
+    compiled layer breaking its graph no more often than with flex), and flex under gradients."""
+    from torch._dynamo.utils import counters
+
+    from beacon import attention
+
+    lm = _small_lm()
+    lm.parallel_window = 4
+    lm.compile_layers = True
+    ids = torch.randint(0, 512, (1, 2000), generator=torch.Generator().manual_seed(5))
+    chosen = []
+    plan = attention.plan_attention
+
+    def spy(*args, **kwargs):
+        layout = plan(*args, **kwargs)
+        chosen.append(layout.mode)
+        return layout
+
+    breaks, logits = {}, {}
+    try:
+        attention.plan_attention = spy
+        import beacon.forward as forward
+
+        forward.plan_attention = spy
+        for mode in ("flex", "auto"):
+            lm.attn_mode = mode
+            chosen.clear()
+            counters.clear()
+            with torch.no_grad():
+                _, logits[mode] = lm.forward(ids, logits="all")
+            breaks[mode] = sum(counters["graph_break"].values())
+        assert set(chosen) <= {"varlen", "varlen-outer", "causal"} and "varlen" in chosen, chosen
+        chosen.clear()
+        lm.compile_layers = False
+        lm.forward(ids[:, :600], logits="all")  # gradients on
+        assert "flex" in chosen and not {"varlen", "varlen-outer"} & set(chosen), chosen
+    finally:
+        forward.plan_attention = plan
+        attention.plan_attention = plan
+        lm.attn_mode = "auto"
+    assert breaks["auto"] <= breaks["flex"], breaks
+    assert _rel(logits["auto"], logits["flex"]) < 2e-2

@@ -347,6 +347,74 @@ def test_flex_block_mask_attention_equals_dense(family, overrides):
         lm.attn_mode = "auto"
 
 
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_varlen_windows_equal_dense(family):
+    """varlen / varlen-outer (every window's rows over [O | earlier windows' copies | its own entries],
+    lower-right causal, packed into one variable-length call) == the dense mask: reading in pieces
+    that leave a window half-read (window 0 of the next pass starts with cached entries) and end
+    mid-window, one sequence and a batch of two, with a sink. On a float32 model the kernel is the
+    float32 reference; tests/test_attention_gpu.py runs FlashAttention's."""
+    lm = load_tiny(family, beacon_pos="interleave", beacon_attn="full-coverage", beacon_ratio=[2, 4],
+                   beacon_parallel_window=3, beacon_sink_size=1)  # fmt: skip
+    for batch in (1, 2):
+        ids = tokens(170, seed=21, batch=batch)
+        results = {}
+        for mode in ("dense", "varlen", "varlen-outer"):
+            lm.attn_mode = mode
+            try:
+                results[mode] = all_logits(lm, ids, pieces=[37, 70, 63])
+            finally:
+                lm.attn_mode = "auto"
+        assert results["dense"][0].state.n_outer > 0 and results["dense"][0].state.window_raw > 0
+        for mode in ("varlen", "varlen-outer"):
+            torch.testing.assert_close(results[mode][1], results["dense"][1], atol=ATOL, rtol=0)
+            assert_same_memory(results[mode][0], results["dense"][0])
+    lm.attn_mode = "varlen"
+    try:
+        with pytest.raises(ValueError, match="for inference"):
+            lm.forward(tokens(40, seed=22), logits="all")  # gradients on
+    finally:
+        lm.attn_mode = "auto"
+    other = load_tiny(family, beacon_pos="append", beacon_attn="step-expansion", beacon_parallel_window=2)
+    other.attn_mode = "varlen"
+    with pytest.raises(ValueError, match="full-coverage"), torch.no_grad():
+        other.condense(tokens(70, seed=22))
+
+
+def test_varlen_plan_lists_each_windows_keys():
+    """The key lists the varlen layout gathers: window j sees O, the copies of windows < j and its
+    own entries, own entries last (lower-right causal), window 0's cached entries first among them."""
+    from beacon import attention
+    from beacon.windows import build_chunk, group_steps, plan_steps
+
+    lm = load_tiny("qwen2", beacon_pos="interleave", beacon_attn="full-coverage", beacon_ratio=[2],
+                   beacon_parallel_window=3)  # fmt: skip
+    cfg = lm.config
+    memory = lm.condense(tokens(40, seed=23))  # O from the first window, 8 raw entries cached
+    steps = plan_steps(cfg, memory.state, 60, max_positions=lm.parts.max_positions)
+    chunk = build_chunk(cfg, group_steps(cfg, steps)[0])
+    c, n, m = chunk.n_cached, chunk.n_rows, chunk.n_outer
+    assert len(chunk.steps) == 3 and c > 0 and m > 0 and chunk.n_copies > 0
+    with torch.no_grad():
+        layout = attention.plan_attention(cfg, chunk, "varlen")
+    plan, keys = layout.varlen, layout.host["att_key_index"]
+    assert sum(plan.q_lengths) == n and sum(plan.k_lengths) == keys.shape[0]
+    order = layout.host["att_row_order"]
+    window = chunk.col_window[c:][order]
+    at_k = at_q = 0
+    for j, (lq, lk) in enumerate(zip(plan.q_lengths, plan.k_lengths, strict=True)):
+        assert (window[at_q : at_q + lq] == j).all()
+        e = chunk.cols.e[c:][order][at_q : at_q + lq]
+        assert (e[1:] > e[:-1]).all()  # reading order
+        mine = keys[at_k : at_k + lk]
+        assert torch.equal(mine[:m], torch.arange(m))  # O first
+        copies = mine[(mine >= m + c + n)] - (m + c + n)
+        assert torch.equal(chunk.copy_window[copies], chunk.copy_window[chunk.copy_window < j])
+        own = mine[mine < m + c + n][m:] - m  # window columns in col_order
+        assert own.shape[0] == lq + (c if j == 0 else 0) and torch.equal(mine[-lq:] - m - c, at_q + torch.arange(lq))
+        at_k, at_q = at_k + lk, at_q + lq
+
+
 @pytest.mark.slow
 def test_compiled_layers_equal_eager():
     lm = load_tiny("qwen2", beacon_pos="interleave", beacon_ratio=[2, 4], beacon_ratio_mix="sequence")
@@ -400,27 +468,33 @@ def test_tokenizer_output_is_accepted_as_input():
 
 
 def test_auto_attends_a_long_memory_apart_only_at_inference(monkeypatch):
-    """attention.plan_attention's choice for parallel windows: flex-outer once |O| reaches
-    OUTER_APART_MIN with gradients off and FlexAttention usable; flex under gradients; dense where
+    """attention.plan_attention's choice for parallel windows where FlexAttention is usable: with
+    full-coverage at inference varlen, varlen-outer once |O| reaches VARLEN_OUTER_MIN; otherwise
+    flex-outer once |O| reaches OUTER_APART_MIN at inference, flex under gradients; dense where
     FlexAttention is not (the CPU, float32)."""
     from beacon import attention
     from beacon.windows import build_chunk, group_steps, plan_steps
 
-    lm = load_tiny("qwen2", beacon_pos="interleave", beacon_ratio=[2], beacon_parallel_window=2)
-    memory = lm.condense(tokens(70, seed=23))
-    cfg = lm.config
-    steps = plan_steps(cfg, memory.state, 40, max_positions=lm.parts.max_positions)
-    chunk = build_chunk(cfg, group_steps(cfg, steps)[0])
-    assert len(chunk.steps) > 1 and chunk.n_outer > 0
-    monkeypatch.setattr(attention, "OUTER_APART_MIN", chunk.n_outer)
-    with torch.no_grad():
-        assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == "flex-outer"
-        assert attention.plan_attention(cfg, chunk, "auto", flex_ok=False).mode == "dense"
-    with torch.enable_grad():
-        assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == "flex"
-    monkeypatch.setattr(attention, "OUTER_APART_MIN", chunk.n_outer + 1)
-    with torch.no_grad():
-        assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == "flex"
+    for scheme in ("full-coverage", "step-expansion"):
+        lm = load_tiny("qwen2", beacon_pos="interleave", beacon_attn=scheme, beacon_ratio=[2],
+                       beacon_parallel_window=2, beacon_attend_prev=False)  # fmt: skip
+        memory = lm.condense(tokens(70, seed=23))
+        cfg = lm.config
+        steps = plan_steps(cfg, memory.state, 40, max_positions=lm.parts.max_positions)
+        chunk = build_chunk(cfg, group_steps(cfg, steps)[0])
+        assert len(chunk.steps) > 1 and chunk.n_outer > 0
+        apart, together = ("varlen-outer", "varlen") if scheme == "full-coverage" else ("flex-outer", "flex")
+        for name in ("OUTER_APART_MIN", "VARLEN_OUTER_MIN"):
+            monkeypatch.setattr(attention, name, chunk.n_outer)
+        with torch.no_grad():
+            assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == apart
+            assert attention.plan_attention(cfg, chunk, "auto", flex_ok=False).mode == "dense"
+        with torch.enable_grad():
+            assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == "flex"
+        for name in ("OUTER_APART_MIN", "VARLEN_OUTER_MIN"):
+            monkeypatch.setattr(attention, name, chunk.n_outer + 1)
+        with torch.no_grad():
+            assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == together
 
 
 def test_reading_on_from_a_share_leaves_the_memory_as_it_was():
