@@ -90,7 +90,7 @@ class VarlenPlan:
     q_lengths: list[int]
     k_lengths: list[int]
     key_index: torch.Tensor | None = None  # (T_k,) on the device, set by finish_layout
-    cu_q: torch.Tensor | None = None  # (b * windows + 1,) int32, device
+    cu_q: torch.Tensor | None = None  # (b * windows + 1,) int32 sequence boundaries, device
     cu_k: torch.Tensor | None = None
     kernel: str = ""  # "flash" (CUDA, bf16/fp16) or "math" (float32 reference, any device)
 
@@ -191,6 +191,8 @@ def _plan_varlen(chunk: Chunk, with_outer: bool) -> AttnLayout:
         "att_row_inverse": inverse,
         "att_col_order": torch.cat([torch.arange(c), c + order]),
         "att_key_index": torch.cat(keys),
+        "att_cu_q": torch.tensor([0, *q_lengths]).cumsum(0),
+        "att_cu_k": torch.tensor([0, *k_lengths]).cumsum(0),
     }
     mode = "varlen" if with_outer else "varlen-outer"
     return AttnLayout(mode, m, c + n, 0, 0, host, varlen=VarlenPlan(q_lengths, k_lengths))
@@ -220,8 +222,8 @@ def finish_layout(
             raise ValueError(f"{layout.mode} needs the model's dtype and head_dim to choose its kernel")
         plan = layout.varlen
         plan.key_index = meta["att_key_index"]
-        plan.cu_q = _cumulative(plan.q_lengths, batch, device)
-        plan.cu_k = _cumulative(plan.k_lengths, batch, device)
+        plan.cu_q = _cumulative(meta["att_cu_q"], batch)
+        plan.cu_k = _cumulative(meta["att_cu_k"], batch)
         flash = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and head_dim % 8 == 0
         plan.kernel = "flash" if flash and head_dim <= 256 else "math"
         if layout.mode == "varlen-outer":
@@ -371,14 +373,13 @@ def attend(
     return torch.cat([out, rest], dim=2)
 
 
-def _cumulative(lengths: list[int], batch: int, device: torch.device) -> torch.Tensor:
-    """Sequence boundaries (int32) of `batch` repeats of `lengths`, built on `device` (no copy from
-    the host: the lengths are a handful of ints)."""
-    total = sum(lengths)
-    one = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)[:-1].to(device)
-    starts = one[None] + total * torch.arange(batch, dtype=torch.int32, device=device)[:, None]
-    end = torch.full((1,), batch * total, dtype=torch.int32, device=device)
-    return torch.cat([starts.flatten(), end])
+def _cumulative(bounds: torch.Tensor, batch: int) -> torch.Tensor:
+    """Sequence boundaries (int32) of `batch` repeats of one sequence's `bounds` (int64, [0, ...,
+    total], already on the device): device arithmetic only, no copy from the host."""
+    total = bounds[-1:]
+    steps = torch.arange(batch, dtype=torch.int64, device=bounds.device)[:, None]
+    starts = (bounds[None, :-1] + steps * total).flatten()
+    return torch.cat([starts, total * batch]).to(torch.int32)
 
 
 def _attend_varlen(
