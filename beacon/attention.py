@@ -25,8 +25,11 @@ only pick an order of rows and columns in which that mask becomes something a fu
             all sequences of a batch): a fused causal kernel instead of FlexAttention's block mask.
   "varlen-outer"  "varlen" with O attended apart by the unmasked kernel and merged by log-sum-exp
             (as flex-outer): the windows' key lists then hold no copy of a long O. "auto" takes the
-            varlen modes for full-coverage parallel windows on a GPU (flex stays for the other schemes
-            and for training), "varlen-outer" once |O| >= VARLEN_OUTER_MIN.
+            varlen-outer for full-coverage parallel windows on a GPU at inference (flex stays for the
+            other schemes and for training): on an H200 its FlashAttention runs the windows at
+            260-330 TFLOP/s where FlexAttention's block mask gets 200-290, and copying O into every
+            window's key list costs more than the merge from |O| = 3072 on
+            (docs/results/window_attention_probe.json).
 
 Every mode computes exactly the same function; tests hold them to each other.
 """
@@ -49,9 +52,6 @@ FLEX_BLOCK = 128
 # |O| from which "auto" attends O apart: below it the saving is smaller than the merge's cost
 # (memory_attention_probe: 0.9 ms saved per layer at 16K entries, 9K rows; the merge ~0.07 ms)
 OUTER_APART_MIN = 4096
-# |O| from which "auto" attends O apart from the varlen windows rather than copying it into each
-# window's key list (bench/window_attention_probe.py)
-VARLEN_OUTER_MIN = 4096
 
 
 @dataclass
@@ -116,7 +116,7 @@ def plan_attention(cfg: BeaconConfig, chunk: Chunk, mode: str = "auto", flex_ok:
     if mode == "dense" and not single and flex_ok and auto:  # parallel windows on a GPU
         inference = not torch.is_grad_enabled()
         if inference and cfg.beacon_attn == "full-coverage":  # a fused causal kernel per window
-            mode = "varlen-outer" if chunk.n_outer >= VARLEN_OUTER_MIN else "varlen"
+            mode = "varlen-outer"  # O apart: the key lists then hold no copy of it (window_attention_probe)
         else:  # block-sparse
             mode = "flex-outer" if chunk.n_outer >= OUTER_APART_MIN and inference else "flex"
     if mode in INFERENCE_ONLY and torch.is_grad_enabled():
@@ -457,11 +457,18 @@ def attend_unmasked(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every row over every key, no mask: (output (b, h, n, d), log-sum-exp (b, h, n) float32).
 
-    kernel (unmasked_kernel): "cudnn" / "flash" (CUDA, both GQA-native) or "cpu" (the fused CPU
-    kernel). Graph-safe: no host work, so it runs inside a compiled decoder layer."""
+    kernel (unmasked_kernel): "cudnn" / "flash" (CUDA, both GQA-native), "cpu" (the fused CPU
+    kernel) or "math" (CUDA float32, as the GPU test runs of the tiny models use). Graph-safe: no
+    host work, so it runs inside a compiled decoder layer."""
     if kernel == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)[:2]
         return out, lse
+    if kernel == "math":  # CUDA, float32: no fused kernel returns the log-sum-exp
+        g = q.shape[1] // k.shape[1]
+        scores = (q.float() @ k.float().repeat_interleave(g, 1).transpose(-1, -2)) * scale
+        lse = torch.logsumexp(scores, dim=-1)
+        out = torch.exp(scores - lse[..., None]) @ v.float().repeat_interleave(g, 1)
+        return out.to(q.dtype), lse
     if kernel == "cudnn":  # O's values are a slice of the memory's: strided, as _cudnn_serves checks
         op = torch.ops.aten._scaled_dot_product_cudnn_attention
         out, lse = op(q, k, v, None, True, 0.0, False, False, scale=scale)[:2]
@@ -471,10 +478,13 @@ def attend_unmasked(
 
 
 def unmasked_kernel(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
-    """The kernel attend_unmasked should use here: "cpu" off CUDA; "cudnn" where this build runs
-    cuDNN's attention for this dtype and head dim and it agrees with FlashAttention; else "flash"."""
+    """The kernel attend_unmasked should use here: "cpu" off CUDA; "math" for float32 on CUDA;
+    "cudnn" where this build runs cuDNN's attention for this dtype and head dim and it agrees with
+    FlashAttention; else "flash"."""
     if device.type != "cuda":
         return "cpu"
+    if dtype not in (torch.bfloat16, torch.float16):
+        return "math"
     return "cudnn" if _cudnn_serves(device.index, dtype, head_dim) else "flash"
 
 

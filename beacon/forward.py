@@ -166,6 +166,10 @@ def _attend_and_mlp(
 def compiled_layer():
     """`_layer` compiled once per process (torch.compile, dynamic shapes): fuses the elementwise
     work (norms, RoPE, residuals, gating) and cuts kernel launches — worth it on a GPU."""
+    # every attention layout, |O| = 0 or not, and the last layer's key/value-only variant is a graph
+    # of its own (a dozen with ratio mixes); past dynamo's default limit of 8 it would silently fall
+    # back to eager for the rest of the process (seen: 20x slower)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(_layer, dynamic=True)
 
 

@@ -65,10 +65,10 @@
 #   call 38: bash bench/h200_session.sh 38 (nothing carried): CUDA tests of the varlen attention modes;
 #            each layout on real pass shapes (bench.window_attention_probe); 7B 8K/32K condensing with
 #            flex against auto (varlen) and full prefill
-#   call 39: bash bench/h200_session.sh 39 (carry .whl .carry/ref_src): as 15 (8K and 32K, both shapes,
-#            official code and prefill in the same run, five timings each) after the varlen modes
-#   call 40: bash bench/h200_session.sh 40 (carry .whl .carry/ref_src): 128K, both shapes, flex-outer
-#            against auto (varlen-outer), prefill and official
+#   call 39: bash bench/h200_session.sh 39 (carry .whl .carry/ref_src): the CUDA attention tests again;
+#            7B at 8K and 32K, flex against auto (varlen-outer), full prefill and the official code
+#   call 40: bash bench/h200_session.sh 40 (nothing carried): 128K, both shapes, flex-outer against
+#            auto (varlen-outer)
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -235,16 +235,14 @@ elif [ "$PART" = 38 ]; then
     --parallel-window 4 --compile 1 --attn-mode flex,auto --prefill --out "$OUT/r/condense_varlen.json"
 elif [ "$PART" = 39 ]; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/oldtf .whl/*.whl || echo "transformers 4.44 install failed"
-  stage condense_short 570 env BENCH_SHORT_S=4 python3 -m bench.condense --shapes qwen2-1.5b,qwen2-7b \
-    --lengths 8192,32768 --ratios 2,8,32 --parallel-window 4 --compile 1 --prefill --official-src .carry/ref_src \
-    --official-site /tmp/oldtf --out "$OUT/r/condense_short_varlen.json"
+  stage attention_tests 120 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
+    tests/test_attention_gpu.py tests/test_engine.py -k "gpu or flex or apart or attention or compiled or varlen"
+  stage condense_7b 430 python3 -m bench.condense --shapes qwen2-7b --lengths 8192,32768 --ratios 2,8,32 \
+    --parallel-window 4 --compile 1 --attn-mode flex,auto --prefill --official-src .carry/ref_src \
+    --official-site /tmp/oldtf --out "$OUT/r/condense_7b_varlen.json"
 elif [ "$PART" = 40 ]; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/oldtf .whl/*.whl || echo "transformers 4.44 install failed"
-  for shape in qwen2-1.5b qwen2-7b; do
-    stage condense_$shape 280 python3 -m bench.condense --shapes $shape --lengths 131072 --ratios 2,8,32 \
-      --parallel-window 4 --compile 1 --attn-mode flex-outer,auto --prefill --official-src .carry/ref_src \
-      --official-site /tmp/oldtf --out "$OUT/r/condense_long_varlen_$shape.json"
-  done
+  stage condense_long 560 python3 -m bench.condense --shapes qwen2-7b,qwen2-1.5b --lengths 131072 --ratios 8,2 \
+    --parallel-window 4 --compile 1 --attn-mode flex-outer,auto --out "$OUT/r/condense_long_varlen.json"
 elif [ "$PART" = 37 ]; then
   stage profile 540 python3 -m bench.profile_condense --compile 1 \
     --cases qwen2-7b:8192:2,qwen2-7b:32768:8,qwen2-7b:32768:2 --out "$OUT/r/profile_condense_compiled.json"

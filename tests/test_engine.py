@@ -469,7 +469,7 @@ def test_tokenizer_output_is_accepted_as_input():
 
 def test_auto_attends_a_long_memory_apart_only_at_inference(monkeypatch):
     """attention.plan_attention's choice for parallel windows where FlexAttention is usable: with
-    full-coverage at inference varlen, varlen-outer once |O| reaches VARLEN_OUTER_MIN; otherwise
+    full-coverage at inference varlen-outer (O apart, varlen once O is empty); otherwise
     flex-outer once |O| reaches OUTER_APART_MIN at inference, flex under gradients; dense where
     FlexAttention is not (the CPU, float32)."""
     from beacon import attention
@@ -483,18 +483,22 @@ def test_auto_attends_a_long_memory_apart_only_at_inference(monkeypatch):
         steps = plan_steps(cfg, memory.state, 40, max_positions=lm.parts.max_positions)
         chunk = build_chunk(cfg, group_steps(cfg, steps)[0])
         assert len(chunk.steps) > 1 and chunk.n_outer > 0
-        apart, together = ("varlen-outer", "varlen") if scheme == "full-coverage" else ("flex-outer", "flex")
-        for name in ("OUTER_APART_MIN", "VARLEN_OUTER_MIN"):
-            monkeypatch.setattr(attention, name, chunk.n_outer)
+        apart, together = ("varlen-outer", "varlen-outer") if scheme == "full-coverage" else ("flex-outer", "flex")
+        monkeypatch.setattr(attention, "OUTER_APART_MIN", chunk.n_outer)
         with torch.no_grad():
             assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == apart
             assert attention.plan_attention(cfg, chunk, "auto", flex_ok=False).mode == "dense"
         with torch.enable_grad():
             assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == "flex"
-        for name in ("OUTER_APART_MIN", "VARLEN_OUTER_MIN"):
-            monkeypatch.setattr(attention, name, chunk.n_outer + 1)
+        monkeypatch.setattr(attention, "OUTER_APART_MIN", chunk.n_outer + 1)
         with torch.no_grad():
             assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == together
+        if scheme == "full-coverage":  # a pass over an empty O: nothing to attend apart
+            first = build_chunk(cfg, group_steps(cfg, plan_steps(cfg, lm.new_memory(1).state, 40,
+                                max_positions=lm.parts.max_positions))[0])  # fmt: skip
+            assert first.n_outer == 0
+            with torch.no_grad():
+                assert attention.plan_attention(cfg, first, "auto", flex_ok=True).mode == "varlen"
 
 
 def test_reading_on_from_a_share_leaves_the_memory_as_it_was():
