@@ -67,6 +67,8 @@
 #            flex against auto (varlen) and full prefill
 #   call 39: bash bench/h200_session.sh 39 (carry .whl .carry/ref_src): the CUDA attention tests again;
 #            7B at 8K and 32K, flex against auto (varlen-outer), full prefill and the official code
+#   call 41: bash bench/h200_session.sh 41 (nothing carried): why varlen-outer loses end to end: the
+#            GPU tests, 7B 32K ratio 2 alone with recompiles logged, compiled profiles flex vs varlen-outer
 #   call 40: bash bench/h200_session.sh 40 (nothing carried): 128K, both shapes, flex-outer against
 #            auto (varlen-outer)
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
@@ -240,6 +242,15 @@ elif [ "$PART" = 39 ]; then
   stage condense_7b 430 python3 -m bench.condense --shapes qwen2-7b --lengths 8192,32768 --ratios 2,8,32 \
     --parallel-window 4 --compile 1 --attn-mode flex,auto --prefill --official-src .carry/ref_src \
     --official-site /tmp/oldtf --out "$OUT/r/condense_7b_varlen.json"
+elif [ "$PART" = 41 ]; then
+  stage attention_tests 240 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
+    tests/test_attention_gpu.py -k "varlen"
+  stage r2_alone 150 env TORCH_LOGS=recompiles,graph_breaks python3 -m bench.condense --shapes qwen2-7b \
+    --lengths 32768 --ratios 2 --parallel-window 4 --compile 1 --attn-mode varlen-outer --out "$OUT/r/r2_alone.json"
+  for mode in flex varlen-outer; do
+    stage profile_$mode 120 python3 -m bench.profile_condense --compile 1 --attn-mode $mode \
+      --cases qwen2-7b:32768:8 --out "$OUT/r/profile_condense_$mode.json"
+  done
 elif [ "$PART" = 40 ]; then
   stage condense_long 560 python3 -m bench.condense --shapes qwen2-7b,qwen2-1.5b --lengths 131072 --ratios 8,2 \
     --parallel-window 4 --compile 1 --attn-mode flex-outer,auto --out "$OUT/r/condense_long_varlen.json"
