@@ -89,6 +89,8 @@ class VarlenPlan:
 
     q_lengths: list[int]
     k_lengths: list[int]
+    max_q: int  # ints, not the lists, reach compiled code: a list's length would be a guard
+    max_k: int
     key_index: torch.Tensor | None = None  # (T_k,) on the device, set by finish_layout
     cu_q: torch.Tensor | None = None  # (b * windows + 1,) int32 sequence boundaries, device
     cu_k: torch.Tensor | None = None
@@ -195,7 +197,8 @@ def _plan_varlen(chunk: Chunk, with_outer: bool) -> AttnLayout:
         "att_cu_k": torch.tensor([0, *k_lengths]).cumsum(0),
     }
     mode = "varlen" if with_outer else "varlen-outer"
-    return AttnLayout(mode, m, c + n, 0, 0, host, varlen=VarlenPlan(q_lengths, k_lengths))
+    plan = VarlenPlan(q_lengths, k_lengths, max(q_lengths), max(k_lengths))
+    return AttnLayout(mode, m, c + n, 0, 0, host, varlen=plan)
 
 
 def finish_layout(
@@ -329,6 +332,9 @@ def _flex_attention(cuda: bool):
     return torch.compile(flex_attention, dynamic=True) if cuda else flex_attention
 
 
+PACKED = ("varlen", "varlen-outer")  # modes that take rows packed as (b, n, h, d) in memory
+
+
 def attend(
     q: torch.Tensor,
     k_outer: torch.Tensor,
@@ -345,7 +351,7 @@ def attend(
     k_win, v_win: (b, h_kv, k + p, d) window columns in `layout.col_order`, then copies — keys
     already RoPE'd by the caller. Keys are [O | window | copies] in that order.
     """
-    if layout.mode in ("varlen", "varlen-outer"):
+    if layout.mode in PACKED:
         return _attend_varlen(q, k_outer, v_outer, k_win, v_win, layout, scale)
     if layout.mode == "flex-outer":
         out_o, lse_o = attend_unmasked(q, k_outer, v_outer, scale, layout.outer_kernel)
@@ -394,7 +400,7 @@ def _attend_varlen(
     """The varlen modes (see the module docstring): every window of every sequence in one packed,
     lower-right causal attention; O inside the key lists or apart and merged."""
     plan = layout.varlen
-    b, h, n, d = q.shape
+    b, h, n, d = q.shape  # best a view of a (b, n, h, d) tensor (forward.py makes it so): packing is free
     h_kv = k_win.shape[1]
     if layout.mode == "varlen":
         k_src, v_src = torch.cat([k_outer, k_win], dim=2), torch.cat([v_outer, v_win], dim=2)
@@ -406,11 +412,11 @@ def _attend_varlen(
     vp = v_src.transpose(1, 2)[:, plan.key_index].reshape(-1, h_kv, d)
     if plan.kernel == "flash":  # causal here means lower-right (FlashAttention's own convention)
         out, lse = torch.ops.aten._flash_attention_forward(
-            qp, kp, vp, plan.cu_q, plan.cu_k, max(plan.q_lengths), max(plan.k_lengths), 0.0, True, False, scale=scale
+            qp, kp, vp, plan.cu_q, plan.cu_k, plan.max_q, plan.max_k, 0.0, True, False, scale=scale
         )[:2]
     else:
         out, lse = _varlen_math(qp, kp, vp, plan, b, scale)
-    out = out.view(b, n, h, d).transpose(1, 2)  # (b, h, n, d)
+    out = out.view(b, n, h, d).transpose(1, 2)  # (b, h, n, d), rows contiguous in memory
     if layout.mode == "varlen" or k_outer.shape[2] == 0:
         return out
     lse = lse.view(h, b, n).transpose(0, 1)  # (b, h, n)
@@ -494,13 +500,17 @@ def _cudnn_serves(device_index: int | None, dtype: torch.dtype, head_dim: int) -
     device = torch.device("cuda", device_index)
     try:
         g = torch.Generator(device=device).manual_seed(0)
-        # as the engine calls it: a batch, 7 query heads per key/value head, values a slice
+        # as the engine calls it: a batch, 7 query heads per key/value head, values a slice, queries
+        # (b, h, n, d) contiguous (flex-outer) or a view of (b, n, h, d) (varlen-outer)
         q = torch.randn(2, 14, 256, head_dim, device=device, dtype=dtype, generator=g)
         k = torch.randn(2, 2, 1024, head_dim, device=device, dtype=dtype, generator=g)
         v = torch.randn(2, 2, 1024 + 96, head_dim, device=device, dtype=dtype, generator=g)[:, :, :1024]
-        out, lse = attend_unmasked(q, k, v, head_dim**-0.5, "cudnn")
-        ref, ref_lse = attend_unmasked(q, k, v, head_dim**-0.5, "flash")
-        return bool((out - ref).abs().max() < 1e-2 and (lse - ref_lse).abs().max() < 1e-2)
+        agree = True
+        for queries in (q, q.transpose(1, 2).contiguous().transpose(1, 2)):
+            out, lse = attend_unmasked(queries, k, v, head_dim**-0.5, "cudnn")
+            ref, ref_lse = attend_unmasked(queries, k, v, head_dim**-0.5, "flash")
+            agree &= bool((out - ref).abs().max() < 1e-2 and (lse - ref_lse).abs().max() < 1e-2)
+        return agree
     except Exception:  # no cuDNN attention in this build/device/shape: FlashAttention serves
         return False
 

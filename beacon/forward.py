@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import AttnLayout, attend, finish_layout, plan_attention
+from .attention import PACKED, AttnLayout, attend, finish_layout, plan_attention
 from .config import BeaconConfig
 from .families import Parts, apply_rope, rope_cos_sin
 from .memory import Memory
@@ -142,22 +142,29 @@ def _attend_and_mlp(
     q = _project(attn.q_proj, beacon_proj.get("q"), h, n_raw).view(b, n, parts.n_heads, parts.head_dim)
     if parts.family.qk_norm:
         q = attn.q_norm(q)
-    q = q.transpose(1, 2)  # (b, h, n, d)
+    packed = layout.mode in PACKED  # rows stay (b, n, h, d) in memory: gathers and RoPE move whole rows
+    if packed:
+        if layout.row_order is not None:
+            q = q[:, layout.row_order]
+        q = apply_rope(q, rope_rows[0].transpose(1, 2), rope_rows[1].transpose(1, 2)).transpose(1, 2)
+    else:
+        q = q.transpose(1, 2)  # (b, h, n, d)
+        if layout.row_order is not None:
+            q = q[:, :, layout.row_order]
+        q = apply_rope(q, *rope_rows)
     order, copy_src = layout.col_order, meta["copy_src"]
     k_cols = k_win if order is None else k_win[:, :, order]  # attention order (see attention.py)
     v_cols = v_win if order is None else v_win[:, :, order]
     k_att = torch.cat([k_cols, k_win[:, :, copy_src]], dim=2)  # (b, h_kv, k + p, d)
     k_att = apply_rope(k_att, *rope_window)
     v_att = torch.cat([v_cols, v_win[:, :, copy_src]], dim=2)
-    if layout.row_order is not None:
-        q = q[:, :, layout.row_order]
-    q = apply_rope(q, *rope_rows)
 
     gqa = parts.n_heads != parts.n_kv_heads
     out = attend(q, rot_outer, values[:, :, :n_outer], k_att, v_att, layout, parts.scaling, gqa)  # (b, h, n, d)
+    out = out.transpose(1, 2)  # (b, n, h, d)
     if layout.row_inverse is not None:
-        out = out[:, :, layout.row_inverse]
-    out = out.transpose(1, 2).reshape(b, n, parts.n_heads * parts.head_dim)
+        out = out[:, layout.row_inverse]
+    out = out.reshape(b, n, parts.n_heads * parts.head_dim)
     x = x + _project(attn.o_proj, beacon_proj.get("o"), out, n_raw)
     return x + layer.mlp(layer.post_attention_layernorm(x))
 

@@ -69,6 +69,9 @@
 #            7B at 8K and 32K, flex against auto (varlen-outer), full prefill and the official code
 #   call 41: bash bench/h200_session.sh 41 (nothing carried): why varlen-outer loses end to end: the
 #            GPU tests, 7B 32K ratio 2 alone with recompiles logged, compiled profiles flex vs varlen-outer
+#   call 42: bash bench/h200_session.sh 42 (carry .whl .carry/ref_src): after the varlen modes keep rows
+#            packed (b, n, h, d): the GPU tests, 7B 8K/32K flex against auto with prefill and official,
+#            the compiled profile of varlen-outer at 32K ratio 8
 #   call 40: bash bench/h200_session.sh 40 (nothing carried): 128K, both shapes, flex-outer against
 #            auto (varlen-outer)
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
@@ -251,6 +254,15 @@ elif [ "$PART" = 41 ]; then
     stage profile_$mode 120 python3 -m bench.profile_condense --compile 1 --attn-mode $mode \
       --cases qwen2-7b:32768:8 --out "$OUT/r/profile_condense_$mode.json"
   done
+elif [ "$PART" = 42 ]; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/oldtf .whl/*.whl || echo "transformers 4.44 install failed"
+  stage attention_tests 150 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
+    tests/test_attention_gpu.py -k "varlen or unmasked or flex_outer_equals"
+  stage condense_7b 250 python3 -m bench.condense --shapes qwen2-7b --lengths 8192,32768 --ratios 2,8,32 \
+    --parallel-window 4 --compile 1 --attn-mode flex,auto --prefill --official-src .carry/ref_src \
+    --official-site /tmp/oldtf --out "$OUT/r/condense_7b_packed.json"
+  stage profile_varlen 100 python3 -m bench.profile_condense --compile 1 --attn-mode varlen-outer \
+    --cases qwen2-7b:32768:8 --out "$OUT/r/profile_condense_packed.json"
 elif [ "$PART" = 40 ]; then
   stage condense_long 560 python3 -m bench.condense --shapes qwen2-7b,qwen2-1.5b --lengths 131072 --ratios 8,2 \
     --parallel-window 4 --compile 1 --attn-mode flex-outer,auto --out "$OUT/r/condense_long_varlen.json"

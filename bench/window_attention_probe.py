@@ -90,7 +90,11 @@ def probe(shape: str, ratio: int, n_outer: int, modes: list[str]) -> dict:
         order, rows = layout.col_order, layout.row_order
         kc = k_cols if order is None else k_cols[:, :, order]
         vc = v_cols if order is None else v_cols[:, :, order]
-        q = q0 if rows is None else q0[:, :, rows]
+        if layout.mode in attention.PACKED:  # as forward.py gives it: a view of (b, n, h, d) rows
+            q = q0.transpose(1, 2)
+            q = (q if rows is None else q[:, rows]).contiguous().transpose(1, 2)
+        else:
+            q = q0 if rows is None else q0[:, :, rows]
         return q, torch.cat([kc, k_cols[:, :, copy_src]], 2), torch.cat([vc, v_cols[:, :, copy_src]], 2)
 
     def run(mode: str):
@@ -103,9 +107,9 @@ def probe(shape: str, ratio: int, n_outer: int, modes: list[str]) -> dict:
             def call():
                 return attention.attend(q, k_outer, v_outer, kw, vw, layout, scale, True)
 
-            out = call()
+            out = call().transpose(1, 2)  # (b, n, h, d), as forward.py takes it back
             if layout.row_inverse is not None:
-                out = out[:, :, layout.row_inverse]
+                out = out[:, layout.row_inverse]
             return call, out
 
     _, ref = run("dense")
