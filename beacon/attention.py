@@ -23,13 +23,13 @@ only pick an order of rows and columns in which that mask becomes something a fu
             causal mask over a key list of their own. The keys of every window are gathered into one
             packed list and a single variable-length FlashAttention call serves all windows (and
             all sequences of a batch): a fused causal kernel instead of FlexAttention's block mask.
+            The rows travel packed as (b, n, h, d) (forward.py gathers them into reading order).
   "varlen-outer"  "varlen" with O attended apart by the unmasked kernel and merged by log-sum-exp
-            (as flex-outer): the windows' key lists then hold no copy of a long O. "auto" takes the
-            varlen-outer for full-coverage parallel windows on a GPU at inference (flex stays for the
-            other schemes and for training): on an H200 its FlashAttention runs the windows at
-            260-330 TFLOP/s where FlexAttention's block mask gets 200-290, and copying O into every
-            window's key list costs more than the merge from |O| = 3072 on
-            (docs/results/window_attention_probe.json).
+            (as flex-outer): the windows' key lists then hold no copy of a long O.
+            Opt-in, not taken by "auto": on an H200 (7B, 32K, ratio 8, compiled) its kernels spend
+            142 ms where flex's spend 213, but its row gathers, RoPE outside the kernel and merge
+            add 77 ms that flex fuses into its kernel's prologue — the pass is no faster (-6% to
+            +2% over 7B 8K/32K; docs/performance.md 1g).
 
 Every mode computes exactly the same function; tests hold them to each other.
 """
@@ -106,8 +106,8 @@ def plan_attention(cfg: BeaconConfig, chunk: Chunk, mode: str = "auto", flex_ok:
 
     "auto": one window per pass -> causal (full-coverage) or split; several -> flex where
     `flex_ok` (CUDA with bf16/fp16: its float32 dots would round like TF32), dense elsewhere;
-    flex-outer instead of flex over a long O at inference; at inference with full-coverage, varlen
-    (varlen-outer over a long O) instead of either.
+    flex-outer instead of flex over a long O at inference. The varlen modes are asked for by name
+    (module docstring: their kernels are faster, the whole pass is not).
     """
     if mode not in MODES:
         raise ValueError(f"attention mode {mode!r}: choose one of {MODES}")
@@ -115,12 +115,8 @@ def plan_attention(cfg: BeaconConfig, chunk: Chunk, mode: str = "auto", flex_ok:
     auto = mode == "auto"
     if mode == "auto":
         mode = "dense" if not single else ("causal" if cfg.beacon_attn == "full-coverage" else "split")
-    if mode == "dense" and not single and flex_ok and auto:  # parallel windows on a GPU
-        inference = not torch.is_grad_enabled()
-        if inference and cfg.beacon_attn == "full-coverage":  # a fused causal kernel per window
-            mode = "varlen-outer"  # O apart: the key lists then hold no copy of it (window_attention_probe)
-        else:  # block-sparse
-            mode = "flex-outer" if chunk.n_outer >= OUTER_APART_MIN and inference else "flex"
+    if mode == "dense" and not single and flex_ok and auto:  # parallel windows on a GPU: block-sparse
+        mode = "flex-outer" if chunk.n_outer >= OUTER_APART_MIN and not torch.is_grad_enabled() else "flex"
     if mode in INFERENCE_ONLY and torch.is_grad_enabled():
         raise ValueError(
             f"attention mode {mode!r} is for inference (its kernels' backward ignores the log-sum-exp):"

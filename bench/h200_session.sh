@@ -72,6 +72,8 @@
 #   call 42: bash bench/h200_session.sh 42 (carry .whl .carry/ref_src): after the varlen modes keep rows
 #            packed (b, n, h, d): the GPU tests, 7B 8K/32K flex against auto with prefill and official,
 #            the compiled profile of varlen-outer at 32K ratio 8
+#   call 43: bash bench/h200_session.sh 43 (nothing carried): the CUDA attention tests after "auto" went
+#            back to flex / flex-outer (varlen modes by name only)
 #   call 40: bash bench/h200_session.sh 40 (nothing carried): 128K, both shapes, flex-outer against
 #            auto (varlen-outer)
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
@@ -263,6 +265,9 @@ elif [ "$PART" = 42 ]; then
     --official-site /tmp/oldtf --out "$OUT/r/condense_7b_packed.json"
   stage profile_varlen 100 python3 -m bench.profile_condense --compile 1 --attn-mode varlen-outer \
     --cases qwen2-7b:32768:8 --out "$OUT/r/profile_condense_packed.json"
+elif [ "$PART" = 43 ]; then
+  stage attention_tests 170 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
+    tests/test_attention_gpu.py tests/test_engine.py -k "varlen or apart or flex_outer"
 elif [ "$PART" = 40 ]; then
   stage condense_long 560 python3 -m bench.condense --shapes qwen2-7b,qwen2-1.5b --lengths 131072 --ratios 8,2 \
     --parallel-window 4 --compile 1 --attn-mode flex-outer,auto --out "$OUT/r/condense_long_varlen.json"

@@ -468,37 +468,33 @@ def test_tokenizer_output_is_accepted_as_input():
 
 
 def test_auto_attends_a_long_memory_apart_only_at_inference(monkeypatch):
-    """attention.plan_attention's choice for parallel windows where FlexAttention is usable: with
-    full-coverage at inference varlen-outer (O apart, varlen once O is empty); otherwise
-    flex-outer once |O| reaches OUTER_APART_MIN at inference, flex under gradients; dense where
-    FlexAttention is not (the CPU, float32)."""
+    """attention.plan_attention's choice for parallel windows: flex-outer once |O| reaches
+    OUTER_APART_MIN with gradients off and FlexAttention usable; flex under gradients; dense where
+    FlexAttention is not (the CPU, float32). The varlen modes only when asked for by name."""
     from beacon import attention
     from beacon.windows import build_chunk, group_steps, plan_steps
 
-    for scheme in ("full-coverage", "step-expansion"):
-        lm = load_tiny("qwen2", beacon_pos="interleave", beacon_attn=scheme, beacon_ratio=[2],
-                       beacon_parallel_window=2, beacon_attend_prev=False)  # fmt: skip
-        memory = lm.condense(tokens(70, seed=23))
-        cfg = lm.config
-        steps = plan_steps(cfg, memory.state, 40, max_positions=lm.parts.max_positions)
-        chunk = build_chunk(cfg, group_steps(cfg, steps)[0])
-        assert len(chunk.steps) > 1 and chunk.n_outer > 0
-        apart, together = ("varlen-outer", "varlen-outer") if scheme == "full-coverage" else ("flex-outer", "flex")
-        monkeypatch.setattr(attention, "OUTER_APART_MIN", chunk.n_outer)
-        with torch.no_grad():
-            assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == apart
-            assert attention.plan_attention(cfg, chunk, "auto", flex_ok=False).mode == "dense"
-        with torch.enable_grad():
-            assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == "flex"
-        monkeypatch.setattr(attention, "OUTER_APART_MIN", chunk.n_outer + 1)
-        with torch.no_grad():
-            assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == together
-        if scheme == "full-coverage":  # a pass over an empty O: nothing to attend apart
-            first = build_chunk(cfg, group_steps(cfg, plan_steps(cfg, lm.new_memory(1).state, 40,
-                                max_positions=lm.parts.max_positions))[0])  # fmt: skip
-            assert first.n_outer == 0
-            with torch.no_grad():
-                assert attention.plan_attention(cfg, first, "auto", flex_ok=True).mode == "varlen"
+    lm = load_tiny("qwen2", beacon_pos="interleave", beacon_ratio=[2], beacon_parallel_window=2)
+    memory = lm.condense(tokens(70, seed=23))
+    cfg = lm.config
+    steps = plan_steps(cfg, memory.state, 40, max_positions=lm.parts.max_positions)
+    chunk = build_chunk(cfg, group_steps(cfg, steps)[0])
+    assert len(chunk.steps) > 1 and chunk.n_outer > 0 and cfg.beacon_attn == "full-coverage"
+    monkeypatch.setattr(attention, "OUTER_APART_MIN", chunk.n_outer)
+    with torch.no_grad():
+        assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == "flex-outer"
+        assert attention.plan_attention(cfg, chunk, "auto", flex_ok=False).mode == "dense"
+        assert attention.plan_attention(cfg, chunk, "varlen-outer", flex_ok=True).mode == "varlen-outer"
+    with torch.enable_grad():
+        assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == "flex"
+    monkeypatch.setattr(attention, "OUTER_APART_MIN", chunk.n_outer + 1)
+    with torch.no_grad():
+        assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == "flex"
+    first = build_chunk(cfg, group_steps(cfg, plan_steps(cfg, lm.new_memory(1).state, 40,
+                        max_positions=lm.parts.max_positions))[0])  # fmt: skip
+    assert first.n_outer == 0
+    with torch.no_grad():  # a pass over an empty O: nothing to attend apart
+        assert attention.plan_attention(cfg, first, "varlen-outer", flex_ok=True).mode == "varlen"
 
 
 def test_reading_on_from_a_share_leaves_the_memory_as_it_was():
