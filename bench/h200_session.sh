@@ -74,8 +74,6 @@
 #            the compiled profile of varlen-outer at 32K ratio 8
 #   call 43: bash bench/h200_session.sh 43 (nothing carried): the CUDA attention tests after "auto" went
 #            back to flex / flex-outer (varlen modes by name only)
-#   call 40: bash bench/h200_session.sh 40 (nothing carried): 128K, both shapes, flex-outer against
-#            auto (varlen-outer)
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -268,9 +266,6 @@ elif [ "$PART" = 42 ]; then
 elif [ "$PART" = 43 ]; then
   stage attention_tests 170 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
     tests/test_attention_gpu.py tests/test_engine.py -k "varlen or apart or flex_outer"
-elif [ "$PART" = 40 ]; then
-  stage condense_long 560 python3 -m bench.condense --shapes qwen2-7b,qwen2-1.5b --lengths 131072 --ratios 8,2 \
-    --parallel-window 4 --compile 1 --attn-mode flex-outer,auto --out "$OUT/r/condense_long_varlen.json"
 elif [ "$PART" = 37 ]; then
   stage profile 540 python3 -m bench.profile_condense --compile 1 \
     --cases qwen2-7b:8192:2,qwen2-7b:32768:8,qwen2-7b:32768:2 --out "$OUT/r/profile_condense_compiled.json"
