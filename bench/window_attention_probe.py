@@ -24,6 +24,7 @@ import torch
 from beacon import attention
 from beacon.config import BeaconConfig
 from beacon.windows import WindowState, build_chunk, group_steps, plan_steps, window_mask
+from bench.attention_probe import bench as timed  # ms per call, CUDA events after warm-up calls
 
 HEADS = {"qwen2-1.5b": (12, 2), "qwen2-7b": (28, 4)}
 CASES = [  # (shape, ratio, memory entries m: where in a document the pass is)
@@ -37,20 +38,6 @@ CASES = [  # (shape, ratio, memory entries m: where in a document the pass is)
     ("qwen2-1.5b", 8, 15360),
 ]
 MODES = ("flex", "flex-outer", "varlen", "varlen-outer")
-
-
-def timed(fn, reps: int = 20) -> float:
-    """Milliseconds per call (CUDA events, after three untimed calls)."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
 
 
 def pass_chunk(ratio: int, n_outer: int, parallel: int = 4, window: int = 2048):
