@@ -116,10 +116,15 @@ class TrainConfig:
             raise ValueError("schedule_by_time needs time_budget_s (seconds of training)")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s}")
-        from .attention import MODES
+        from .attention import INFERENCE_ONLY, MODES
 
         if self.attn_mode not in MODES:
             raise ValueError(f"attn_mode={self.attn_mode!r}: choose one of {MODES}")
+        if self.attn_mode in INFERENCE_ONLY:
+            raise ValueError(
+                f"attn_mode={self.attn_mode!r} is for inference (its kernels' backward ignores the"
+                " log-sum-exp): train with 'auto', 'flex' or 'dense'"
+            )
         if self.dtype not in ("auto", "bf16", "bfloat16", "fp32", "float32"):
             raise ValueError(f"dtype={self.dtype!r}: choose auto, bf16 or fp32")
 
