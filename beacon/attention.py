@@ -47,7 +47,8 @@ from .config import BeaconConfig
 from .windows import Chunk, window_mask
 
 MODES = ("auto", "causal", "split", "dense", "flex", "flex-outer", "varlen", "varlen-outer")
-INFERENCE_ONLY = ("flex-outer", "varlen", "varlen-outer")  # their kernels' backward ignores the lse
+PACKED = ("varlen", "varlen-outer")  # modes that take rows packed as (b, n, h, d) in memory
+INFERENCE_ONLY = ("flex-outer", *PACKED)  # their kernels' backward ignores the log-sum-exp
 FLEX_BLOCK = 128
 # |O| from which "auto" attends O apart: below it the saving is smaller than the merge's cost
 # (memory_attention_probe: 0.9 ms saved per layer at 16K entries, 9K rows; the merge ~0.07 ms)
@@ -122,7 +123,7 @@ def plan_attention(cfg: BeaconConfig, chunk: Chunk, mode: str = "auto", flex_ok:
             f"attention mode {mode!r} is for inference (its kernels' backward ignores the log-sum-exp):"
             " run under torch.no_grad() or use 'flex'"
         )
-    if mode in ("varlen", "varlen-outer") and cfg.beacon_attn != "full-coverage":
+    if mode in PACKED and cfg.beacon_attn != "full-coverage":
         raise ValueError(f"attention mode {mode!r} is exact only for beacon_attn='full-coverage'")
     if mode in ("causal", "split") and not single:
         raise ValueError(f"attention mode {mode!r} needs one window per pass (beacon_parallel_window=1)")
@@ -135,7 +136,7 @@ def plan_attention(cfg: BeaconConfig, chunk: Chunk, mode: str = "auto", flex_ok:
         mode = "varlen"
     if mode in ("dense", "flex", "flex-outer"):
         return AttnLayout(mode, m, c + n, 0, 0, {})
-    if mode in ("varlen", "varlen-outer"):
+    if mode in PACKED:
         return _plan_varlen(chunk, with_outer=mode == "varlen")
     if mode == "causal":  # reading order = order of the logical index e (cached entries already are)
         order = _maybe(torch.argsort(chunk.cols.e[c:]))
@@ -216,7 +217,7 @@ def finish_layout(
         return layout
     c, n, m = chunk.n_cached, chunk.n_rows, chunk.n_outer
     device = meta["pos"].device
-    if layout.mode in ("varlen", "varlen-outer"):
+    if layout.mode in PACKED:
         if dtype is None or head_dim is None:
             raise ValueError(f"{layout.mode} needs the model's dtype and head_dim to choose its kernel")
         plan = layout.varlen
@@ -328,9 +329,6 @@ def _flex_attention(cuda: bool):
     return torch.compile(flex_attention, dynamic=True) if cuda else flex_attention
 
 
-PACKED = ("varlen", "varlen-outer")  # modes that take rows packed as (b, n, h, d) in memory
-
-
 def attend(
     q: torch.Tensor,
     k_outer: torch.Tensor,
@@ -425,20 +423,30 @@ def _varlen_math(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The varlen kernel's function in float32 math, one sequence at a time (CPU, float32 models):
     (out (T_q, h, d) in q's dtype, lse (h, T_q) float32)."""
-    g = q.shape[1] // k.shape[1]
     outs, lses, qa, ka = [], [], 0, 0
     for lq, lk in zip(plan.q_lengths * batch, plan.k_lengths * batch, strict=True):
-        qs = q[qa : qa + lq].float().transpose(0, 1)  # (h, lq, d)
-        ks = k[ka : ka + lk].float().transpose(0, 1).repeat_interleave(g, 0)
-        vs = v[ka : ka + lk].float().transpose(0, 1).repeat_interleave(g, 0)
-        scores = (qs @ ks.transpose(1, 2)) * scale
         hidden = torch.arange(lk, device=q.device)[None] > torch.arange(lq, device=q.device)[:, None] + (lk - lq)
-        scores = scores.masked_fill(hidden, float("-inf"))
-        lse = torch.logsumexp(scores, dim=-1)  # (h, lq)
-        outs.append((torch.exp(scores - lse[..., None]) @ vs).transpose(0, 1).to(q.dtype))
+        seq = (x.transpose(0, 1) for x in (q[qa : qa + lq], k[ka : ka + lk], v[ka : ka + lk]))  # (heads, L, d)
+        out, lse = _attention_math(*seq, scale, hidden)
+        outs.append(out.transpose(0, 1))
         lses.append(lse)
         qa, ka = qa + lq, ka + lk
     return torch.cat(outs), torch.cat(lses, dim=1)
+
+
+def _attention_math(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, hidden: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention in float32 math with its log-sum-exp, for where no fused kernel returns one.
+    q (..., h, n, d), k / v (..., h_kv, m, d) (GQA: key/value heads repeated); `hidden` (n, m) True
+    where a query must not see a key. Returns (out in q's dtype, lse (..., h, n) float32)."""
+    g = q.shape[-3] // k.shape[-3]
+    scores = (q.float() @ k.float().repeat_interleave(g, -3).transpose(-1, -2)) * scale
+    if hidden is not None:
+        scores = scores.masked_fill(hidden, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.exp(scores - lse[..., None]) @ v.float().repeat_interleave(g, -3)
+    return out.to(q.dtype), lse
 
 
 def _lse_request() -> dict:
@@ -466,11 +474,7 @@ def attend_unmasked(
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)[:2]
         return out, lse
     if kernel == "math":  # CUDA, float32: no fused kernel returns the log-sum-exp
-        g = q.shape[1] // k.shape[1]
-        scores = (q.float() @ k.float().repeat_interleave(g, 1).transpose(-1, -2)) * scale
-        lse = torch.logsumexp(scores, dim=-1)
-        out = torch.exp(scores - lse[..., None]) @ v.float().repeat_interleave(g, 1)
-        return out.to(q.dtype), lse
+        return _attention_math(q, k, v, scale)
     if kernel == "cudnn":  # O's values are a slice of the memory's: strided, as _cudnn_serves checks
         op = torch.ops.aten._scaled_dot_product_cudnn_attention
         out, lse = op(q, k, v, None, True, 0.0, False, False, scale=scale)[:2]

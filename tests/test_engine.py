@@ -510,3 +510,19 @@ def test_reading_on_from_a_share_leaves_the_memory_as_it_was():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert_same_memory(memory, before, atol=0)
     assert first.n_tokens == second.n_tokens == memory.n_tokens + 30
+
+
+def test_unmasked_math_kernel_equals_the_fused_one():
+    """attend_unmasked's float32 "math" kernel (CUDA float32 runs take it) == the fused CPU kernel,
+    output and log-sum-exp, with GQA and values a strided slice as the engine passes them."""
+    from beacon.attention import attend_unmasked
+
+    g = torch.Generator().manual_seed(24)
+    q = torch.randn(2, 6, 9, 16, generator=g)
+    k = torch.randn(2, 2, 13, 16, generator=g)
+    v = torch.randn(2, 2, 15, 16, generator=g)[:, :, :13]
+    out, lse = attend_unmasked(q, k, v, 0.25, "math")
+    ref, ref_lse = attend_unmasked(q, k, v, 0.25, "cpu")
+    assert lse.shape == (2, 6, 9)
+    torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(lse, ref_lse, atol=ATOL, rtol=0)
