@@ -23,7 +23,8 @@ only pick an order of rows and columns in which that mask becomes something a fu
             causal mask over a key list of their own. The keys of every window are gathered into one
             packed list and a single variable-length FlashAttention call serves all windows (and
             all sequences of a batch): a fused causal kernel instead of FlexAttention's block mask.
-            The rows travel packed as (b, n, h, d) (forward.py gathers them into reading order).
+            The rows travel packed as (b, n, h, d), laid out in reading order for the whole pass
+            (windows.build_chunk(raw_first=False)), so no layer gathers them.
   "varlen-outer"  "varlen" with O attended apart by the unmasked kernel and merged by log-sum-exp
             (as flex-outer): the windows' key lists then hold no copy of a long O.
             Opt-in, not taken by "auto": on an H200 (7B, 32K, ratio 8, compiled) its kernels spend
@@ -186,13 +187,16 @@ def _plan_varlen(chunk: Chunk, with_outer: bool) -> AttnLayout:
         k_lengths.append(int(keys[-1].shape[0]))
         start += length
     host = {
-        "att_row_order": order,
-        "att_row_inverse": inverse,
-        "att_col_order": torch.cat([torch.arange(c), c + order]),
         "att_key_index": torch.cat(keys),
         "att_cu_q": torch.tensor([0, *q_lengths]).cumsum(0),
         "att_cu_k": torch.tensor([0, *k_lengths]).cumsum(0),
     }
+    if _maybe(order) is not None:  # rows raw-first (forward.run_chunk lays them out in reading order)
+        host |= {
+            "att_row_order": order,
+            "att_row_inverse": inverse,
+            "att_col_order": torch.cat([torch.arange(c), c + order]),
+        }
     mode = "varlen" if with_outer else "varlen-outer"
     plan = VarlenPlan(q_lengths, k_lengths, max(q_lengths), max(k_lengths))
     return AttnLayout(mode, m, c + n, 0, 0, host, varlen=plan)

@@ -20,12 +20,22 @@ from .config import BeaconConfig
 from .families import Parts, apply_rope, rope_cos_sin
 from .memory import Memory
 from .staging import Stager
-from .windows import Chunk
+from .windows import Chunk, build_chunk
 
 
-def _project(base: nn.Linear, beacon: nn.Linear | None, h: torch.Tensor, n_raw: int) -> torch.Tensor:
-    """(b, n, in) -> (b, n, out): raw rows [:n_raw] through `base`, beacon rows through `beacon`."""
-    if beacon is None or n_raw == h.shape[1]:
+def _project(
+    base: nn.Linear, beacon: nn.Linear | None, h: torch.Tensor, n_raw: int, beacon_rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(b, n, in) -> (b, n, out): raw rows through `base`, beacon rows through `beacon`.
+
+    Raw rows are [:n_raw] (raw-first rows), or, where `beacon_rows` is given (rows in reading
+    order), every row not listed there: `base` then runs over all rows and the few beacon rows are
+    overwritten — a 1/(ratio+1) share of wasted product instead of two gathers of every row."""
+    if beacon is None:
+        return base(h)
+    if beacon_rows is not None:
+        return base(h).index_copy(1, beacon_rows, beacon(h[:, beacon_rows]))
+    if n_raw == h.shape[1]:
         return base(h)
     return torch.cat([base(h[:, :n_raw]), beacon(h[:, n_raw:])], dim=1)
 
@@ -71,17 +81,22 @@ def _layer(
     n_raw: int,
     n_joined: int,
     need_output: bool = True,
+    tail: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One decoder layer over the chunk's rows. Returns (x, new keys, new values, new O rot keys).
 
     need_output=False (the last layer when no logits are wanted) computes only the layer's keys
-    and values — all a memory keeps — and returns x unchanged.
+    and values — all a memory keeps — and returns x unchanged. `tail` (Chunk.tail_rows, on the
+    device) trims the last two layers of such a pass to the rows the memory keeps: the layer before
+    the last returns x of those rows only, and the last one, given them, projects only them.
     """
     b, n, _ = x.shape
     attn = layer.self_attn
+    last_trimmed = tail is not None and not need_output  # x holds only the rows the memory keeps
+    beacon_rows = tail["beacon_rows"] if last_trimmed else meta.get("beacon_rows")
     h = layer.input_layernorm(x)
-    k = _project(attn.k_proj, beacon_proj.get("k"), h, n_raw).view(b, n, parts.n_kv_heads, parts.head_dim)
-    v = _project(attn.v_proj, beacon_proj.get("v"), h, n_raw).view(b, n, parts.n_kv_heads, parts.head_dim)
+    k = _project(attn.k_proj, beacon_proj.get("k"), h, n_raw, beacon_rows).view(b, n, parts.n_kv_heads, parts.head_dim)
+    v = _project(attn.v_proj, beacon_proj.get("v"), h, n_raw, beacon_rows).view(b, n, parts.n_kv_heads, parts.head_dim)
     if parts.family.qk_norm:
         k = attn.k_norm(k)
     k, v = k.transpose(1, 2), v.transpose(1, 2)  # (b, h_kv, n, d)
@@ -106,10 +121,11 @@ def _layer(
             meta,
             n_outer,
             n_raw,
+            tail,
         )
 
     # memory after the pass: [O | joiners | carried W]
-    compact = meta["compact_src"]
+    compact = tail["compact"] if last_trimmed else meta["compact_src"]
     new_keys = torch.cat([keys[:, :, :n_outer], k_win[:, :, compact]], dim=2)
     new_values = torch.cat([values[:, :, :n_outer], v_win[:, :, compact]], dim=2)
     new_rot = rot_outer
@@ -135,11 +151,14 @@ def _attend_and_mlp(
     meta: dict[str, torch.Tensor],
     n_outer: int,
     n_raw: int,
+    tail: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The rest of the layer: queries, attention over [O | window | copies], o_proj, MLP."""
+    """The rest of the layer: queries, attention over [O | window | copies], o_proj, MLP (with
+    `tail`: o_proj and MLP for the rows the memory keeps only, see _layer)."""
     b, n, _ = x.shape
     attn = layer.self_attn
-    q = _project(attn.q_proj, beacon_proj.get("q"), h, n_raw).view(b, n, parts.n_heads, parts.head_dim)
+    beacon_rows = meta.get("beacon_rows")
+    q = _project(attn.q_proj, beacon_proj.get("q"), h, n_raw, beacon_rows).view(b, n, parts.n_heads, parts.head_dim)
     if parts.family.qk_norm:
         q = attn.q_norm(q)
     packed = layout.mode in PACKED  # rows stay (b, n, h, d) in memory: gathers and RoPE move whole rows
@@ -162,10 +181,14 @@ def _attend_and_mlp(
     gqa = parts.n_heads != parts.n_kv_heads
     out = attend(q, rot_outer, values[:, :, :n_outer], k_att, v_att, layout, parts.scaling, gqa)  # (b, h, n, d)
     out = out.transpose(1, 2)  # (b, n, h, d)
-    if layout.row_inverse is not None:
-        out = out[:, layout.row_inverse]
-    out = out.reshape(b, n, parts.n_heads * parts.head_dim)
-    x = x + _project(attn.o_proj, beacon_proj.get("o"), out, n_raw)
+    rows = layout.row_inverse  # back to slot order: one gather, composed with the tail's if any
+    if tail is not None:
+        rows = tail["rows"] if rows is None else rows[tail["rows"]]
+        x, beacon_rows = x[:, tail["rows"]], tail["beacon_rows"]
+    if rows is not None:
+        out = out[:, rows]
+    out = out.reshape(b, -1, parts.n_heads * parts.head_dim)
+    x = x + _project(attn.o_proj, beacon_proj.get("o"), out, n_raw, beacon_rows)
     return x + layer.mlp(layer.post_attention_layernorm(x))
 
 
@@ -212,7 +235,14 @@ def run_chunk(
             f" head_dim {parts.head_dim}): use attn_mode='dense'"
         )
     layout = plan_attention(cfg, chunk, attn_mode, flex_ok=flex_ok)
-    meta = (stager or Stager(device)).move(chunk.host_meta() | layout.host)
+    if (layout.mode in PACKED) == chunk.raw_first:
+        # rows in reading order for a kernel per window (no gathers per layer), else raw-first
+        chunk = build_chunk(cfg, chunk.steps, raw_first=layout.mode not in PACKED)
+        layout = plan_attention(cfg, chunk, attn_mode, flex_ok=flex_ok)
+    n_layers = len(parts.layers)
+    tail_host = chunk.tail_rows() if logits == "none" and n_layers >= 2 else {}
+    meta = (stager or Stager(device)).move(chunk.host_meta() | layout.host | tail_host)
+    tail = {name.removeprefix("tail_"): meta[name] for name in tail_host} or None
     layout = finish_layout(cfg, layout, chunk, meta, memory.dtype, parts.head_dim, batch=input_ids.shape[0])
     n_outer, n_cached, n_raw = chunk.n_outer, chunk.n_cached, chunk.n_raw
 
@@ -222,6 +252,8 @@ def run_chunk(
     if n_beacons:
         b_emb = beacon["embed"].weight[0].to(x.dtype)
         x = torch.cat([x, b_emb.expand(x.shape[0], n_beacons, -1)], dim=1)  # (b, n, hidden)
+    if not chunk.raw_first:
+        x = x[:, meta["row_src"]]  # into reading order, once per pass
 
     pos = meta["pos"]  # window columns (cached + rows) in slot order
     row_pos = pos[n_cached:] if layout.row_order is None else pos[n_cached:][layout.row_order]
@@ -254,7 +286,8 @@ def run_chunk(
             n_outer,
             n_raw,
             chunk.n_joined,
-            logits != "none" or i < len(parts.layers) - 1,
+            logits != "none" or i < n_layers - 1,
+            tail if i >= n_layers - 2 else None,
         )
         fn = layer_fn or _layer
         if checkpoint_layers and torch.is_grad_enabled():
@@ -272,5 +305,9 @@ def run_chunk(
 
     if logits == "none":
         return None
-    hidden = x[:, :n_raw] if logits == "all" else x[:, n_raw - 1 : n_raw]
+    if chunk.raw_first:
+        hidden = x[:, :n_raw] if logits == "all" else x[:, n_raw - 1 : n_raw]
+    else:
+        raw = meta["raw_rows"]
+        hidden = x[:, raw if logits == "all" else raw[-1:]]
     return parts.lm_head(parts.norm(hidden)).float()

@@ -376,9 +376,11 @@ class Chunk:
 
         [ O (n_outer) | cached W (n_cached) | rows (n_rows, the queries) | copies (n_copies) ]
 
-    Rows are the new entries, raw ones first (in input order: they read tokens
-    [token_from, token_to) of the call) and then beacons, so projections split by slicing;
-    attention depends only on positions and the mask, never on storage order. `copies` are the
+    Rows are the new entries, by default raw ones first (in input order: they read tokens
+    [token_from, token_to) of the call) and then beacons, so projections split by slicing; with
+    `raw_first=False` they are in reading order, window by window (what a fused causal kernel per
+    window wants: no gathers per layer; projections then pick the beacon rows by index).
+    Attention depends only on positions and the mask, never on storage order. `copies` are the
     entries closed windows hand to O, at their future O positions, so later windows of the same
     pass see them exactly as they would after condensing. After the pass the memory keeps
     [ O | joiners | carried W ] with `compact_src` picking slots counted from the cached start.
@@ -388,7 +390,7 @@ class Chunk:
     steps: list[Step]
     n_outer: int
     n_cached: int
-    n_raw: int  # raw rows (the first n_raw rows)
+    n_raw: int  # raw rows (the first n_raw rows if raw_first)
     token_from: int
     token_to: int
     cols: Entries  # metadata of cached + rows, column order
@@ -401,6 +403,8 @@ class Chunk:
     n_joined: int  # how many of compact_src join O (the rest is the carried W)
     before: WindowState
     after: WindowState
+    raw_first: bool = True  # rows raw-first (else in reading order)
+    row_src: torch.Tensor | None = None  # reading order: row -> index into [raw tokens | beacons]
 
     @property
     def n_rows(self) -> int:
@@ -419,9 +423,35 @@ class Chunk:
     def closes(self) -> bool:
         return any(s.closes for s in self.steps)
 
+    def tail_rows(self) -> dict[str, torch.Tensor]:
+        """What the last two layers of a pass need when no logits are wanted ({} if every row).
+
+        A memory keeps only the last layer's keys/values of the `compact_src` slots, so the last
+        layer needs only those rows' input, and the layer before it computes o_proj and MLP for
+        them alone (its keys and values, and so its attention, still cover every row). Returns
+        host int64 vectors: "tail_rows" (sorted rows kept), "tail_compact" (compact_src counted
+        over [cached W | kept rows]) and "tail_beacon_rows" (which kept rows are beacons)."""
+        c, n, src = self.n_cached, self.n_rows, self.compact_src
+        rows = torch.unique(src[src >= c] - c)
+        if len(rows) == n:
+            return {}
+        where = torch.full((n,), -1, dtype=torch.long)
+        where[rows] = torch.arange(len(rows))
+        compact = torch.where(src >= c, c + where[(src - c).clamp(min=0)], src)
+        beacon_rows = torch.nonzero(self.cols.beacon[c:][rows] == 1).flatten()
+        return {"tail_rows": rows, "tail_compact": compact, "tail_beacon_rows": beacon_rows}
+
     def host_meta(self) -> dict[str, torch.Tensor]:
         """All index vectors of the pass (host int64), named as window_mask and forward expect."""
-        return {
+        order = {}
+        if not self.raw_first:  # where the raw and beacon rows are, for embeddings and projections
+            beacon = self.cols.beacon[self.n_cached :]
+            order = {
+                "row_src": self.row_src,
+                "raw_rows": torch.nonzero(beacon == 0).flatten(),
+                "beacon_rows": torch.nonzero(beacon == 1).flatten(),
+            }
+        return order | {
             "beacon": self.cols.beacon,
             "idx": self.cols.idx,
             "e": self.cols.e,
@@ -461,15 +491,21 @@ def window_mask(cfg: BeaconConfig, meta: dict[str, torch.Tensor], n_cached: int)
     return torch.cat([visible, copies], dim=1)
 
 
-def build_chunk(cfg: BeaconConfig, steps: list[Step]) -> Chunk:
-    """Lay out one forward pass over `steps` (a group from `group_steps`)."""
+def build_chunk(cfg: BeaconConfig, steps: list[Step], raw_first: bool = True) -> Chunk:
+    """Lay out one forward pass over `steps` (a group from `group_steps`); rows raw-first or, with
+    `raw_first=False`, in reading order (see Chunk)."""
     first = steps[0]
     n_outer, n_cached = first.before.n_outer, len(first.cached)
-    # rows in reading order, then permuted raw-first
+    # rows in reading order, then permuted raw-first (if asked)
     reading = Entries.cat([s.new for s in steps])
     window = torch.cat([torch.full((len(s.new),), k, dtype=torch.long) for k, s in enumerate(steps)])
     ratio = torch.cat([torch.full((len(s.new),), max(s.ratio, 0), dtype=torch.long) for s in steps])
-    perm = torch.argsort(reading.beacon, stable=True)
+    by_kind = torch.argsort(reading.beacon, stable=True)  # raw-first order -> reading-order row
+    perm = by_kind if raw_first else torch.arange(len(reading))
+    row_src = None
+    if not raw_first:  # reading-order row -> its index among [raw tokens in order | beacons in order]
+        row_src = torch.empty_like(by_kind)
+        row_src[by_kind] = torch.arange(len(by_kind))
     slot_of = torch.empty_like(perm)
     slot_of[perm] = torch.arange(len(perm)) + n_cached  # reading-order row -> its slot
     rows = Entries(reading.beacon[perm], reading.idx[perm], reading.e[perm], reading.pos[perm])
@@ -511,4 +547,6 @@ def build_chunk(cfg: BeaconConfig, steps: list[Step]) -> Chunk:
         n_joined=int(joined_t.shape[0]),
         before=first.before,
         after=steps[-1].after,
+        raw_first=raw_first,
+        row_src=row_src,
     )

@@ -74,6 +74,12 @@
 #            the compiled profile of varlen-outer at 32K ratio 8
 #   call 43: bash bench/h200_session.sh 43 (nothing carried): the CUDA attention tests after "auto" went
 #            back to flex / flex-outer (varlen modes by name only)
+#   call 44: bash bench/h200_session.sh 44 (carry .whl .carry/ref_src .carry/base): rows in reading order
+#            for the varlen modes and the last two layers trimmed to the kept rows: the CUDA tests; 7B
+#            8K/32K flex and varlen-outer with prefill and the official code (.carry/base = `git archive
+#            c8496e0 beacon bench`, the code before, for call 45)
+#   call 45: bash bench/h200_session.sh 45 (carry .carry/base): the code before (c8496e0), same command,
+#            on the same warm machine; the compiled profile of varlen-outer at 7B 32K ratio 8 after
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -266,6 +272,18 @@ elif [ "$PART" = 42 ]; then
 elif [ "$PART" = 43 ]; then
   stage attention_tests 170 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
     tests/test_attention_gpu.py tests/test_engine.py -k "varlen or apart or flex_outer"
+elif [ "$PART" = 44 ]; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/oldtf .whl/*.whl || echo "transformers 4.44 install failed"
+  stage attention_tests 150 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
+    tests/test_attention_gpu.py tests/test_engine.py -k "varlen or trims or reading_order or flex_outer_equals or compiled"
+  stage condense_7b 330 python3 -m bench.condense --shapes qwen2-7b --lengths 8192,32768 --ratios 2,8,32 \
+    --parallel-window 4 --compile 1 --attn-mode flex,varlen-outer --prefill --official-src .carry/ref_src \
+    --official-site /tmp/oldtf --out "$OUT/r/condense_7b_trimmed.json"
+elif [ "$PART" = 45 ]; then
+  ( cd .carry/base && stage condense_7b_before 300 python3 -m bench.condense --shapes qwen2-7b --lengths 8192,32768 \
+    --ratios 2,8,32 --parallel-window 4 --compile 1 --attn-mode flex,varlen-outer --out "$OUT/r/condense_7b_before.json" )
+  stage profile_varlen 100 python3 -m bench.profile_condense --compile 1 --attn-mode varlen-outer,flex \
+    --cases qwen2-7b:32768:8 --out "$OUT/r/profile_condense_reading.json"
 elif [ "$PART" = 37 ]; then
   stage profile 540 python3 -m bench.profile_condense --compile 1 \
     --cases qwen2-7b:8192:2,qwen2-7b:32768:8,qwen2-7b:32768:2 --out "$OUT/r/profile_condense_compiled.json"

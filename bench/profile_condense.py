@@ -79,7 +79,7 @@ def main() -> None:
     p.add_argument("--window", type=int, default=2048)
     p.add_argument("--trace", default="", help="folder for Chrome traces (optional)")
     p.add_argument("--compile", type=int, default=0, help="1: the decoder layer compiled (lm.compile_layers)")
-    p.add_argument("--attn-mode", default="auto", help="the beacon attention layout (attention.MODES)")
+    p.add_argument("--attn-mode", default="auto", help="comma list: attention layouts (attention.MODES)")
     p.add_argument("--out", default="docs/results/profile_condense.json")
     args = p.parse_args()
     command = " ".join(["python -m bench.profile_condense"] + sys.argv[1:])
@@ -93,12 +93,13 @@ def main() -> None:
             models[shape] = random_model(shape)
         lm = official_qwen2_lm(models[shape], args.window, int(ratio))
         lm.compile_layers = bool(args.compile)
-        lm.attn_mode = args.attn_mode
-        run = {"shape": shape, "ratio": int(ratio), "compiled": bool(args.compile), "attn_mode": args.attn_mode,
-               **profile_case(lm, int(length), args.trace)}  # fmt: skip
-        result["runs"].append(run)
-        print(json.dumps(run, indent=1), flush=True)
-        save_json(result, args.out)
+        for attn_mode in args.attn_mode.split(","):
+            lm.attn_mode = attn_mode
+            run = {"shape": shape, "ratio": int(ratio), "compiled": bool(args.compile), "attn_mode": attn_mode,
+                   **profile_case(lm, int(length), args.trace)}  # fmt: skip
+            result["runs"].append(run)
+            print(json.dumps(run, indent=1), flush=True)
+            save_json(result, args.out)
 
 
 if __name__ == "__main__":

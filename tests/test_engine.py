@@ -118,6 +118,84 @@ def test_pieces_of_any_size_give_the_same_memory_and_logits(family, overrides):
     assert_same_memory(one_by_one_mem, whole_mem)
 
 
+@pytest.mark.parametrize("family, overrides", CONFIGS, ids=IDS)
+def test_condensing_trims_the_last_two_layers_to_the_kept_rows(family, overrides):
+    """Without logits a pass needs the last layer's keys/values of the rows the memory keeps only:
+    the layer before the last runs o_proj and MLP on those rows, the last projects only them. The
+    memory equals that of passes asked for every logit (nothing trimmed), in pieces that leave
+    windows half-read (carried raw rows are kept), with parallel windows and in a batch of two."""
+    lm = load_tiny(family, **overrides, beacon_parallel_window=2)
+    fed = {"mlp": [], "last": []}
+    hooks = [
+        lm.parts.layers[-2].mlp.register_forward_pre_hook(lambda m, a: fed["mlp"].append(a[0].shape[1])),
+        lm.parts.layers[-1].self_attn.k_proj.register_forward_pre_hook(lambda m, a: fed["last"].append(a[0].shape[1])),
+    ]
+    try:
+        for batch in (1, 2):
+            ids = tokens(75, seed=24, batch=batch)
+            full_mem, _ = all_logits(lm, ids, pieces=[30, 25, 20])
+            n_untrimmed = len(fed["mlp"])
+            memory = lm.new_memory(batch)
+            with torch.no_grad():
+                for at, n in ((0, 30), (30, 25), (55, 20)):
+                    memory = lm.condense(ids[:, at : at + n], memory)
+            assert_same_memory(memory, full_mem)
+            trimmed, last = fed["mlp"][n_untrimmed:], fed["last"][n_untrimmed:]
+            # every beaconed pass was trimmed: fewer rows reached the MLP before the last layer
+            assert len(trimmed) == len(last) and sum(trimmed) < sum(fed["mlp"][:n_untrimmed])
+            fed["mlp"].clear()
+            fed["last"].clear()
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def test_tail_rows_are_the_rows_the_memory_keeps():
+    from beacon.windows import build_chunk, group_steps, plan_steps
+
+    for raw_first in (True, False):
+        lm = load_tiny("qwen2", beacon_pos="interleave", beacon_attn="full-coverage", beacon_ratio=[4],
+                       beacon_parallel_window=3, beacon_stride=16)  # fmt: skip
+        cfg = lm.config
+        memory = lm.condense(tokens(40, seed=23))  # 8 raw entries cached
+        steps = plan_steps(cfg, memory.state, 45, max_positions=lm.parts.max_positions)
+        chunk = build_chunk(cfg, group_steps(cfg, steps)[0], raw_first=raw_first)
+        c, n = chunk.n_cached, chunk.n_rows
+        tail = chunk.tail_rows()
+        rows, compact, beacons = tail["tail_rows"], tail["tail_compact"], tail["tail_beacon_rows"]
+        assert 0 < len(rows) < n and (rows[1:] > rows[:-1]).all()
+        # compact_src re-counted over [cached | kept rows] picks the same entries
+        slots = torch.cat([torch.arange(c), c + rows])
+        assert torch.equal(slots[compact], chunk.compact_src)
+        assert set(rows.tolist()) == {s - c for s in chunk.compact_src.tolist() if s >= c}
+        assert torch.equal(chunk.cols.beacon[c:][rows][beacons], torch.ones(len(beacons), dtype=torch.long))
+        assert int(chunk.cols.beacon[c:][rows].sum()) == len(beacons) > 0
+
+
+def test_reading_order_rows_lay_out_the_same_chunk():
+    """build_chunk(raw_first=False): rows in reading order, the same entries and index vectors up to
+    the row permutation; row_src / raw_rows / beacon_rows place the embeddings and projections."""
+    from beacon.windows import build_chunk, group_steps, plan_steps
+
+    lm = load_tiny("qwen2", beacon_pos="interleave", beacon_attn="full-coverage", beacon_ratio=[4],
+                   beacon_parallel_window=3, beacon_sink_size=1)  # fmt: skip
+    cfg = lm.config
+    memory = lm.condense(tokens(40, seed=23))
+    steps = plan_steps(cfg, memory.state, 60, max_positions=lm.parts.max_positions)
+    group = group_steps(cfg, steps)[0]
+    a, b = build_chunk(cfg, group), build_chunk(cfg, group, raw_first=False)
+    c, n = a.n_cached, a.n_rows
+    meta = b.host_meta()
+    window, e = b.col_window[c:], b.cols.e[c:]
+    assert ((window[1:] > window[:-1]) | ((window[1:] == window[:-1]) & (e[1:] > e[:-1]))).all()
+    to_a = torch.cat([torch.arange(c), c + meta["row_src"]])  # b's slot -> a's slot
+    for name in ("beacon", "idx", "e", "pos"):
+        assert torch.equal(getattr(b.cols, name), getattr(a.cols, name)[to_a])
+    assert torch.equal(to_a[b.compact_src], a.compact_src) and torch.equal(to_a[b.copy_src], a.copy_src)
+    assert torch.equal(meta["row_src"][meta["raw_rows"]], torch.arange(a.n_raw))
+    assert torch.equal(meta["row_src"][meta["beacon_rows"]], torch.arange(a.n_raw, n))
+
+
 @pytest.mark.parametrize("family, overrides", [c for c in CONFIGS if c[1].get("beacon_stride", 16) == 16][:6])
 def test_parallel_windows_equal_sequential_windows(family, overrides):
     seq = load_tiny(family, **overrides)
