@@ -80,6 +80,10 @@
 #            c8496e0 beacon bench`, the code before, for call 45)
 #   call 45: bash bench/h200_session.sh 45 (carry .carry/base): the code before (c8496e0), same command,
 #            on the same warm machine; the compiled profile of varlen-outer at 7B 32K ratio 8 after
+#   call 46: bash bench/h200_session.sh 46 (carry .whl .carry/ref_src): the CUDA tests of call 44 with
+#            time to finish; 7B 32K flex with prefill and the official code, every call timed five times
+#   call 47: bash bench/h200_session.sh 47 (nothing carried): compiled profiles, 7B 32K ratio 8,
+#            varlen-outer (rows in reading order) and flex
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -283,6 +287,16 @@ elif [ "$PART" = 45 ]; then
   ( cd .carry/base && stage condense_7b_before 300 python3 -m bench.condense --shapes qwen2-7b --lengths 8192,32768 \
     --ratios 2,8,32 --parallel-window 4 --compile 1 --attn-mode flex,varlen-outer --out "$OUT/r/condense_7b_before.json" )
   stage profile_varlen 100 python3 -m bench.profile_condense --compile 1 --attn-mode varlen-outer,flex \
+    --cases qwen2-7b:32768:8 --out "$OUT/r/profile_condense_reading.json"
+elif [ "$PART" = 46 ]; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/oldtf .whl/*.whl || echo "transformers 4.44 install failed"
+  stage attention_tests 290 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
+    tests/test_attention_gpu.py tests/test_engine.py -k "varlen or trims or reading_order or flex_outer_equals or compiled"
+  stage condense_7b_32k 280 env BENCH_SHORT_S=4 python3 -m bench.condense --shapes qwen2-7b --lengths 32768 \
+    --ratios 2,8,32 --parallel-window 4 --compile 1 --attn-mode flex --prefill --official-src .carry/ref_src \
+    --official-site /tmp/oldtf --out "$OUT/r/condense_7b_32k_trimmed.json"
+elif [ "$PART" = 47 ]; then
+  stage profile 280 python3 -m bench.profile_condense --compile 1 --attn-mode varlen-outer,flex \
     --cases qwen2-7b:32768:8 --out "$OUT/r/profile_condense_reading.json"
 elif [ "$PART" = 37 ]; then
   stage profile 540 python3 -m bench.profile_condense --compile 1 \
