@@ -84,6 +84,8 @@
 #            time to finish; 7B 32K flex with prefill and the official code, every call timed five times
 #   call 47: bash bench/h200_session.sh 47 (nothing carried): compiled profiles, 7B 32K ratio 8,
 #            varlen-outer (rows in reading order) and flex
+#   call 48: bash bench/h200_session.sh 48 (carry .whl .carry/ref_src): 1.5B at 8K and 32K after the
+#            trim, flex, with prefill and the official code, every call timed five times
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -298,6 +300,11 @@ elif [ "$PART" = 46 ]; then
 elif [ "$PART" = 47 ]; then
   stage profile 280 python3 -m bench.profile_condense --compile 1 --attn-mode varlen-outer,flex \
     --cases qwen2-7b:32768:8 --out "$OUT/r/profile_condense_reading.json"
+elif [ "$PART" = 48 ]; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/oldtf .whl/*.whl > /dev/null 2>&1 || echo "transformers 4.44 install failed"
+  stage condense_15b 500 env BENCH_SHORT_S=4 python3 -m bench.condense --shapes qwen2-1.5b --lengths 8192,32768 \
+    --ratios 2,8,32 --parallel-window 4 --compile 1 --attn-mode flex --prefill --official-src .carry/ref_src \
+    --official-site /tmp/oldtf --out "$OUT/r/condense_15b_trimmed.json"
 elif [ "$PART" = 37 ]; then
   stage profile 540 python3 -m bench.profile_condense --compile 1 \
     --cases qwen2-7b:8192:2,qwen2-7b:32768:8,qwen2-7b:32768:2 --out "$OUT/r/profile_condense_compiled.json"
