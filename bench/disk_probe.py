@@ -4,7 +4,7 @@
 
 What bounds a snapshot load from a cold disk (docs/performance.md §2) is the disk's pace. This
 writes one file of --size-gb, then for each setting evicts it from the page cache
-(posix_fadvise DONTNEED after a sync, as bench.snapshot_io.drop_cache) and reads it whole with
+(posix_fadvise DONTNEED after a sync: drop_cache, which the snapshot benchmarks use too) and reads it whole with
 `threads` threads in reads of `read_mib`:
 
   buffered   os.preadv into reused buffers (what the snapshot loader does)
@@ -25,9 +25,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .shapes import save_json
-from .snapshot_io import drop_cache
 
 ALIGN = 4096
+
+
+def drop_cache(root: Path) -> None:
+    """Evict every file under `root` from the page cache (clean pages only: sync first)."""
+    os.sync()
+    for f in root.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
 
 def write_file(path: Path, size: int) -> None:

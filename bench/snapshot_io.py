@@ -39,6 +39,8 @@ import torch
 
 from beacon import Memory, WindowState
 
+from .disk_probe import drop_cache
+
 try:
     from snapshots import SnapshotStore
 except ImportError as e:  # pylance is the one dependency a bare GPU box may lack
@@ -61,18 +63,6 @@ def synthetic(size_gb: float, device: str) -> tuple[Memory, dict]:
     fp = {"id": "bench-qwen2-7b-shape", "name": "synthetic Qwen2-7B-shaped memory", "model_type": "qwen2",
           "dtype": "bfloat16", "beacon_config": config}  # fmt: skip
     return memory, fp
-
-
-def drop_cache(root: Path) -> None:
-    """Evict every file under `root` from the page cache (clean pages only: sync first)."""
-    os.sync()
-    for f in root.rglob("*"):
-        if f.is_file():
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
 
 
 def sync() -> None:
