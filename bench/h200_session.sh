@@ -88,6 +88,7 @@
 #            trim, flex, with prefill and the official code, every call timed five times
 #   call 49: bash bench/h200_session.sh 49 (nothing carried): the disk's cold pace, buffered vs O_DIRECT
 #            (bench.disk_probe); compiled profiles of 8K ratio 2 (1.5B, 7B) after the trim
+#   call 50: bash bench/h200_session.sh 50 (nothing carried): bench.disk_probe again (49's import failed)
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -312,6 +313,9 @@ elif [ "$PART" = 49 ]; then
     --read-mib 1,8,32 --out "$OUT/r/disk_probe.json"
   stage profile_8k 300 python3 -m bench.profile_condense --compile 1 --attn-mode flex \
     --cases qwen2-1.5b:8192:2,qwen2-7b:8192:2 --out "$OUT/r/profile_condense_8k2_trimmed.json"
+elif [ "$PART" = 50 ]; then
+  stage disk_probe 300 python3 -m bench.disk_probe --dir /root/probe --size-gb 1 --threads 1,4,16,64 \
+    --read-mib 1,8,32 --out "$OUT/r/disk_probe.json"
 elif [ "$PART" = 37 ]; then
   stage profile 540 python3 -m bench.profile_condense --compile 1 \
     --cases qwen2-7b:8192:2,qwen2-7b:32768:8,qwen2-7b:32768:2 --out "$OUT/r/profile_condense_compiled.json"
