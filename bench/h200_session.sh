@@ -89,6 +89,9 @@
 #   call 49: bash bench/h200_session.sh 49 (nothing carried): the disk's cold pace, buffered vs O_DIRECT
 #            (bench.disk_probe); compiled profiles of 8K ratio 2 (1.5B, 7B) after the trim
 #   call 50: bash bench/h200_session.sh 50 (nothing carried): bench.disk_probe again (49's import failed)
+#   call 51: bash bench/h200_session.sh 51 (carry .whl .carry/ref_src): §1a's 8K and 32K rows again after
+#            the trim ("auto" layouts, every call of every implementation timed five times), 1.5B
+#   call 52: bash bench/h200_session.sh 52 (carry .whl .carry/ref_src): the same for 7B
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -316,6 +319,12 @@ elif [ "$PART" = 49 ]; then
 elif [ "$PART" = 50 ]; then
   stage disk_probe 300 python3 -m bench.disk_probe --dir /root/probe --size-gb 1 --threads 1,4,16,64 \
     --read-mib 1,8,32 --out "$OUT/r/disk_probe.json"
+elif [ "$PART" = 51 ] || [ "$PART" = 52 ]; then
+  shape=$([ "$PART" = 51 ] && echo qwen2-1.5b || echo qwen2-7b)
+  python3 -m pip install -q --no-index --no-deps --target /tmp/oldtf .whl/*.whl > /dev/null 2>&1 || echo "transformers 4.44 install failed"
+  stage condense_$shape 540 env BENCH_SHORT_S=4 python3 -m bench.condense --shapes $shape --lengths 8192,32768 \
+    --ratios 2,8,32 --parallel-window 4 --compile 1 --prefill --official-src .carry/ref_src \
+    --official-site /tmp/oldtf --out "$OUT/r/condense_trim_$shape.json"
 elif [ "$PART" = 37 ]; then
   stage profile 540 python3 -m bench.profile_condense --compile 1 \
     --cases qwen2-7b:8192:2,qwen2-7b:32768:8,qwen2-7b:32768:2 --out "$OUT/r/profile_condense_compiled.json"
