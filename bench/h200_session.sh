@@ -92,6 +92,8 @@
 #   call 51: bash bench/h200_session.sh 51 (carry .whl .carry/ref_src): §1a's 8K and 32K rows again after
 #            the trim ("auto" layouts, every call of every implementation timed five times), 1.5B
 #   call 52: bash bench/h200_session.sh 52 (carry .whl .carry/ref_src): the same for 7B
+#   call 53: bash bench/h200_session.sh 53 (nothing carried): a Chrome trace of one compiled 1.5B 8K
+#            ratio 2 call: where its GPU idles (busy 0.88 in call 49)
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -325,6 +327,10 @@ elif [ "$PART" = 51 ] || [ "$PART" = 52 ]; then
   stage condense_$shape 540 env BENCH_SHORT_S=4 python3 -m bench.condense --shapes $shape --lengths 8192,32768 \
     --ratios 2,8,32 --parallel-window 4 --compile 1 --prefill --official-src .carry/ref_src \
     --official-site /tmp/oldtf --out "$OUT/r/condense_trim_$shape.json"
+elif [ "$PART" = 53 ]; then
+  stage trace_15b_8k2 200 python3 -m bench.profile_condense --compile 1 --attn-mode flex \
+    --cases qwen2-1.5b:8192:2 --trace "$OUT/r/trace" --out "$OUT/r/profile_condense_15b_8k2.json"
+  gzip -f "$OUT"/r/trace/*.json
 elif [ "$PART" = 37 ]; then
   stage profile 540 python3 -m bench.profile_condense --compile 1 \
     --cases qwen2-7b:8192:2,qwen2-7b:32768:8,qwen2-7b:32768:2 --out "$OUT/r/profile_condense_compiled.json"

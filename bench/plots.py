@@ -25,14 +25,11 @@ def _runs(results: Path, name: str) -> list[dict]:
 
 
 def _source(results: Path, shape: str, length: int) -> list[dict]:
-    """The run file §1a takes a (shape, length) from: 128K from condense_outer_<shape>.json, 7B at 32K
-    from condense_7b_32k.json (timed five times by every implementation), the rest from
-    condense_short.json."""
+    """The run file §1a takes a (shape, length) from: 128K from condense_outer_<shape>.json, 8K and
+    32K from condense_trim_<shape>.json (every call of every implementation timed five times)."""
     if length == 131072:
         return _runs(results, f"condense_outer_{shape}.json")
-    if (shape, length) == ("qwen2-7b", 32768):
-        return _runs(results, "condense_7b_32k.json")
-    return _runs(results, "condense_short.json")
+    return _runs(results, f"condense_trim_{shape}.json")
 
 
 def _one(runs: list[dict], where: str, **match) -> dict:

@@ -53,7 +53,7 @@ def test_the_condensing_table_is_the_one_the_docs_print():
 def test_a_missing_run_is_named(tmp_path):
     for f in RESULTS.glob("condense_*.json"):
         shutil.copy(f, tmp_path / f.name)
-    path = tmp_path / "condense_short.json"
+    path = tmp_path / "condense_trim_qwen2-1.5b.json"
     data = json.loads(path.read_text())
     data["runs"] = [r for r in data["runs"] if not (r["kind"] == "official" and r.get("ratio") == 8)]
     path.write_text(json.dumps(data))
