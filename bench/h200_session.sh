@@ -94,6 +94,9 @@
 #   call 52: bash bench/h200_session.sh 52 (carry .whl .carry/ref_src): the same for 7B
 #   call 53: bash bench/h200_session.sh 53 (nothing carried): a Chrome trace of one compiled 1.5B 8K
 #            ratio 2 call: where its GPU idles (busy 0.88 in call 49)
+#   call 54: bash bench/h200_session.sh 54 (carry .carry/base2 = `git archive 5cb7577 beacon bench`): the
+#            staging GPU test; 8K condensing of both shapes before and after the pinned ring (5cb7577 vs
+#            9452423), prefill in the same run
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -331,6 +334,14 @@ elif [ "$PART" = 53 ]; then
   stage trace_15b_8k2 200 python3 -m bench.profile_condense --compile 1 --attn-mode flex \
     --cases qwen2-1.5b:8192:2 --trace "$OUT/r/trace" --out "$OUT/r/profile_condense_15b_8k2.json"
   gzip -f "$OUT"/r/trace/*.json
+elif [ "$PART" = 54 ]; then
+  stage staging_tests 60 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
+    tests/test_staging_gpu.py
+  ( cd .carry/base2 && stage condense_8k_before 200 env BENCH_SHORT_S=4 python3 -m bench.condense \
+    --shapes qwen2-1.5b,qwen2-7b --lengths 8192 --ratios 2,8,32 --parallel-window 4 --compile 1 \
+    --out "$OUT/r/condense_8k_ring_before.json" )
+  stage condense_8k_after 230 env BENCH_SHORT_S=4 python3 -m bench.condense --shapes qwen2-1.5b,qwen2-7b \
+    --lengths 8192 --ratios 2,8,32 --parallel-window 4 --compile 1 --prefill --out "$OUT/r/condense_8k_ring_after.json"
 elif [ "$PART" = 37 ]; then
   stage profile 540 python3 -m bench.profile_condense --compile 1 \
     --cases qwen2-7b:8192:2,qwen2-7b:32768:8,qwen2-7b:32768:2 --out "$OUT/r/profile_condense_compiled.json"
