@@ -16,7 +16,7 @@ from .config import BeaconConfig
 from .decode_pool import BufferPool
 from .families import Parts, model_parts
 from .fingerprint import fingerprint
-from .forward import compiled_layer, run_chunk
+from .forward import PlanCache, compiled_layer, plan_pass, run_chunk, step_key
 from .memory import Memory
 from .params import beacon_modules, beacon_parameters
 from .staging import Stager
@@ -61,6 +61,7 @@ class BeaconLM:
         # attention kernel choice (attention.MODES); "auto" picks the fastest exact one per pass
         self.attn_mode = "auto"
         self._stager = Stager(self.device)
+        self._plans = PlanCache()  # plans of recent passes (forward.PlanCache): planning happens once
         # torch.compile the decoder layer (forward.compiled_layer) for inference. Opt-in: on a GPU it
         # reads 1.2-2x faster once compiled, but the first call compiles for 36-83 s (docs/performance.md
         # §1b), which only a long-running job earns back. None = on for a GPU in bf16/fp16.
@@ -172,15 +173,22 @@ class BeaconLM:
         if self._stager.device != self.device:  # the model moved
             self._stager = Stager(self.device)
         known = None if expected_length is None else max(expected_length, memory.n_tokens + ids.shape[1])
-        steps = plan_steps(
-            self.config,
-            memory.state,
-            ids.shape[1],
-            known_length=known,
-            max_positions=self.parts.max_positions,
-            training=training,
+        per_pass = self.windows_per_pass()
+        # plans depend only on these (and the steps): the config by value, as lm.config may be edited
+        settings = (repr(self.config), per_pass, self.attn_mode, torch.is_grad_enabled(), ids.shape[0],
+                    str(self.device), memory.dtype)  # fmt: skip
+        steps = self._plans.get(
+            ("steps", settings, memory.state, ids.shape[1], known, training),
+            lambda: plan_steps(
+                self.config,
+                memory.state,
+                ids.shape[1],
+                known_length=known,
+                max_positions=self.parts.max_positions,
+                training=training,
+            ),
         )
-        groups = group_steps(self.config.replace(beacon_parallel_window=self.windows_per_pass()), steps)
+        groups = group_steps(self.config.replace(beacon_parallel_window=per_pass), steps)
         chunks = groups
         if progress:
             from tqdm.auto import tqdm
@@ -189,8 +197,22 @@ class BeaconLM:
         collected: list[torch.Tensor] = []
         last = None
         for i, group in enumerate(chunks):
-            chunk = build_chunk(self.config, group)
             want = "all" if logits == "all" else ("last" if logits == "last" and i == len(groups) - 1 else "none")
+            plan = self._plans.get(
+                ("pass", settings, tuple(step_key(s) for s in group), want == "none"),
+                lambda group=group, want=want: plan_pass(
+                    self.parts,
+                    self.config,
+                    build_chunk(self.config, group),
+                    self.device,
+                    memory.dtype,
+                    attn_mode=self.attn_mode,
+                    logits=want,
+                    batch=ids.shape[0],
+                    stager=self._stager,
+                ),
+            )
+            chunk = plan.chunk
             out = run_chunk(
                 self.parts,
                 self._beacon,
@@ -198,6 +220,7 @@ class BeaconLM:
                 memory,
                 chunk,
                 ids,
+                plan=plan,
                 logits=want,
                 checkpoint_layers=checkpoint_layers,
                 attn_mode=self.attn_mode,

@@ -10,6 +10,9 @@ Memory tensors are replaced functionally (torch.cat), so the same code trains wi
 from __future__ import annotations
 
 import functools
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -203,6 +206,92 @@ def compiled_layer():
     return torch.compile(_layer, dynamic=True)
 
 
+@dataclass
+class PassPlan:
+    """What a pass needs besides the model's tensors, ready on the device: the chunk's layout, its
+    attention layout (masks built), the index vectors (`meta`) and the tail rows (see _layer).
+    Depends only on the pass's steps and settings, so the engine reuses it (PlanCache)."""
+
+    chunk: Chunk
+    layout: AttnLayout
+    meta: dict[str, torch.Tensor]
+    tail: dict[str, torch.Tensor] | None
+
+
+def plan_pass(
+    parts: Parts,
+    cfg: BeaconConfig,
+    chunk: Chunk,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    attn_mode: str = "auto",
+    logits: str = "none",
+    batch: int = 1,
+    stager: Stager | None = None,
+) -> PassPlan:
+    """Plan one pass on the host, move its index vectors in one copy and build its masks."""
+    # compiled FlexAttention (CUDA): bf16/fp16 only (float32 products round like TF32) and head dims
+    # of real models (it has no kernel for the tiny test models' 16)
+    flex_ok = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and parts.head_dim >= 64
+    if attn_mode in ("flex", "flex-outer") and device.type == "cuda" and not flex_ok:
+        raise ValueError(
+            f"attention mode {attn_mode!r} on CUDA needs a bf16/fp16 model with head_dim >= 64 (got {dtype},"
+            f" head_dim {parts.head_dim}): use attn_mode='dense'"
+        )
+    layout = plan_attention(cfg, chunk, attn_mode, flex_ok=flex_ok)
+    if (layout.mode in PACKED) == chunk.raw_first:
+        # rows in reading order for a kernel per window (no gathers per layer), else raw-first
+        chunk = build_chunk(cfg, chunk.steps, raw_first=layout.mode not in PACKED)
+        layout = plan_attention(cfg, chunk, attn_mode, flex_ok=flex_ok)
+    tail_host = chunk.tail_rows() if logits == "none" and len(parts.layers) >= 2 else {}
+    meta = (stager or Stager(device)).move(chunk.host_meta() | layout.host | tail_host)
+    tail = {name.removeprefix("tail_"): meta[name] for name in tail_host} or None
+    layout = finish_layout(cfg, layout, chunk, meta, dtype, parts.head_dim, batch=batch)
+    return PassPlan(chunk, layout, meta, tail)
+
+
+class PlanCache:
+    """The last `size` PassPlans (and the steps of the last calls), by what determines them.
+
+    A pass's plan depends only on its steps (window states before/after, tokens, ratios) and the
+    settings, so documents of one length, or the middle passes of documents that share a ratio,
+    plan once: a hit skips the host's planning, the staging copy and the mask kernels — the only
+    work before a one-pass document's first kernel (docs/performance.md §1h). Keys carry the
+    config's repr, so changing `lm.config` (or the mode, dtype, device, batch) never hits a stale
+    plan. Plans hold small device tensors (index vectors, block masks): a few MiB at most."""
+
+    def __init__(self, size: int = 16):
+        self.size = size
+        self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()  # one model may serve several threads (make() runs unlocked)
+        self.hits = self.misses = 0
+
+    def get(self, key, make):
+        """The value cached under `key`, or make() cached there (the oldest entry dropped)."""
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return self._entries[key]
+            self.misses += 1
+        value = make()
+        with self._lock:
+            self._entries[key] = value
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+def step_key(step) -> tuple:
+    """What determines a step's entries (windows.plan_steps): states, tokens, ratio, closing."""
+    return (step.before, step.after, step.token_from, step.n_raw, step.ratio, step.closes, step.keep_raw_only)
+
+
 def run_chunk(
     parts: Parts,
     beacon: dict,
@@ -216,34 +305,23 @@ def run_chunk(
     attn_mode: str = "auto",
     stager: Stager | None = None,
     layer_fn=None,
+    plan: PassPlan | None = None,
 ) -> torch.Tensor | None:
     """Run one chunk, update `memory` (tensors and state), and return raw-row logits if asked.
 
     input_ids: (b, n_call) tokens of the whole call, on the model's device.
     logits: "all" -> (b, n_raw, vocab) float32, "last" -> (b, 1, vocab), "none" -> None.
+    plan: the chunk's PassPlan made for these settings (plan_pass); made here if None.
     """
     device = memory.device
     loading = memory.pending is not None  # layers still arriving: wait for each just before it is read
     if not loading:
         ensure_rot(parts, memory)
-    # compiled FlexAttention (CUDA): bf16/fp16 only (float32 products round like TF32) and head dims
-    # of real models (it has no kernel for the tiny test models' 16)
-    flex_ok = device.type == "cuda" and memory.dtype in (torch.bfloat16, torch.float16) and parts.head_dim >= 64
-    if attn_mode in ("flex", "flex-outer") and device.type == "cuda" and not flex_ok:
-        raise ValueError(
-            f"attention mode {attn_mode!r} on CUDA needs a bf16/fp16 model with head_dim >= 64 (got {memory.dtype},"
-            f" head_dim {parts.head_dim}): use attn_mode='dense'"
-        )
-    layout = plan_attention(cfg, chunk, attn_mode, flex_ok=flex_ok)
-    if (layout.mode in PACKED) == chunk.raw_first:
-        # rows in reading order for a kernel per window (no gathers per layer), else raw-first
-        chunk = build_chunk(cfg, chunk.steps, raw_first=layout.mode not in PACKED)
-        layout = plan_attention(cfg, chunk, attn_mode, flex_ok=flex_ok)
+    if plan is None:
+        plan = plan_pass(parts, cfg, chunk, device, memory.dtype, attn_mode=attn_mode, logits=logits,
+                         batch=input_ids.shape[0], stager=stager)  # fmt: skip
+    chunk, layout, meta, tail = plan.chunk, plan.layout, plan.meta, plan.tail
     n_layers = len(parts.layers)
-    tail_host = chunk.tail_rows() if logits == "none" and n_layers >= 2 else {}
-    meta = (stager or Stager(device)).move(chunk.host_meta() | layout.host | tail_host)
-    tail = {name.removeprefix("tail_"): meta[name] for name in tail_host} or None
-    layout = finish_layout(cfg, layout, chunk, meta, memory.dtype, parts.head_dim, batch=input_ids.shape[0])
     n_outer, n_cached, n_raw = chunk.n_outer, chunk.n_cached, chunk.n_raw
 
     # embeddings: raw rows read the call's tokens, beacon rows the beacon embedding

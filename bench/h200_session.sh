@@ -97,6 +97,9 @@
 #   call 54: bash bench/h200_session.sh 54 (carry .carry/base2 = `git archive 5cb7577 beacon bench`): the
 #            staging GPU test; 8K condensing of both shapes before and after the pinned ring (5cb7577 vs
 #            9452423), prefill in the same run
+#   call 55: bash bench/h200_session.sh 55 (carry .carry/base3 = `git archive dcc8571 beacon bench` with
+#            this bench/timing.py): CUDA tests of the plan cache; 8K ratio 2 of both shapes before and
+#            after the plan cache, eleven timings each, prefill in the same run
 # Each stage has its own time limit and writes under $OUT; a failing stage does not stop the next.
 set -u
 PART=${1:?which part: 1 or 2}
@@ -342,6 +345,14 @@ elif [ "$PART" = 54 ]; then
     --out "$OUT/r/condense_8k_ring_before.json" )
   stage condense_8k_after 230 env BENCH_SHORT_S=4 python3 -m bench.condense --shapes qwen2-1.5b,qwen2-7b \
     --lengths 8192 --ratios 2,8,32 --parallel-window 4 --compile 1 --prefill --out "$OUT/r/condense_8k_ring_after.json"
+elif [ "$PART" = 55 ]; then
+  stage engine_tests 90 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
+    tests/test_engine.py tests/test_staging_gpu.py -k "plans or trims or staging or reading_order"
+  ( cd .carry/base3 && stage condense_8k2_before 150 env BENCH_SHORT_S=4 BENCH_RUNS=11 python3 -m bench.condense \
+    --shapes qwen2-1.5b,qwen2-7b --lengths 8192 --ratios 2 --parallel-window 4 --compile 1 \
+    --out "$OUT/r/condense_8k2_plans_before.json" )
+  stage condense_8k2_after 170 env BENCH_SHORT_S=4 BENCH_RUNS=11 python3 -m bench.condense --shapes qwen2-1.5b,qwen2-7b \
+    --lengths 8192 --ratios 2 --parallel-window 4 --compile 1 --prefill --out "$OUT/r/condense_8k2_plans_after.json"
 elif [ "$PART" = 37 ]; then
   stage profile 540 python3 -m bench.profile_condense --compile 1 \
     --cases qwen2-7b:8192:2,qwen2-7b:32768:8,qwen2-7b:32768:2 --out "$OUT/r/profile_condense_compiled.json"

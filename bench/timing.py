@@ -6,10 +6,10 @@ import os
 from collections.abc import Callable
 
 # a call shorter than this is timed five times: one short call is noisy (up to 2x seen at 8K), and the
-# first full-length call of every implementation is slower than the next. BENCH_SHORT_S raises it
-# (for the official code too: its subprocess inherits the environment).
+# first full-length call of every implementation is slower than the next. BENCH_SHORT_S raises it,
+# BENCH_RUNS times it more often (for the official code too: its subprocess inherits the environment).
 SHORT_S = float(os.environ.get("BENCH_SHORT_S", "2.0"))
-SHORT_RUNS = 5
+SHORT_RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 
 
 def median_time(time_once: Callable[[], float]) -> tuple[float, list[float]]:

@@ -150,6 +150,46 @@ def test_condensing_trims_the_last_two_layers_to_the_kept_rows(family, overrides
             h.remove()
 
 
+def test_pass_plans_are_reused_and_never_stale():
+    """The engine plans a pass once (forward.PlanCache): the same document again reuses every plan
+    and gives the same memory bit for bit; an edited config, another mode or batch size plans anew
+    (a stale plan would condense with the old ratio); the cache stays bounded."""
+    import beacon
+    from beacon.forward import PlanCache
+
+    from .conftest import tiny_path
+
+    def fresh(ratio: int = 2):
+        return beacon.load(tiny_path("qwen2"), device=DEVICE, beacon_pos="interleave", beacon_ratio=[ratio],
+                           beacon_parallel_window=2)  # fmt: skip
+
+    lm = fresh()
+    ids = tokens(70, seed=30)
+    with torch.no_grad():
+        first = lm.condense(ids)
+        misses, hits = lm._plans.misses, lm._plans.hits
+        again = lm.condense(ids)
+        assert lm._plans.misses == misses and lm._plans.hits > hits  # every plan of the call reused
+        for a, b in zip(first.keys + first.values, again.keys + again.values, strict=True):
+            assert torch.equal(a, b)
+        lm.config.beacon_ratio = [4]  # edited in place: must not reuse the ratio-2 plans
+        edited = lm.condense(ids)
+        assert_same_memory(edited, fresh(4).condense(ids))
+        assert edited.state.n_beacons != first.state.n_beacons
+        lm.attn_mode = "dense"
+        misses = lm._plans.misses
+        assert_same_memory(lm.condense(ids), edited)
+        assert lm._plans.misses > misses
+        both = lm.condense(torch.cat([ids, ids]))  # a batch of two: plans of their own
+        assert_same_memory(both.select([1]), edited)
+        for n in range(20, 80, 3):
+            lm.condense(ids[:, :n])
+        assert len(lm._plans._entries) <= lm._plans.size
+    cache = PlanCache(size=2)
+    assert [cache.get(k, lambda k=k: k * 10) for k in (1, 2, 1, 3, 2)] == [10, 20, 10, 30, 20]
+    assert (cache.hits, cache.misses, list(cache._entries)) == (1, 4, [3, 2])
+
+
 def test_tail_rows_are_the_rows_the_memory_keeps():
     from beacon.windows import build_chunk, group_steps, plan_steps
 
