@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import attention
 from .config import BeaconConfig
 from .decode_pool import BufferPool
 from .families import Parts, model_parts
@@ -61,7 +62,8 @@ class BeaconLM:
         # attention kernel choice (attention.MODES); "auto" picks the fastest exact one per pass
         self.attn_mode = "auto"
         self._stager = Stager(self.device)
-        self._plans = PlanCache()  # plans of recent passes (forward.PlanCache): planning happens once
+        # plans of recent passes and steps of recent calls (forward.PlanCache): planning happens once
+        self._plans, self._steps = PlanCache(), PlanCache()
         # torch.compile the decoder layer (forward.compiled_layer) for inference. Opt-in: on a GPU it
         # reads 1.2-2x faster once compiled, but the first call compiles for 36-83 s (docs/performance.md
         # §1b), which only a long-running job earns back. None = on for a GPU in bf16/fp16.
@@ -173,14 +175,17 @@ class BeaconLM:
         if self._stager.device != self.device:  # the model moved
             self._stager = Stager(self.device)
         known = None if expected_length is None else max(expected_length, memory.n_tokens + ids.shape[1])
+        cfg = self.config  # read once: the plans of this call and their keys see one config
         per_pass = self.windows_per_pass()
-        # plans depend only on these (and the steps): the config by value, as lm.config may be edited
-        settings = (repr(self.config), per_pass, self.attn_mode, torch.is_grad_enabled(), ids.shape[0],
-                    str(self.device), memory.dtype)  # fmt: skip
-        steps = self._plans.get(
+        # plans depend only on these (and the steps): the config by value, as lm.config may be edited;
+        # the CUDA stream, as a plan's device tensors were written on the stream current when made
+        stream = torch.cuda.current_stream(self.device).cuda_stream if self.device.type == "cuda" else 0
+        settings = (repr(cfg), per_pass, self.attn_mode, attention.OUTER_APART_MIN, torch.is_grad_enabled(),
+                    ids.shape[0], str(self.device), stream, memory.dtype)  # fmt: skip
+        steps = self._steps.get(
             ("steps", settings, memory.state, ids.shape[1], known, training),
             lambda: plan_steps(
-                self.config,
+                cfg,
                 memory.state,
                 ids.shape[1],
                 known_length=known,
@@ -188,7 +193,9 @@ class BeaconLM:
                 training=training,
             ),
         )
-        groups = group_steps(self.config.replace(beacon_parallel_window=per_pass), steps)
+        groups = group_steps(cfg.replace(beacon_parallel_window=per_pass), steps)
+        # a call of more passes than the cache holds would only evict its own plans (LRU): plan afresh
+        reuse = len(groups) <= self._plans.size
         chunks = groups
         if progress:
             from tqdm.auto import tqdm
@@ -198,25 +205,27 @@ class BeaconLM:
         last = None
         for i, group in enumerate(chunks):
             want = "all" if logits == "all" else ("last" if logits == "last" and i == len(groups) - 1 else "none")
-            plan = self._plans.get(
-                ("pass", settings, tuple(step_key(s) for s in group), want == "none"),
-                lambda group=group, want=want: plan_pass(
+
+            def make(group=group, want=want):
+                return plan_pass(
                     self.parts,
-                    self.config,
-                    build_chunk(self.config, group),
+                    cfg,
+                    build_chunk(cfg, group),
                     self.device,
                     memory.dtype,
                     attn_mode=self.attn_mode,
                     logits=want,
                     batch=ids.shape[0],
                     stager=self._stager,
-                ),
-            )
+                )
+
+            key = ("pass", settings, tuple(step_key(s) for s in group), want == "none")
+            plan = self._plans.get(key, make) if reuse else make()
             chunk = plan.chunk
             out = run_chunk(
                 self.parts,
                 self._beacon,
-                self.config,
+                cfg,
                 memory,
                 chunk,
                 ids,

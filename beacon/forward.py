@@ -217,6 +217,12 @@ class PassPlan:
     meta: dict[str, torch.Tensor]
     tail: dict[str, torch.Tensor] | None
 
+    @property
+    def nbytes(self) -> int:
+        """Device bytes it holds: the staged index vectors and a dense mask (block masks are small)."""
+        mask = self.layout.mask
+        return sum(t.nbytes for t in self.meta.values()) + (mask.nbytes if mask is not None else 0)
+
 
 def plan_pass(
     parts: Parts,
@@ -252,17 +258,20 @@ def plan_pass(
 
 
 class PlanCache:
-    """The last `size` PassPlans (and the steps of the last calls), by what determines them.
+    """The last `size` PassPlans (or the steps of the last calls), by what determines them.
 
     A pass's plan depends only on its steps (window states before/after, tokens, ratios) and the
-    settings, so documents of one length, or the middle passes of documents that share a ratio,
+    settings, so documents of one length, and in general the passes at the same position of
+    documents read with the same settings (same states and tokens: all but a document's last few),
     plan once: a hit skips the host's planning, the staging copy and the mask kernels — the only
     work before a one-pass document's first kernel (docs/performance.md §1h). Keys carry the
     config's repr, so changing `lm.config` (or the mode, dtype, device, batch) never hits a stale
-    plan. Plans hold small device tensors (index vectors, block masks): a few MiB at most."""
+    plan. A value holding more than `max_entry_bytes` of device memory (`nbytes`: a dense mask over
+    a long memory) is made but not kept, so the cache holds at most size x max_entry_bytes."""
 
-    def __init__(self, size: int = 16):
+    def __init__(self, size: int = 16, max_entry_bytes: int = 8 << 20):
         self.size = size
+        self.max_entry_bytes = max_entry_bytes
         self._entries: OrderedDict = OrderedDict()
         self._lock = threading.Lock()  # one model may serve several threads (make() runs unlocked)
         self.hits = self.misses = 0
@@ -276,6 +285,8 @@ class PlanCache:
                 return self._entries[key]
             self.misses += 1
         value = make()
+        if getattr(value, "nbytes", 0) > self.max_entry_bytes:
+            return value
         with self._lock:
             self._entries[key] = value
             while len(self._entries) > self.size:
@@ -320,7 +331,8 @@ def run_chunk(
     if plan is None:
         plan = plan_pass(parts, cfg, chunk, device, memory.dtype, attn_mode=attn_mode, logits=logits,
                          batch=input_ids.shape[0], stager=stager)  # fmt: skip
-    chunk, layout, meta, tail = plan.chunk, plan.layout, plan.meta, plan.tail
+    chunk, layout, meta = plan.chunk, plan.layout, plan.meta
+    tail = plan.tail if logits == "none" else None  # a plan made without logits serves any request
     n_layers = len(parts.layers)
     n_outer, n_cached, n_raw = chunk.n_outer, chunk.n_cached, chunk.n_raw
 

@@ -145,6 +145,17 @@ def test_condensing_trims_the_last_two_layers_to_the_kept_rows(family, overrides
             assert len(trimmed) == len(last) and sum(trimmed) < sum(fed["mlp"][:n_untrimmed])
             fed["mlp"].clear()
             fed["last"].clear()
+        if overrides["beacon_attn"] == "full-coverage":  # the varlen layouts trim too, rows in reading order
+            for mode in ("varlen", "varlen-outer"):
+                lm.attn_mode = mode
+                try:
+                    memory = lm.new_memory(2)
+                    with torch.no_grad():
+                        for at, n in ((0, 30), (30, 25), (55, 20)):
+                            memory = lm.condense(ids[:, at : at + n], memory)
+                finally:
+                    lm.attn_mode = "auto"
+                assert_same_memory(memory, full_mem)
     finally:
         for h in hooks:
             h.remove()
@@ -182,12 +193,27 @@ def test_pass_plans_are_reused_and_never_stale():
         assert lm._plans.misses > misses
         both = lm.condense(torch.cat([ids, ids]))  # a batch of two: plans of their own
         assert_same_memory(both.select([1]), edited)
+        lm.attn_mode = "varlen"  # its plan's sequence bounds depend on the batch (FlashAttention's, on a GPU)
+        assert_same_memory(lm.condense(ids), edited)
+        with torch.enable_grad(), pytest.raises(ValueError, match="for inference"):
+            lm.forward(ids)  # the same pass with gradients: its no-grad plan must not be reused
+        assert_same_memory(lm.condense(torch.cat([ids, ids])).select([1]), edited)
         for n in range(20, 80, 3):
             lm.condense(ids[:, :n])
         assert len(lm._plans._entries) <= lm._plans.size
+        entries = list(lm._plans._entries)
+        lm.condense(tokens(4 * lm._plans.size * 16 + 5, seed=31))  # more passes than the cache holds
+        assert list(lm._plans._entries) == entries  # planned afresh: no plan of the call evicts another
+    lm.attn_mode = "auto"
     cache = PlanCache(size=2)
     assert [cache.get(k, lambda k=k: k * 10) for k in (1, 2, 1, 3, 2)] == [10, 20, 10, 30, 20]
     assert (cache.hits, cache.misses, list(cache._entries)) == (1, 4, [3, 2])
+
+    class Big:
+        nbytes = cache.max_entry_bytes + 1
+
+    big = cache.get("big", Big)
+    assert isinstance(big, Big) and "big" not in cache._entries  # made, not kept
 
 
 def test_tail_rows_are_the_rows_the_memory_keeps():
