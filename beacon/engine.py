@@ -183,7 +183,7 @@ class BeaconLM:
         settings = (repr(cfg), per_pass, self.attn_mode, attention.OUTER_APART_MIN, torch.is_grad_enabled(),
                     ids.shape[0], str(self.device), stream, memory.dtype)  # fmt: skip
         steps = self._steps.get(
-            ("steps", settings, memory.state, ids.shape[1], known, training),
+            (settings, memory.state, ids.shape[1], known, training),
             lambda: plan_steps(
                 cfg,
                 memory.state,
@@ -219,7 +219,7 @@ class BeaconLM:
                     stager=self._stager,
                 )
 
-            key = ("pass", settings, tuple(step_key(s) for s in group), want == "none")
+            key = (settings, tuple(step_key(s) for s in group), want == "none")
             plan = self._plans.get(key, make) if reuse else make()
             chunk = plan.chunk
             out = run_chunk(

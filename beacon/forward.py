@@ -293,10 +293,6 @@ class PlanCache:
                 self._entries.popitem(last=False)
         return value
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
 
 def step_key(step) -> tuple:
     """What determines a step's entries (windows.plan_steps): states, tokens, ratio, closing."""
