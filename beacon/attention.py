@@ -52,7 +52,7 @@ PACKED = ("varlen", "varlen-outer")  # modes that take rows packed as (b, n, h, 
 INFERENCE_ONLY = ("flex-outer", *PACKED)  # their kernels' backward ignores the log-sum-exp
 FLEX_BLOCK = 128
 # |O| from which "auto" attends O apart: below it the saving is smaller than the merge's cost
-# (memory_attention_probe: 0.9 ms saved per layer at 16K entries, 9K rows; the merge ~0.07 ms)
+# (kernels alone: docs/performance.md §1b)
 OUTER_APART_MIN = 4096
 
 

@@ -64,9 +64,9 @@ class BeaconLM:
         self._stager = Stager(self.device)
         # plans of recent passes and steps of recent calls (forward.PlanCache): planning happens once
         self._plans, self._steps = PlanCache(), PlanCache()
-        # torch.compile the decoder layer (forward.compiled_layer) for inference. Opt-in: on a GPU it
-        # reads 1.2-2x faster once compiled, but the first call compiles for 36-83 s (docs/performance.md
-        # §1b), which only a long-running job earns back. None = on for a GPU in bf16/fp16.
+        # torch.compile the decoder layer (forward.compiled_layer) for inference. Opt-in: faster once
+        # compiled, but the first call compiles for tens of seconds (docs/performance.md §1c), which
+        # only a long-running job earns back. None = on for a GPU in bf16/fp16.
         self.compile_layers: bool | None = False
         # windows per forward pass (speed only: results are identical); None = automatic
         self.parallel_window: int | None = None

@@ -3,9 +3,9 @@
     python -m bench.plots                       # all plots from docs/results into docs/results/plots
     python -m bench.plots --results DIR --out DIR
 
-Reads only the JSON files the benchmarks wrote (docs/performance.md names the command behind each);
-it measures nothing. `condense_table` assembles the condensing table of docs/performance.md §1a
-from its three source files, so the plot and the table cannot disagree (a test holds them equal).
+Reads only the JSON files the benchmarks wrote (docs/results/README.md names the command behind
+each); it measures nothing. `condense_table` assembles the condensing rows of docs/performance.md §1
+from their source files (CONDENSE_SOURCES).
 """
 
 from __future__ import annotations
@@ -15,21 +15,14 @@ import json
 from pathlib import Path
 
 SHAPES = ("qwen2-1.5b", "qwen2-7b")
-LENGTHS = (8192, 32768, 131072)
+# the run file of each shape's condensing rows (beacon, full prefill and the official code)
+CONDENSE_SOURCES = {shape: f"condense_trim_{shape}.json" for shape in SHAPES}
 RATIOS = (2, 8, 32)
 COLORS = {2: "tab:blue", 8: "tab:orange", 32: "tab:green"}
 
 
 def _runs(results: Path, name: str) -> list[dict]:
     return json.loads((results / name).read_text())["runs"]
-
-
-def _source(results: Path, shape: str, length: int) -> list[dict]:
-    """The run file §1a takes a (shape, length) from: 128K from condense_outer_<shape>.json, 8K and
-    32K from condense_trim_<shape>.json (every call of every implementation timed five times)."""
-    if length == 131072:
-        return _runs(results, f"condense_outer_{shape}.json")
-    return _runs(results, f"condense_trim_{shape}.json")
 
 
 def _one(runs: list[dict], where: str, **match) -> dict:
@@ -42,12 +35,14 @@ def _one(runs: list[dict], where: str, **match) -> dict:
 
 def condense_table(results: Path) -> list[dict]:
     """One row per (shape, length, ratio): beacon (attn_mode auto), full prefill and the official
-    code, tok/s and peak GiB, as in docs/performance.md §1a."""
+    code, tok/s and peak GiB, as in docs/performance.md §1; lengths are those the beacon runs have."""
     rows = []
     for shape in SHAPES:
+        all_runs = [r for r in _runs(results, CONDENSE_SOURCES[shape]) if r.get("shape") == shape and "tok_s" in r]
+        lengths = sorted({r["length"] for r in all_runs if r["kind"] == "beacon"})
         for ratio in RATIOS:
-            for length in LENGTHS:
-                runs = [r for r in _source(results, shape, length) if r.get("shape") == shape and "tok_s" in r]
+            for length in lengths:
+                runs = all_runs
                 where = f"{shape} {length} ratio {ratio}"
                 beacon = _one(runs, where, kind="beacon", length=length, ratio=ratio, attn_mode="auto")
                 prefill = _one(runs, where, kind="prefill", length=length)
@@ -99,8 +94,9 @@ def _plot_against_length(
                     label=f"official, ratio {ratio}")  # fmt: skip
         at = [r for r in rows if r["shape"] == shape and r["ratio"] == ratios[0]]  # prefill: any ratio's row
         ax.plot([r["length"] for r in at], [r[f"prefill_{metric}"] for r in at], "k^-", label="full prefill (SDPA)")
+        lengths = sorted({r["length"] for r in rows})
         ax.set_xscale("log", base=2)
-        ax.set_xticks(LENGTHS, ["8K", "32K", "128K"])
+        ax.set_xticks(lengths, [f"{n // 1024}K" for n in lengths])
         ax.set_xlabel("document tokens")
         ax.set_ylabel(ylabel)
         ax.set_title(shape)
@@ -111,7 +107,7 @@ def _plot_against_length(
 
 def plot_condense(rows: list[dict], out: Path) -> Path:
     """Throughput against document length: beacon and the official code per ratio, full prefill."""
-    title = "Condensing throughput, H200, bf16 (docs/performance.md §1a)"
+    title = "Condensing throughput, H200, bf16 (docs/performance.md §1)"
     return _plot_against_length(rows, "tok_s", RATIOS, "tokens / s", title, out / "condense_throughput.png")
 
 
@@ -122,23 +118,17 @@ def plot_memory(rows: list[dict], out: Path) -> Path:
 
 
 def plot_flex_outer(results: Path, out: Path) -> Path:
-    """flex against flex-outer (auto) in the same run, per shape, length and ratio (§1f)."""
-    fig, axes = _axes(2, "Attending the memory apart (flex-outer) vs one FlexAttention call, same run")
-    for ax, shape in zip(axes, SHAPES, strict=True):
-        runs = [r for r in _runs(results, f"condense_outer_{shape}.json") if r.get("kind") == "beacon"]
-        labels, gains = [], []
-        for ratio in RATIOS:
-            for length in LENGTHS[1:]:
-                where = f"{shape} {length} ratio {ratio}"
-                flex = _one(runs, where, length=length, ratio=ratio, attn_mode="flex")
-                outer = _one(runs, where, length=length, ratio=ratio, attn_mode="auto")
-                labels.append(f"{length // 1024}K r{ratio}")
-                gains.append(outer["tok_s"] / flex["tok_s"])
-        ax.bar(labels, gains, color=[COLORS[int(lb.split("r")[-1])] for lb in labels])
-        ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_ylabel("tok/s flex-outer / flex")
-        ax.set_title(shape)
-        ax.tick_params(axis="x", labelsize=8)
+    """One layer's attention kernels: one FlexAttention call against flex-outer (O through cuDNN, the
+    window through FlexAttention, merged), per pass shape of memory_attention_probe.json (§1b)."""
+    rows = json.loads((results / "memory_attention_probe.json").read_text())["rows"]
+    fig, axes = _axes(1, "One layer's attention: one FlexAttention call vs flex-outer (memory_attention_probe.json)", 8)
+    ax = axes[0]
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["flex one call"]["ms"] for r in rows], 0.4, label="one FlexAttention call")
+    ax.bar([x + 0.2 for x in xs], [r["best split"]["ms"] for r in rows], 0.4, label="flex-outer (cuDNN over O)")
+    ax.set_xticks(list(xs), [f"{r['shape']}\n{r['rows']} x {r['memory']}" for r in rows], fontsize=7)
+    ax.set_ylabel("ms per layer")
+    ax.legend(fontsize=8)
     return _save(fig, out / "flex_outer.png")
 
 

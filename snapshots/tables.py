@@ -57,9 +57,8 @@ class SnapshotView:
     Blob bytes are read straight from the data files (`pread`, any buffer, threads in parallel)
     where Lance describes them as (position, size) in a fragment's one local data file — the
     layout of this pinned file format. Lance's own blob reader barely gains from more threads and
-    reads only into a bytearray (`python -m bench.blob_readers`, 0.47 GB warm: 69 / 70 ms on 1 / 2
-    threads, pread 43 / 31 ms), so it is the fallback for any other layout (object storage,
-    several files per fragment).
+    reads only into a bytearray (`python -m bench.blob_readers`, docs/snapshots.md), so it is the
+    fallback for any other layout (object storage, several files per fragment).
     What is read is checked against the row's crc32 either way.
     """
 
@@ -88,8 +87,8 @@ class SnapshotView:
     def scales(self, where: str) -> Callable[[int], bytes | None]:
         """Start reading the `scale` column of the rows matching `where` in one scan, on a thread of
         its own; returns row id -> that row's scales (waits for the scan). fp8 scales are ~3% of a
-        snapshot's bytes but Lance decodes the column at ~0.3 GB/s (14 MB in 50-63 ms on a 2-core
-        machine, docs/performance.md §2a): read beside the data, they stay off the first row's way."""
+        snapshot's bytes but Lance decodes that column far slower than the blobs' direct reads
+        (docs/snapshots.md): read beside the data, they stay off the first row's way."""
         done: Future = Future()
 
         def scan() -> None:
@@ -259,7 +258,7 @@ class Tables:
     def upkeep(self) -> None:
         """Keep a lookup by doc_id from reading every fragment: each put adds a fragment to both
         tables, and a filter scans each fragment its index does not cover (`python -m
-        bench.store_lookups`: a `show` at 300 documents 130 ms without upkeep, 9 ms with it).
+        bench.store_lookups`, docs/snapshots.md).
 
         Merges new fragments into both doc_id indexes (created if missing) and compacts the small
         documents table (the snapshots table keeps its fragments: rewriting blobs costs their

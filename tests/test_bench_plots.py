@@ -1,5 +1,6 @@
-"""bench/plots.py over the committed results: every plot renders, and the condensing table it builds
-is the one docs/performance.md §1a prints (so docs, plots and JSON files cannot drift apart)."""
+"""bench/plots.py over the committed results, and the results manifest: every plot renders from the
+JSON files alone, a missing run is named, every file under docs/results is in its manifest (and every
+name there exists), and every results file the docs name exists."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from bench import plots
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
+MANIFEST = RESULTS / "README.md"
 
 
 def test_every_plot_renders_from_the_committed_results(tmp_path):
@@ -22,32 +24,18 @@ def test_every_plot_renders_from_the_committed_results(tmp_path):
     for path in written:
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000, path.name
+    # the committed plots are the ones make_all draws (same names)
+    assert {p.name for p in written} == {p.name for p in (RESULTS / "plots").glob("*.png")}
 
 
-def _doc_table() -> dict[tuple[str, int, int], list[str]]:
-    """§1a's rows: (shape, tokens, ratio) -> the table's cells."""
-    text = (ROOT / "docs" / "performance.md").read_text()
-    section = text[text.index("### 1a.") : text.index("### 1b.")]
-    rows = {}
-    for line in section.splitlines():
-        if line.startswith("| qwen2-"):
-            cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
-            rows[(cells[0], int(cells[1].rstrip("K")) * 1024, int(cells[2]))] = cells
-    return rows
-
-
-def test_the_condensing_table_is_the_one_the_docs_print():
-    doc = _doc_table()
+def test_the_condensing_rows_are_the_runs_of_their_source_files():
     table = plots.condense_table(RESULTS)
-    assert len(table) == len(doc) == 18
-    num = lambda cell: float(re.sub(r"[^\d.]", "", cell.split("(")[0]))  # noqa: E731
+    assert {r["shape"] for r in table} == set(plots.SHAPES)
     for row in table:
-        cells = doc[(row["shape"], row["length"], row["ratio"])]
-        assert num(cells[3]) == round(row["beacon_tok_s"])
-        assert num(cells[5]) == round(row["prefill_tok_s"])
-        assert num(cells[7]) == round(row["official_tok_s"])
-        assert num(cells[6]) == pytest.approx(row["beacon_tok_s"] / row["prefill_tok_s"], abs=0.006)
-        assert num(cells[8]) == pytest.approx(row["beacon_tok_s"] / row["official_tok_s"], abs=0.006)
+        runs = json.loads((RESULTS / plots.CONDENSE_SOURCES[row["shape"]]).read_text())["runs"]
+        beacon = [r for r in runs if r.get("kind") == "beacon" and r["length"] == row["length"]
+                  and r["ratio"] == row["ratio"] and r.get("attn_mode") == "auto"]  # fmt: skip
+        assert [r["tok_s"] for r in beacon] == [row["beacon_tok_s"]]
 
 
 def test_a_missing_run_is_named(tmp_path):
@@ -59,3 +47,32 @@ def test_a_missing_run_is_named(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="qwen2-1.5b 8192 ratio 8: 0 runs"):
         plots.condense_table(tmp_path)
+
+
+def _manifest_names() -> set[str]:
+    """Every `name` in backquotes in the manifest's table rows that looks like a results file."""
+    names = set()
+    for line in MANIFEST.read_text().splitlines():
+        if line.startswith("| `"):
+            first_cell = line.split("|")[1]
+            names |= set(re.findall(r"`([^`*\s]+\.(?:json|jsonl|png|md|log))`", first_cell))
+    return names
+
+
+def test_the_manifest_lists_every_results_file_and_nothing_else():
+    on_disk = {p.relative_to(RESULTS).as_posix() for p in RESULTS.rglob("*") if p.is_file()} - {"README.md"}
+    listed = _manifest_names()
+    assert sorted(on_disk - listed) == [], "results files missing from docs/results/README.md"
+    assert sorted(listed - on_disk) == [], "docs/results/README.md lists files that do not exist"
+
+
+def test_every_results_file_the_docs_name_exists():
+    """docs/performance.md names results files bare; the other docs as docs/results/NAME."""
+    on_disk = {p.relative_to(RESULTS).as_posix() for p in RESULTS.rglob("*") if p.is_file()}
+    performance = (ROOT / "docs" / "performance.md").read_text()
+    named = {(Path("performance.md"), n) for n in re.findall(r"`([\w./-]+\.(?:json|jsonl|log))`", performance)}
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        named |= {(doc, n) for n in re.findall(r"docs/results/([\w./-]+\.(?:json|jsonl|log|md|png))", doc.read_text())}
+    missing = [f"{doc.name}: {name}" for doc, name in sorted(named) if name not in on_disk and "*" not in name]
+    assert missing == []
+    assert len(named) > 20  # the pattern still finds the names
