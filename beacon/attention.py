@@ -1,7 +1,7 @@
 """Attention of a chunk's rows over [O | window entries | copies], choosing the cheapest exact kernel.
 
 Shapes: b batch, h query heads, h_kv key/value heads, n rows (queries), m = |O|, c cached window
-entries, k = c + n window columns, p copies. The mask rule lives in windows.window_mask; here we
+entries, k = c + n window columns, p copies. The mask rule lives in windows.visible; here we
 only pick an order of rows and columns in which that mask becomes something a fused kernel does:
 
   "causal"  full-coverage, one window per pass: in reading order the mask *is* lower-right causal
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 from .config import BeaconConfig
-from .windows import Chunk, window_mask
+from .windows import Chunk, sees_copy, visible, window_mask
 
 MODES = ("auto", "causal", "split", "dense", "flex", "flex-outer", "varlen", "varlen-outer")
 PACKED = ("varlen", "varlen-outer")  # modes that take rows packed as (b, n, h, d) in memory
@@ -248,8 +248,8 @@ def finish_layout(
 
 
 def _mask_mod(cfg: BeaconConfig, meta: dict[str, torch.Tensor], chunk: Chunk, with_outer: bool = True):
-    """windows.window_mask's rule, one (query, key) pair at a time, for FlexAttention (keys: O, if
-    `with_outer`, then the window columns and copies)."""
+    """windows.visible, one (query, key) pair at a time, for FlexAttention (keys: O, if `with_outer`,
+    then the window columns and copies)."""
     c, n = chunk.n_cached, chunk.n_rows
     m = chunk.n_outer if with_outer else 0
     k_cols = c + n
@@ -258,25 +258,17 @@ def _mask_mod(cfg: BeaconConfig, meta: dict[str, torch.Tensor], chunk: Chunk, wi
     if copy_window.numel() == 0:
         copy_window = torch.zeros(1, dtype=torch.long, device=beacon.device)
     n_copy = copy_window.numel()
-    scheme, prev = cfg.beacon_attn, cfg.beacon_attend_prev
 
     def mask_mod(b, h, q_idx, kv_idx):
         row = torch.clamp(q_idx, 0, n - 1) + c
         w = kv_idx - m
         col = torch.clamp(w, 0, k_cols - 1)
-        earlier = e[col] < e[row]
-        col_beacon, row_beacon = beacon[col] == 1, beacon[row] == 1
-        if scheme == "full-coverage":
-            raw_row, beacon_row = earlier, earlier
-        else:
-            reach = (idx[row] + 1) * ratio[row - c]
-            see_raw = earlier & (idx[col] < reach)
-            if scheme == "segmentation":
-                see_raw = see_raw & (idx[col] >= idx[row] * ratio[row - c])
-            raw_row = earlier & ~col_beacon
-            beacon_row = torch.where(col_beacon, earlier & prev, see_raw)
-        own = (torch.where(row_beacon, beacon_row, raw_row) | (e[col] == e[row])) & (window[col] == window[row])
-        copy_ok = copy_window[torch.clamp(w - k_cols, 0, n_copy - 1)] < window[row]
+        own = visible(
+            cfg,
+            (beacon[row] == 1, idx[row], e[row], window[row], ratio[row - c]),
+            (beacon[col] == 1, idx[col], e[col], window[col]),
+        )
+        copy_ok = sees_copy(copy_window[torch.clamp(w - k_cols, 0, n_copy - 1)], window[row])
         return (kv_idx < m) | ((w >= 0) & (w < k_cols) & own) | ((w >= k_cols) & copy_ok)
 
     return mask_mod

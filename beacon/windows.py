@@ -465,30 +465,53 @@ class Chunk:
         }
 
 
+def visible(
+    cfg: BeaconConfig,
+    row: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    col: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """The beacon mask rule — the one place it is written: may a row see a window entry?
+
+    row = (beacon, idx, e, window, ratio) of the query rows, col = (beacon, idx, e, window) of the
+    window entries (`Chunk.host_meta` vectors; `beacon` as bool). Elementwise and broadcasting, so
+    `window_mask` passes a column of rows against a row of entries (the whole grid) and FlexAttention's
+    mask_mod one (query, key) pair at a time. An entry is seen within its own window only; its own
+    row always; otherwise it must be earlier in reading order (`e`) and:
+      a raw row sees earlier raw entries, and earlier beacons under full-coverage;
+      a beacon row sees earlier beacons if full-coverage or beacon_attend_prev, and earlier raw
+      entries under full-coverage / of the segments it condenses (step-expansion: all up to its
+      own segment's end, segmentation: its own segment only).
+    """
+    rb, ri, re, rw, rr = row
+    cb, ci, ce, cw = col
+    earlier = ce < re
+    if cfg.beacon_attn == "full-coverage":
+        raw_row = beacon_row = earlier
+    else:
+        see_raw = earlier & (ci < (ri + 1) * rr)
+        if cfg.beacon_attn == "segmentation":
+            see_raw = see_raw & (ci >= ri * rr)
+        raw_row = earlier & ~cb
+        beacon_row = torch.where(cb, earlier & cfg.beacon_attend_prev, see_raw)
+    return (torch.where(rb, beacon_row, raw_row) | (ce == re)) & (cw == rw)
+
+
+def sees_copy(copy_window: torch.Tensor, row_window: torch.Tensor) -> torch.Tensor:
+    """A row sees the copies of every earlier window of its pass (parallel windows), none of its own."""
+    return copy_window < row_window
+
+
 def window_mask(cfg: BeaconConfig, meta: dict[str, torch.Tensor], n_cached: int) -> torch.Tensor:
     """(n_rows, n_cached + n_rows + n_copies) bool, True where a row attends. O is not included.
 
-    Pure tensor arithmetic on `Chunk.host_meta` vectors (moved to the model's device), so it runs
-    where the model runs.
+    `visible` over the whole grid, on `Chunk.host_meta` vectors (moved to the model's device), so it
+    runs where the model runs.
     """
-    cb, ci, ce, cw = meta["beacon"][None].bool(), meta["idx"][None], meta["e"][None], meta["window"][None]
+    col = (meta["beacon"][None].bool(), meta["idx"][None], meta["e"][None], meta["window"][None])
     rb, ri, re, rw = (meta[k][n_cached:, None] for k in ("beacon", "idx", "e", "window"))
-    rb = rb.bool()
-    rr = meta["row_ratio"][:, None]
-    full = cfg.beacon_attn == "full-coverage"
-    earlier = ce < re
-    raw_row = earlier & (~cb | full)  # raw rows: earlier raw; earlier beacons under full-coverage
-    if full:
-        see_raw = earlier
-    elif cfg.beacon_attn == "step-expansion":
-        see_raw = (ci < (ri + 1) * rr) & earlier
-    else:  # segmentation
-        see_raw = (ci >= ri * rr) & (ci < (ri + 1) * rr) & earlier
-    see_beacon = earlier & (full or cfg.beacon_attend_prev)
-    beacon_row = torch.where(cb, see_beacon, see_raw)
-    visible = (torch.where(rb, beacon_row, raw_row) | (ce == re)) & (cw == rw)
-    copies = meta["copy_window"][None, :] < rw
-    return torch.cat([visible, copies], dim=1)
+    row = (rb.bool(), ri, re, rw, meta["row_ratio"][:, None])
+    copies = sees_copy(meta["copy_window"][None, :], rw)
+    return torch.cat([visible(cfg, row, col), copies], dim=1)
 
 
 def build_chunk(cfg: BeaconConfig, steps: list[Step], raw_first: bool = True) -> Chunk:

@@ -224,3 +224,37 @@ def test_training_draws_ratio_zero_at_most_once_and_never_for_the_last_windows()
         assert ratios.count(0) <= 1
         assert ratios[-1] != 0  # a later window must read what it kept
         assert steps[-1].keep_raw_only and not steps[-1].closes
+
+
+def test_flex_mask_mod_is_window_mask_pair_by_pair():
+    """attention._mask_mod (FlexAttention's per-pair form) and window_mask (the grid) both call
+    windows.visible: over every scheme, attend_prev, parallel windows and a cached part they agree
+    on every (row, key), and O columns are always visible."""
+    from beacon.attention import _mask_mod
+
+    settings = [
+        dict(beacon_pos="interleave", beacon_attn="full-coverage"),
+        dict(beacon_pos="interleave", beacon_attn="step-expansion", beacon_attend_prev=False),
+        dict(beacon_pos="append", beacon_attn="step-expansion", beacon_attend_prev=True),
+        dict(beacon_pos="append", beacon_attn="segmentation", beacon_attend_prev=False),
+        dict(beacon_pos="append", beacon_attn="segmentation", beacon_attend_prev=True),
+    ]
+    for kw in settings:
+        c = cfg(beacon_parallel_window=3, beacon_sink_size=1, **kw)
+        state = WindowState()
+        seen_outer = False
+        for n in (5, 20, 30):  # a half-read window, then passes that continue it over parallel windows
+            steps = plan_steps(c, state, n, max_positions=MAXPOS)
+            chunk = build_chunk(c, group_steps(c, steps)[0])
+            meta = chunk.host_meta()
+            grid = window_mask(c, meta, chunk.n_cached)  # (n_rows, k + p)
+            m = chunk.n_outer
+            seen_outer |= m > 0
+            mod = _mask_mod(c, meta, chunk, with_outer=True)
+            q = torch.arange(chunk.n_rows)[:, None]
+            kv = torch.arange(m + grid.shape[1])[None, :]
+            pairs = mod(0, 0, q.expand(-1, kv.shape[1]), kv.expand(q.shape[0], -1))
+            assert pairs[:, :m].all(), kw
+            assert torch.equal(pairs[:, m:], grid), kw
+            state = steps[-1].after
+        assert seen_outer, kw
