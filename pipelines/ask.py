@@ -13,11 +13,11 @@ from __future__ import annotations
 from beacon_actors.answerer import Answerer
 from beacon_actors.generation import greedy_answer
 from beacon_actors.text import decode_answer, document_ids, load_tokenizer, question_ids, stop_ids
+from snapshots.search import SearchIndex
 
 from .config import AnswerConfig
 from .defaults import absolute, resolve_model
 from .questions import pick_documents, to_question
-from .search import SearchIndex
 
 
 def load_answerer(config: AnswerConfig) -> Answerer:

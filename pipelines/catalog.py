@@ -8,8 +8,7 @@ from pathlib import Path
 from snapshots import SnapshotStore
 from snapshots.records import DocumentInfo
 from snapshots.reports import OptimizeReport
-
-from .search import SearchIndex
+from snapshots.search import SearchIndex
 
 
 def open_store(db: str | os.PathLike) -> SnapshotStore:

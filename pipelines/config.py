@@ -56,7 +56,7 @@ class IngestConfig(_FromDict):
     tokenize_cpus: float = 0.5  # CPUs per tokenize task (one document at a time: one thread); != num_cpus keeps
     # tokenizing a stage of its own (Ray Data fuses a task stage into the actors when resources are equal)
     skip_existing: bool = True  # skip documents stored with the same text hash and model fingerprint
-    search: bool = True  # keep the full-text/vector search table (pipelines.search)
+    search: bool = True  # keep the full-text/vector search table (snapshots.search)
     device: str = "auto"  # actors' device: auto = their GPU if Ray gave them one, else CPU
     progress: bool = True
 

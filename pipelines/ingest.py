@@ -22,6 +22,7 @@ from beacon_actors.columns import DOCUMENTS
 from beacon_actors.text import tokenizer_source
 from snapshots import SnapshotStore
 from snapshots.records import DocumentInfo
+from snapshots.search import SearchIndex
 
 from .cluster import RayOptions, ensure_ray
 from .config import IngestConfig
@@ -29,7 +30,6 @@ from .corpus import read_corpus
 from .defaults import absolute, resolve_model
 from .progress import Progress
 from .reports import IngestReport, WorkerStats
-from .search import SearchIndex
 
 MAX_REPORTED_FAILURES = 100
 SEARCH_ROWS_PER_COMMIT = 256  # search rows are upserted per this many documents ...

@@ -2,7 +2,7 @@
 
 A question record: {"question": str, "id"/"question_id"?: str, "doc_ids"?: [str] (or "doc_id": str),
 "answer"/"expected"?: str (reference, for accuracy), "embedding"?: [float] (vector search)}.
-A question without doc ids gets the `top_k` best documents of the search table (pipelines.search),
+A question without doc ids gets the `top_k` best documents of the search table (snapshots.search),
 the best one last (it is read closest to the question). Answers: one row per question (ANSWERS
 columns), sorted by position in the questions file, written as .jsonl or .parquet.
 """
@@ -16,8 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from beacon_actors.columns import ANSWERS, QUESTIONS, table
-
-from .search import SearchIndex
+from snapshots.search import SearchIndex
 
 ANSWER_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 

@@ -23,6 +23,8 @@ DATA_STORAGE_VERSION = "2.1"  # Lance file format, pinned: blob columns read fas
 
 DOCUMENTS = "documents"
 SNAPSHOTS = "snapshots"
+SEARCH = "search"  # the search table (search.py): rebuilt from the corpus, so outside SCHEMA_VERSION
+SEARCH_TEXT_COLUMNS = ("title", "text")
 STATUS_READY = "ready"  # the only status schema v1 writes; readers refuse any other
 TENSORS = ("keys", "values")
 STORE_DTYPES = ("float32", "bfloat16", "float16", "float8_e4m3fn")  # names of torch dtypes
@@ -136,3 +138,18 @@ def markdown(table: str) -> str:
     for name, typ, nullable, doc in describe(table):
         lines.append(f"| `{name}` | `{typ}` | {'yes' if nullable else 'no'} | {doc} |")
     return "\n".join(lines)
+
+
+def search_schema(dim: int | None) -> pa.Schema:
+    """The search table's columns; `vector` only when documents carry embeddings of length `dim`."""
+    fields = [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("title", pa.string()),
+        pa.field("text", pa.large_string()),
+        pa.field("source_uri", pa.string()),
+        pa.field("text_sha256", pa.string()),
+        pa.field("updated_at", _UTC, nullable=False),
+    ]
+    if dim is not None:
+        fields.append(pa.field("vector", pa.list_(pa.float32(), dim)))
+    return pa.schema(fields)

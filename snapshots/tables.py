@@ -1,4 +1,4 @@
-"""The store's two Lance tables — the only module that imports Lance.
+"""The store's two Lance tables — with search.py (the search table) the only modules that import Lance.
 
 A store folder is a LanceDB database (`lancedb.connect(path)` opens it): `documents.lance` and
 `snapshots.lance`, schemas from schema.py. We write through pylance directly (`write_dataset`,
@@ -44,6 +44,22 @@ UPKEEP_EVERY = 32  # commits by one Tables object between upkeeps (new fragments
 def sql_str(value: str) -> str:
     """A SQL string literal for Lance filters (DataFusion SQL)."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def retry_commit(fn: Callable[[], T], retries: int, errors: tuple[type[Exception], ...] = (OSError, RuntimeError)) -> T:
+    """Run a Lance commit, retrying optimistic-concurrency conflicts (an error of `errors` that
+    _is_conflict recognises; up to `retries` times) with jittered exponential backoff; any other
+    error, or the last conflict, is raised."""
+    delay = 0.02
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except errors as e:
+            if not _is_conflict(e) or attempt == retries:
+                raise
+        time.sleep(delay * (1 + random.random()))
+        delay = min(2 * delay, 1.0)
+    raise AssertionError("unreachable")
 
 
 def _is_conflict(e: BaseException) -> bool:
@@ -208,16 +224,7 @@ class Tables:
 
     def retry(self, fn: Callable[[], T]) -> T:
         """Run a Lance commit, retrying optimistic-concurrency conflicts with jittered backoff."""
-        delay = 0.02
-        for attempt in range(self.commit_retries + 1):
-            try:
-                return fn()
-            except (OSError, RuntimeError) as e:
-                if not _is_conflict(e) or attempt == self.commit_retries:
-                    raise
-            time.sleep(delay * (1 + random.random()))
-            delay = min(2 * delay, 1.0)
-        raise AssertionError("unreachable")
+        return retry_commit(fn, self.commit_retries)
 
     # ---- documents -----------------------------------------------------------------------------
     def doc_rows(self, where: str | None = None, columns: list[str] | None = None) -> list[dict]:

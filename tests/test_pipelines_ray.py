@@ -19,9 +19,9 @@ from pipelines.ask import ask, document_text, generate_from_text
 from pipelines.config import AnswerConfig, IngestConfig
 from pipelines.corpus import read_corpus
 from pipelines.ingest import ingest
-from pipelines.search import SearchIndex
 from snapshots import SnapshotStore
 from snapshots.records import text_digest
+from snapshots.search import SearchIndex
 
 from ._pipelines_helpers import REPO, assert_close_memory, tiny_model, write_corpus
 

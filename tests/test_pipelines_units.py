@@ -21,9 +21,9 @@ from pipelines.config import AnswerConfig, IngestConfig
 from pipelines.corpus import record_to_document
 from pipelines.defaults import HOW_TO_GET_DEFAULT_MODEL, resolve_model
 from pipelines.questions import pick_documents, read_records, to_question, write_answers
-from pipelines.search import SearchIndex
 from snapshots import SnapshotStore
 from snapshots.records import text_digest
+from snapshots.search import SearchIndex
 
 from ._pipelines_helpers import assert_close_memory, byte_tokenizer, tiny_model
 from ._snapshots_helpers import assert_same_memory

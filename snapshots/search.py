@@ -1,18 +1,18 @@
-"""Pick documents for a question: full-text search over stored titles and texts, or vector search.
+"""The store's search table: pick documents for a question by full text or by vector.
 
-A small Lance table `search.lance` next to the store's tables in the store folder (so
-`lancedb.connect(db)` lists it too): one row per ingested document with its title, text, text
-hash and, if the corpus gave them, an embedding. Ingestion upserts it; `beacon snapshots delete`
-removes rows; `optimize` compacts it. Full text: Lance INVERTED indexes on `title` and `text`
-(rows added since the last index update are searched too, without it). Vectors: the `vector`
+`search.lance` sits next to the store's other tables in the store folder (so `lancedb.connect(db)`
+lists it too): one row per ingested document with its title, text, text hash and, if the corpus
+gave them, an embedding (schema: schema.search_schema). Ingestion upserts it; `beacon snapshots
+delete` removes rows; `optimize` compacts it. Full text: Lance INVERTED indexes on `title` and
+`text` (rows added since the last index update are searched too, without it). Vectors: the `vector`
 column exists only if the first documents written carried embeddings (exact nearest neighbours;
-cosine); a question with an `embedding` then uses it. Only this module (and the store) touch Lance.
+cosine); a question with an `embedding` then uses it. Filters are quoted and commits retried as for
+the other tables (tables.sql_str, tables.retry_commit).
 """
 
 from __future__ import annotations
 
 import os
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,26 +21,11 @@ import numpy as np
 import pyarrow as pa
 from lance.query import MultiMatchQuery
 
-SEARCH_TABLE = "search.lance"
-TEXT_COLUMNS = ("title", "text")
+from .schema import SEARCH, SEARCH_TEXT_COLUMNS, search_schema
+from .tables import retry_commit, sql_str
 
-
-def _schema(dim: int | None) -> pa.Schema:
-    fields = [
-        pa.field("doc_id", pa.string(), nullable=False),
-        pa.field("title", pa.string()),
-        pa.field("text", pa.large_string()),
-        pa.field("source_uri", pa.string()),
-        pa.field("text_sha256", pa.string()),
-        pa.field("updated_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    ]
-    if dim is not None:
-        fields.append(pa.field("vector", pa.list_(pa.float32(), dim)))
-    return pa.schema(fields)
-
-
-def _sql(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+SEARCH_TABLE = f"{SEARCH}.lance"
+TEXT_COLUMNS = SEARCH_TEXT_COLUMNS
 
 
 class SearchIndex:
@@ -87,7 +72,7 @@ class SearchIndex:
                 | ({} if dim is None else {"vector": _vector(r, dim)})
                 for r in latest.values()
             ],
-            schema=_schema(dim),
+            schema=search_schema(dim),
         )
         if ds is None:
             try:
@@ -106,7 +91,7 @@ class SearchIndex:
     def delete(self, doc_ids: list[str]) -> None:
         """Remove the rows of `doc_ids` (those present)."""
         if doc_ids and self._open() is not None:
-            where = f"doc_id IN ({', '.join(_sql(d) for d in doc_ids)})"
+            where = f"doc_id IN ({', '.join(sql_str(d) for d in doc_ids)})"
             self._retry(lambda d: d.delete(where))
 
     def refresh(self) -> None:
@@ -154,7 +139,7 @@ class SearchIndex:
         ds = self._open()
         if ds is None:
             return None
-        t = ds.to_table(columns=["text"], filter=f"doc_id = {_sql(doc_id)}")
+        t = ds.to_table(columns=["text"], filter=f"doc_id = {sql_str(doc_id)}")
         return t.column("text")[0].as_py() if t.num_rows else None
 
     # ---- internals -----------------------------------------------------------------------------
@@ -163,16 +148,8 @@ class SearchIndex:
             ds.create_scalar_index(column, index_type="INVERTED", replace=True)
 
     def _retry(self, op) -> None:
-        """Run `op(dataset)`; Lance commits are optimistic, so a conflicting one is tried again."""
-        for attempt in range(self.commit_retries + 1):
-            try:
-                op(lance.dataset(self.uri))
-                return
-            except (OSError, RuntimeError, ValueError) as err:
-                text = str(err).lower()
-                if attempt == self.commit_retries or ("conflict" not in text and "retryable" not in text):
-                    raise
-                time.sleep(min(2.0, 0.05 * 2**attempt))
+        """Run `op(dataset)` on the latest version; a conflicting optimistic commit is tried again."""
+        retry_commit(lambda: op(lance.dataset(self.uri)), self.commit_retries, (OSError, RuntimeError, ValueError))
 
 
 def _words(query: str) -> list[str]:
