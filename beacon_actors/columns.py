@@ -46,7 +46,8 @@ CONDENSED = pa.schema(
         pa.field("device", pa.string(), nullable=False),
     ]
 )
-CONDENSED_STATUSES = ("condensed", "stored", "empty", "failed")  # stored: found in the store already
+CONDENSED_STATUSES = ("condensed", "stored", "empty", "failed", "skipped")  # stored: found in the store already;
+# skipped: longer than max_document_tokens (the error says so)
 
 QUESTIONS = pa.schema(
     [

@@ -5,6 +5,7 @@ Input columns: TOKENIZED. Output columns: CONDENSED (one row per input row, in o
 Per call, a document is
   * 'failed' if it carries an error (unreadable) or the engine/store refuses it (the error says why);
   * 'empty' if it has no tokens (nothing to store);
+  * 'skipped' if it has more tokens than `max_document_tokens` (the error says how many);
   * 'stored' if the store already holds it with the same text hash and model fingerprint — so a
     batch retried after a crash, or a job run again, condenses nothing twice;
   * else 'condensed': short documents are read together (`lm.condense_many`, exact, `batch_size`
@@ -13,6 +14,10 @@ Per call, a document is
     length — the memory is bit-identical to reading it at once, and only one piece's ids and
     activations are on the device at a time — and each memory is put into the
     store as soon as it is complete — all of it or nothing is readable (the store's atomic put).
+
+`stream(row, tokenizer)` condenses one long document on its own (the pipeline gives long documents
+actors of their own, so they never hold up the rest): it tokenizes it, yields progress after every
+piece and finally its CONDENSED row — a Ray streaming generator when called on an actor.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import beacon
 from snapshots import SnapshotStore
 from snapshots.errors import DocumentNotFoundError, SnapshotError
 
-from .columns import CONDENSED, table
+from .columns import CONDENSED, TOKENIZED, table
 from .device import resolve_device, worker_name
 
 INPUT_COLUMNS = ("doc_id", "text", "title", "source_uri", "metadata_json", "text_sha256", "error", "token_ids")
@@ -54,6 +59,8 @@ class Condenser:
             instead of condensing them again (False: condense and replace everything).
         compile_layers: torch.compile the decoder layer (GPU, bf16/fp16): faster condensing after a
             first call that compiles for tens of seconds — for long ingestion jobs.
+        max_document_tokens: documents with more tokens are 'skipped' (None: no limit).
+        replace_ids: ids condensed and put again even if stored with the same text (damaged ones).
     """
 
     def __init__(
@@ -70,6 +77,8 @@ class Condenser:
         return_text: bool = True,
         skip_stored: bool = True,
         compile_layers: bool = False,
+        max_document_tokens: int | None = None,
+        replace_ids: list[str] | None = None,
     ):
         if batch_size < 1 or piece_tokens < 1 or long_document_tokens < 1:
             raise ValueError(
@@ -87,6 +96,8 @@ class Condenser:
         self.store_dtype = store_dtype
         self.return_text = return_text
         self.skip_stored = skip_stored
+        self.max_document_tokens = max_document_tokens
+        self.replace_ids = set(replace_ids or ())
         self.worker = worker_name()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -98,7 +109,9 @@ class Condenser:
                 results[i] = self._result(row, "failed", error=row["error"])
             elif not row["token_ids"]:
                 results[i] = self._result(row, "empty")
-            elif self.skip_stored and self._already_stored(row):
+            elif self._too_long(row):
+                results[i] = self._result(row, "skipped", error=self._too_long(row))
+            elif self.skip_stored and row["doc_id"] not in self.replace_ids and self._already_stored(row):
                 results[i] = self._result(row, "stored")
             else:
                 todo.append(i)
@@ -128,6 +141,14 @@ class Condenser:
         return [(elapsed * len(r["token_ids"]) / total, e) for r, e in zip(rows, errors, strict=True)]
 
     def _condense_long(self, row: dict) -> tuple[float, str | None]:
+        for step in self._pieces(row):
+            if "error" in step:
+                return step["seconds"], step["error"]
+        raise AssertionError("_pieces ends with an outcome")
+
+    def _pieces(self, row: dict):
+        """Condense one document piece by piece: yields {"done", "n_tokens", "seconds"} after each
+        piece, then {"seconds", "error"} (error None: put)."""
         start = time.perf_counter()
         ids = torch.tensor(row["token_ids"], dtype=torch.long)  # (n,) on the host; one piece at a time moves
         n = ids.shape[0]
@@ -135,10 +156,39 @@ class Condenser:
         try:
             for at in range(0, n, self.piece_tokens):
                 memory = self.lm.condense(ids[at : at + self.piece_tokens], memory, expected_length=n)
+                yield {"done": min(n, at + self.piece_tokens), "n_tokens": n, "seconds": time.perf_counter() - start}
         except ValueError as err:
-            return time.perf_counter() - start, f"the engine refused it: {err}"
+            yield {"seconds": time.perf_counter() - start, "error": f"the engine refused it: {err}"}
+            return
         error = self._put(row, memory)
-        return time.perf_counter() - start, error
+        yield {"seconds": time.perf_counter() - start, "error": error}
+
+    def stream(self, row: dict, tokenizer: str):
+        """Tokenize and condense one (long) DOCUMENTS row alone. Yields {"doc_id", "done", "n_tokens",
+        "seconds"} after each piece and last {"result": its CONDENSED row}."""
+        from .columns import DOCUMENTS
+        from .tokenize import tokenize_documents
+
+        (row,) = tokenize_documents(table([row], DOCUMENTS), tokenizer=tokenizer).to_pylist()
+        if not row["token_ids"] or self._too_long(row) or (
+            self.skip_stored and row["doc_id"] not in self.replace_ids and self._already_stored(row)
+        ):
+            yield {"result": self(table([row], TOKENIZED)).to_pylist()[0]}
+            return
+        yield {"doc_id": row["doc_id"], "done": 0, "n_tokens": len(row["token_ids"]), "seconds": 0.0}
+        for step in self._pieces(row):
+            if "error" in step:
+                status = "failed" if step["error"] else "condensed"
+                result = self._result(row, status, seconds=step["seconds"], error=step["error"])
+                yield {"result": table([result], CONDENSED).to_pylist()[0]}
+                return
+            yield {"doc_id": row["doc_id"], **step}
+
+    def _too_long(self, row: dict) -> str | None:
+        n = len(row["token_ids"] or ())
+        if self.max_document_tokens is not None and n > self.max_document_tokens:
+            return f"{n:,} tokens, more than max_document_tokens ({self.max_document_tokens:,}): not condensed"
+        return None
 
     def _put(self, row: dict, memory) -> str | None:
         """Store one memory; a refusal of this document (ValueError) is returned, not raised."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 
 import click
 
@@ -91,26 +90,44 @@ def _actors(_ctx, _param, value: str) -> tuple[int, int]:
     return pool
 
 
-def connect(address, dashboard_host, dashboard, num_cpus, num_gpus, verbose) -> None:
-    """Join or start Ray for a command (quiet unless --verbose)."""
-    from pipelines.cluster import RayOptions, ensure_ray
+def ray_settings(address, dashboard_host, dashboard, num_cpus, num_gpus, verbose):
+    """The RayOptions of a command's Ray options (quiet unless --verbose); Ray starts only when needed."""
+    from pipelines.cluster import RayOptions
 
     if not verbose:
-        import ray.data  # noqa: F401  (it configures its loggers on import; quieten them after)
-
-        for name in ("ray", "ray.data"):
-            logging.getLogger(name).setLevel(logging.WARNING)
         quiet_transformers()
-    ensure_ray(
-        RayOptions(
-            address=address,
-            dashboard_host=dashboard_host,
-            include_dashboard=dashboard,
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            log_to_driver=verbose,
-        )
+    return RayOptions(
+        address=address,
+        dashboard_host=dashboard_host,
+        include_dashboard=dashboard,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        log_to_driver=verbose,
+        quiet=not verbose,
     )
+
+
+def connect(address, dashboard_host, dashboard, num_cpus, num_gpus, verbose) -> None:
+    """Join or start Ray for a command now (quiet unless --verbose)."""
+    from pipelines.cluster import ensure_ray
+
+    ensure_ray(ray_settings(address, dashboard_host, dashboard, num_cpus, num_gpus, verbose))
+
+
+PARTIAL_FAILURE = 3  # exit status of a run that finished but failed some items (--allow-failures: 0)
+
+
+def exit_if_failed(n_failed: int, what: str, allow_failures: bool) -> None:
+    """Exit with PARTIAL_FAILURE when items failed, unless allowed (the summary was printed already)."""
+    if n_failed and not allow_failures:
+        click.echo(f"{n_failed} {what} failed (exit {PARTIAL_FAILURE}; --allow-failures exits 0)", err=True)
+        raise SystemExit(PARTIAL_FAILURE)
+
+
+def allow_failures_option(f):
+    return click.option(
+        "--allow-failures", is_flag=True, help=f"Exit 0 even if some items failed (default: exit {PARTIAL_FAILURE})."
+    )(f)
 
 
 def quiet_transformers() -> None:
@@ -132,5 +149,10 @@ def explain_errors(f):
         except (OSError, ValueError, SnapshotError) as err:
             cause = getattr(err, "cause", None)  # a Ray task's error: show what the task raised
             raise click.ClickException(str(cause if isinstance(cause, Exception) else err)) from err
+        except Exception as err:  # a Ray task's error wrapping one of the above: its cause, not its traceback
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, (OSError, ValueError, SnapshotError)):
+                raise click.ClickException(str(cause)) from err
+            raise
 
     return wrapper

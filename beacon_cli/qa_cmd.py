@@ -8,12 +8,14 @@ from pathlib import Path
 import click
 
 from .pipeline_options import (
-    connect,
+    allow_failures_option,
+    exit_if_failed,
     explain_errors,
     model_options,
     pool_options,
     quiet_transformers,
     ray_options,
+    ray_settings,
     store_options,
 )
 
@@ -37,9 +39,14 @@ def _answer_config(**kwargs):
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer row (doc ids, timings) as JSON.")
+@allow_failures_option
 @explain_errors
-def ask(question, doc_ids, db, model, tokenizer, dtype, top_k, max_new_tokens, device, as_json) -> None:
-    """Answer QUESTION from stored snapshots (in this process, no Ray) and print the answer."""
+def ask(question, doc_ids, db, model, tokenizer, dtype, top_k, max_new_tokens, device, as_json, allow_failures) -> None:
+    """Answer QUESTION from stored snapshots (in this process, no Ray) and print the answer.
+
+    --doc-id takes a stored id or its stem. Exit status: 0, 1 (could not run), 3 (no answer: the row's
+    error says why; --allow-failures: 0).
+    """
     from pipelines.ask import ask as run
 
     quiet_transformers()
@@ -48,8 +55,10 @@ def ask(question, doc_ids, db, model, tokenizer, dtype, top_k, max_new_tokens, d
     row = run(question, config, doc_ids=list(doc_ids) or None)
     if as_json:
         click.echo(json.dumps(row, indent=2, default=str))
+        exit_if_failed(int(bool(row.get("error"))), "answers", allow_failures)
     elif row.get("error"):
-        raise click.ClickException(row["error"])
+        click.echo(f"Error: {row['error']}", err=True)
+        exit_if_failed(1, "answers", allow_failures)
     else:
         click.echo(row["answer"])
         click.echo(
@@ -71,29 +80,30 @@ def ask(question, doc_ids, db, model, tokenizer, dtype, top_k, max_new_tokens, d
 @click.option("--cache-gb", type=float, default=2.0, show_default=True, help="Loaded memories kept per actor (LRU).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@allow_failures_option
 @explain_errors
 def qa(questions, output, db, model, tokenizer, dtype, actors, gpus_per_actor, cpus_per_actor, batch_size, address,
        dashboard_host, dashboard, num_cpus, num_gpus, verbose, top_k, max_new_tokens, cache_gb, progress,
-       as_json) -> None:  # fmt: skip
+       as_json, allow_failures) -> None:  # fmt: skip
     """Answer every question of QUESTIONS (.jsonl/.parquet: question, doc_ids?, id?, answer?) on Ray.
 
     Questions without doc_ids read the --top-k documents that full-text search picks. Answers, with
-    their doc ids and timings (load, first token, total), go to --output.
+    their doc ids and timings (load, first token, total), go to --output. Exit status: 0, 1 (could not
+    run), 3 (some questions failed: listed; --allow-failures: 0).
     """
     from pipelines.answer import answer_questions
-    from pipelines.cluster import gpus_per_actor as default_gpus
 
-    _answer_config(model=model)
-    connect(address, dashboard_host, dashboard, num_cpus, num_gpus, verbose)
     config = _answer_config(
         questions=questions, output=output, db=db, model=model, tokenizer=tokenizer, dtype=dtype,
-        num_gpus=default_gpus(gpus_per_actor), num_cpus=cpus_per_actor, min_actors=actors[0], max_actors=actors[1],
+        num_gpus=gpus_per_actor, num_cpus=cpus_per_actor, min_actors=actors[0], max_actors=actors[1],
         batch_size=batch_size, max_new_tokens=max_new_tokens, top_k=top_k, cache_bytes=int(cache_gb * 2**30),
         progress=progress,
     )  # fmt: skip
-    report = answer_questions(config)
+    report = answer_questions(config, ray_options=ray_settings(address, dashboard_host, dashboard, num_cpus, num_gpus,
+                                                               verbose))  # fmt: skip
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+        exit_if_failed(report.n_failed, "questions", allow_failures)
         return
     total = report.latency.get("total_s", {})
     graded = f", {report.n_correct}/{report.n_with_expected} correct" if report.n_with_expected else ""
@@ -103,6 +113,7 @@ def qa(questions, output, db, model, tokenizer, dtype, actors, gpus_per_actor, c
     )
     for f in report.failures[:10]:
         click.echo(f"  failed {f['question_id']}: {f['error']}", err=True)
+    exit_if_failed(report.n_failed, "questions", allow_failures)
 
 
 @click.command("generate")

@@ -10,14 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .cluster import RayOptions, ensure_ray
+from .catalog import open_store
+from .cluster import RayOptions, ensure_ray, gpus_per_actor
 from .config import AnswerConfig
 from .defaults import absolute, resolve_model
 from .progress import Progress
-from .questions import questions_table, read_questions, write_answers
+from .questions import answer_format, questions_table, read_questions, write_answers
 from .reports import AnswerReport, WorkerStats, is_correct, summarize
-
-MAX_REPORTED_FAILURES = 100
 
 
 def answer_questions(
@@ -39,12 +38,15 @@ def answer_questions(
 
     if not config.questions or not config.output:
         raise ValueError("batch QA needs questions (a .jsonl/.parquet file) and output (answers .jsonl/.parquet)")
-    ensure_ray(ray_options)
     model = resolve_model(config.model)
     tokenizer = None if config.tokenizer is None else resolve_model(config.tokenizer)
     db = absolute(config.db)
     start = time.perf_counter()
+    open_store(db)  # checked before Ray starts: a missing store or a --db that is a file is a one-line error
+    answer_format(config.output)
     rows = read_questions(config.questions, db, top_k=config.top_k)
+    ensure_ray(ray_options)
+    num_gpus = gpus_per_actor(config.num_gpus)
     report = AnswerReport(str(config.questions), absolute(config.output), db, model, n_questions=len(rows))
     rows.sort(key=lambda r: (tuple(r["doc_ids"] or ()), r["index"]))  # one memory load per group and batch
     out: list[dict] = []
@@ -58,7 +60,7 @@ def answer_questions(
                 max_new_tokens=config.max_new_tokens, cache_bytes=config.cache_bytes,
             ),
             compute=ActorPoolStrategy(min_size=config.min_actors, max_size=config.max_actors),
-            num_gpus=config.num_gpus,
+            num_gpus=num_gpus,
             num_cpus=config.num_cpus,
             batch_size=config.batch_size,
             batch_format="pyarrow",
@@ -83,9 +85,7 @@ def answer_questions(
 def _tally(report: AnswerReport, rows: list[dict]) -> None:
     ok = [r for r in rows if r["error"] is None]
     report.n_answered, report.n_failed = len(ok), len(rows) - len(ok)
-    report.failures = [{"question_id": r["question_id"], "error": r["error"]} for r in rows if r["error"]][
-        :MAX_REPORTED_FAILURES
-    ]
+    report.failures = [{"question_id": r["question_id"], "error": r["error"]} for r in rows if r["error"]]
     graded = [r for r in ok if r["expected"] is not None]
     report.n_with_expected = len(graded)
     report.n_correct = sum(is_correct(r["answer"], r["expected"]) for r in graded)

@@ -15,8 +15,10 @@ from beacon_actors.generation import greedy_answer
 from beacon_actors.text import decode_answer, document_ids, load_tokenizer, question_ids, stop_ids
 from snapshots.search import SearchIndex
 
+from .catalog import open_store
 from .config import AnswerConfig
 from .defaults import absolute, resolve_model
+from .lookup import resolve_id, resolve_ids
 from .questions import pick_documents, to_question
 
 
@@ -38,6 +40,8 @@ def ask(
 ) -> dict:
     """Answer one question from stored snapshots (`doc_ids`, else the top_k search hits). Returns an
     ANSWERS row; a failure (document not stored, nothing found) is in its `error`."""
+    if doc_ids:  # the ids as stored: a stem or a name with its extension finds its document
+        doc_ids = resolve_ids(doc_ids, open_store(absolute(config.db)).ids(), where=config.db)
     answerer = answerer or load_answerer(config)
     row = to_question({"question": question, "doc_ids": doc_ids}, 0, source="question")
     row = pick_documents(row, SearchIndex(absolute(config.db)), top_k=config.top_k)
@@ -46,7 +50,9 @@ def ask(
 
 def document_text(db: str, doc_id: str) -> str:
     """The text `doc_id` was ingested from (kept by the search table)."""
-    text = SearchIndex(absolute(db)).text_of(doc_id)
+    index = SearchIndex(absolute(db))
+    doc_id = resolve_id(doc_id, set(index.known()), where=f"the search table of {db}")
+    text = index.text_of(doc_id)
     if text is None:
         raise ValueError(
             f"the store {db!r} keeps no text of {doc_id!r} (not ingested, or ingested without the search table):"

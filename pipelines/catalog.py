@@ -10,9 +10,13 @@ from snapshots.records import DocumentInfo
 from snapshots.reports import OptimizeReport
 from snapshots.search import SearchIndex
 
+from .lookup import resolve_id, resolve_ids
+
 
 def open_store(db: str | os.PathLike) -> SnapshotStore:
     """The store at `db`; ValueError saying how to make one if there is none."""
+    if Path(db).exists() and not Path(db).is_dir():
+        raise ValueError(f"--db {str(db)!r} is a file, not a snapshot store folder: give the folder you ingested into")
     if not Path(db).is_dir():
         raise ValueError(f"no snapshot store at {str(db)!r}: ingest a corpus first (beacon ingest CORPUS --db {db})")
     return SnapshotStore(db)
@@ -24,13 +28,25 @@ def list_documents(db: str | os.PathLike) -> list[DocumentInfo]:
 
 
 def show_document(db: str | os.PathLike, doc_id: str) -> DocumentInfo:
-    """The stored record of `doc_id` (DocumentNotFoundError if none)."""
-    return open_store(db).show(doc_id)
+    """The stored record of `doc_id`, or of the one its stem names (DocumentNotFoundError with the closest ids)."""
+    store = open_store(db)
+    return store.show(resolve_id(doc_id, store.ids(), where=str(db)))
+
+
+def verify_documents(db: str | os.PathLike, doc_ids: list[str] | None = None) -> tuple[int, dict[str, str]]:
+    """(documents checked, {doc_id: damage}): every checksum and fingerprint of `doc_ids` (all if None)."""
+    store = open_store(db)
+    ids = store.ids()
+    wanted = ids if not doc_ids else resolve_ids(doc_ids, ids, where=str(db))
+    return len(wanted), store.verify(wanted)
 
 
 def delete_documents(db: str | os.PathLike, doc_ids: list[str], *, missing_ok: bool = False) -> list[str]:
     """Delete the snapshots and search rows of `doc_ids`; returns the ids that were stored."""
     store = open_store(db)
+    stored = store.ids()
+    if not missing_ok:
+        doc_ids = resolve_ids(doc_ids, stored, where=str(db))
     gone = [d for d in doc_ids if store.delete(d, missing_ok=missing_ok)]
     SearchIndex(db).delete(list(doc_ids))
     return gone

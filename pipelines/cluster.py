@@ -11,7 +11,8 @@ class RayOptions:
     """How to reach Ray.
 
     address: a running cluster ("auto", "HOST:PORT", "ray://HOST:10001"); None joins the one named
-        by RAY_ADDRESS (set inside `ray job submit`), else starts Ray here, embedded in this process.
+        by RAY_ADDRESS (set inside `ray job submit`), else starts a new Ray here, embedded in this
+        process (address="local": never a cluster `ray start` left running on the machine).
     dashboard_host: where a Ray started here serves its dashboard and job server.
     include_dashboard: start the dashboard with a local Ray (None: Ray's default, if installed).
     num_cpus, num_gpus: resources of a Ray started here (None: what the machine has).
@@ -23,6 +24,7 @@ class RayOptions:
     num_cpus: int | None = None
     num_gpus: int | None = None
     log_to_driver: bool = True
+    quiet: bool = False  # hide Ray's and Ray Data's own log lines below ERROR (the CLI without -v)
 
 
 def ensure_ray(options: RayOptions | None = None) -> None:
@@ -32,12 +34,15 @@ def ensure_ray(options: RayOptions | None = None) -> None:
     if ray.is_initialized():
         return
     o = options or RayOptions()
+    if o.quiet:
+        quiet_ray()
     address = o.address or os.environ.get("RAY_ADDRESS")
     try:
         if address:
             ray.init(address=address, log_to_driver=o.log_to_driver)
         else:
             ray.init(
+                address="local",
                 num_cpus=o.num_cpus,
                 num_gpus=o.num_gpus,
                 dashboard_host=o.dashboard_host,
@@ -56,6 +61,22 @@ def ensure_ray(options: RayOptions | None = None) -> None:
             f"the Ray cluster at {address!r} refused this client ({err}). It uses token authentication: run"
             " with RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token (or RAY_AUTH_TOKEN)."
         ) from err
+
+
+def quiet_ray() -> None:
+    """Keep Ray's own warnings off the terminal: its loggers at ERROR, no Ray Data progress bars,
+    no usage-stats notice, and Lance's fork warning (its tables are opened before Ray forks) off."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # C++ log lines (core_worker notices) off the terminal
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", message=".*fork.*")
+    import ray.data  # noqa: F401  (it configures its loggers on import; quieten them after)
+
+    for name in ("ray", "ray.data", "ray._private", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def gpus_per_actor(requested: float | None) -> float:

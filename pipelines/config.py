@@ -13,7 +13,7 @@ def _check_pool(c) -> None:
         raise ValueError(
             f"actor pool min_actors={c.min_actors}, max_actors={c.max_actors}: need 1 <= min_actors <= max_actors"
         )
-    if c.num_gpus < 0 or c.num_cpus < 0:
+    if (c.num_gpus is not None and c.num_gpus < 0) or c.num_cpus < 0:
         raise ValueError(f"num_gpus={c.num_gpus}, num_cpus={c.num_cpus}: resources per actor must be >= 0")
     if c.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {c.batch_size}")
@@ -43,14 +43,21 @@ class IngestConfig(_FromDict):
     tokenizer: str | None = None  # default: the model's own
     dtype: str | None = None  # model dtype, e.g. "bf16" on GPUs (None: the checkpoint's); part of the fingerprint
     corpus_format: str = "auto"  # auto | files | jsonl | parquet
+    ids: str = "stem"  # folder ids: "stem" = relative path without the extension, "path" = with it
+    follow_symlinks: bool = False  # read symlinked files and folders (each file once) instead of skipping them
+    strict: bool = False  # any skipped entry (bad row, binary file, ...) is an error before anything is written
+    repair: bool = False  # read every stored byte of the corpus's documents; condense damaged ones again
+    max_document_tokens: int | None = None  # longer documents are skipped (named in the report), not condensed
     # the Condenser pool: resources per actor and min..max actors (Ray Data autoscales between them)
-    num_gpus: float = 0.0  # per actor; 1 on GPU nodes, 0 on CPU clusters
+    num_gpus: float | None = 0.0  # per actor; 1 on GPU nodes, 0 on CPU clusters; None: 1 if the cluster has GPUs
     num_cpus: float = 1.0  # per actor
     min_actors: int = 1
     max_actors: int = 1
     batch_size: int = 8  # documents per actor call, read together per forward pass
     piece_tokens: int = 8192  # a long document is handed to the engine this many tokens at a time
-    long_document_tokens: int = 32768  # longer documents are condensed alone, streamed in pieces
+    long_document_tokens: int = 32768  # longer documents are condensed alone, streamed in pieces, beside the rest
+    long_actors: int = 1  # actors that condense long documents (one at a time each), beside the pool
+    long_cpus: float = 0.5  # CPUs per long-document actor (GPUs: num_gpus); 0.5 leaves a 2-CPU machine room
     store_dtype: str | None = None  # stored bytes (None: lossless; "float8_e4m3fn" halves bf16)
     compile_layers: bool = False  # torch.compile the decoder layer: faster after a slow first call (long jobs)
     tokenize_cpus: float = 0.5  # CPUs per tokenize task (one document at a time: one thread); != num_cpus keeps
@@ -64,6 +71,12 @@ class IngestConfig(_FromDict):
         _check_pool(self)
         if self.tokenize_cpus <= 0:
             raise ValueError(f"tokenize_cpus must be > 0, got {self.tokenize_cpus}")
+        if self.long_actors < 1 or self.long_cpus < 0:
+            raise ValueError(f"long_actors={self.long_actors}, long_cpus={self.long_cpus}: need >= 1 and >= 0")
+        if self.max_document_tokens is not None and self.max_document_tokens < 1:
+            raise ValueError(f"max_document_tokens must be >= 1 (or None: no limit), got {self.max_document_tokens}")
+        if self.ids not in ("stem", "path"):
+            raise ValueError(f"ids={self.ids!r}: choose 'stem' (path without extension) or 'path'")
         if self.piece_tokens < 1 or self.long_document_tokens < 1:
             raise ValueError(
                 f"piece_tokens={self.piece_tokens}, long_document_tokens={self.long_document_tokens}: both must be >= 1"
@@ -84,7 +97,7 @@ class AnswerConfig(_FromDict):
     model: str = DEFAULT_MODEL
     tokenizer: str | None = None
     dtype: str | None = None  # must be what the snapshots were condensed with
-    num_gpus: float = 0.0
+    num_gpus: float | None = 0.0  # per actor; None: 1 if the cluster has GPUs, else 0
     num_cpus: float = 1.0
     min_actors: int = 1
     max_actors: int = 1

@@ -16,7 +16,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from beacon_actors.columns import ANSWERS, QUESTIONS, table
+from snapshots.errors import DocumentNotFoundError
 from snapshots.search import SearchIndex
+
+from .catalog import open_store
+from .lookup import resolve_ids
 
 ANSWER_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 
@@ -64,7 +68,7 @@ def to_question(record: dict, index: int, *, source: str = "questions") -> dict:
 
 def pick_documents(question: dict, search: SearchIndex, *, top_k: int, embedding: list[float] | None = None) -> dict:
     """Fill `doc_ids` of a question that has none from the search table (best match last)."""
-    if question["doc_ids"]:
+    if question["doc_ids"] or question.get("error"):
         return question
     hits = search.search(question["question"], k=top_k, embedding=embedding)
     if not hits:
@@ -79,9 +83,16 @@ def read_questions(path: str | os.PathLike, db: str, *, top_k: int) -> list[dict
     """QUESTIONS rows of the file at `path`, documents picked for those without doc ids."""
     records = read_records(path)
     search = SearchIndex(db)
+    stored = None
     rows = []
     for i, record in enumerate(records):
         q = to_question(record, i, source=str(path))
+        if q["doc_ids"]:  # as stored: a stem or a name with its extension finds its document
+            stored = set(open_store(db).ids()) if stored is None else stored
+            try:
+                q["doc_ids"] = resolve_ids(q["doc_ids"], stored, where=db)
+            except DocumentNotFoundError as err:
+                q["error"] = f"DocumentNotFoundError: {err}"
         rows.append(pick_documents(q, search, top_k=top_k, embedding=record.get("embedding")))
     return rows
 
@@ -90,12 +101,21 @@ def questions_table(rows: list[dict]) -> pa.Table:
     return table(rows, QUESTIONS)
 
 
-def write_answers(rows: list[dict], path: str | os.PathLike) -> Path:
-    """Write ANSWERS rows (sorted by `index`) to a .jsonl or .parquet file; returns its path."""
+def answer_format(path: str | os.PathLike) -> str:
+    """'jsonl' or 'parquet' for an answers file name (ValueError otherwise)."""
     p = Path(path)
     kind = ANSWER_FORMATS.get(p.suffix)
     if kind is None:
         raise ValueError(f"answers file {str(p)!r}: name it *.jsonl or *.parquet")
+    if p.exists() and p.is_dir():
+        raise ValueError(f"answers file {str(p)!r} is a folder: give a file name")
+    return kind
+
+
+def write_answers(rows: list[dict], path: str | os.PathLike) -> Path:
+    """Write ANSWERS rows (sorted by `index`) to a .jsonl or .parquet file; returns its path."""
+    p = Path(path)
+    kind = answer_format(p)
     p.parent.mkdir(parents=True, exist_ok=True)
     rows = sorted(rows, key=lambda r: r["index"])
     if kind == "parquet":

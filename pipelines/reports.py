@@ -19,11 +19,15 @@ class WorkerStats:
 
 @dataclass
 class IngestReport:
-    """Counts and speeds of one ingestion.
+    """Counts, ids and speeds of one ingestion.
 
-    n_documents: read from the corpus; n_skipped: already stored (same text hash, same model),
-    dropped before tokenizing; n_stored: found stored by an actor (a retried batch, a concurrent
-    job); n_condensed: condensed and put now; n_empty: no tokens; n_failed: see `failures`.
+    n_items: corpus entries looked at (files, non-blank lines, rows); n_skipped: entries not
+    ingested for a reason (`skipped`: where, doc_id, reason — a bad row, a binary file, a
+    duplicate id, a document over max_document_tokens, ...); n_documents: documents read (items
+    minus skips, plus documents skipped for their length). Of those: n_stored were stored already
+    (same text hash, same model; found before Ray started or by an actor), n_condensed condensed
+    and put now (`repaired`: those that were stored damaged), n_empty had no text, n_failed were
+    refused by the engine or store (`failures`). The id lists name every document of each kind.
     tokens_per_s and documents_per_s count condensed documents over the wall time of the run.
     """
 
@@ -31,6 +35,7 @@ class IngestReport:
     db: str
     model: str
     fingerprint_id: str | None  # of the model, when it was needed (the store held documents to compare with)
+    n_items: int = 0
     n_documents: int = 0
     n_skipped: int = 0
     n_stored: int = 0
@@ -39,8 +44,15 @@ class IngestReport:
     n_failed: int = 0
     n_tokens: int = 0
     seconds: float = 0.0
-    failures: list[dict] = field(default_factory=list)  # {doc_id, error}, at most 100
-    duplicates: list[str] = field(default_factory=list)  # doc ids seen twice in the corpus (last one wins)
+    ray_started: bool = False  # False: everything was known before Ray was needed
+    condensed: list[str] = field(default_factory=list)
+    stored: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # {where, doc_id, reason}
+    failures: list[dict] = field(default_factory=list)  # {doc_id, error}
+    duplicates: list[str] = field(default_factory=list)  # doc ids an actor returned twice (never expected)
+    long_documents: list[dict] = field(default_factory=list)  # {doc_id, n_tokens, seconds, tokens_per_s}
     workers: dict[str, WorkerStats] = field(default_factory=dict)
 
     @property

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 from beacon.train import SUMMARY_FILE, TrainConfig
+
+from .cluster import ensure_ray
+
+WORKER_GROUP_START_TIMEOUT_S = 600.0
 
 
 def _absolute(path: str) -> str:
@@ -45,8 +50,11 @@ def train_on_ray(cfg: TrainConfig, *, num_workers: int = 2, use_gpu: bool | None
 
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    if not ray.is_initialized():
-        ray.init()
+    ensure_ray()  # a local Ray unless RAY_ADDRESS names one: never a cluster left running here, silently
+    # Ray Train tears the worker group down (and removes its placement group) when its workers are not
+    # all up within 60 s (its default): on a busy machine two workers importing torch can take longer.
+    # Ray Train passes this variable from the driver to its controller and workers.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(WORKER_GROUP_START_TIMEOUT_S))
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= num_workers
     cfg = dataclasses.replace(

@@ -8,6 +8,9 @@ sides and every field that differs.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from .errors import FingerprintMismatchError
 
 _COMPARED = ("model_type", "dtype", "base_config_sha256", "base_probe_sha256", "beacon_weights_sha256")
@@ -37,3 +40,14 @@ def check_fingerprint(stored: dict, current: dict, *, doc_id: str) -> None:
 
 def _side(fp: dict) -> str:
     return f"{fp.get('name') or '?'} ({fp.get('model_type')}, {fp.get('dtype')}, fingerprint {fp.get('id')})"
+
+
+def fingerprint_problem(fp: dict) -> str | None:
+    """Why a stored fingerprint is not self-consistent (its `id` is not the hash of its fields), or None."""
+    if not isinstance(fp, dict) or "id" not in fp:
+        return "its fingerprint has no id"
+    key = {k: v for k, v in fp.items() if k not in ("id", "name")}
+    want = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    if want != fp["id"]:
+        return f"its fingerprint's id {fp['id']} is not the hash of its fields ({want}): the record was altered"
+    return None

@@ -32,8 +32,14 @@ from beacon import BeaconLM, Memory
 from beacon.memory import EXPORT_VERSION
 
 from .codec import FP8, Slab, dtype_name, encode, plan_slabs, segments_of, to_dtype
-from .errors import ConcurrentUpdateError, CorruptSnapshotError, DocumentExistsError, DocumentNotFoundError
-from .fingerprints import check_fingerprint
+from .errors import (
+    ConcurrentUpdateError,
+    CorruptSnapshotError,
+    DocumentExistsError,
+    DocumentNotFoundError,
+    SnapshotError,
+)
+from .fingerprints import check_fingerprint, fingerprint_problem
 from .loader import RowRead, load_rows, load_rows_in_background
 from .records import DocumentInfo, Part, Piece, chosen_ratios, full_kv_bytes, text_digest, tokens_digest
 from .reports import DocStats, OptimizeReport, StoreStats
@@ -235,6 +241,62 @@ class SnapshotStore:
     def list(self) -> list[DocumentInfo]:
         """All stored documents, by doc_id."""
         return self._read_docs()
+
+    def ids(self) -> list[str]:
+        """Every stored doc id, sorted (reads only the id column)."""
+        return sorted({r["doc_id"] for r in self.tables.doc_rows(columns=["doc_id"])})
+
+    def list_readable(self) -> tuple[list[DocumentInfo], dict[str, str]]:
+        """(every stored document whose record parses and passes its checksum, {doc_id: why not} of the others)."""
+        infos, damaged = [], {}
+        latest = _newest_per_id(self.tables.doc_rows())
+        for doc_id in sorted(latest):
+            try:
+                infos.append(DocumentInfo.from_row(latest[doc_id]))
+            except SnapshotError as e:
+                damaged[doc_id] = f"{type(e).__name__}: {e}"
+        return infos, damaged
+
+    def verify(self, doc_ids: Sequence[str] | None = None, *, read_data: bool = True) -> dict[str, str]:
+        """{doc_id: what is wrong} for the damaged documents among `doc_ids` (all if None).
+
+        Checks each documents record (its checksum, its fingerprint's id against the fingerprint's
+        fields), the rows' headers and that they tile the memory once, and with `read_data` every
+        row's bytes against its crc32 (a whole read of the snapshots). Unknown ids raise
+        DocumentNotFoundError.
+        """
+        infos, damaged = self.list_readable()
+        by_id = {i.doc_id: i for i in infos}
+        wanted = sorted(set(by_id) | set(damaged)) if doc_ids is None else list(doc_ids)
+        out = {}
+        for doc_id in wanted:
+            if doc_id in damaged:
+                out[doc_id] = damaged[doc_id]
+                continue
+            if doc_id not in by_id:
+                raise DocumentNotFoundError(f"no document {doc_id!r} in {self.path} (list() shows what is stored)")
+            problem = self._check(by_id[doc_id], read_data)
+            if problem:
+                out[doc_id] = problem
+        return out
+
+    def _check(self, info: DocumentInfo, read_data: bool) -> str | None:
+        problem = fingerprint_problem(info.fingerprint)
+        if problem:
+            return f"CorruptSnapshotError: document {info.doc_id!r}: {problem}"
+        try:
+            if read_data:
+                memory, _ = self._load_once(info, "cpu")
+                del memory
+            else:
+                view = self.tables.snapshot_view()
+                try:
+                    self._plan_load(view, info)
+                finally:
+                    view.close()
+        except SnapshotError as e:
+            return f"{type(e).__name__}: {e}"
+        return None
 
     def delete(self, doc_id: str, *, missing_ok: bool = False) -> bool:
         """Remove `doc_id` and its rows. Returns False if it was not stored and missing_ok, else raises

@@ -53,7 +53,7 @@ def tiny_model(dst: Path, family: str = "qwen2", *, chat_template: str | None = 
 
 
 def write_corpus(folder: Path, n: int, *, tokens: int = 200, seed: int = 0) -> list[str]:
-    """`n` Markdown files of about `tokens` bytes each, with a fact per document; returns their doc ids."""
+    """`n` Markdown files docNNN.md of about `tokens` bytes each, with a fact per document; returns their doc ids."""
     import random
 
     rng = random.Random(seed)
@@ -64,7 +64,7 @@ def write_corpus(folder: Path, n: int, *, tokens: int = 200, seed: int = 0) -> l
         body = " ".join(rng.choice(words) for _ in range(tokens // 6))
         text = f'# Note {i}\n\nKEY_{i:03d} = "{rng.choice(words)}-{i}"\n{body}\n'
         (folder / f"doc{i:03d}.md").write_text(text[: max(tokens, 40)])
-        ids.append(f"doc{i:03d}.md")
+        ids.append(f"doc{i:03d}")  # a folder's ids: relative paths without the extension
     return ids
 
 

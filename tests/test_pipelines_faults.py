@@ -52,4 +52,4 @@ def test_killing_a_condenser_process_loses_and_repeats_nothing(tmp_path):
         assert store.get(d, fingerprint=fingerprint).n_tokens == 1500  # whole and readable
 
     again = ingest(config)
-    assert (again.n_skipped, again.n_condensed, again.n_stored) == (24, 0, 0)
+    assert (again.n_stored, again.n_condensed, again.n_skipped, again.ray_started) == (24, 0, 0, False)

@@ -44,21 +44,22 @@ def model(tmp_path_factory):
 def test_corpus_formats_read_the_same_documents(tmp_path):
     ids = write_corpus(tmp_path / "files", 3, tokens=60)
     (tmp_path / "files" / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
-    texts = {d: (tmp_path / "files" / d).read_text() for d in ids}
+    texts = {d: (tmp_path / "files" / f"{d}.md").read_text() for d in ids}
     records = [{"id": d, "text": t, "title": f"T{d}", "metadata": {"n": i}} for i, (d, t) in enumerate(texts.items())]
     (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "c.parquet")
     for source in ("files", "c.jsonl", "c.parquet"):
         corpus = read_corpus(tmp_path / source)
         rows = {r["doc_id"]: r for r in corpus.dataset.take_all()}
-        assert corpus.n_documents == len(rows) == (4 if source == "files" else 3)
+        assert corpus.n_documents == len(rows) == 3
         for d, text in texts.items():
             assert rows[d]["text"] == text and rows[d]["text_sha256"] == text_digest(text, d)
         if source == "files":
-            assert rows["doc000.md"]["title"] == "Note 0" and rows["doc000.md"]["source_uri"].startswith("file://")
-            assert "not UTF-8" in rows["latin1.txt"]["error"]
+            assert rows["doc000"]["title"] == "Note 0" and rows["doc000"]["source_uri"].startswith("file://")
+            (skip,) = corpus.scan.skipped  # named, not read
+            assert skip.doc_id == "latin1" and "not UTF-8" in skip.reason and skip.where.endswith("latin1.txt")
         else:
-            assert rows["doc001.md"]["title"] == "Tdoc001.md" and rows["doc001.md"]["metadata_json"] == '{"n": 1}'
+            assert rows["doc001"]["title"] == "Tdoc001" and rows["doc001"]["metadata_json"] == '{"n": 1}'
     with pytest.raises(ValueError, match="does not exist"):
         read_corpus(tmp_path / "nope")
 
@@ -71,25 +72,27 @@ def test_ingest_is_exact_and_idempotent(model, tmp_path):
                           min_actors=1, max_actors=2, progress=False)  # fmt: skip
     seen = []
     report = ingest(config, on_batch=seen.extend)
-    assert (report.n_documents, report.n_condensed, report.n_empty, report.n_failed) == (14, 12, 1, 1)
+    assert (report.n_items, report.n_documents, report.n_condensed, report.n_empty) == (14, 13, 12, 1)
+    assert (report.n_skipped, report.n_failed, report.empty, report.condensed) == (1, 0, ["empty"], ids)
     assert report.n_tokens == sum(r["n_tokens"] for r in seen if r["status"] == "condensed") > 0
-    assert report.failures[0]["doc_id"] == "bad.txt" and report.tokens_per_s > 0 and not report.duplicates
+    assert report.skipped[0]["doc_id"] == "bad" and report.tokens_per_s > 0 and not report.duplicates
     store = SnapshotStore(tmp_path / "db")
     assert [i.doc_id for i in store.list()] == ids
     assert set(SearchIndex(tmp_path / "db").known()) == set(ids)
     lm = beacon.load(model)
     for d in ids[:2]:  # the stored memory is what reading the document alone gives
-        text = (tmp_path / "corpus" / d).read_text()
+        text = (tmp_path / "corpus" / f"{d}.md").read_text()
         assert_close_memory(store.get(d, fingerprint=lm.fingerprint()), lm.condense(torch.tensor(
             document_ids(lm.tokenizer, text))))  # fmt: skip
     generations = {i.doc_id: i.generation for i in store.list()}
 
-    again = ingest(config)  # nothing to do: skipped before tokenizing, nothing rewritten
-    assert (again.n_skipped, again.n_condensed, again.n_empty, again.n_failed) == (12, 0, 1, 1)
+    again = ingest(config)  # nothing to do: known before Ray is needed, nothing rewritten
+    assert (again.n_stored, again.n_condensed, again.n_empty, again.n_skipped) == (12, 0, 1, 1)
+    assert again.stored == ids and not again.ray_started
     assert {i.doc_id: i.generation for i in store.list()} == generations
-    (tmp_path / "corpus" / ids[4]).write_text("# changed\n\nnew text")
+    (tmp_path / "corpus" / f"{ids[4]}.md").write_text("# changed\n\nnew text")
     third = ingest(config)
-    assert (third.n_skipped, third.n_condensed) == (11, 1)
+    assert (third.n_stored, third.n_condensed, third.condensed) == (11, 1, [ids[4]])
     assert store.show(ids[4]).text_sha256 == text_digest("# changed\n\nnew text", ids[4])
 
 
@@ -103,9 +106,9 @@ def test_batch_qa_equals_ask_and_one_pass_over_the_text(model, tmp_path):
     assert (qa.n_questions, qa.n_answered, qa.n_failed, qa.n_with_expected) == (6, 6, 0, 6)
     assert set(qa.latency) == {"load_s", "first_token_s", "total_s"} and qa.latency["total_s"]["n"] == 6
     rows = {r["question_id"]: r for r in pq.read_table(tmp_path / "answers.parquet").to_pylist()}
-    assert rows["orbit"]["doc_ids"] == ["orbit_config.txt"] and rows["orbit"]["picked_by"] == "search"
-    assert rows["river"]["doc_ids"] == ["river_survey.txt"]
-    assert rows["two-docs"]["doc_ids"] == ["river_survey.txt", "lighthouse.md"]
+    assert rows["orbit"]["doc_ids"] == ["orbit_config"] and rows["orbit"]["picked_by"] == "search"
+    assert rows["river"]["doc_ids"] == ["river_survey"]
+    assert rows["two-docs"]["doc_ids"] == ["river_survey", "lighthouse"]  # asked as river_survey.txt, lighthouse.md
     for r in rows.values():
         assert r["error"] is None and r["n_new_tokens"] >= 1 and r["first_token_s"] <= r["total_s"]
         assert ask(r["question"], config, doc_ids=r["doc_ids"])["answer"] == r["answer"]
@@ -123,7 +126,7 @@ def test_cli_ingest_qa_ask_generate_snapshots(model, tmp_path, monkeypatch):
     out = run(cli, ["ingest", str(corpus), *common, "--no-progress"], catch_exceptions=False)
     assert out.exit_code == 0 and "2 condensed" in out.output, out.output
     out = run(cli, ["ingest", str(corpus), *common, "--no-progress", "--json"])
-    assert json.loads(out.output)["n_skipped"] == 2
+    assert json.loads(out.output)["n_stored"] == 2
     questions = tmp_path / "q.jsonl"
     questions.write_text('{"question": "What is ALPHA_KEY?"}\n{"question": "beta?", "doc_ids": ["beta"]}\n')
     out = run(cli, ["qa", str(questions), "-o", str(tmp_path / "a.jsonl"), *common, "--max-new-tokens", "4"])
