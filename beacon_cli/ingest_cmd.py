@@ -6,7 +6,15 @@ import json
 
 import click
 
-from .pipeline_options import connect, explain_errors, model_options, pool_options, ray_options, store_options
+from .pipeline_options import (
+    connect,
+    explain_errors,
+    model_options,
+    pool_options,
+    ray_options,
+    settings_option,
+    store_options,
+)
 
 
 @click.command("ingest")
@@ -29,10 +37,11 @@ from .pipeline_options import connect, explain_errors, model_options, pool_optio
 @click.option("--no-search", is_flag=True, help="Keep no search table (questions must then name their doc ids).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@settings_option("IngestConfig")
 @explain_errors
 def ingest(corpus, db, model, tokenizer, dtype, actors, gpus_per_actor, cpus_per_actor, batch_size, address,
            dashboard_host, dashboard, num_cpus, num_gpus, verbose, corpus_format, store_dtype, long_document_tokens,
-           piece_tokens, compile_layers, force, no_search, progress, as_json) -> None:  # fmt: skip
+           piece_tokens, compile_layers, force, no_search, progress, as_json, settings) -> None:  # fmt: skip
     """Condense every document of CORPUS into snapshots in --db.
 
     CORPUS: a folder of .txt/.md files, a .jsonl (id, text, title?, metadata?) or .parquet file.
@@ -51,7 +60,7 @@ def ingest(corpus, db, model, tokenizer, dtype, actors, gpus_per_actor, cpus_per
         batch_size=batch_size, piece_tokens=piece_tokens, long_document_tokens=long_document_tokens,
         store_dtype=store_dtype, compile_layers=compile_layers, skip_existing=not force, search=not no_search,
         progress=progress,
-    )  # fmt: skip
+    ).with_settings(settings)  # fmt: skip
     report = run(config)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))

@@ -14,6 +14,7 @@ from .pipeline_options import (
     pool_options,
     quiet_transformers,
     ray_options,
+    settings_option,
     store_options,
 )
 
@@ -71,10 +72,11 @@ def ask(question, doc_ids, db, model, tokenizer, dtype, top_k, max_new_tokens, d
 @click.option("--cache-gb", type=float, default=2.0, show_default=True, help="Loaded memories kept per actor (LRU).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@settings_option("AnswerConfig")
 @explain_errors
 def qa(questions, output, db, model, tokenizer, dtype, actors, gpus_per_actor, cpus_per_actor, batch_size, address,
        dashboard_host, dashboard, num_cpus, num_gpus, verbose, top_k, max_new_tokens, cache_gb, progress,
-       as_json) -> None:  # fmt: skip
+       as_json, settings) -> None:  # fmt: skip
     """Answer every question of QUESTIONS (.jsonl/.parquet: question, doc_ids?, id?, answer?) on Ray.
 
     Questions without doc_ids read the --top-k documents that full-text search picks. Answers, with
@@ -90,7 +92,7 @@ def qa(questions, output, db, model, tokenizer, dtype, actors, gpus_per_actor, c
         num_gpus=default_gpus(gpus_per_actor), num_cpus=cpus_per_actor, min_actors=actors[0], max_actors=actors[1],
         batch_size=batch_size, max_new_tokens=max_new_tokens, top_k=top_k, cache_bytes=int(cache_gb * 2**30),
         progress=progress,
-    )  # fmt: skip
+    ).with_settings(settings)  # fmt: skip
     report = answer_questions(config)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
