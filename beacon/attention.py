@@ -18,19 +18,6 @@ only pick an order of rows and columns in which that mask becomes something a fu
             are merged by their log-sum-exps. "auto" takes it for parallel windows on a GPU once
             |O| >= OUTER_APART_MIN, at inference (the fused kernels' backward ignores the
             log-sum-exp, so training keeps "flex").
-  "varlen"  full-coverage, parallel windows, at inference: in reading order each window's rows see
-            [O | copies of earlier windows | the window's entries up to themselves] -- a lower-right
-            causal mask over a key list of their own. The keys of every window are gathered into one
-            packed list and a single variable-length FlashAttention call serves all windows (and
-            all sequences of a batch): a fused causal kernel instead of FlexAttention's block mask.
-            The rows travel packed as (b, n, h, d), laid out in reading order for the whole pass
-            (windows.build_chunk(raw_first=False)), so no layer gathers them.
-  "varlen-outer"  "varlen" with O attended apart by the unmasked kernel and merged by log-sum-exp
-            (as flex-outer): the windows' key lists then hold no copy of a long O.
-            Opt-in, not taken by "auto": on an H200 (7B, 32K, ratio 8, compiled) its kernels spend
-            142 ms where flex's spend 213, but its row gathers, RoPE outside the kernel and merge
-            add 77 ms that flex fuses into its kernel's prologue — the pass is no faster (-6% to
-            +2% over 7B 8K/32K; docs/performance.md 1g).
 
 Every mode computes exactly the same function; tests hold them to each other.
 """
@@ -47,9 +34,8 @@ from torch.nn.attention.bias import causal_lower_right
 from .config import BeaconConfig
 from .windows import Chunk, sees_copy, visible, window_mask
 
-MODES = ("auto", "causal", "split", "dense", "flex", "flex-outer", "varlen", "varlen-outer")
-PACKED = ("varlen", "varlen-outer")  # modes that take rows packed as (b, n, h, d) in memory
-INFERENCE_ONLY = ("flex-outer", *PACKED)  # their kernels' backward ignores the log-sum-exp
+MODES = ("auto", "causal", "split", "dense", "flex", "flex-outer")
+INFERENCE_ONLY = ("flex-outer",)  # its kernels' backward ignores the log-sum-exp
 FLEX_BLOCK = 128
 # |O| from which "auto" attends O apart: below it the saving is smaller than the merge's cost
 # (kernels alone: docs/performance.md §1b)
@@ -77,26 +63,6 @@ class AttnLayout:
     block_mask: object | None = None  # flex: a BlockMask (flex-outer: of the window columns only)
     outer_kernel: str = ""  # flex-outer: "cudnn", "flash" or "cpu" (unmasked_kernel), chosen on the host
     merge: object | None = None  # flex-outer: merge_attention, compiled on CUDA
-    varlen: VarlenPlan | None = None  # varlen modes: the packed windows
-
-
-@dataclass
-class VarlenPlan:
-    """The windows of a pass as sequences of one variable-length attention call (batch 1 on the
-    host; finish_layout repeats them per sequence of the batch).
-
-    Sequence j: window j's rows (consecutive in the layout's row order) over keys
-    `key_index[cu_k[j]:cu_k[j+1]]` of [O | window columns in col_order | copies] ("varlen") or of
-    [window columns | copies] ("varlen-outer"), mask lower-right causal."""
-
-    q_lengths: list[int]
-    k_lengths: list[int]
-    max_q: int  # ints, not the lists, reach compiled code: a list's length would be a guard
-    max_k: int
-    key_index: torch.Tensor | None = None  # (T_k,) on the device, set by finish_layout
-    cu_q: torch.Tensor | None = None  # (b * windows + 1,) int32 sequence boundaries, device
-    cu_k: torch.Tensor | None = None
-    kernel: str = ""  # "flash" (CUDA, bf16/fp16) or "math" (float32 reference, any device)
 
 
 def _maybe(order: torch.Tensor) -> torch.Tensor | None:
@@ -108,8 +74,7 @@ def plan_attention(cfg: BeaconConfig, chunk: Chunk, mode: str = "auto", flex_ok:
 
     "auto": one window per pass -> causal (full-coverage) or split; several -> flex where
     `flex_ok` (CUDA with bf16/fp16: its float32 dots would round like TF32), dense elsewhere;
-    flex-outer instead of flex over a long O at inference. The varlen modes are asked for by name
-    (module docstring: their kernels are faster, the whole pass is not).
+    flex-outer instead of flex over a long O at inference.
     """
     if mode not in MODES:
         raise ValueError(f"attention mode {mode!r}: choose one of {MODES}")
@@ -124,8 +89,6 @@ def plan_attention(cfg: BeaconConfig, chunk: Chunk, mode: str = "auto", flex_ok:
             f"attention mode {mode!r} is for inference (its kernels' backward ignores the log-sum-exp):"
             " run under torch.no_grad() or use 'flex'"
         )
-    if mode in PACKED and cfg.beacon_attn != "full-coverage":
-        raise ValueError(f"attention mode {mode!r} is exact only for beacon_attn='full-coverage'")
     if mode in ("causal", "split") and not single:
         raise ValueError(f"attention mode {mode!r} needs one window per pass (beacon_parallel_window=1)")
     if mode == "causal" and cfg.beacon_attn != "full-coverage":
@@ -133,12 +96,8 @@ def plan_attention(cfg: BeaconConfig, chunk: Chunk, mode: str = "auto", flex_ok:
     c, n, m = chunk.n_cached, chunk.n_rows, chunk.n_outer
     if mode == "flex-outer" and m == 0:
         mode = "flex"  # no O to attend apart
-    if mode == "varlen-outer" and m == 0:
-        mode = "varlen"
     if mode in ("dense", "flex", "flex-outer"):
         return AttnLayout(mode, m, c + n, 0, 0, {})
-    if mode in PACKED:
-        return _plan_varlen(chunk, with_outer=mode == "varlen")
     if mode == "causal":  # reading order = order of the logical index e (cached entries already are)
         order = _maybe(torch.argsort(chunk.cols.e[c:]))
         host = {}
@@ -161,47 +120,6 @@ def plan_attention(cfg: BeaconConfig, chunk: Chunk, mode: str = "auto", flex_ok:
     return AttnLayout("split", m, c + n, chunk.n_raw, m + n_raw_cols, host)
 
 
-def _plan_varlen(chunk: Chunk, with_outer: bool) -> AttnLayout:
-    """Rows grouped by window, each window in reading order; per window the list of its keys.
-
-    Window j's keys, in this order (the mask is lower-right causal, so its own entries go last):
-    O (with_outer), the copies of windows < j (copy_window is ascending: a prefix of the copies),
-    then its own window columns — window 0 starting with the cached entries, which precede every
-    row in reading order."""
-    c, n, m = chunk.n_cached, chunk.n_rows, chunk.n_outer
-    n_windows = len(chunk.steps)
-    window, e = chunk.col_window[c:], chunk.cols.e[c:]
-    order = torch.argsort(window * (int(e.max()) + 1) + e)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(n)
-    q_lengths = torch.bincount(window, minlength=n_windows).tolist()
-    offset = m if with_outer else 0  # keys are [O | window columns | copies] or the last two
-    keys, k_lengths, start = [], [], c
-    for j, length in enumerate(q_lengths):
-        n_copies_seen = int((chunk.copy_window < j).sum())
-        own_from = 0 if j == 0 else start
-        parts = [torch.arange(m)] if with_outer else []
-        parts.append(offset + c + n + torch.arange(n_copies_seen))
-        parts.append(offset + torch.arange(own_from, start + length))
-        keys.append(torch.cat(parts))
-        k_lengths.append(int(keys[-1].shape[0]))
-        start += length
-    host = {
-        "att_key_index": torch.cat(keys),
-        "att_cu_q": torch.tensor([0, *q_lengths]).cumsum(0),
-        "att_cu_k": torch.tensor([0, *k_lengths]).cumsum(0),
-    }
-    if _maybe(order) is not None:  # rows raw-first (forward.run_chunk lays them out in reading order)
-        host |= {
-            "att_row_order": order,
-            "att_row_inverse": inverse,
-            "att_col_order": torch.cat([torch.arange(c), c + order]),
-        }
-    mode = "varlen" if with_outer else "varlen-outer"
-    plan = VarlenPlan(q_lengths, k_lengths, max(q_lengths), max(k_lengths))
-    return AttnLayout(mode, m, c + n, 0, 0, host, varlen=plan)
-
-
 def finish_layout(
     cfg: BeaconConfig,
     layout: AttnLayout,
@@ -209,11 +127,9 @@ def finish_layout(
     meta: dict[str, torch.Tensor],
     dtype: torch.dtype | None = None,
     head_dim: int | None = None,
-    batch: int = 1,
 ) -> AttnLayout:
-    """Attach the moved index vectors and build masks on meta's device; for flex-outer and the
-    varlen modes, pick the kernels for the model's `dtype` and `head_dim` here, outside any
-    compiled code. `batch`: sequences per pass (the varlen modes pack each one's windows)."""
+    """Attach the moved index vectors and build masks on meta's device; for flex-outer, pick the
+    kernel over O for the model's `dtype` and `head_dim` here, outside any compiled code."""
     layout.row_order = meta.get("att_row_order")
     layout.row_inverse = meta.get("att_row_inverse")
     layout.col_order = meta.get("att_col_order")
@@ -221,19 +137,6 @@ def finish_layout(
         return layout
     c, n, m = chunk.n_cached, chunk.n_rows, chunk.n_outer
     device = meta["pos"].device
-    if layout.mode in PACKED:
-        if dtype is None or head_dim is None:
-            raise ValueError(f"{layout.mode} needs the model's dtype and head_dim to choose its kernel")
-        plan = layout.varlen
-        plan.key_index = meta["att_key_index"]
-        plan.cu_q = _cumulative(meta["att_cu_q"], batch)
-        plan.cu_k = _cumulative(meta["att_cu_k"], batch)
-        flash = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and head_dim % 8 == 0
-        plan.kernel = "flash" if flash and head_dim <= 256 else "math"
-        if layout.mode == "varlen-outer":
-            layout.outer_kernel = unmasked_kernel(device, dtype, head_dim)
-            layout.merge = _merger(device.type == "cuda")
-        return layout
     if layout.mode in ("flex", "flex-outer"):
         layout.block_mask = flex_block_mask(cfg, meta, chunk, with_outer=layout.mode == "flex")
         if layout.mode == "flex-outer":
@@ -341,8 +244,6 @@ def attend(
     k_win, v_win: (b, h_kv, k + p, d) window columns in `layout.col_order`, then copies — keys
     already RoPE'd by the caller. Keys are [O | window | copies] in that order.
     """
-    if layout.mode in PACKED:
-        return _attend_varlen(q, k_outer, v_outer, k_win, v_win, layout, scale)
     if layout.mode == "flex-outer":
         out_o, lse_o = attend_unmasked(q, k_outer, v_outer, scale, layout.outer_kernel)
         flex = _flex_attention(q.device.type == "cuda")
@@ -367,67 +268,6 @@ def attend(
         q[:, :, n_rows:], k, v, attn_mask=layout.mask, scale=scale, enable_gqa=gqa
     )  # the beacon rows: few queries, dense mask
     return torch.cat([out, rest], dim=2)
-
-
-def _cumulative(bounds: torch.Tensor, batch: int) -> torch.Tensor:
-    """Sequence boundaries (int32) of `batch` repeats of one sequence's `bounds` (int64, [0, ...,
-    total], already on the device): device arithmetic only, no copy from the host."""
-    total = bounds[-1:]
-    steps = torch.arange(batch, dtype=torch.int64, device=bounds.device)[:, None]
-    starts = (bounds[None, :-1] + steps * total).flatten()
-    return torch.cat([starts, total * batch]).to(torch.int32)
-
-
-def _attend_varlen(
-    q: torch.Tensor,
-    k_outer: torch.Tensor,
-    v_outer: torch.Tensor,
-    k_win: torch.Tensor,
-    v_win: torch.Tensor,
-    layout: AttnLayout,
-    scale: float,
-) -> torch.Tensor:
-    """The varlen modes (see the module docstring): every window of every sequence in one packed,
-    lower-right causal attention; O inside the key lists or apart and merged."""
-    plan = layout.varlen
-    b, h, n, d = q.shape  # best a view of a (b, n, h, d) tensor (forward.py makes it so): packing is free
-    h_kv = k_win.shape[1]
-    if layout.mode == "varlen":
-        k_src, v_src = torch.cat([k_outer, k_win], dim=2), torch.cat([v_outer, v_win], dim=2)
-    else:
-        k_src, v_src = k_win, v_win
-    # packed (total, heads, d) layouts: rows of each sequence's windows, then the next sequence's
-    qp = q.transpose(1, 2).reshape(b * n, h, d)
-    kp = k_src.transpose(1, 2)[:, plan.key_index].reshape(-1, h_kv, d)
-    vp = v_src.transpose(1, 2)[:, plan.key_index].reshape(-1, h_kv, d)
-    if plan.kernel == "flash":  # causal here means lower-right (FlashAttention's own convention)
-        out, lse = torch.ops.aten._flash_attention_forward(
-            qp, kp, vp, plan.cu_q, plan.cu_k, plan.max_q, plan.max_k, 0.0, True, False, scale=scale
-        )[:2]
-    else:
-        out, lse = _varlen_math(qp, kp, vp, plan, b, scale)
-    out = out.view(b, n, h, d).transpose(1, 2)  # (b, h, n, d), rows contiguous in memory
-    if layout.mode == "varlen" or k_outer.shape[2] == 0:
-        return out
-    lse = lse.view(h, b, n).transpose(0, 1)  # (b, h, n)
-    out_o, lse_o = attend_unmasked(q, k_outer, v_outer, scale, layout.outer_kernel)
-    return layout.merge(out_o, lse_o, out, lse)
-
-
-def _varlen_math(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: VarlenPlan, batch: int, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The varlen kernel's function in float32 math, one sequence at a time (CPU, float32 models):
-    (out (T_q, h, d) in q's dtype, lse (h, T_q) float32)."""
-    outs, lses, qa, ka = [], [], 0, 0
-    for lq, lk in zip(plan.q_lengths * batch, plan.k_lengths * batch, strict=True):
-        hidden = torch.arange(lk, device=q.device)[None] > torch.arange(lq, device=q.device)[:, None] + (lk - lq)
-        seq = (x.transpose(0, 1) for x in (q[qa : qa + lq], k[ka : ka + lk], v[ka : ka + lk]))  # (heads, L, d)
-        out, lse = _attention_math(*seq, scale, hidden)
-        outs.append(out.transpose(0, 1))
-        lses.append(lse)
-        qa, ka = qa + lq, ka + lk
-    return torch.cat(outs), torch.cat(lses, dim=1)
 
 
 def _attention_math(
@@ -497,7 +337,7 @@ def _cudnn_serves(device_index: int | None, dtype: torch.dtype, head_dim: int) -
     try:
         g = torch.Generator(device=device).manual_seed(0)
         # as the engine calls it: a batch, 7 query heads per key/value head, values a slice, queries
-        # (b, h, n, d) contiguous (flex-outer) or a view of (b, n, h, d) (varlen-outer)
+        # (b, h, n, d) contiguous or a view of (b, n, h, d)
         q = torch.randn(2, 14, 256, head_dim, device=device, dtype=dtype, generator=g)
         k = torch.randn(2, 2, 1024, head_dim, device=device, dtype=dtype, generator=g)
         v = torch.randn(2, 2, 1024 + 96, head_dim, device=device, dtype=dtype, generator=g)[:, :, :1024]

@@ -215,7 +215,6 @@ class BeaconLM:
                     memory.dtype,
                     attn_mode=self.attn_mode,
                     logits=want,
-                    batch=ids.shape[0],
                     stager=self._stager,
                 )
 

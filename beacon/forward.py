@@ -18,12 +18,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import PACKED, AttnLayout, attend, finish_layout, plan_attention
+from .attention import AttnLayout, attend, finish_layout, plan_attention
 from .config import BeaconConfig
 from .families import Parts, apply_rope, rope_cos_sin
 from .memory import Memory
 from .staging import Stager
-from .windows import Chunk, build_chunk
+from .windows import Chunk
 
 
 def _project(
@@ -31,9 +31,9 @@ def _project(
 ) -> torch.Tensor:
     """(b, n, in) -> (b, n, out): raw rows through `base`, beacon rows through `beacon`.
 
-    Raw rows are [:n_raw] (raw-first rows), or, where `beacon_rows` is given (rows in reading
-    order), every row not listed there: `base` then runs over all rows and the few beacon rows are
-    overwritten — a 1/(ratio+1) share of wasted product instead of two gathers of every row."""
+    Raw rows are [:n_raw] (rows raw-first), or, where `beacon_rows` is given (the rows a trimmed
+    layer keeps, see _layer), every row not listed there: `base` then runs over all rows and the
+    few beacon rows are overwritten — a 1/(ratio+1) share of wasted product instead of two gathers."""
     if beacon is None:
         return base(h)
     if beacon_rows is not None:
@@ -96,7 +96,7 @@ def _layer(
     b, n, _ = x.shape
     attn = layer.self_attn
     last_trimmed = tail is not None and not need_output  # x holds only the rows the memory keeps
-    beacon_rows = tail["beacon_rows"] if last_trimmed else meta.get("beacon_rows")
+    beacon_rows = tail["beacon_rows"] if last_trimmed else None
     h = layer.input_layernorm(x)
     k = _project(attn.k_proj, beacon_proj.get("k"), h, n_raw, beacon_rows).view(b, n, parts.n_kv_heads, parts.head_dim)
     v = _project(attn.v_proj, beacon_proj.get("v"), h, n_raw, beacon_rows).view(b, n, parts.n_kv_heads, parts.head_dim)
@@ -160,20 +160,14 @@ def _attend_and_mlp(
     `tail`: o_proj and MLP for the rows the memory keeps only, see _layer)."""
     b, n, _ = x.shape
     attn = layer.self_attn
-    beacon_rows = meta.get("beacon_rows")
-    q = _project(attn.q_proj, beacon_proj.get("q"), h, n_raw, beacon_rows).view(b, n, parts.n_heads, parts.head_dim)
+    beacon_rows = None
+    q = _project(attn.q_proj, beacon_proj.get("q"), h, n_raw).view(b, n, parts.n_heads, parts.head_dim)
     if parts.family.qk_norm:
         q = attn.q_norm(q)
-    packed = layout.mode in PACKED  # rows stay (b, n, h, d) in memory: gathers and RoPE move whole rows
-    if packed:
-        if layout.row_order is not None:
-            q = q[:, layout.row_order]
-        q = apply_rope(q, rope_rows[0].transpose(1, 2), rope_rows[1].transpose(1, 2)).transpose(1, 2)
-    else:
-        q = q.transpose(1, 2)  # (b, h, n, d)
-        if layout.row_order is not None:
-            q = q[:, :, layout.row_order]
-        q = apply_rope(q, *rope_rows)
+    q = q.transpose(1, 2)  # (b, h, n, d)
+    if layout.row_order is not None:
+        q = q[:, :, layout.row_order]
+    q = apply_rope(q, *rope_rows)
     order, copy_src = layout.col_order, meta["copy_src"]
     k_cols = k_win if order is None else k_win[:, :, order]  # attention order (see attention.py)
     v_cols = v_win if order is None else v_win[:, :, order]
@@ -233,7 +227,6 @@ def plan_pass(
     *,
     attn_mode: str = "auto",
     logits: str = "none",
-    batch: int = 1,
     stager: Stager | None = None,
 ) -> PassPlan:
     """Plan one pass on the host, move its index vectors in one copy and build its masks."""
@@ -246,14 +239,10 @@ def plan_pass(
             f" head_dim {parts.head_dim}): use attn_mode='dense'"
         )
     layout = plan_attention(cfg, chunk, attn_mode, flex_ok=flex_ok)
-    if (layout.mode in PACKED) == chunk.raw_first:
-        # rows in reading order for a kernel per window (no gathers per layer), else raw-first
-        chunk = build_chunk(cfg, chunk.steps, raw_first=layout.mode not in PACKED)
-        layout = plan_attention(cfg, chunk, attn_mode, flex_ok=flex_ok)
     tail_host = chunk.tail_rows() if logits == "none" and len(parts.layers) >= 2 else {}
     meta = (stager or Stager(device)).move(chunk.host_meta() | layout.host | tail_host)
     tail = {name.removeprefix("tail_"): meta[name] for name in tail_host} or None
-    layout = finish_layout(cfg, layout, chunk, meta, dtype, parts.head_dim, batch=batch)
+    layout = finish_layout(cfg, layout, chunk, meta, dtype, parts.head_dim)
     return PassPlan(chunk, layout, meta, tail)
 
 
@@ -325,8 +314,7 @@ def run_chunk(
     if not loading:
         ensure_rot(parts, memory)
     if plan is None:
-        plan = plan_pass(parts, cfg, chunk, device, memory.dtype, attn_mode=attn_mode, logits=logits,
-                         batch=input_ids.shape[0], stager=stager)  # fmt: skip
+        plan = plan_pass(parts, cfg, chunk, device, memory.dtype, attn_mode=attn_mode, logits=logits, stager=stager)
     chunk, layout, meta = plan.chunk, plan.layout, plan.meta
     tail = plan.tail if logits == "none" else None  # a plan made without logits serves any request
     n_layers = len(parts.layers)
@@ -338,8 +326,6 @@ def run_chunk(
     if n_beacons:
         b_emb = beacon["embed"].weight[0].to(x.dtype)
         x = torch.cat([x, b_emb.expand(x.shape[0], n_beacons, -1)], dim=1)  # (b, n, hidden)
-    if not chunk.raw_first:
-        x = x[:, meta["row_src"]]  # into reading order, once per pass
 
     pos = meta["pos"]  # window columns (cached + rows) in slot order
     row_pos = pos[n_cached:] if layout.row_order is None else pos[n_cached:][layout.row_order]
@@ -391,9 +377,5 @@ def run_chunk(
 
     if logits == "none":
         return None
-    if chunk.raw_first:
-        hidden = x[:, :n_raw] if logits == "all" else x[:, n_raw - 1 : n_raw]
-    else:
-        raw = meta["raw_rows"]
-        hidden = x[:, raw if logits == "all" else raw[-1:]]
+    hidden = x[:, :n_raw] if logits == "all" else x[:, n_raw - 1 : n_raw]
     return parts.lm_head(parts.norm(hidden)).float()

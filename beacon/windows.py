@@ -376,10 +376,8 @@ class Chunk:
 
         [ O (n_outer) | cached W (n_cached) | rows (n_rows, the queries) | copies (n_copies) ]
 
-    Rows are the new entries, by default raw ones first (in input order: they read tokens
-    [token_from, token_to) of the call) and then beacons, so projections split by slicing; with
-    `raw_first=False` they are in reading order, window by window (what a fused causal kernel per
-    window wants: no gathers per layer; projections then pick the beacon rows by index).
+    Rows are the new entries, raw ones first (in input order: they read tokens [token_from,
+    token_to) of the call) and then beacons, so projections split by slicing.
     Attention depends only on positions and the mask, never on storage order. `copies` are the
     entries closed windows hand to O, at their future O positions, so later windows of the same
     pass see them exactly as they would after condensing. After the pass the memory keeps
@@ -390,7 +388,7 @@ class Chunk:
     steps: list[Step]
     n_outer: int
     n_cached: int
-    n_raw: int  # raw rows (the first n_raw rows if raw_first)
+    n_raw: int  # raw rows: the first n_raw rows
     token_from: int
     token_to: int
     cols: Entries  # metadata of cached + rows, column order
@@ -403,8 +401,6 @@ class Chunk:
     n_joined: int  # how many of compact_src join O (the rest is the carried W)
     before: WindowState
     after: WindowState
-    raw_first: bool = True  # rows raw-first (else in reading order)
-    row_src: torch.Tensor | None = None  # reading order: row -> index into [raw tokens | beacons]
 
     @property
     def n_rows(self) -> int:
@@ -443,15 +439,7 @@ class Chunk:
 
     def host_meta(self) -> dict[str, torch.Tensor]:
         """All index vectors of the pass (host int64), named as window_mask and forward expect."""
-        order = {}
-        if not self.raw_first:  # where the raw and beacon rows are, for embeddings and projections
-            beacon = self.cols.beacon[self.n_cached :]
-            order = {
-                "row_src": self.row_src,
-                "raw_rows": torch.nonzero(beacon == 0).flatten(),
-                "beacon_rows": torch.nonzero(beacon == 1).flatten(),
-            }
-        return order | {
+        return {
             "beacon": self.cols.beacon,
             "idx": self.cols.idx,
             "e": self.cols.e,
@@ -514,21 +502,15 @@ def window_mask(cfg: BeaconConfig, meta: dict[str, torch.Tensor], n_cached: int)
     return torch.cat([visible(cfg, row, col), copies], dim=1)
 
 
-def build_chunk(cfg: BeaconConfig, steps: list[Step], raw_first: bool = True) -> Chunk:
-    """Lay out one forward pass over `steps` (a group from `group_steps`); rows raw-first or, with
-    `raw_first=False`, in reading order (see Chunk)."""
+def build_chunk(cfg: BeaconConfig, steps: list[Step]) -> Chunk:
+    """Lay out one forward pass over `steps` (a group from `group_steps`), rows raw-first (see Chunk)."""
     first = steps[0]
     n_outer, n_cached = first.before.n_outer, len(first.cached)
-    # rows in reading order, then permuted raw-first (if asked)
+    # rows in reading order, then permuted raw-first
     reading = Entries.cat([s.new for s in steps])
     window = torch.cat([torch.full((len(s.new),), k, dtype=torch.long) for k, s in enumerate(steps)])
     ratio = torch.cat([torch.full((len(s.new),), max(s.ratio, 0), dtype=torch.long) for s in steps])
-    by_kind = torch.argsort(reading.beacon, stable=True)  # raw-first order -> reading-order row
-    perm = by_kind if raw_first else torch.arange(len(reading))
-    row_src = None
-    if not raw_first:  # reading-order row -> its index among [raw tokens in order | beacons in order]
-        row_src = torch.empty_like(by_kind)
-        row_src[by_kind] = torch.arange(len(by_kind))
+    perm = torch.argsort(reading.beacon, stable=True)  # raw-first row -> its reading-order row
     slot_of = torch.empty_like(perm)
     slot_of[perm] = torch.arange(len(perm)) + n_cached  # reading-order row -> its slot
     rows = Entries(reading.beacon[perm], reading.idx[perm], reading.e[perm], reading.pos[perm])
@@ -570,6 +552,4 @@ def build_chunk(cfg: BeaconConfig, steps: list[Step], raw_first: bool = True) ->
         n_joined=int(joined_t.shape[0]),
         before=first.before,
         after=steps[-1].after,
-        raw_first=raw_first,
-        row_src=row_src,
     )

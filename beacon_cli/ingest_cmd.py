@@ -14,6 +14,7 @@ from .pipeline_options import (
     pool_options,
     ray_options,
     ray_settings,
+    settings_option,
     store_options,
 )
 
@@ -54,11 +55,12 @@ NAMED = 10  # ids named per kind in the summary (--json lists all)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @allow_failures_option
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON (every id of every kind).")
+@settings_option("IngestConfig")
 @explain_errors
 def ingest(corpus, db, model, tokenizer, dtype, actors, gpus_per_actor, cpus_per_actor, batch_size, address,
            dashboard_host, dashboard, num_cpus, num_gpus, verbose, corpus_format, ids, follow_symlinks, strict, repair,
            store_dtype, long_document_tokens, max_document_tokens, piece_tokens, compile_layers, force, no_search,
-           progress, allow_failures, as_json) -> None:  # fmt: skip
+           progress, allow_failures, as_json, settings) -> None:  # fmt: skip
     """Condense every document of CORPUS into snapshots in --db.
 
     CORPUS: a folder of .txt/.md files, a .jsonl (id, text, title?, metadata?) or .parquet file.
@@ -76,7 +78,7 @@ def ingest(corpus, db, model, tokenizer, dtype, actors, gpus_per_actor, cpus_per
         batch_size=batch_size, piece_tokens=piece_tokens, long_document_tokens=long_document_tokens,
         store_dtype=store_dtype, compile_layers=compile_layers, skip_existing=not force, search=not no_search,
         progress=progress,
-    )  # fmt: skip
+    ).with_settings(settings)  # fmt: skip
     report = run(config, ray_options=ray_settings(address, dashboard_host, dashboard, num_cpus, num_gpus, verbose))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))

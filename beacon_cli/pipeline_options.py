@@ -79,6 +79,29 @@ def pool_options(default_batch: int):
     return decorate
 
 
+def settings_option(config: str):
+    """--set KEY=VALUE (repeatable): any field of the `config` dataclass, the value JSON or a plain string."""
+    return click.option(
+        "--set", "settings", multiple=True, callback=_settings, metavar="KEY=VALUE",
+        help=f"Any {config} field (repeatable; JSON values), e.g. --set batch_size=16.",
+    )  # fmt: skip
+
+
+def _settings(_ctx, _param, items: tuple[str, ...]) -> dict:
+    import json
+
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: write KEY=VALUE, e.g. --set batch_size=16")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value  # a plain string
+    return settings
+
+
 def _actors(_ctx, _param, value: str) -> tuple[int, int]:
     try:
         lo, _, hi = value.partition(":")
@@ -105,13 +128,6 @@ def ray_settings(address, dashboard_host, dashboard, num_cpus, num_gpus, verbose
         log_to_driver=verbose,
         quiet=not verbose,
     )
-
-
-def connect(address, dashboard_host, dashboard, num_cpus, num_gpus, verbose) -> None:
-    """Join or start Ray for a command now (quiet unless --verbose)."""
-    from pipelines.cluster import ensure_ray
-
-    ensure_ray(ray_settings(address, dashboard_host, dashboard, num_cpus, num_gpus, verbose))
 
 
 PARTIAL_FAILURE = 3  # exit status of a run that finished but failed some items (--allow-failures: 0)

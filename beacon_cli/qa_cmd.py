@@ -16,6 +16,7 @@ from .pipeline_options import (
     quiet_transformers,
     ray_options,
     ray_settings,
+    settings_option,
     store_options,
 )
 
@@ -81,10 +82,11 @@ def ask(question, doc_ids, db, model, tokenizer, dtype, top_k, max_new_tokens, d
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 @allow_failures_option
+@settings_option("AnswerConfig")
 @explain_errors
 def qa(questions, output, db, model, tokenizer, dtype, actors, gpus_per_actor, cpus_per_actor, batch_size, address,
        dashboard_host, dashboard, num_cpus, num_gpus, verbose, top_k, max_new_tokens, cache_gb, progress,
-       as_json, allow_failures) -> None:  # fmt: skip
+       as_json, allow_failures, settings) -> None:  # fmt: skip
     """Answer every question of QUESTIONS (.jsonl/.parquet: question, doc_ids?, id?, answer?) on Ray.
 
     Questions without doc_ids read the --top-k documents that full-text search picks. Answers, with
@@ -98,7 +100,7 @@ def qa(questions, output, db, model, tokenizer, dtype, actors, gpus_per_actor, c
         num_gpus=gpus_per_actor, num_cpus=cpus_per_actor, min_actors=actors[0], max_actors=actors[1],
         batch_size=batch_size, max_new_tokens=max_new_tokens, top_k=top_k, cache_bytes=int(cache_gb * 2**30),
         progress=progress,
-    )  # fmt: skip
+    ).with_settings(settings)  # fmt: skip
     report = answer_questions(config, ray_options=ray_settings(address, dashboard_host, dashboard, num_cpus, num_gpus,
                                                                verbose))  # fmt: skip
     if as_json:

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from .pipeline_options import settings_option
+
 
 def _ints(_ctx, _param, value: str | None) -> list[int] | None:
     if value is None:
@@ -61,7 +63,8 @@ def _names(_ctx, _param, value: str | None) -> list[str] | None:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--workers", type=int, default=0, help="Train on Ray Train with this many workers (0 = this process).")
 @click.option("--gpu/--no-gpu", "use_gpu", default=None, help="Ray workers use GPUs (default: if CUDA is here).")
-def train(model: str, data: str, workers: int, use_gpu: bool | None, **settings) -> None:
+@settings_option("TrainConfig")
+def train(model: str, data: str, workers: int, use_gpu: bool | None, settings: dict, **options) -> None:
     """Train the beacons of MODEL (HF folder or hub id) on DATA (text folder or JSONL); base stays frozen.
 
     Rerunning with the same --output-dir resumes from its newest checkpoint.
@@ -70,7 +73,7 @@ def train(model: str, data: str, workers: int, use_gpu: bool | None, **settings)
     from beacon.train import train as run
 
     try:
-        cfg = TrainConfig(model=model, data=data, **settings)
+        cfg = TrainConfig.from_dict({"model": model, "data": data, **options, **settings})
         if workers > 0:
             from pipelines.train import train_on_ray
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from beacon.decode import StaticDecoder
-from snapshots import SnapshotStore, loader
+from snapshots import SnapshotStore
 
 from .condense import timed
 from .shapes import environment, official_qwen2_lm, random_model, save_json
@@ -76,12 +76,6 @@ def main() -> None:
         help="sync: get, then the question; background: get(background=True), the question overlapping the load",
     )  # fmt: skip
     p.add_argument("--max-row-mib", default="8", help="snapshot row sizes to try (SnapshotStore max_row_bytes)")
-    p.add_argument(
-        "--switch-intervals",
-        default="default",
-        help="background loads: interpreter switch intervals to try (loader.BACKGROUND_SWITCH_INTERVAL_S),"
-        " seconds or 'off' (leave Python's 5 ms); 'default' = the loader's own (off)",
-    )
     p.add_argument("--out", default="docs/results/ttft.json")
     args = p.parse_args()
     model = random_model(args.shape, device=args.device)
@@ -95,7 +89,6 @@ def main() -> None:
         "env": environment(),
         "shape": args.shape, "length": args.length, "ratio": args.ratio, "runs": [],
     }  # fmt: skip
-    default_interval = loader.BACKGROUND_SWITCH_INTERVAL_S
     for row_mib in [float(x) for x in args.max_row_mib.split(",")]:
         store = SnapshotStore(Path(args.db) / f"rows-{row_mib:g}MiB", max_row_bytes=int(row_mib * 2**20))
         for dtype in args.store_dtypes.split(","):
@@ -142,17 +135,9 @@ def main() -> None:
             combos = [(int(w), m, ld) for m in direct for ld in loads for w in args.workers.split(",")] + [
                 (int(args.workers.split(",")[0]), m, "sync") for m in modes if m not in direct
             ]
-            intervals = args.switch_intervals.split(",")
-            combos = [(w, m, ld, si) for w, m, ld in combos for si in (intervals if ld == "background" else ["-"])]
-            for workers, mode, load, interval in combos:
+            for workers, mode, load in combos:
                 if mode not in ("eager", "compiled", "decoder"):
                     raise SystemExit(f"--question-modes: {mode!r} is not eager, compiled or decoder")
-                if interval == "default":
-                    loader.BACKGROUND_SWITCH_INTERVAL_S = default_interval
-                elif interval == "off":
-                    loader.BACKGROUND_SWITCH_INTERVAL_S = None
-                elif interval != "-":
-                    loader.BACKGROUND_SWITCH_INTERVAL_S = float(interval)
                 lm.compile_layers = mode == "compiled"
                 store.read_workers = workers
                 bg, dec = load == "background", mode == "decoder"
@@ -166,7 +151,6 @@ def main() -> None:
                 run = {
                     "store_dtype": dtype, "max_row_mib": row_mib, "read_workers": workers, "question": mode,
                     "load": load,
-                    "switch_interval_s": loader.BACKGROUND_SWITCH_INTERVAL_S if load == "background" else None,
                     "snapshot_bytes": stored,
                     "put_s": put_s,
                     "warm_s": statistics.median(w[0] + w[1] for w in warm),

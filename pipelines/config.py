@@ -32,6 +32,11 @@ class _FromDict:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def with_settings(self, settings: dict):
+        """A copy with `settings` (field -> value, e.g. from `--set KEY=VALUE`) applied, validated as
+        any config is; unknown fields raise a ValueError that lists the known ones."""
+        return self.from_dict({f.name: getattr(self, f.name) for f in dataclasses.fields(self)} | settings)
+
 
 @dataclass
 class IngestConfig(_FromDict):

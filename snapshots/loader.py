@@ -269,39 +269,6 @@ def load_rows(
         torch.cuda.current_stream(keys.device).synchronize()
 
 
-# While a background load runs, the question's forward pass holds the interpreter lock almost all
-# the time; a reader thread back from pread / crc32 (which release it) may wait up to the
-# interpreter's switch interval (5 ms by default) to get it back. A float here shortens the interval
-# while background loads run. Measured, it did not help (docs/results/ttft_switch.json: bf16 warm
-# 0.110 s with Python's 5 ms, 0.133 / 0.125 s at 0.5 / 0.2 ms), so None — left alone — is the default.
-BACKGROUND_SWITCH_INTERVAL_S: float | None = None
-_switch = {"lock": threading.Lock(), "users": 0, "saved": None}
-
-
-@contextlib.contextmanager
-def _short_switch_interval():
-    """sys.setswitchinterval(BACKGROUND_SWITCH_INTERVAL_S) while at least one background load runs
-    (never raising it); the interval before the first is restored when the last ends."""
-    import sys
-
-    wanted = BACKGROUND_SWITCH_INTERVAL_S
-    if wanted is None:
-        yield
-        return
-    with _switch["lock"]:
-        if _switch["users"] == 0:
-            _switch["saved"] = sys.getswitchinterval()
-            sys.setswitchinterval(min(wanted, _switch["saved"]))
-        _switch["users"] += 1
-    try:
-        yield
-    finally:
-        with _switch["lock"]:
-            _switch["users"] -= 1
-            if _switch["users"] == 0:
-                sys.setswitchinterval(_switch["saved"])
-
-
 class LayerGate:
     """Which layers of a background load are in place (a Memory's `pending`).
 
@@ -361,7 +328,7 @@ def load_rows_in_background(
     def run() -> None:
         try:
             on_stream = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
-            with _short_switch_interval(), on_stream:
+            with on_stream:
                 load_rows(rows, keys, values, workers=workers, prefetch=prefetch, on_layer=gate._layer_done)
         except BaseException as e:  # raised to whoever waits for a layer
             gate._error = e

@@ -132,39 +132,3 @@ def test_flex_outer_adds_no_graph_break_to_the_compiled_layer():
     breaks, logits = _compiled_graph_breaks(("flex", "flex-outer"), seed=3)
     assert breaks["flex-outer"] <= breaks["flex"], breaks
     assert _rel(logits["flex-outer"], logits["flex"]) < 2e-2
-
-
-def test_varlen_equals_dense_and_flex_in_the_engine():
-    """varlen / varlen-outer through FlashAttention's variable-length kernel (lower-right causal per
-    window) give the logits and memory of the dense mask, within flex's own bf16 rounding: one
-    sequence and a batch of two, reading in pieces so a pass starts with a half-read window."""
-    lm = _small_lm()
-    lm.parallel_window = 4
-    for batch in (1, 2):
-        ids = torch.randint(0, 512, (batch, 3000), generator=torch.Generator().manual_seed(4))
-        results = {}
-        for mode in ("dense", "flex", "varlen", "varlen-outer"):
-            lm.attn_mode = mode
-            memory = lm.new_memory(batch)
-            outs = []
-            with torch.no_grad():
-                for piece in (ids[:, :700], ids[:, 700:]):
-                    memory, logits = lm.forward(piece, memory, logits="all")
-                    outs.append(logits)
-            results[mode] = (memory, torch.cat(outs, dim=1))
-        lm.attn_mode = "auto"
-        assert results["dense"][0].state.n_outer > 1000
-        base = max(_rel(results["flex"][1], results["dense"][1]), 1e-3)
-        for mode in ("varlen", "varlen-outer"):
-            assert _rel(results[mode][1], results["dense"][1]) < 3 * base, (mode, batch)
-            for key in ("keys", "values"):
-                a, b = results[mode][0].export()[0][key], results["dense"][0].export()[0][key]
-                assert a.shape == b.shape and _rel(a, b) < 2e-2, (mode, key)
-
-
-def test_varlen_outer_adds_no_graph_break_to_the_compiled_layer():
-    """Inside the compiled decoder layer varlen-outer (its plan handing ints, not lists, to compiled
-    code) breaks the graph no more often than flex does and gives its logits."""
-    breaks, logits = _compiled_graph_breaks(("flex", "varlen-outer"), seed=5)
-    assert breaks["varlen-outer"] <= breaks["flex"], breaks
-    assert _rel(logits["varlen-outer"], logits["flex"]) < 2e-2

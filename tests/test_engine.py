@@ -145,17 +145,6 @@ def test_condensing_trims_the_last_two_layers_to_the_kept_rows(family, overrides
             assert len(trimmed) == len(last) and sum(trimmed) < sum(fed["mlp"][:n_untrimmed])
             fed["mlp"].clear()
             fed["last"].clear()
-        if overrides["beacon_attn"] == "full-coverage":  # the varlen layouts trim too, rows in reading order
-            for mode in ("varlen", "varlen-outer"):
-                lm.attn_mode = mode
-                try:
-                    memory = lm.new_memory(2)
-                    with torch.no_grad():
-                        for at, n in ((0, 30), (30, 25), (55, 20)):
-                            memory = lm.condense(ids[:, at : at + n], memory)
-                finally:
-                    lm.attn_mode = "auto"
-                assert_same_memory(memory, full_mem)
     finally:
         for h in hooks:
             h.remove()
@@ -193,10 +182,11 @@ def test_pass_plans_are_reused_and_never_stale():
         assert lm._plans.misses > misses
         both = lm.condense(torch.cat([ids, ids]))  # a batch of two: plans of their own
         assert_same_memory(both.select([1]), edited)
-        lm.attn_mode = "varlen"  # its plan's sequence bounds depend on the batch (FlashAttention's, on a GPU)
-        assert_same_memory(lm.condense(ids), edited)
-        with torch.enable_grad(), pytest.raises(ValueError, match="for inference"):
-            lm.forward(ids)  # the same pass with gradients: its no-grad plan must not be reused
+        if DEVICE == "cpu":  # flex-outer, inference only, runs on the CPU's reference kernels
+            lm.attn_mode = "flex-outer"
+            assert_same_memory(lm.condense(ids), edited)
+            with torch.enable_grad(), pytest.raises(ValueError, match="for inference"):
+                lm.forward(ids)  # the same pass with gradients: its no-grad plan must not be reused
         assert_same_memory(lm.condense(torch.cat([ids, ids])).select([1]), edited)
         for n in range(20, 80, 3):
             lm.condense(ids[:, :n])
@@ -219,47 +209,22 @@ def test_pass_plans_are_reused_and_never_stale():
 def test_tail_rows_are_the_rows_the_memory_keeps():
     from beacon.windows import build_chunk, group_steps, plan_steps
 
-    for raw_first in (True, False):
-        lm = load_tiny("qwen2", beacon_pos="interleave", beacon_attn="full-coverage", beacon_ratio=[4],
-                       beacon_parallel_window=3, beacon_stride=16)  # fmt: skip
-        cfg = lm.config
-        memory = lm.condense(tokens(40, seed=23))  # 8 raw entries cached
-        steps = plan_steps(cfg, memory.state, 45, max_positions=lm.parts.max_positions)
-        chunk = build_chunk(cfg, group_steps(cfg, steps)[0], raw_first=raw_first)
-        c, n = chunk.n_cached, chunk.n_rows
-        tail = chunk.tail_rows()
-        rows, compact, beacons = tail["tail_rows"], tail["tail_compact"], tail["tail_beacon_rows"]
-        assert 0 < len(rows) < n and (rows[1:] > rows[:-1]).all()
-        # compact_src re-counted over [cached | kept rows] picks the same entries
-        slots = torch.cat([torch.arange(c), c + rows])
-        assert torch.equal(slots[compact], chunk.compact_src)
-        assert set(rows.tolist()) == {s - c for s in chunk.compact_src.tolist() if s >= c}
-        assert torch.equal(chunk.cols.beacon[c:][rows][beacons], torch.ones(len(beacons), dtype=torch.long))
-        assert int(chunk.cols.beacon[c:][rows].sum()) == len(beacons) > 0
-
-
-def test_reading_order_rows_lay_out_the_same_chunk():
-    """build_chunk(raw_first=False): rows in reading order, the same entries and index vectors up to
-    the row permutation; row_src / raw_rows / beacon_rows place the embeddings and projections."""
-    from beacon.windows import build_chunk, group_steps, plan_steps
-
     lm = load_tiny("qwen2", beacon_pos="interleave", beacon_attn="full-coverage", beacon_ratio=[4],
-                   beacon_parallel_window=3, beacon_sink_size=1)  # fmt: skip
+                   beacon_parallel_window=3, beacon_stride=16)  # fmt: skip
     cfg = lm.config
-    memory = lm.condense(tokens(40, seed=23))
-    steps = plan_steps(cfg, memory.state, 60, max_positions=lm.parts.max_positions)
-    group = group_steps(cfg, steps)[0]
-    a, b = build_chunk(cfg, group), build_chunk(cfg, group, raw_first=False)
-    c, n = a.n_cached, a.n_rows
-    meta = b.host_meta()
-    window, e = b.col_window[c:], b.cols.e[c:]
-    assert ((window[1:] > window[:-1]) | ((window[1:] == window[:-1]) & (e[1:] > e[:-1]))).all()
-    to_a = torch.cat([torch.arange(c), c + meta["row_src"]])  # b's slot -> a's slot
-    for name in ("beacon", "idx", "e", "pos"):
-        assert torch.equal(getattr(b.cols, name), getattr(a.cols, name)[to_a])
-    assert torch.equal(to_a[b.compact_src], a.compact_src) and torch.equal(to_a[b.copy_src], a.copy_src)
-    assert torch.equal(meta["row_src"][meta["raw_rows"]], torch.arange(a.n_raw))
-    assert torch.equal(meta["row_src"][meta["beacon_rows"]], torch.arange(a.n_raw, n))
+    memory = lm.condense(tokens(40, seed=23))  # 8 raw entries cached
+    steps = plan_steps(cfg, memory.state, 45, max_positions=lm.parts.max_positions)
+    chunk = build_chunk(cfg, group_steps(cfg, steps)[0])
+    c, n = chunk.n_cached, chunk.n_rows
+    tail = chunk.tail_rows()
+    rows, compact, beacons = tail["tail_rows"], tail["tail_compact"], tail["tail_beacon_rows"]
+    assert 0 < len(rows) < n and (rows[1:] > rows[:-1]).all()
+    # compact_src re-counted over [cached | kept rows] picks the same entries
+    slots = torch.cat([torch.arange(c), c + rows])
+    assert torch.equal(slots[compact], chunk.compact_src)
+    assert set(rows.tolist()) == {s - c for s in chunk.compact_src.tolist() if s >= c}
+    assert torch.equal(chunk.cols.beacon[c:][rows][beacons], torch.ones(len(beacons), dtype=torch.long))
+    assert int(chunk.cols.beacon[c:][rows].sum()) == len(beacons) > 0
 
 
 @pytest.mark.parametrize("family, overrides", [c for c in CONFIGS if c[1].get("beacon_stride", 16) == 16][:6])
@@ -491,74 +456,6 @@ def test_flex_block_mask_attention_equals_dense(family, overrides):
         lm.attn_mode = "auto"
 
 
-@pytest.mark.parametrize("family", ["qwen2", "llama"])
-def test_varlen_windows_equal_dense(family):
-    """varlen / varlen-outer (every window's rows over [O | earlier windows' copies | its own entries],
-    lower-right causal, packed into one variable-length call) == the dense mask: reading in pieces
-    that leave a window half-read (window 0 of the next pass starts with cached entries) and end
-    mid-window, one sequence and a batch of two, with a sink. On a float32 model the kernel is the
-    float32 reference; tests/test_attention_gpu.py runs FlashAttention's."""
-    lm = load_tiny(family, beacon_pos="interleave", beacon_attn="full-coverage", beacon_ratio=[2, 4],
-                   beacon_parallel_window=3, beacon_sink_size=1)  # fmt: skip
-    for batch in (1, 2):
-        ids = tokens(170, seed=21, batch=batch)
-        results = {}
-        for mode in ("dense", "varlen", "varlen-outer"):
-            lm.attn_mode = mode
-            try:
-                results[mode] = all_logits(lm, ids, pieces=[37, 70, 63])
-            finally:
-                lm.attn_mode = "auto"
-        assert results["dense"][0].state.n_outer > 0 and results["dense"][0].state.window_raw > 0
-        for mode in ("varlen", "varlen-outer"):
-            torch.testing.assert_close(results[mode][1], results["dense"][1], atol=ATOL, rtol=0)
-            assert_same_memory(results[mode][0], results["dense"][0])
-    lm.attn_mode = "varlen"
-    try:
-        with pytest.raises(ValueError, match="for inference"):
-            lm.forward(tokens(40, seed=22), logits="all")  # gradients on
-    finally:
-        lm.attn_mode = "auto"
-    other = load_tiny(family, beacon_pos="append", beacon_attn="step-expansion", beacon_parallel_window=2)
-    other.attn_mode = "varlen"
-    with pytest.raises(ValueError, match="full-coverage"), torch.no_grad():
-        other.condense(tokens(70, seed=22))
-
-
-def test_varlen_plan_lists_each_windows_keys():
-    """The key lists the varlen layout gathers: window j sees O, the copies of windows < j and its
-    own entries, own entries last (lower-right causal), window 0's cached entries first among them."""
-    from beacon import attention
-    from beacon.windows import build_chunk, group_steps, plan_steps
-
-    lm = load_tiny("qwen2", beacon_pos="interleave", beacon_attn="full-coverage", beacon_ratio=[2],
-                   beacon_parallel_window=3)  # fmt: skip
-    cfg = lm.config
-    memory = lm.condense(tokens(40, seed=23))  # O from the first window, 8 raw entries cached
-    steps = plan_steps(cfg, memory.state, 60, max_positions=lm.parts.max_positions)
-    chunk = build_chunk(cfg, group_steps(cfg, steps)[0])
-    c, n, m = chunk.n_cached, chunk.n_rows, chunk.n_outer
-    assert len(chunk.steps) == 3 and c > 0 and m > 0 and chunk.n_copies > 0
-    with torch.no_grad():
-        layout = attention.plan_attention(cfg, chunk, "varlen")
-    plan, keys = layout.varlen, layout.host["att_key_index"]
-    assert sum(plan.q_lengths) == n and sum(plan.k_lengths) == keys.shape[0]
-    order = layout.host["att_row_order"]
-    window = chunk.col_window[c:][order]
-    at_k = at_q = 0
-    for j, (lq, lk) in enumerate(zip(plan.q_lengths, plan.k_lengths, strict=True)):
-        assert (window[at_q : at_q + lq] == j).all()
-        e = chunk.cols.e[c:][order][at_q : at_q + lq]
-        assert (e[1:] > e[:-1]).all()  # reading order
-        mine = keys[at_k : at_k + lk]
-        assert torch.equal(mine[:m], torch.arange(m))  # O first
-        copies = mine[(mine >= m + c + n)] - (m + c + n)
-        assert torch.equal(chunk.copy_window[copies], chunk.copy_window[chunk.copy_window < j])
-        own = mine[mine < m + c + n][m:] - m  # window columns in col_order
-        assert own.shape[0] == lq + (c if j == 0 else 0) and torch.equal(mine[-lq:] - m - c, at_q + torch.arange(lq))
-        at_k, at_q = at_k + lk, at_q + lq
-
-
 @pytest.mark.slow
 def test_compiled_layers_equal_eager():
     lm = load_tiny("qwen2", beacon_pos="interleave", beacon_ratio=[2, 4], beacon_ratio_mix="sequence")
@@ -614,7 +511,7 @@ def test_tokenizer_output_is_accepted_as_input():
 def test_auto_attends_a_long_memory_apart_only_at_inference(monkeypatch):
     """attention.plan_attention's choice for parallel windows: flex-outer once |O| reaches
     OUTER_APART_MIN with gradients off and FlexAttention usable; flex under gradients; dense where
-    FlexAttention is not (the CPU, float32). The varlen modes only when asked for by name."""
+    FlexAttention is not (the CPU, float32)."""
     from beacon import attention
     from beacon.windows import build_chunk, group_steps, plan_steps
 
@@ -628,7 +525,6 @@ def test_auto_attends_a_long_memory_apart_only_at_inference(monkeypatch):
     with torch.no_grad():
         assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == "flex-outer"
         assert attention.plan_attention(cfg, chunk, "auto", flex_ok=False).mode == "dense"
-        assert attention.plan_attention(cfg, chunk, "varlen-outer", flex_ok=True).mode == "varlen-outer"
     with torch.enable_grad():
         assert attention.plan_attention(cfg, chunk, "auto", flex_ok=True).mode == "flex"
     monkeypatch.setattr(attention, "OUTER_APART_MIN", chunk.n_outer + 1)
@@ -638,7 +534,7 @@ def test_auto_attends_a_long_memory_apart_only_at_inference(monkeypatch):
                         max_positions=lm.parts.max_positions))[0])  # fmt: skip
     assert first.n_outer == 0
     with torch.no_grad():  # a pass over an empty O: nothing to attend apart
-        assert attention.plan_attention(cfg, first, "varlen-outer", flex_ok=True).mode == "varlen"
+        assert attention.plan_attention(cfg, first, "flex-outer", flex_ok=True).mode == "flex"
 
 
 def test_reading_on_from_a_share_leaves_the_memory_as_it_was():

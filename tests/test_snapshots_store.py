@@ -264,33 +264,6 @@ def test_a_background_load_answers_as_a_loaded_memory(tmp_path, config):
         store.get(["doc", "doc"], fingerprint=fp, device=lm.device, background=True)
 
 
-def test_background_loads_shorten_the_switch_interval_only_while_they_run(monkeypatch):
-    """Readers get the interpreter lock back promptly while a question runs beside them; the process's
-    interval comes back when the last background load ends (loads overlap), and is never raised."""
-    import sys
-
-    from snapshots import loader
-
-    monkeypatch.setattr(loader, "BACKGROUND_SWITCH_INTERVAL_S", 0.0005)
-    before = sys.getswitchinterval()
-    try:
-        sys.setswitchinterval(0.004)
-        with loader._short_switch_interval():
-            assert sys.getswitchinterval() == pytest.approx(0.0005, abs=2e-6)
-            with loader._short_switch_interval():
-                assert sys.getswitchinterval() == pytest.approx(0.0005, abs=2e-6)
-            assert sys.getswitchinterval() == pytest.approx(0.0005, abs=2e-6)  # the outer load still runs
-        assert sys.getswitchinterval() == pytest.approx(0.004, abs=2e-6)
-        sys.setswitchinterval(0.0001)
-        with loader._short_switch_interval():
-            assert sys.getswitchinterval() == pytest.approx(0.0001, abs=2e-6)  # never raised
-        monkeypatch.setattr(loader, "BACKGROUND_SWITCH_INTERVAL_S", None)
-        with loader._short_switch_interval():
-            assert sys.getswitchinterval() == pytest.approx(0.0001, abs=2e-6)  # None: left alone
-    finally:
-        sys.setswitchinterval(before)
-
-
 @pytest.mark.parametrize("config", ["interleave", "append"])
 def test_a_question_read_at_once_overlaps_a_background_load(tmp_path, config):
     """The decoder's one-step question (StaticDecoder.read, what generate and the Answerer use) over a

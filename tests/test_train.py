@@ -204,7 +204,7 @@ def test_lr_schedules():
         ({"max_steps": 0}, "max_steps must be >= 1"),
         ({"schedule_by_time": True}, "needs time_budget_s"),
         ({"dtype": "int8"}, "dtype='int8'"),
-        ({"attn_mode": "varlen-outer"}, "is for inference"),
+        ({"attn_mode": "flex-outer"}, "is for inference"),
     ],
 )
 def test_config_errors_name_the_setting(change, message):

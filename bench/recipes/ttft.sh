@@ -19,4 +19,4 @@ for dt in bfloat16 float8_e4m3fn; do
 done
 stage ttft 330 python3 -m bench.ttft --shape qwen2-7b --length 131072 --ratio 8 --db /root/ttft-db --workers 16 \
   --store-dtypes bfloat16,float8_e4m3fn --question-modes decoder --loads sync,background --max-row-mib 32 \
-  --switch-intervals off --out "$OUT/r/ttft.json"
+  --out "$OUT/r/ttft.json"
