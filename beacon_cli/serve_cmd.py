@@ -32,11 +32,13 @@ from .pipeline_options import explain_errors, model_options, quiet_transformers,
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
 @click.option("--dry-run", type=click.Path(dir_okay=False), default=None, is_flag=False, flag_value="serve.yaml",
               help="Write the Ray Serve config (default serve.yaml) and print it; start nothing.")
+@click.option("--working-dir", default=None,
+              help="With --dry-run: the application's runtime_env working_dir (a zip URI of this repository).")
 @ray_options
 @explain_errors
 def serve(db, model, tokenizer, dtype, host, port, api_key, served_model_name, replicas, gpus_per_replica,
           cpus_per_replica, max_batch, max_running, max_waiting, cache_gb, max_tokens, max_tokens_limit, device,
-          dry_run, address, dashboard_host, dashboard, num_cpus, num_gpus, verbose) -> None:  # fmt: skip
+          dry_run, working_dir, address, dashboard_host, dashboard, num_cpus, num_gpus, verbose) -> None:  # fmt: skip
     """Serve POST /v1/chat/completions and /v1/completions (OpenAI's API; `documents` or `search` pick
     the snapshots to answer from), GET /v1/models, /v1/documents, /health. Ctrl-C stops."""
     from pipelines.serve_config import ServeConfig, serve_config
@@ -56,7 +58,7 @@ def serve(db, model, tokenizer, dtype, host, port, api_key, served_model_name, r
     if dry_run is not None:
         import yaml
 
-        text = yaml.safe_dump(serve_config(config), sort_keys=False)
+        text = yaml.safe_dump(serve_config(config, working_dir=working_dir), sort_keys=False)
         with open(dry_run, "w") as f:
             f.write(text)
         click.echo(text, nl=False)

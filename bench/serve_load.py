@@ -23,6 +23,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -127,7 +128,7 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
         cmd += ["--model", args.model]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     env.pop("BEACON_API_KEY", None)
-    log = open(Path(args.out).with_suffix(".server.log"), "w")
+    log = open(Path(tempfile.gettempdir()) / f"beacon_serve_load_{args.port}.log", "w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{args.port}"
     deadline = time.time() + 600
@@ -201,7 +202,7 @@ def main() -> None:
         health = requests.get(f"{args.url}/health", timeout=10).json()
         result = {
             "command": " ".join(["python -m bench.serve_load"] + sys.argv[1:]),
-            "env": environment() | {"cpus": os.cpu_count()},
+            "env": environment() | {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()},
             "model": model,
             "label": f"beacon serve, model {model}, {len(questions)} questions, max_tokens {args.max_tokens}",
             "cold": {"requests": len(cold), "errors": [r["error"] for r in cold if r["error"]],

@@ -8,8 +8,8 @@ continuous-batching loop, an LRU of loaded memories). Routes:
     GET  /v1/models, GET /v1/documents (paged), GET /health
 
 Requests are checked (pipelines/openai_api.py) before anything runs: a bad field is a 400 naming it,
-an unknown document a 404 naming it, documents + prompt + max_tokens past what the model can read a
-400 saying the limit. Document ids are only ever looked up in the store's tables, never used as
+an unknown document a 404 naming it, a memory + prompt + max_tokens past the model's positions a
+400 saying the limit (`_check_length`). Document ids are only ever looked up in the store's tables, never used as
 paths. A streamed answer starts (status 200) only once its first token exists, so a memory that
 fails to load is a plain 500 even for `stream: true`. Metrics go through ray.serve.metrics (Ray's
 Prometheus endpoint on each node): requests by route and status, time to first token, tokens, cache
@@ -100,6 +100,25 @@ class _Inbox:
     def unget(self, item) -> None:
         with self.lock:
             self.items.appendleft(item)
+
+
+def _check_length(lm, states: list, n_prompt: int, max_tokens: int) -> None:
+    """400 unless the answer's positions stay within the model's: the documents' memory entries
+    (sink + condensed + open window of each) plus the prompt and max_tokens, condensed at the ratio
+    in force (the one the last document fixed, else the smallest of the mix: the most entries), plus
+    one open window, must fit max_position_embeddings — RoPE positions past it are ones the model
+    never saw."""
+    cfg, max_pos = lm.config, lm.parts.max_positions
+    fixed = states[-1].sequence_ratio
+    ratio = fixed if fixed >= 0 else min(cfg.beacon_ratio)
+    entries = sum(s.size for s in states)
+    new = n_prompt + max_tokens
+    future = (new if ratio == 0 else -(-new // ratio)) + cfg.beacon_window
+    if entries + future > max_pos:
+        raise ApiError(400, f"the documents' memory ({entries} entries) + prompt ({n_prompt} tokens) + max_tokens"
+                       f" ({max_tokens}) need up to {entries + future} positions at ratio {ratio} (window"
+                       f" {cfg.beacon_window}): over this model's limit of {max_pos} positions; give fewer"
+                       " documents or a smaller max_tokens", param="max_tokens")  # fmt: skip
 
 
 def _answer_error(err: BaseException, doc_ids: list[str]) -> ApiError:
@@ -360,7 +379,6 @@ class BeaconServer:
 
     def _pick_documents(self, req, n_prompt: int) -> list[str]:
         """Document ids to read (in order), each checked to be stored; the length checked against the model."""
-        from beacon.windows import max_length_for_ratio
         from snapshots import DocumentNotFoundError
 
         if req.documents is not None:
@@ -380,16 +398,7 @@ class BeaconServer:
                                param="documents") from None  # fmt: skip
             except ValueError as err:
                 raise ApiError(400, f"document id {d!r}: {err}", param="documents") from None
-        cfg, last = self.lm.config, infos[-1].state
-        ratio = last.sequence_ratio if last.sequence_ratio >= 0 else max(cfg.beacon_ratio)
-        limit = max_length_for_ratio(ratio, cfg.beacon_window, self.lm.parts.max_positions)
-        total = sum(i.n_tokens for i in infos) + n_prompt + req.max_tokens
-        if total > limit:
-            raise ApiError(400, f"documents ({sum(i.n_tokens for i in infos)} tokens) + prompt ({n_prompt}) +"
-                           f" max_tokens ({req.max_tokens}) = {total} tokens: over this model's limit of {limit}"
-                           f" tokens (window {cfg.beacon_window}, ratio {ratio}, {self.lm.parts.max_positions}"
-                           " positions); give fewer documents or a smaller max_tokens",
-                           param="max_tokens")  # fmt: skip
+        _check_length(self.lm, [i.state for i in infos], n_prompt, req.max_tokens)
         return doc_ids
 
     def _error(self, route: str, err: ApiError) -> JSONResponse:

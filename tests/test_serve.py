@@ -157,6 +157,23 @@ def test_serve_yaml_is_a_valid_ray_serve_config():
     assert dep.backpressure_config.status_code == 429 and "secret" not in json.dumps(config)
 
 
+def test_dry_run_writes_and_prints_serve_yaml(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from beacon_cli.main import main
+
+    path = tmp_path / "serve.yaml"
+    out = CliRunner().invoke(main, ["serve", "--dry-run", str(path), "--replicas", "2", "--gpus-per-replica", "1",
+                                    "--port", "9000", "--api-key", "secret"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    config = yaml.safe_load(path.read_text())
+    (dep,) = config["applications"][0]["deployments"]
+    assert dep["num_replicas"] == 2 and dep["ray_actor_options"]["num_gpus"] == 1
+    assert config["http_options"]["port"] == 9000 and "secret" not in path.read_text()
+    assert yaml.safe_load(out.stdout) == config
+
+
 # ---- a real server ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(setup, tmp_path_factory):
@@ -272,8 +289,8 @@ def test_bad_requests_get_the_right_status_and_name_the_field(server):
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content"
     r = _post(server, "/v1/chat/completions", {"messages": body["messages"]})
     assert r.status_code == 400 and "documents" in r.json()["error"]["message"]
-    r = _post(server, "/v1/completions", {"prompt": "x", "documents": ["alpha.md"], "max_tokens": 524_000})
-    assert r.status_code == 400 and "limit of 524176 tokens" in r.json()["error"]["message"]  # (65536 - 16) * 8 + 16
+    r = _post(server, "/v1/completions", {"prompt": "x", "documents": ["alpha.md"], "max_tokens": 140_000})
+    assert r.status_code == 400 and "limit of 65536 positions" in r.json()["error"]["message"]  # 140000 / ratio 2
     r = _post(server, "/v1/chat/completions", body | {"model": "gpt-4"})
     assert r.status_code == 404 and r.json()["error"]["param"] == "model"
 
@@ -289,7 +306,7 @@ def test_a_corrupt_snapshot_fails_only_its_request(server):
 def test_overload_is_429_with_retry_after_and_disconnects_free_slots(server):
     """The server runs 2 answers at most and queues none: a third gets 429; closing the two streams
     mid-answer frees both slots."""
-    body = {"prompt": "abc", "max_tokens": 400_000, "stream": True, "documents": ["gamma.md"]}  # minutes of tokens
+    body = {"prompt": "abc", "max_tokens": 120_000, "stream": True, "documents": ["gamma.md"]}  # minutes of tokens
     headers = {"Authorization": f"Bearer {KEY}"}
     streams, readers = [], []  # keep the line iterators: a dropped one closes its connection
     for _ in range(2):
