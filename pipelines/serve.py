@@ -436,6 +436,9 @@ def run(config: ServeConfig, *, ray_options=None, ready: threading.Event | None 
         serve.run(build(settings.to_dict()), name=APP_NAME, route_prefix="/")
         print(f"beacon serve: http://{settings.host}:{settings.port}/v1 (model {settings.model_name}, store"
               f" {settings.db}); Ctrl-C stops", flush=True)  # fmt: skip
+        ports = sorted({n["MetricsExportPort"] for n in ray.nodes() if n.get("Alive") and n.get("MetricsExportPort")})
+        if ports:
+            print(f"beacon serve: Prometheus metrics of this node at http://127.0.0.1:{ports[0]}/metrics", flush=True)
         if ready is not None:
             ready.set()
         stop.wait()

@@ -33,6 +33,7 @@ from snapshots.records import text_digest
 from ._pipelines_helpers import REPO, free_port, tiny_model
 
 KEY = "test-key-0123"
+SERVER_LOG: list[Path] = []  # the module's server's output (its metrics address)
 TEXTS = {
     "alpha.md": "# Alpha\n\nORBIT_CEDAR = 'amber'\n" + "alpha notes on the orbit " * 6,
     "beta.md": "# Beta\n\nRIVER_STONE = 'birch'\n" + "beta survey of the river " * 7,
@@ -202,6 +203,7 @@ def server(setup, tmp_path_factory):
             if time.time() > deadline:
                 raise RuntimeError(f"beacon serve did not answer in 300 s:\n{log.read_text()[-4000:]}")
             time.sleep(0.5)
+        SERVER_LOG.append(log)
         yield base
     finally:
         proc.send_signal(signal.SIGINT)  # the command takes the app down and stops its Ray
@@ -344,3 +346,20 @@ def test_concurrent_clients_all_get_answers(server, client):
         t.join(timeout=60)
     assert len(set(answers)) == 1 and answers[0] is not None  # greedy: one answer, however they were grouped
 
+
+
+def test_metrics_reach_rays_prometheus_endpoint(server):
+    """The replica's counters and TTFT histogram appear on the node's metrics endpoint (Ray exports
+    every few seconds: polled for up to a minute)."""
+    import re
+
+    (url,) = re.findall(r"Prometheus metrics of this node at (\S+)", SERVER_LOG[0].read_text())
+    deadline, text = time.time() + 60, ""
+    while time.time() < deadline:
+        text = requests.get(url, timeout=10).text
+        if 'ray_beacon_requests_total{' in text and "ray_beacon_ttft_seconds_bucket{" in text:
+            break
+        time.sleep(2)
+    assert re.search(r'ray_beacon_requests_total\{[^}]*route="chat"[^}]*status="401"', text), text[-2000:]
+    assert re.search(r'ray_beacon_memory_cache_total\{[^}]*result="hit"', text)
+    assert "ray_beacon_generated_tokens_total{" in text and "ray_beacon_ttft_seconds_bucket{" in text
