@@ -1,0 +1,374 @@
+"""Continuous batching of answers over stored memories, in one process: the scheduler of a `beacon serve` replica.
+
+Requests (`Job`s: documents, prompt token ids, sampling settings) arrive from any thread; one
+scheduler thread owns the model and runs a loop:
+
+    admit  new jobs -> groups: the same documents and the same prompt length, up to `max_batch` rows
+    start  each new group: its memory from the LRU (MemoryCache, bytes-bounded) or the store, the
+           rows' prompts read in one batched step, each row's first token picked
+    step   every running group by one token (one batched decoder step per group), in turn
+
+so requests join and leave between steps, and a group's rows share every forward pass.
+
+What is batched, precisely: the engine's decoder (decode.StaticDecoder) reads a batch of b
+sequences that share one window state — one memory, the same number of tokens read. Rows of one
+group are exactly that: the group's memory expanded to b rows (views, no copy), prompts of equal
+length read together, then one token per row per step. Requests over different memories, or with
+prompts of different lengths, run in different groups: the loop interleaves their steps (each
+group's step is its own forward pass), it does not fuse them. A row that has finished (stop token,
+max_tokens, cancelled) keeps riding its group's steps until the whole group is done; its tokens
+are dropped. A group whose rows are all finished or cancelled closes at once, freeing its buffers.
+
+Loads: a single document loads in the background (SnapshotStore.get(..., background=True)) and a
+batch-1 group reads its prompt layer by layer as the layers arrive; a group of several rows waits
+for the whole memory. A snapshot that fails its checks fails that group's jobs only (their `error`
+event carries the SnapshotError) and is not cached. While a group starts, the other groups wait
+(one thread drives the device).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from beacon import BeaconLM, Memory
+from snapshots import SnapshotStore
+
+from .memory_cache import MemoryCache
+
+Emit = Callable[[str, object], None]
+
+
+class Overloaded(RuntimeError):
+    """The batcher holds as many jobs as it may (running + waiting): try again later."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a job picks its tokens. temperature 0 = greedy (argmax); else softmax(logits / temperature),
+    cut to the smallest set of tokens whose probability reaches top_p, drawn with `seed`."""
+
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(eq=False)  # compared and hashed by identity (the batcher keeps a set of open jobs)
+class Job:
+    """One request. `emit(kind, value)` is called from the scheduler thread, in this order:
+    ("start", {"cache_hit", "load_s", "memory_tokens"}), then ("token", id) per new token, then
+    ("end", "stop" | "length" | "cancelled"); or ("error", exception) at any point instead."""
+
+    doc_ids: tuple[str, ...]
+    prompt: list[int]
+    sampling: Sampling
+    emit: Emit
+    submitted: float = field(default_factory=time.perf_counter)
+    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def cancel(self) -> None:
+        """Stop generating for this job (a client that went away, a stop string seen): its row is
+        dropped at the next step, and its slot counts as free at once."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+
+@dataclass
+class _Row:
+    job: Job
+    generator: torch.Generator | None
+    n_out: int = 0
+    live: bool = True
+
+
+@dataclass
+class _Group:
+    doc_ids: tuple[str, ...]
+    rows: list[_Row]
+    work: Memory
+    stepper: object  # decode.StaticDecoder, or None for lm.decode_mode == "eager"
+    last: torch.Tensor  # (b, 1) the tokens read next
+
+    def read(self, lm: BeaconLM, tokens: torch.Tensor) -> torch.Tensor:
+        if self.stepper is None:
+            self.work, logits = lm.forward(tokens, self.work, logits="last")
+            return logits
+        return self.stepper.read(tokens)
+
+    def close(self) -> None:
+        if self.stepper is not None:
+            self.stepper.close()  # buffers back to the model's pool
+            self.stepper = None
+
+
+class Batcher:
+    """Answers jobs over the memories of `store` with `lm`, batching as the module docstring says.
+
+    Args:
+        lm: the model (with its tokenizer's stop ids in `stops`).
+        store: where memories come from; `fingerprint` must match the stored one (lm.fingerprint()).
+        stops: token ids that end an answer.
+        cache_bytes: device bytes of loaded memories kept between requests (LRU).
+        max_batch: rows per group (one batched decoder step).
+        max_running: rows decoding at once, all groups together.
+        max_waiting: jobs admitted but not started yet; `submit` beyond running + waiting raises Overloaded.
+        start: run the loop now (False: call `start()` later, e.g. to queue jobs that must start together).
+    """
+
+    def __init__(
+        self,
+        lm: BeaconLM,
+        store: SnapshotStore,
+        *,
+        stops: list[int],
+        cache_bytes: int = 2 << 30,
+        max_batch: int = 8,
+        max_running: int = 32,
+        max_waiting: int = 64,
+        start: bool = True,
+    ):
+        if max_batch < 1 or max_running < 1 or max_waiting < 0:
+            raise ValueError(f"max_batch, max_running must be >= 1, max_waiting >= 0: got {max_batch}, "
+                             f"{max_running}, {max_waiting}")  # fmt: skip
+        self.lm, self.store, self.stops = lm, store, set(stops)
+        self.fingerprint = lm.fingerprint()
+        self.cache = MemoryCache(cache_bytes)
+        self.max_batch, self.max_running, self.max_waiting = max_batch, max_running, max_waiting
+        self.stats = {"jobs": 0, "groups": 0, "steps": 0, "rows_stepped": 0, "max_group_rows": 0, "errors": 0}
+        self._waiting: deque[Job] = deque()
+        self._open: set[Job] = set()  # submitted, not ended (the bounds count these)
+        self._groups: list[_Group] = []
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="beacon-batcher", daemon=True)
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the scheduler thread (once)."""
+        self._thread.start()
+
+    # ---- the public side -----------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        """Queue `job` (any thread). Raises Overloaded when running + waiting jobs reach their bounds."""
+        with self._cv:
+            if self._stop:
+                raise RuntimeError("this Batcher is closed")
+            held = self.held()
+            if held >= self.max_running + self.max_waiting:
+                raise Overloaded(f"{held} answers running or waiting, the limit is {self.max_running} running +"
+                                 f" {self.max_waiting} waiting: retry later")  # fmt: skip
+            self._open.add(job)
+            self._waiting.append(job)
+            self.stats["jobs"] += 1
+            self._cv.notify()
+
+    def held(self) -> int:
+        """Jobs running or waiting (any thread): ended and cancelled ones not counted, so a client that
+        goes away frees its slot at once."""
+        with self._cv:
+            return sum(1 for j in self._open if not j.cancelled)
+
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def _running(self) -> int:
+        """Rows decoding now, finished and cancelled ones not counted (scheduler thread)."""
+        return sum(1 for g in self._groups for r in g.rows if r.live and not r.job.cancelled)
+
+    def _end(self, job: Job, kind: str, value: object) -> None:
+        """The job's last event ("end" or "error"); it no longer counts against the bounds."""
+        with self._cv:
+            self._open.discard(job)
+        job.emit(kind, value)
+
+    def close(self) -> None:
+        """Stop the loop: running and waiting jobs end with ("end", "cancelled")."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and not self._waiting and not self._groups:
+                    self._cv.wait()
+                if self._stop:
+                    break
+                new = self._take()
+            for group_jobs in new:
+                self._start(group_jobs)
+            for group in list(self._groups):
+                self._step(group)
+        for group in self._groups:
+            for row in group.rows:
+                if row.live:
+                    self._end(row.job, "end", "cancelled")
+            group.close()
+        self._groups.clear()
+        for job in self._waiting:
+            self._end(job, "end", "cancelled")
+
+    def _take(self) -> list[list[Job]]:
+        """Waiting jobs that fit under max_running, grouped by (documents, prompt length)."""
+        room = self.max_running - self._running()
+        groups: dict[tuple, list[list[Job]]] = {}
+        while self._waiting and room > 0:
+            job = self._waiting.popleft()
+            if job.cancelled:
+                self._end(job, "end", "cancelled")
+                continue
+            buckets = groups.setdefault((job.doc_ids, len(job.prompt)), [[]])
+            if len(buckets[-1]) == self.max_batch:
+                buckets.append([])
+            buckets[-1].append(job)
+            room -= 1
+        return [b for buckets in groups.values() for b in buckets]
+
+    def _start(self, jobs: list[Job]) -> None:
+        """Load the group's memory, read its prompts, pick and emit each row's first token."""
+        doc_ids, b = jobs[0].doc_ids, len(jobs)
+        group = None
+        try:
+            memory, load_s, hit = self._memory(doc_ids)
+            try:
+                work = _rows_of(memory, b)
+                stepper = self.lm.decoder(work)
+                prompt = torch.tensor([j.prompt for j in jobs], dtype=torch.long, device=self.lm.device)
+                rows = [_Row(j, _generator(j.sampling, self.lm.device)) for j in jobs]
+                group = _Group(doc_ids, rows, work, stepper, prompt)
+                logits = group.read(self.lm, prompt)
+                memory.ready()  # a background load is done by now: raises what it raised
+            except BaseException:
+                if not hit:
+                    self.cache.discard(doc_ids)  # loaded for this group and failed on first use: not kept
+                raise
+        except Exception as err:  # a snapshot error, a bad prompt, out of memory: this group's jobs only
+            if group is not None:
+                group.close()
+            self.stats["errors"] += len(jobs)
+            for j in jobs:
+                self._end(j, "error", err)
+            return
+        for j in jobs:
+            j.emit("start", {"cache_hit": hit, "load_s": load_s, "memory_tokens": memory.n_tokens, "batch": b})
+        self.stats["groups"] += 1
+        self.stats["max_group_rows"] = max(self.stats["max_group_rows"], b)
+        self._groups.append(group)
+        self._emit_picks(group, logits)
+
+    def _step(self, group: _Group) -> None:
+        """One batched decoder step of a running group (or its end)."""
+        if not any(r.live and not r.job.cancelled for r in group.rows):
+            self._finish(group)
+            return
+        try:
+            logits = group.read(self.lm, group.last)
+        except Exception as err:
+            self.stats["errors"] += 1
+            for r in group.rows:
+                if r.live:
+                    r.live = False
+                    self._end(r.job, "error", err)
+            self._finish(group)
+            return
+        self.stats["steps"] += 1
+        self.stats["rows_stepped"] += len(group.rows)
+        self._emit_picks(group, logits)
+
+    def _emit_picks(self, group: _Group, logits: torch.Tensor) -> None:
+        picks = _pick(logits, [r.job.sampling for r in group.rows], [r.generator for r in group.rows])
+        for row, token in zip(group.rows, picks, strict=True):
+            if not row.live:
+                continue
+            if row.job.cancelled:
+                row.live = False
+                self._end(row.job, "end", "cancelled")
+                continue
+            row.n_out += 1
+            row.job.emit("token", token)
+            if token in self.stops:
+                row.live = False
+                self._end(row.job, "end", "stop")
+            elif row.n_out >= row.job.sampling.max_tokens:
+                row.live = False
+                self._end(row.job, "end", "length")
+        group.last = torch.tensor([[t] for t in picks], dtype=torch.long, device=self.lm.device)
+        if not any(r.live for r in group.rows):
+            self._finish(group)
+
+    def _finish(self, group: _Group) -> None:
+        for r in group.rows:
+            if r.live:
+                r.live = False
+                self._end(r.job, "end", "cancelled")
+        group.close()
+        if group in self._groups:
+            self._groups.remove(group)
+
+    def _memory(self, doc_ids: tuple[str, ...]) -> tuple[Memory, float, bool]:
+        """(memory of the documents in order, seconds until the store returned, cache hit?)."""
+        cached = self.cache.get(doc_ids)
+        if cached is not None:
+            return cached, 0.0, True
+        start = time.perf_counter()
+        background = len(doc_ids) == 1  # several documents are loaded, then concatenated
+        memory = self.store.get(list(doc_ids), fingerprint=self.fingerprint, device=self.lm.device,
+                                background=background)  # fmt: skip
+        self.cache.put(doc_ids, memory)  # still loading if background: its first use waits for it
+        return memory, time.perf_counter() - start, False
+
+
+def _rows_of(memory: Memory, b: int) -> Memory:
+    """A share of `memory` read as b identical rows (expanded views: nothing copied). Neither the
+    engine nor the decoder writes into a memory's tensors, so views are safe."""
+    if b == 1:
+        return memory.share()
+    memory.ready()
+    grow = lambda ts: None if ts is None else [None if t is None else t.expand(b, *t.shape[1:]) for t in ts]  # noqa: E731
+    return Memory(grow(memory.keys), grow(memory.values), memory.state, grow(memory.rot_keys))
+
+
+def _generator(s: Sampling, device: torch.device) -> torch.Generator | None:
+    if s.temperature == 0:
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(s.seed if s.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+    return gen
+
+
+def _pick(logits: torch.Tensor, samplings: list[Sampling], gens: list[torch.Generator | None]) -> list[int]:
+    """Each row's next token: argmax for greedy rows (one batched argmax), else its own draw."""
+    picks = logits.argmax(dim=-1).tolist()
+    for i, (s, gen) in enumerate(zip(samplings, gens, strict=True)):
+        if gen is None:
+            continue
+        row = logits[i].float() / s.temperature
+        if s.top_p < 1.0:
+            sorted_logits, order = torch.sort(row, descending=True)
+            probs = sorted_logits.softmax(-1)
+            cut = probs.cumsum(-1) - probs >= s.top_p  # keep the smallest set reaching top_p
+            row = torch.full_like(row, float("-inf")).scatter(0, order, sorted_logits.masked_fill(cut, float("-inf")))
+        picks[i] = int(torch.multinomial(row.softmax(-1), 1, generator=gen))
+    return picks

@@ -1,0 +1,454 @@
+"""`beacon serve`: an OpenAI-compatible answer service on Ray Serve, answering from stored snapshots.
+
+One deployment, `BeaconServer`, with a FastAPI ingress (`@serve.ingress`): each replica loads the
+model, opens the store and its search table, and runs a `beacon_actors.batcher.Batcher` (the
+continuous-batching loop, an LRU of loaded memories). Routes:
+
+    POST /v1/chat/completions, POST /v1/completions   answers; `documents` or `search` pick the memory
+    GET  /v1/models, GET /v1/documents (paged), GET /health
+
+Requests are checked (pipelines/openai_api.py) before anything runs: a bad field is a 400 naming it,
+an unknown document a 404 naming it, a memory + prompt + max_tokens past the model's positions a
+400 saying the limit (`_check_length`). Document ids are only ever looked up in the store's tables, never used as
+paths. A streamed answer starts (status 200) only once its first token exists, so a memory that
+fails to load is a plain 500 even for `stream: true`. Metrics go through ray.serve.metrics (Ray's
+Prometheus endpoint on each node): requests by route and status, time to first token, tokens, cache
+hits and misses. Settings: pipelines/serve_config.py. Docs: docs/serving.md.
+
+(No `from __future__ import annotations` here: FastAPI reads the routes' `Request` annotations at
+run time, through Serve's wrapping of the class.)
+"""
+
+import asyncio
+import collections
+import hmac
+import logging
+import os
+import signal
+import threading
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+
+from .openai_api import DONE, ApiError, TextStream, chunk, completion, error_event, new_id, parse_body, parse_request
+from .serve_config import APP_NAME, DEPLOYMENT, ServeConfig, deployment_options
+
+logger = logging.getLogger(__name__)
+app = FastAPI(title="beacon", docs_url=None, redoc_url=None, openapi_url=None)
+TTFT_BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+
+
+# (helpers above the deployment: Serve pickles the class when it is decorated, with the globals its
+# methods name as they are at that moment)
+class _Answer:
+    """What one answer has so far: the request, its ids, the text stream, counts."""
+
+    def __init__(self, req, rid, model, doc_ids, n_prompt, start, ttft, text):
+        self.req, self.rid, self.model, self.doc_ids = req, rid, model, doc_ids
+        self.n_prompt, self.start, self.ttft, self.text = n_prompt, start, ttft, text
+        self.n_tokens, self.finish = 0, None
+
+    def usage(self) -> dict:
+        n, m = self.n_prompt, self.n_tokens
+        return {"prompt_tokens": n, "completion_tokens": m, "total_tokens": n + m,
+                "memory_tokens": self.start["memory_tokens"]}  # fmt: skip
+
+    def whole(self, finish: str) -> dict:
+        extra = {"documents": self.doc_ids, "cache_hit": self.start["cache_hit"], "ttft_s": self.ttft}
+        return completion(self.req, self.rid, self.model, self.text.text, finish, self.usage(), extra)
+
+
+class _Inbox:
+    """A job's events, pushed from the batcher's thread, read in this event loop: a push wakes the
+    loop only when it is not already due to wake, and a read takes everything that has arrived."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.items, self.lock = loop, collections.deque(), threading.Lock()
+        self.ready = asyncio.Event()
+        self.waking = False
+
+    def push(self, kind: str, value) -> None:  # the batcher's thread
+        with self.lock:
+            self.items.append((kind, value))
+            if self.waking:
+                return
+            self.waking = True
+        self.loop.call_soon_threadsafe(self.ready.set)
+
+    async def get_all(self) -> list:
+        while True:
+            with self.lock:
+                if self.items:
+                    items, self.items = list(self.items), collections.deque()
+                    return items
+                self.waking = False
+                self.ready.clear()
+            await self.ready.wait()
+
+    async def get(self):
+        """The next event alone."""
+        while True:
+            with self.lock:
+                if self.items:
+                    return self.items.popleft()
+                self.waking = False
+                self.ready.clear()
+            await self.ready.wait()
+
+    def unget(self, item) -> None:
+        with self.lock:
+            self.items.appendleft(item)
+
+
+def _check_length(lm, states: list, n_prompt: int, max_tokens: int) -> None:
+    """400 unless the answer's positions stay within the model's: the documents' memory entries
+    (sink + condensed + open window of each) plus the prompt and max_tokens, condensed at the ratio
+    in force (the one the last document fixed, else the smallest of the mix: the most entries), plus
+    one open window, must fit max_position_embeddings — RoPE positions past it are ones the model
+    never saw."""
+    cfg, max_pos = lm.config, lm.parts.max_positions
+    fixed = states[-1].sequence_ratio
+    ratio = fixed if fixed >= 0 else min(cfg.beacon_ratio)
+    entries = sum(s.size for s in states)
+    new = n_prompt + max_tokens
+    future = (new if ratio == 0 else -(-new // ratio)) + cfg.beacon_window
+    if entries + future > max_pos:
+        raise ApiError(400, f"the documents' memory ({entries} entries) + prompt ({n_prompt} tokens) + max_tokens"
+                       f" ({max_tokens}) need up to {entries + future} positions at ratio {ratio} (window"
+                       f" {cfg.beacon_window}): over this model's limit of {max_pos} positions; give fewer"
+                       " documents or a smaller max_tokens", param="max_tokens")  # fmt: skip
+
+
+def _answer_error(err: BaseException, doc_ids: list[str]) -> ApiError:
+    """The HTTP error for what the batcher raised while answering."""
+    from snapshots import CorruptSnapshotError, DocumentNotFoundError, FingerprintMismatchError
+
+    if isinstance(err, DocumentNotFoundError):
+        return ApiError(404, f"a document of {doc_ids} is no longer stored ({err})", param="documents")
+    if isinstance(err, CorruptSnapshotError):
+        return ApiError(500, f"a snapshot of {doc_ids} failed its checks ({err}); ingest the document again")
+    if isinstance(err, FingerprintMismatchError):
+        return ApiError(500, f"the snapshots of {doc_ids} were made by another model or dtype than this server's"
+                        f" ({err}); serve the model they were ingested with (--model, --dtype)")  # fmt: skip
+    logger.exception("answer failed", exc_info=err)
+    return ApiError(500, f"the answer failed: {type(err).__name__}: {err}")
+
+
+@serve.deployment(name=DEPLOYMENT)
+@serve.ingress(app)
+class BeaconServer:
+    """One replica: model, store, search table, batcher, metrics."""
+
+    def __init__(self, settings: dict):
+        import beacon
+        from beacon_actors.batcher import Batcher
+        from beacon_actors.device import resolve_device
+        from beacon_actors.text import load_tokenizer, stop_ids
+        from snapshots import SnapshotStore
+        from snapshots.search import SearchIndex
+
+        from .defaults import absolute, resolve_model
+
+        config = ServeConfig.from_dict(settings)
+        self.config = config = ServeConfig.from_dict(config.to_dict() | {
+            "model": resolve_model(config.model), "db": absolute(config.db),
+            "tokenizer": None if config.tokenizer is None else resolve_model(config.tokenizer),
+            "served_model_name": config.model_name,
+        })  # fmt: skip (paths as this replica sees them; the name stays the folder's)
+        key = config.api_key or os.environ.get("BEACON_API_KEY") or None
+        self.api_key = None if key is None else key.encode()
+        self.lm = beacon.load(config.model, device=resolve_device(config.device), dtype=config.dtype,
+                              tokenizer=config.tokenizer is None)  # fmt: skip
+        if config.tokenizer is not None:
+            self.lm.tokenizer = load_tokenizer(config.tokenizer)
+        if self.lm.tokenizer is None:
+            raise ValueError(f"model {config.model!r} has no tokenizer files: give the tokenizer folder (--tokenizer)")
+        self.store = SnapshotStore(config.db)
+        self.search = SearchIndex(config.db)
+        self.stops = stop_ids(self.lm)
+        self.batcher = Batcher(self.lm, self.store, stops=self.stops, cache_bytes=config.cache_bytes,
+                               max_batch=config.max_batch, max_running=config.max_running,
+                               max_waiting=config.max_waiting)  # fmt: skip
+        self.started = time.time()
+        self._metrics()
+
+    def _metrics(self) -> None:
+        from ray.serve.metrics import Counter, Histogram
+
+        self.m_requests = Counter("beacon_requests", description="Requests by route and HTTP status.",
+                                  tag_keys=("route", "status"))  # fmt: skip
+        self.m_ttft = Histogram("beacon_ttft_seconds", description="Seconds from a request's arrival to its first"
+                                " token.", boundaries=TTFT_BOUNDS, tag_keys=("cache",))  # fmt: skip
+        self.m_tokens = Counter("beacon_generated_tokens", description="Answer tokens generated.")
+        self.m_prompt = Counter("beacon_prompt_tokens", description="Prompt tokens read (memories not counted).")
+        self.m_cache = Counter("beacon_memory_cache", description="Memory lookups of started answers, by result.",
+                               tag_keys=("result",))  # fmt: skip
+
+    def __del__(self):
+        batcher = getattr(self, "batcher", None)
+        if batcher is not None:
+            batcher.close()
+
+    # ---- plain routes --------------------------------------------------------------------------
+    @app.get("/health")
+    async def health(self) -> dict:
+        b = self.batcher
+        return {"status": "ok", "model": self.config.model_name, "running_or_waiting": b.held(),
+                "waiting": b.waiting(), "cached_memories": len(b.cache), "cache_bytes": b.cache.nbytes,
+                "batcher": dict(b.stats), "uptime_s": round(time.time() - self.started, 3)}  # fmt: skip
+
+    @app.get("/v1/models")
+    async def models(self, request: Request):
+        def answer():
+            return {"object": "list", "data": [{"id": self.config.model_name, "object": "model",
+                                                "created": int(self.started), "owned_by": "beacon"}]}  # fmt: skip
+
+        return await self._route("models", request, answer)
+
+    @app.get("/v1/documents")
+    async def documents(self, request: Request):
+        def answer():
+            q = request.query_params
+            try:
+                limit = int(q.get("limit", "20"))
+            except ValueError:
+                raise ApiError(400, f"'limit' must be an integer, got {q.get('limit')!r}", param="limit") from None
+            if not 1 <= limit <= 1000:
+                raise ApiError(400, f"'limit' must be in [1, 1000], got {limit}", param="limit")
+            after = q.get("after")
+            docs = self.store.list()  # sorted by doc_id
+            if after is not None:
+                docs = [d for d in docs if d.doc_id > after]
+            page = docs[:limit]
+            data = [{"id": d.doc_id, "object": "document", "title": d.title, "tokens": d.n_tokens,
+                     "stored_bytes": d.stored_bytes, "updated_at": d.updated_at.isoformat()} for d in page]  # fmt: skip
+            ids = [d["id"] for d in data] or [None]
+            ends = {"first_id": ids[0], "last_id": ids[-1]}
+            return {"object": "list", "data": data, "has_more": len(docs) > limit, **ends}
+
+        return await self._route("documents", request, answer, threaded=True)
+
+    async def _route(self, name: str, request: Request, answer, *, threaded: bool = False):
+        try:
+            self._authorize(request)
+            body = await asyncio.to_thread(answer) if threaded else answer()
+            self.m_requests.inc(tags={"route": name, "status": "200"})
+            return body
+        except ApiError as err:
+            return self._error(name, err)
+
+    # ---- answers -------------------------------------------------------------------------------
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        return await self._complete(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request):
+        return await self._complete(request, chat=False)
+
+    async def _complete(self, request: Request, *, chat: bool):
+        from beacon_actors.batcher import Job, Overloaded, Sampling
+
+        route, arrived = "chat" if chat else "completions", time.perf_counter()
+        job = None
+        try:
+            self._authorize(request)
+            req = parse_request(parse_body(await request.body()), chat=chat, default_max_tokens=self.config.max_tokens,
+                                max_tokens_limit=self.config.max_tokens_limit)  # fmt: skip
+            if req.model is not None and req.model != self.config.model_name:
+                raise ApiError(404, f"model {req.model!r} is not served here; this server serves"
+                               f" {self.config.model_name!r} (GET /v1/models)", param="model")  # fmt: skip
+            prompt = self._prompt_ids(req)
+            doc_ids = await asyncio.to_thread(self._pick_documents, req, len(prompt))
+            events = _Inbox(asyncio.get_running_loop())
+            sampling = Sampling(req.max_tokens, req.temperature, req.top_p, req.seed)
+            job = Job(tuple(doc_ids), prompt, sampling, events.push)
+            try:
+                self.batcher.submit(job)
+            except Overloaded as err:
+                job = None
+                retry = {"Retry-After": str(max(1, round(self.config.retry_after_s)))}
+                raise ApiError(429, str(err), headers=retry) from err
+            start = await events.get()
+            if start[0] == "error":
+                raise _answer_error(start[1], doc_ids)
+            first = await events.get()  # the first token (or an error)
+            if first[0] == "error":
+                raise _answer_error(first[1], doc_ids)
+            events.unget(first)
+            ttft = time.perf_counter() - arrived
+            hit = start[1]["cache_hit"]
+            self.m_ttft.observe(ttft, tags={"cache": "hit" if hit else "miss"})
+            self.m_cache.inc(tags={"result": "hit" if hit else "miss"})
+            self.m_prompt.inc(len(prompt))
+        except ApiError as err:
+            if job is not None:
+                job.cancel()
+            return self._error(route, err)
+        except BaseException:  # the client went away (the request was cancelled), or a bug: free the slot
+            if job is not None:
+                job.cancel()
+            raise
+        context = _Answer(req, new_id(chat), self.config.model_name, doc_ids, len(prompt), start[1], ttft,
+                          TextStream(self.lm.tokenizer, req.stop))  # fmt: skip
+        self.m_requests.inc(tags={"route": route, "status": "200"})
+        if req.stream:
+            return StreamingResponse(self._stream(context, job, events), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})  # fmt: skip
+        try:
+            async for _ in self._deltas(context, job, events):
+                pass  # the text gathers in context.text
+        except ApiError as err:  # a step failed half-way
+            return self._error(route, err)
+        finally:
+            job.cancel()  # done already, or the client went away: either way nothing more is generated
+        return context.whole(context.finish)
+
+    async def _stream(self, context: _Answer, job, events: _Inbox):
+        """Server-sent events: a role chunk, text chunks as tokens come, a finish chunk, usage if asked, [DONE]."""
+        req, rid, model = context.req, context.rid, context.model
+        try:
+            yield chunk(req, rid, model, "", None, first=True)
+            async for delta in self._deltas(context, job, events):
+                yield chunk(req, rid, model, delta, None)
+            yield chunk(req, rid, model, None, context.finish)
+            if req.include_usage:
+                yield chunk(req, rid, model, None, None, usage=context.usage())
+            yield DONE
+        except ApiError as err:  # the answer failed half-way (the status is 200 by now)
+            yield error_event(err)
+            yield DONE
+        finally:
+            job.cancel()  # the client disconnected (GeneratorExit / CancelledError) or the answer ended: free the slot
+
+    async def _deltas(self, context: _Answer, job, events: _Inbox):
+        """Text deltas of the answer as its tokens come (stop strings applied); sets context.finish.
+        Tokens that arrived together go out as one delta: a client (or a busy event loop) that falls
+        behind gets fewer, longer chunks instead of a growing backlog of events."""
+        text = context.text
+        while context.finish is None:
+            delta = []
+            for kind, value in await events.get_all():
+                if kind == "token":
+                    context.n_tokens += 1
+                    delta.append("" if value in self.stops else text.add(value))
+                    if text.stopped:
+                        job.cancel()
+                        context.finish = "stop"
+                        break
+                elif kind == "end":
+                    context.finish = "length" if value == "length" else "stop"
+                    break
+                elif kind == "error":
+                    raise _answer_error(value, context.doc_ids)
+            self.m_tokens.inc(len(delta))
+            delta = "".join(delta) + (text.finish() if context.finish is not None else "")
+            if delta:
+                yield delta
+
+    # ---- pieces --------------------------------------------------------------------------------
+    def _authorize(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(given.encode(), self.api_key):  # constant time in the key's contents
+            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY' (the key the server was"
+                           " started with, --api-key or BEACON_API_KEY)", kind="authentication_error")  # fmt: skip
+
+    def _prompt_ids(self, req) -> list[int]:
+        from beacon_actors.text import PLAIN_QUESTION, question_text
+
+        tok = self.lm.tokenizer
+        if not req.chat:
+            text = req.prompt
+        elif len(req.messages) == 1 and req.messages[0]["role"] == "user":
+            text = question_text(tok, req.messages[0]["content"])  # exactly what `beacon ask` reads
+        elif getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False)
+        else:
+            users = [m["content"] for m in req.messages if m["role"] == "user"]
+            text = "".join(f"\n\n{m['role'].title()}: {m['content']}" for m in req.messages if m["role"] != "user")
+            text += PLAIN_QUESTION.format(question=users[-1] if users else "")
+        ids = list(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
+        if not ids:
+            raise ApiError(400, "the prompt has no tokens", param="messages" if req.chat else "prompt")
+        return ids
+
+    def _pick_documents(self, req, n_prompt: int) -> list[str]:
+        """Document ids to read (in order), each checked to be stored; the length checked against the model."""
+        from snapshots import DocumentNotFoundError
+
+        if req.documents is not None:
+            doc_ids = req.documents
+        else:
+            hits = self.search.search(req.search_text, k=req.top_k)
+            if not hits:
+                raise ApiError(404, "the store's search found no document for this request (is the store ingested,"
+                               " with its search table?); give 'documents'", param="search")  # fmt: skip
+            doc_ids = [d for d, _ in reversed(hits)]  # best match last: read closest to the prompt
+        infos = []
+        for d in doc_ids:
+            try:
+                infos.append(self.store.show(d))  # a lookup in the documents table, never a path
+            except DocumentNotFoundError:
+                raise ApiError(404, f"no document {d!r} is stored (GET /v1/documents lists them)",
+                               param="documents") from None  # fmt: skip
+            except ValueError as err:
+                raise ApiError(400, f"document id {d!r}: {err}", param="documents") from None
+        _check_length(self.lm, [i.state for i in infos], n_prompt, req.max_tokens)
+        return doc_ids
+
+    def _error(self, route: str, err: ApiError) -> JSONResponse:
+        self.m_requests.inc(tags={"route": route, "status": str(err.status)})
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+# ---- building and running ------------------------------------------------------------------------
+def build(args: dict):
+    """The Serve application for `args` (ServeConfig fields): what serve.yaml's import_path names."""
+    config = ServeConfig.from_dict(dict(args))
+    return BeaconServer.options(**deployment_options(config)).bind(config.to_dict())
+
+
+def run(config: ServeConfig, *, ray_options=None, ready: threading.Event | None = None) -> None:
+    """Start (or join) Ray, run the application on config.host:config.port, block until SIGINT/SIGTERM,
+    then take the application down (and Serve with it when Ray was started here)."""
+    import ray
+
+    from .cluster import ensure_ray
+    from .defaults import absolute, resolve_model
+
+    settings = ServeConfig.from_dict(config.to_dict() | {
+        "model": resolve_model(config.model), "db": absolute(config.db),
+        "tokenizer": None if config.tokenizer is None else resolve_model(config.tokenizer),
+        "served_model_name": config.model_name,
+    })  # fmt: skip
+    address = (ray_options.address if ray_options else None) or os.environ.get("RAY_ADDRESS")
+    embedded = not ray.is_initialized() and not address  # Ray starts here, and stops with the command
+    ensure_ray(ray_options)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.run(build(settings.to_dict()), name=APP_NAME, route_prefix="/")
+        print(f"beacon serve: http://{settings.host}:{settings.port}/v1 (model {settings.model_name}, store"
+              f" {settings.db}); Ctrl-C stops", flush=True)  # fmt: skip
+        ports = sorted({n["MetricsExportPort"] for n in ray.nodes() if n.get("Alive") and n.get("MetricsExportPort")})
+        if ports:
+            print(f"beacon serve: Prometheus metrics of this node at http://127.0.0.1:{ports[0]}/metrics", flush=True)
+        if ready is not None:
+            ready.set()
+        stop.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        try:
+            serve.delete(APP_NAME)
+            if embedded:
+                serve.shutdown()
+        finally:
+            if embedded:
+                ray.shutdown()

@@ -1,0 +1,365 @@
+"""`beacon serve`: the batcher in-process (batched rows = each answered alone), then one real server
+per module — `beacon serve` in a child process (embedded Ray, Ray Serve, a real LanceDB store, a
+tiny random model) — answered through the official `openai` client and plain HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+import beacon
+from beacon_actors.batcher import Batcher, Job, Overloaded, Sampling
+from beacon_actors.columns import DOCUMENTS, table
+from beacon_actors.condenser import Condenser
+from beacon_actors.generation import greedy_answer
+from beacon_actors.text import question_ids, stop_ids
+from beacon_actors.tokenize import tokenize_documents
+from pipelines.openai_api import TextStream
+from pipelines.serve_config import ServeConfig, serve_config
+from snapshots import SnapshotStore
+from snapshots.records import text_digest
+from snapshots.search import SearchIndex
+
+from ._pipelines_helpers import REPO, free_port, tiny_model
+
+KEY = "test-key-0123"
+SERVER_LOG: list[Path] = []  # the module's server's output (its metrics address)
+TEXTS = {
+    "alpha.md": "# Alpha\n\nORBIT_CEDAR = 'amber'\n" + "alpha notes on the orbit " * 6,
+    "beta.md": "# Beta\n\nRIVER_STONE = 'birch'\n" + "beta survey of the river " * 7,
+    "gamma.md": "# Gamma\n\nGLACIER_MOSS = 'cabin'\n" + "gamma glacier moss " * 5,
+    "broken.md": "# Broken\n\nsome text that will be damaged " * 3,
+}
+
+
+def _ingest(model: Path, db: Path) -> None:
+    rows = [{"doc_id": d, "text": t, "title": d, "text_sha256": text_digest(t, d)} for d, t in TEXTS.items()]
+    Condenser(str(model), str(db))(tokenize_documents(table(rows, DOCUMENTS), tokenizer=str(model)))
+    SearchIndex(db).upsert(rows)
+    from .test_snapshots_store import _flip_a_byte
+
+    _flip_a_byte(SnapshotStore(db), "doc_id = 'broken.md' AND row = 0", offset=3)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    model = tiny_model(root / "qwen2")
+    config = json.loads((model / "config.json").read_text())  # room for long answers (the overload test's)
+    (model / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 65536}))
+    _ingest(model, root / "db")
+    lm = beacon.load(model)
+    return model, root / "db", lm
+
+
+def _expected(lm, db, doc_ids, question, max_tokens):
+    memory = SnapshotStore(db).get(doc_ids, fingerprint=lm.fingerprint())
+    stops = stop_ids(lm)
+    return greedy_answer(lm, question_ids(lm.tokenizer, question), memory, max_new_tokens=max_tokens, stops=stops)
+
+
+# ---- the batcher, in this process ------------------------------------------------------------------
+def _collect(events: queue.Queue) -> tuple[list[int], str, dict]:
+    tokens, start = [], {}
+    while True:
+        kind, value = events.get(timeout=60)
+        if kind == "start":
+            start = value
+        elif kind == "token":
+            tokens.append(value)
+        elif kind == "error":
+            raise value
+        else:
+            return tokens, value, start
+
+
+def test_batched_rows_answer_as_each_alone(setup):
+    model, db, lm = setup
+    questions = ["orbit?", "cedar?", "amber?", "long question here?"]  # 3 of one length, one longer
+    batcher = Batcher(lm, SnapshotStore(db), stops=stop_ids(lm), max_batch=4, start=False)
+    outs = []
+    for q in questions:
+        events = queue.Queue()
+        batcher.submit(Job(("alpha.md",), question_ids(lm.tokenizer, q), Sampling(max_tokens=24),
+                           lambda k, v, e=events: e.put((k, v))))  # fmt: skip
+        outs.append(events)
+    seeded = queue.Queue()  # sampling: the same seed gives the same answer, batched or alone
+    batcher.submit(Job(("alpha.md",), question_ids(lm.tokenizer, "orbit?"), Sampling(24, 1.0, 0.9, seed=5),
+                       lambda k, v: seeded.put((k, v))))  # fmt: skip
+    batcher.start()
+    try:
+        results = [_collect(e) for e in outs]
+        sampled = _collect(seeded)[0]
+        assert [r[2]["batch"] for r in results] == [4, 4, 4, 1]  # equal lengths share a group (seeded one too)
+        for q, (tokens, finish, _) in zip(questions, results, strict=True):
+            want = _expected(lm, db, ["alpha.md"], q, 24)
+            assert tokens == want.token_ids and finish in ("stop", "length")
+        alone = queue.Queue()
+        batcher.submit(Job(("alpha.md",), question_ids(lm.tokenizer, "orbit?"), Sampling(24, 1.0, 0.9, seed=5),
+                           lambda k, v: alone.put((k, v))))  # fmt: skip
+        tokens, _, start = _collect(alone)
+        assert start["batch"] == 1 and start["cache_hit"] and tokens == sampled
+        assert batcher.stats["max_group_rows"] == 4 and batcher.held() == 0
+    finally:
+        batcher.close()
+
+
+def test_batcher_bounds_and_cancel(setup):
+    _, db, lm = setup
+    batcher = Batcher(lm, SnapshotStore(db), stops=[], max_batch=2, max_running=1, max_waiting=1, start=False)
+    events = [queue.Queue() for _ in range(2)]
+    jobs = [Job(("beta.md",), [5, 6, 7], Sampling(max_tokens=500), lambda k, v, e=e: e.put((k, v))) for e in events]
+    for j in jobs:
+        batcher.submit(j)
+    with pytest.raises(Overloaded, match="retry later"):
+        batcher.submit(Job(("beta.md",), [5], Sampling(), lambda k, v: None))
+    jobs[1].cancel()  # a client gone away frees its slot at once, before its job even started
+    batcher.submit(Job(("beta.md",), [5], Sampling(max_tokens=1), lambda k, v: None))
+    batcher.start()
+    try:
+        assert events[0].get(timeout=60)[0] == "start"
+        jobs[0].cancel()
+        assert _collect(events[0])[1] == "cancelled"
+        assert _collect(events[1])[1] == "cancelled"
+        deadline = time.time() + 30
+        while batcher.held() and time.time() < deadline:
+            time.sleep(0.05)
+        assert batcher.held() == 0
+    finally:
+        batcher.close()
+
+
+def test_text_stream_holds_back_stop_strings(setup):
+    tok = setup[2].tokenizer
+    ids = list(tok("hello world, stop here", add_special_tokens=False)["input_ids"])
+    stream = TextStream(tok, ["stop"])
+    sent = "".join(stream.add(t) for t in ids) + stream.finish()
+    assert sent == "hello world, " and stream.stopped
+
+
+def test_serve_yaml_is_a_valid_ray_serve_config():
+    from ray.serve.schema import ServeDeploySchema
+
+    config = serve_config(ServeConfig(min_replicas=1, max_replicas=4, gpus_per_replica=1, api_key="secret"))
+    schema = ServeDeploySchema.model_validate(config)
+    (app,) = schema.applications
+    (dep,) = app.deployments
+    assert dep.autoscaling_config["max_replicas"] == 4 and dep.ray_actor_options.num_gpus == 1
+    assert dep.backpressure_config.status_code == 429 and "secret" not in json.dumps(config)
+
+
+def test_dry_run_writes_and_prints_serve_yaml(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from beacon_cli.main import main
+
+    path = tmp_path / "serve.yaml"
+    out = CliRunner().invoke(main, ["serve", "--dry-run", str(path), "--replicas", "2", "--gpus-per-replica", "1",
+                                    "--port", "9000", "--api-key", "secret"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    config = yaml.safe_load(path.read_text())
+    (dep,) = config["applications"][0]["deployments"]
+    assert dep["num_replicas"] == 2 and dep["ray_actor_options"]["num_gpus"] == 1
+    assert config["http_options"]["port"] == 9000 and "secret" not in path.read_text()
+    assert yaml.safe_load(out.stdout) == config
+
+
+# ---- a real server ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(setup, tmp_path_factory):
+    model, db, _ = setup
+    port = free_port()
+    log = tmp_path_factory.mktemp("log") / "serve.log"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               RAY_AUTH_MODE="disabled", BEACON_API_KEY=KEY, RAY_SERVE_HTTP_KEEP_ALIVE_TIMEOUT_S="5")  # fmt: skip
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "beacon_cli.main", "serve", "--model", str(model), "--db", str(db), "--port",
+           str(port), "--num-cpus", "2", "--no-dashboard", "--max-running", "2", "--max-waiting", "0",
+           "--max-batch", "2", "--max-tokens-limit", "1000000"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300  # a busy 2-core machine takes a while to start Ray and Serve
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"beacon serve exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
+            try:
+                if requests.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"beacon serve did not answer in 300 s:\n{log.read_text()[-4000:]}")
+            time.sleep(0.5)
+        SERVER_LOG.append(log)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)  # the command takes the app down and stops its Ray
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        assert proc.returncode == 0, log.read_text()[-4000:]
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def _post(server, path, body, key=KEY, **kw):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return requests.post(f"{server}{path}", data=data, headers=headers | {"Content-Type": "application/json"},
+                         timeout=60, **kw)  # fmt: skip
+
+
+def test_chat_answers_as_beacon_ask_does_stream_or_not(setup, client):
+    _, db, lm = setup
+    want = _expected(lm, db, ["alpha.md"], "What is ORBIT_CEDAR?", 12)
+    stops = stop_ids(lm)
+    text = lm.tokenizer.decode([t for t in want.token_ids if t not in stops], skip_special_tokens=True)
+    messages = [{"role": "user", "content": "What is ORBIT_CEDAR?"}]
+    got = client.chat.completions.create(model="qwen2", messages=messages, max_tokens=12,
+                                         extra_body={"documents": ["alpha.md"]})  # fmt: skip
+    assert got.choices[0].message.content == text
+    assert got.usage.completion_tokens == len(want.token_ids)
+    assert got.choices[0].finish_reason == ("stop" if want.token_ids[-1] in stops else "length")
+    chunks = list(client.chat.completions.create(model="qwen2", messages=messages, max_tokens=12, stream=True,
+                                                 stream_options={"include_usage": True},
+                                                 extra_body={"documents": ["alpha.md"]}))  # fmt: skip
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == got.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == len(want.token_ids)
+
+
+def test_completions_search_seed_and_stop(server, client):
+    got = client.completions.create(model="qwen2", prompt="RIVER_STONE river survey", max_tokens=8,
+                                    extra_body={"search": {"top_k": 1}})  # fmt: skip
+    assert got.model_extra["documents"] == ["beta.md"] and got.usage.prompt_tokens == len("RIVER_STONE river survey")
+    sample = dict(model="qwen2", prompt="abc", max_tokens=16, temperature=1.0, top_p=0.9, seed=11,
+                  extra_body={"documents": ["gamma.md", "beta.md"]})  # fmt: skip
+    a, b = (client.completions.create(**sample).choices[0].text for _ in range(2))
+    assert a == b and len(a) > 0
+    cut = a[len(a) // 2 :][:2]
+    stopped = client.completions.create(**sample, stop=[cut]).choices[0]
+    assert stopped.text == a[: a.index(cut)] and stopped.finish_reason == "stop"
+    raw = _post(server, "/v1/completions", {"prompt": "abc", "max_tokens": 3, "stream": True, "documents": ["beta.md"]})
+    events = [e for e in raw.text.split("\n\n") if e]
+    assert raw.status_code == 200 and all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+
+
+def test_models_documents_and_health(server, client):
+    assert [m.id for m in client.models.list()] == ["qwen2"]
+    page = requests.get(f"{server}/v1/documents?limit=2", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert [d["id"] for d in page["data"]] == ["alpha.md", "beta.md"] and page["has_more"]
+    rest = requests.get(f"{server}/v1/documents?after=beta.md", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert [d["id"] for d in rest["data"]] == ["broken.md", "gamma.md"] and not rest["has_more"]
+    assert requests.get(f"{server}/health").json()["status"] == "ok"
+
+
+def test_bad_requests_get_the_right_status_and_name_the_field(server):
+    body = {"messages": [{"role": "user", "content": "hi"}], "documents": ["alpha.md"], "max_tokens": 4}
+    assert _post(server, "/v1/chat/completions", body, key=None).status_code == 401
+    assert _post(server, "/v1/chat/completions", body, key="wrong-key").status_code == 401
+    assert requests.get(f"{server}/v1/models").status_code == 401
+    r = _post(server, "/v1/chat/completions", body | {"documents": ["nope.md"]})
+    assert r.status_code == 404 and "'nope.md'" in r.json()["error"]["message"]
+    r = _post(server, "/v1/chat/completions", body | {"documents": ["../../etc/passwd"]})
+    assert r.status_code == 404  # ids are looked up in the store, never opened as paths
+    r = _post(server, "/v1/chat/completions", b"{not json")
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = _post(server, "/v1/chat/completions", body | {"max_tokens": "ten"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+    r = _post(server, "/v1/chat/completions", body | {"messages": [{"role": "user", "content": 3}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content"
+    r = _post(server, "/v1/chat/completions", {"messages": body["messages"]})
+    assert r.status_code == 400 and "documents" in r.json()["error"]["message"]
+    r = _post(server, "/v1/completions", {"prompt": "x", "documents": ["alpha.md"], "max_tokens": 140_000})
+    assert r.status_code == 400 and "limit of 65536 positions" in r.json()["error"]["message"]  # 140000 / ratio 2
+    r = _post(server, "/v1/chat/completions", body | {"model": "gpt-4"})
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+
+
+def test_a_corrupt_snapshot_fails_only_its_request(server):
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    for stream in (False, True):
+        r = _post(server, "/v1/chat/completions", body | {"documents": ["broken.md"], "stream": stream})
+        assert r.status_code == 500 and "failed its checks" in r.json()["error"]["message"]
+    assert _post(server, "/v1/chat/completions", body | {"documents": ["alpha.md"]}).status_code == 200
+
+
+def test_overload_is_429_with_retry_after_and_disconnects_free_slots(server):
+    """The server runs 2 answers at most and queues none: a third gets 429; closing the two streams
+    mid-answer frees both slots."""
+    body = {"prompt": "abc", "max_tokens": 120_000, "stream": True, "documents": ["gamma.md"]}  # minutes of tokens
+    headers = {"Authorization": f"Bearer {KEY}"}
+    streams, readers = [], []  # keep the line iterators: a dropped one closes its connection
+    for _ in range(2):
+        response = requests.post(f"{server}/v1/completions", json=body, headers=headers, timeout=60, stream=True)
+        streams.append(response)
+        readers.append(response.iter_lines())
+        assert response.status_code == 200 and next(readers[-1]).startswith(b"data: ")
+    try:
+        assert requests.get(f"{server}/health").json()["running_or_waiting"] == 2
+        r = _post(server, "/v1/completions", body | {"stream": False, "max_tokens": 2})
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    finally:
+        for response in streams:
+            response.close()  # the connection goes: the server sees the client leave
+    deadline = time.time() + 30
+    while requests.get(f"{server}/health").json()["running_or_waiting"] and time.time() < deadline:
+        time.sleep(0.2)
+    health = requests.get(f"{server}/health").json()
+    assert health["running_or_waiting"] == 0
+    r = _post(server, "/v1/completions", body | {"stream": False, "max_tokens": 2})
+    assert r.status_code == 200
+
+
+def test_concurrent_clients_all_get_answers(server, client):
+    answers: list = [None] * 2  # the server runs 2 at most and queues none
+
+    def ask(i):
+        answers[i] = client.completions.create(model="qwen2", prompt="abc", max_tokens=6,
+                                               extra_body={"documents": ["beta.md"]}).choices[0].text  # fmt: skip
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(set(answers)) == 1 and answers[0] is not None  # greedy: one answer, however they were grouped
+
+
+
+def test_metrics_reach_rays_prometheus_endpoint(server):
+    """The replica's counters and TTFT histogram appear on the node's metrics endpoint (Ray exports
+    every few seconds: polled for up to a minute)."""
+    import re
+
+    (url,) = re.findall(r"Prometheus metrics of this node at (\S+)", SERVER_LOG[0].read_text())
+    deadline, text = time.time() + 60, ""
+    while time.time() < deadline:
+        text = requests.get(url, timeout=10).text
+        if 'ray_beacon_requests_total{' in text and "ray_beacon_ttft_seconds_bucket{" in text:
+            break
+        time.sleep(2)
+    assert re.search(r'ray_beacon_requests_total\{[^}]*route="chat"[^}]*status="401"', text), text[-2000:]
+    assert re.search(r'ray_beacon_memory_cache_total\{[^}]*result="hit"', text)
+    assert "ray_beacon_generated_tokens_total{" in text and "ray_beacon_ttft_seconds_bucket{" in text
