@@ -56,9 +56,10 @@ def test_question_prompt_uses_the_chat_template_when_there_is_one():
 def test_corpus_record_normalisation():
     row = record_to_document({"id": 7, "text": "x", "metadata": {"b": 1, "a": 2}, "embedding": [1, 2]}, source="c")
     assert row["doc_id"] == "7" and row["metadata_json"] == '{"a": 2, "b": 1}' and row["embedding"] == [1.0, 2.0]
-    assert row["text_sha256"] == text_digest("x", "7") and row["source_uri"] == "c#7"
-    assert "must be a string" in record_to_document({"id": "a", "text": None}, source="c")["error"]
-    with pytest.raises(ValueError, match="has no 'id'"):
+    assert "text_sha256" not in row and row["source_uri"] == "c#7"  # hashed later, once the row is checked
+    with pytest.raises(ValueError, match="'text' must be a string, got nothing"):
+        record_to_document({"id": "a", "text": None}, source="c")
+    with pytest.raises(ValueError, match=r"no 'id' \(or 'doc_id'\)"):
         record_to_document({"text": "x"}, source="corpus.jsonl")
 
 
