@@ -192,9 +192,10 @@ def test_pass_plans_are_reused_and_never_stale():
             lm.condense(ids[:, :n])
         assert len(lm._plans._entries) <= lm._plans.size
         entries = list(lm._plans._entries)
+        lm.parallel_window = 1  # one window a pass on every device (a GPU otherwise reads ~8K rows a pass)
         lm.condense(tokens(4 * lm._plans.size * 16 + 5, seed=31))  # more passes than the cache holds
         assert list(lm._plans._entries) == entries  # planned afresh: no plan of the call evicts another
-    lm.attn_mode = "auto"
+    lm.attn_mode, lm.parallel_window = "auto", None
     cache = PlanCache(size=2)
     assert [cache.get(k, lambda k=k: k * 10) for k in (1, 2, 1, 3, 2)] == [10, 20, 10, 30, 20]
     assert (cache.hits, cache.misses, list(cache._entries)) == (1, 4, [3, 2])
