@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
+from .bases import base_folder, get_base
 from .config import BeaconConfig
 from .engine import BeaconLM
 from .families import family_of
-from .params import add_beacon_modules, freeze_base, init_missing
+from .params import add_beacon_modules, freeze_base, init_missing, pack_deltas, unpack_deltas
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,9 @@ def load(
 
     name_or_path: a local HF folder or a hub id. Official beacon checkpoints load with their
     beacon weights; a plain base model gets beacon weights initialised from its own (projections
-    copied, embedding from the bos/eos token). `beacon_overrides` set BeaconConfig fields
+    copied, embedding from the bos/eos token). A compact folder (`save_compact`: config.json names
+    a `beacon_base` from beacon.bases) takes its base weights from that base, converted once.
+    `beacon_overrides` set BeaconConfig fields
     (e.g. beacon_ratio=[8]) over what config.json says.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -120,9 +123,11 @@ def load(
     family_of(hf_config.model_type)  # clear error before loading weights of an unsupported family
     cfg = BeaconConfig.from_dict(vars(hf_config) | hf_config.to_dict(), **beacon_overrides)
     torch_dtype = _resolve_dtype(dtype)
+    base_name = getattr(hf_config, "beacon_base", None)  # a compact folder: base weights from beacon.bases
+    weights = base_folder(base_name) if base_name else folder
     with _quiet_beacon_report():
         model = AutoModelForCausalLM.from_pretrained(
-            folder, config=hf_config, dtype=torch_dtype, trust_remote_code=False
+            weights, config=hf_config, dtype=torch_dtype, trust_remote_code=False
         )
     model.to(device)
     lm = from_hf(model, cfg, stored=_read_beacon_weights(folder), name=str(name_or_path))
@@ -148,7 +153,7 @@ def from_hf(
     cfg = config or BeaconConfig.from_dict(vars(model.config) | model.config.to_dict(), **beacon_overrides)
     model.eval()
     names = set(add_beacon_modules(model, cfg))
-    stored = dict(stored or {})
+    stored = unpack_deltas(dict(stored or {}), model)  # int8 deltas of a compact folder -> full tensors
     unused = sorted(k for k in stored if k not in names)
     if unused:
         logger.warning(
@@ -175,6 +180,26 @@ def save_pretrained(lm: BeaconLM, path: str | os.PathLike) -> None:
     """Write config.json (with beacon_* fields) and safetensors weights, base and beacon together."""
     for key, value in lm.config.to_dict().items():
         setattr(lm.model.config, key, value)
+    if hasattr(lm.model.config, "beacon_base"):  # a full folder carries its own base weights
+        del lm.model.config.beacon_base
     lm.model.save_pretrained(str(path))
     if lm.tokenizer is not None:
         lm.tokenizer.save_pretrained(str(path))
+
+
+def save_compact(lm: BeaconLM, path: str | os.PathLike, base: str) -> None:
+    """Write only what a base-referencing folder needs: config.json (the base's architecture, beacon_*
+    fields and "beacon_base": base), the beacon weights as int8 deltas (params.pack_deltas) in
+    beacon.safetensors, and the tokenizer. `load` rebuilds the model from the base named."""
+    from safetensors.torch import save_file
+
+    get_base(base)  # an unknown name fails here, not at load time
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    for key, value in lm.config.to_dict().items():
+        setattr(lm.model.config, key, value)
+    lm.model.config.beacon_base = base
+    lm.model.config.save_pretrained(out)
+    save_file(pack_deltas(lm.model), str(out / "beacon.safetensors"), metadata={"format": "pt", "beacon_base": base})
+    if lm.tokenizer is not None:
+        lm.tokenizer.save_pretrained(str(out))

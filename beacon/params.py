@@ -87,3 +87,42 @@ def beacon_modules(parts: Parts, model: nn.Module, cfg: BeaconConfig) -> dict:
         attn = layer.self_attn
         layers.append({p: getattr(attn, f"beacon_{p}_proj") for p in cfg.beacon_param})
     return {"embed": inner.beacon_embed_tokens, "layers": layers}
+
+
+# ---- compact storage: beacon projections as int8 deltas from the base's -------------------------
+DELTA, SCALE = ".delta_int8", ".delta_scale"
+
+
+@torch.no_grad()
+def pack_deltas(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Beacon weights for shipping: each projection as (beacon - base) in int8 with one fp32 scale per
+    output row (a quarter of fp32's size; the delta is small, so its rounding error is too), other
+    beacon tensors (embedding, biases) as they are."""
+    params = dict(model.named_parameters())
+    packed: dict[str, torch.Tensor] = {}
+    for name in beacon_parameter_names(model):
+        value = params[name].detach().float().cpu()
+        base = name.replace("beacon_", "")
+        if value.dim() != 2 or base not in params or params[base].shape != value.shape:  # e.g. the embedding
+            packed[name] = value.contiguous()
+            continue
+        delta = value - params[base].detach().float().cpu()
+        scale = delta.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+        packed[name + DELTA] = torch.round(delta / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+        packed[name + SCALE] = scale.contiguous()
+    return packed
+
+
+@torch.no_grad()
+def unpack_deltas(stored: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The inverse of `pack_deltas` against `model`'s base weights; tensors without deltas pass through."""
+    params = dict(model.named_parameters())
+    out = {k: v for k, v in stored.items() if not k.endswith((DELTA, SCALE))}
+    for key in (k for k in stored if k.endswith(DELTA)):
+        name = key[: -len(DELTA)]
+        base = params.get(name.replace("beacon_", ""))
+        if base is None or name + SCALE not in stored:
+            raise ValueError(f"{key}: an int8 delta needs its base projection and {name + SCALE}")
+        delta = stored[key].float() * stored[name + SCALE].float()[:, None]
+        out[name] = (base.detach().float().cpu() + delta).to(base.dtype)
+    return out

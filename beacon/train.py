@@ -385,6 +385,8 @@ def train(cfg: TrainConfig, *, on_log: Callable[[dict], None] | None = None) -> 
             sync = world == 1 or micro == cfg.grad_accum - 1
             with nullcontext() if sync else step_fn.no_sync(), autocast:
                 loss, _ = step_fn(ids.to(device), labels.to(device), _ratio_seed(cfg.seed, k))
+                if not loss.requires_grad:  # every sequence within its first window: no beacon was read
+                    loss = loss + sum(p.sum() for p in params) * 0.0  # zero gradients (DDP still syncs)
             (loss / cfg.grad_accum).backward()
             step_loss += loss.detach() / cfg.grad_accum
             log_tokens += n_tok

