@@ -48,37 +48,46 @@ def roots() -> list[Path]:
     return sorted(Path(p) for p in paths if Path(p).is_dir())
 
 
-def collect(max_chars: int) -> dict[str, list[tuple[str, str]]]:
-    """{package: [(path, text), ...]} with at most `max_chars` characters, whole packages only."""
-    packages: dict[str, list[tuple[str, str]]] = {}
-    seen: set[str] = set()
+def _entries() -> dict[str, list[Path]]:
+    """{package: [top-level paths]}: every entry of the site-packages folders and the standard library."""
+    entries: dict[str, list[Path]] = {}
     for root in roots():
-        stdlib = root.name.startswith("python3") or "site-packages" not in str(root)
-        for path in sorted(root.rglob("*")):
-            if path.suffix not in SUFFIXES or not path.is_file():
+        stdlib = "site-packages" not in str(root)
+        for path in sorted(root.iterdir()):
+            name = path.name.removesuffix(".py")
+            if name in ("site-packages", "__pycache__", "test", "tests") or name.startswith((".", "_")):
                 continue
-            rel = path.relative_to(root)
-            if "site-packages" in rel.parts or "__pycache__" in rel.parts or "test" in rel.parts[:2]:
-                continue  # a nested site-packages (venvs) is another root; test data is noise
-            top = "stdlib." + rel.parts[0].removesuffix(".py") if stdlib else rel.parts[0].removesuffix(".py")
-            if top.endswith((".dist-info", ".egg-info", ".data")):
-                top = top.split("-")[0].lower()
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError):
+            if path.is_file() and path.suffix not in SUFFIXES:
                 continue
-            digest = hashlib.sha1(text.encode()).hexdigest()
-            if not _usable(text) or digest in seen:
-                continue
-            seen.add(digest)
-            packages.setdefault(top, []).append((str(path), text))
-    kept, total = {}, 0
-    for top in sorted(packages, key=_rank):  # cap by dropping whole packages in hash order
-        size = sum(len(t) for _, t in packages[top])
-        if total + size > max_chars and kept:
-            continue
-        kept[top] = packages[top]
-        total += size
+            name = name.split("-")[0].lower() if name.endswith((".dist-info", ".egg-info", ".data")) else name
+            entries.setdefault(("stdlib." if stdlib else "") + name, []).append(path)
+    return entries
+
+
+def collect(max_chars: int) -> dict[str, list[tuple[str, str]]]:
+    """{package: [(path, text), ...]}: whole packages in hash order until `max_chars` characters."""
+    kept: dict[str, list[tuple[str, str]]] = {}
+    seen: set[str] = set()
+    total = 0
+    for top, paths in sorted(_entries().items(), key=lambda kv: _rank(kv[0])):
+        files = []
+        for entry in paths:
+            for path in sorted(entry.rglob("*")) if entry.is_dir() else [entry]:
+                if path.suffix not in SUFFIXES or "__pycache__" in path.parts or not path.is_file():
+                    continue
+                try:
+                    text = path.read_text(encoding="utf-8")
+                except (UnicodeDecodeError, OSError):
+                    continue
+                digest = hashlib.sha1(text.encode()).hexdigest()
+                if _usable(text) and digest not in seen:  # vendored copies are kept once
+                    seen.add(digest)
+                    files.append((str(path), text))
+        if files:
+            kept[top] = files
+            total += sum(len(t) for _, t in files)
+        if total >= max_chars:
+            break
     return kept
 
 
