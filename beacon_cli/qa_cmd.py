@@ -20,6 +20,8 @@ from .pipeline_options import (
     store_options,
 )
 
+SHOWN_ANSWERS = 20  # `beacon qa` lists each graded answer when there are at most this many
+
 
 def _answer_config(**kwargs):
     from pipelines.config import AnswerConfig
@@ -113,6 +115,10 @@ def qa(questions, output, db, model, tokenizer, dtype, actors, gpus_per_actor, c
         f"{report.n_answered} answered, {report.n_failed} failed of {report.n_questions} questions{graded} in"
         f" {report.seconds:.1f} s (latency p50 {total.get('p50', 0) * 1e3:.0f} ms) -> {report.output}"
     )
+    if len(report.graded) <= SHOWN_ANSWERS:  # a small graded set (the sample): each answer beside its expected one
+        for g in report.graded:
+            mark = "right" if g["correct"] else "wrong"
+            click.echo(f"  {mark}  {g['question_id']}: {g['answer']!r} (expected {g['expected']!r})")
     for f in report.failures[:10]:
         click.echo(f"  failed {f['question_id']}: {f['error']}", err=True)
     exit_if_failed(report.n_failed, "questions", allow_failures)

@@ -88,7 +88,9 @@ def _tally(report: AnswerReport, rows: list[dict]) -> None:
     report.failures = [{"question_id": r["question_id"], "error": r["error"]} for r in rows if r["error"]]
     graded = [r for r in ok if r["expected"] is not None]
     report.n_with_expected = len(graded)
-    report.n_correct = sum(is_correct(r["answer"], r["expected"]) for r in graded)
+    report.graded = [{"question_id": r["question_id"], "answer": r["answer"], "expected": r["expected"],
+                      "correct": is_correct(r["answer"], r["expected"])} for r in graded]  # fmt: skip
+    report.n_correct = sum(g["correct"] for g in report.graded)
     report.latency = {
         "load_s": summarize([r["load_s"] for r in ok if not r["cache_hit"]]),
         "first_token_s": summarize([r["first_token_s"] for r in ok if r["first_token_s"] is not None]),

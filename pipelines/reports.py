@@ -85,6 +85,7 @@ class AnswerReport:
     seconds: float = 0.0
     latency: dict = field(default_factory=dict)  # {load_s|first_token_s|total_s: {mean, p50, p90, max}}
     failures: list[dict] = field(default_factory=list)  # {question_id, error}, at most 100
+    graded: list[dict] = field(default_factory=list)  # {question_id, answer, expected, correct} per graded question
     workers: dict[str, WorkerStats] = field(default_factory=dict)
 
     @property

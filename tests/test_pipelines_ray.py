@@ -128,10 +128,12 @@ def test_cli_ingest_qa_ask_generate_snapshots(model, tmp_path, monkeypatch):
     out = run(cli, ["ingest", str(corpus), *common, "--no-progress", "--json"])
     assert json.loads(out.output)["n_stored"] == 2
     questions = tmp_path / "q.jsonl"
-    questions.write_text('{"question": "What is ALPHA_KEY?"}\n{"question": "beta?", "doc_ids": ["beta"]}\n')
+    questions.write_text('{"question": "What is ALPHA_KEY?", "answer": "zzz-never"}\n'
+                         '{"question": "beta?", "doc_ids": ["beta"]}\n')  # fmt: skip
     out = run(cli, ["qa", str(questions), "-o", str(tmp_path / "a.jsonl"), *common, "--max-new-tokens", "4"])
-    assert out.exit_code == 0 and "2 answered" in out.output, out.output
+    assert out.exit_code == 0 and "2 answered" in out.output and "0/1 correct" in out.output, out.output
     answers = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert f"wrong  q0: {answers[0]['answer']!r} (expected 'zzz-never')" in out.output  # each graded answer shown
     assert answers[0]["doc_ids"] == ["alpha"] and answers[1]["doc_ids"] == ["beta"]
     out = run(cli, ["ask", "What is ALPHA_KEY?", *common, "--max-new-tokens", "4", "--json"])
     asked = json.loads(out.output)
