@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The default model's beacons on a device machine (docs/default_model.md), calls made back to back
+# on one warm machine: the GGUF base (98 MB) travels in three parts, since a call carries 64 MiB.
+# Split it once here:  split -n 3 -d GGUF ggufpart. ; put ggufpart.00/.01/.02 in .carry/p1, p2, p3
+#   call 1  bash bench/recipes/default_model.sh part .carry/p1          (carry .carry/p1 .whl)
+#   call 2  bash bench/recipes/default_model.sh part .carry/p2          (carry .carry/p2)
+#   call 3  bash bench/recipes/default_model.sh train .carry/p3 560     (carry .carry/p3 .whl): join, convert,
+#           text, data, train-lm, train-qa until the time is up (checkpoints every 25 steps)
+#   call 4  bash bench/recipes/default_model.sh finish 560              (carry .whl): the rest of train-qa,
+#           finalize, eval; $OUT/m: config.json + beacon.safetensors, $OUT/r: eval and training logs
+# .whl holds gguf-0.19.0-py3-none-any.whl (transformers' GGUF reader; not on the GPU image).
+source "$(dirname "$0")/lib.sh"
+WORK=${WORK:-/root/dm}
+export BEACON_CACHE=$WORK/cache
+GGUF=$BEACON_CACHE/downloads/SmolLM2-135M-Instruct.Q4_1.gguf
+mode=$1
+[ -d .whl ] && install_wheels .whl
+case "$mode" in
+  part) stash "$2"/*; ls -la "$STASH" ;;
+  train)
+    stash "$2"/*
+    mkdir -p "$(dirname "$GGUF")"
+    [ -f "$GGUF" ] || cat "$STASH"/ggufpart.* > "$GGUF"
+    gpu_line
+    timeout "$3" python3 -m bench.default_model.run --work "$WORK" --until train-qa 2>&1 | grep -v "it/s]" | tail -n 30
+    tail -n 2 "$WORK"/beacon-*/train_log.jsonl ;;
+  finish)
+    timeout "$2" python3 -m bench.default_model.run --work "$WORK" --until finalize 2>&1 | grep -v "it/s]" | tail -n 12
+    mkdir -p "$OUT/m"
+    cp "$WORK"/smollm2-135m-beacon/config.json "$WORK"/smollm2-135m-beacon/beacon.safetensors "$OUT/m/" 2>/dev/null
+    cp "$WORK"/beacon-lm/train_log.jsonl "$OUT/r/train_lm_log.jsonl" 2>/dev/null
+    cp "$WORK"/beacon-qa/train_log.jsonl "$OUT/r/train_qa_log.jsonl" 2>/dev/null
+    timeout $(($2 - SECONDS)) python3 -m bench.default_model.run --work "$WORK" 2>&1 | grep -v "it/s]" | tail -n 30
+    cp "$WORK"/results/* "$OUT/r/" 2>/dev/null
+    cat "$WORK"/done/* > "$OUT/r/stages.jsonl" 2>/dev/null ;;
+  *) echo "usage: default_model.sh part DIR | train DIR SECONDS | finish SECONDS"; exit 2 ;;
+esac
