@@ -33,6 +33,7 @@ def info(model: str, as_json: bool) -> None:
         click.echo(f"{key:>22}: {value}")
 
 
+from beacon_cli.eval_cmd import eval_command  # noqa: E402
 from beacon_cli.ingest_cmd import ingest  # noqa: E402
 from beacon_cli.qa_cmd import ask, generate, qa  # noqa: E402
 from beacon_cli.serve_cmd import serve  # noqa: E402
@@ -40,7 +41,7 @@ from beacon_cli.snapshots_cmd import snapshots  # noqa: E402
 from beacon_cli.train_cmd import train  # noqa: E402
 
 main.add_command(train)
-for command in (ingest, ask, qa, generate, snapshots, serve):
+for command in (ingest, ask, qa, generate, snapshots, serve, eval_command):
     main.add_command(command)
 
 if __name__ == "__main__":
