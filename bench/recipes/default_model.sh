@@ -4,9 +4,9 @@
 # Split it once here:  split -n 3 -d GGUF ggufpart. ; put ggufpart.00/.01/.02 in .carry/p1, p2, p3
 #   call 1  bash bench/recipes/default_model.sh part .carry/p1          (carry .carry/p1 .whl)
 #   call 2  bash bench/recipes/default_model.sh part .carry/p2          (carry .carry/p2)
-#   call 3  bash bench/recipes/default_model.sh train .carry/p3 560     (carry .carry/p3 .whl): join, convert,
+#   call 3  bash bench/recipes/default_model.sh train .carry/p3 480     (carry .carry/p3 .whl): join, convert,
 #           text, data, train-lm, train-qa until the time is up (checkpoints every 25 steps)
-#   call 4  bash bench/recipes/default_model.sh finish 560              (carry .whl): the rest of train-qa,
+#   call 4  bash bench/recipes/default_model.sh finish 330              (carry .whl): the rest of train-qa,
 #           finalize, eval; $OUT/m: config.json + beacon.safetensors, $OUT/r: eval and training logs
 # .whl holds gguf-0.19.0-py3-none-any.whl (transformers' GGUF reader; not on the GPU image).
 source "$(dirname "$0")/lib.sh"
