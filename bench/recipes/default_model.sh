@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The default model's beacons on a device machine (docs/default_model.md), calls made back to back
-# on one warm machine: the GGUF base (98 MB) travels in three parts, since a call carries 64 MiB.
-# Split it once here:  split -n 3 -d GGUF ggufpart. ; put ggufpart.00/.01/.02 in .carry/p1, p2, p3
-#   call 1  bash bench/recipes/default_model.sh part .carry/p1          (carry .carry/p1 .whl)
-#   call 2  bash bench/recipes/default_model.sh part .carry/p2          (carry .carry/p2)
-#   call 3  bash bench/recipes/default_model.sh train .carry/p3 480     (carry .carry/p3 .whl): join, convert,
+# on one warm machine: the GGUF base (98 MB) travels in parts, since a call carries 64 MiB with the
+# working tree. Split it once here: split -n 2 -d GGUF ggufpart. ; ggufpart.00 -> .carry/q1, .01 -> .carry/q2
+# (two parts fit beside a tree without models/beacon-tiny-code; with it, use three: split -n 3)
+#   call 1  bash bench/recipes/default_model.sh part .carry/q1          (carry .carry/q1 .whl)
+#   call 2  bash bench/recipes/default_model.sh train .carry/q2 460     (carry .carry/q2 .whl): join, convert,
 #           text, data, train-lm, train-qa until the time is up (checkpoints every 25 steps)
-#   call 4  bash bench/recipes/default_model.sh finish 330              (carry .whl): the rest of train-qa,
+#   call 3  bash bench/recipes/default_model.sh finish 260              (carry .whl): the rest of train-qa,
 #           finalize, eval; $OUT/m: config.json + beacon.safetensors, $OUT/r: eval and training logs
 # .whl holds gguf-0.19.0-py3-none-any.whl (transformers' GGUF reader; not on the GPU image).
 source "$(dirname "$0")/lib.sh"
