@@ -4,9 +4,9 @@
 # working tree. Split it once here: split -n 2 -d GGUF ggufpart. ; ggufpart.00 -> .carry/q1, .01 -> .carry/q2
 # (two parts fit beside a tree without models/beacon-tiny-code; with it, use three: split -n 3)
 #   call 1  bash bench/recipes/default_model.sh part .carry/q1          (carry .carry/q1 .whl)
-#   call 2  bash bench/recipes/default_model.sh train .carry/q2 360     (carry .carry/q2 .whl): join, convert,
+#   call 2  bash bench/recipes/default_model.sh train .carry/q2 300     (carry .carry/q2 .whl): join, convert,
 #           text, data, train-lm, train-qa until the time is up (checkpoints every 25 steps)
-#   call 3  bash bench/recipes/default_model.sh finish 200              (carry .whl): the rest of train-qa,
+#   call 3  bash bench/recipes/default_model.sh finish 180              (carry .whl): the rest of train-qa,
 #           finalize, eval; $OUT/m: config.json + beacon.safetensors, $OUT/r: eval and training logs
 # .whl holds gguf-0.19.0-py3-none-any.whl (transformers' GGUF reader; not on the GPU image).
 source "$(dirname "$0")/lib.sh"
