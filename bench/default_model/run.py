@@ -36,7 +36,8 @@ INFERENCE_MIX = "adapt-1024"  # a document's ratio: the smallest that leaves 1,0
 
 GPU = dict(max_mb=50, lm_tokens=12_000_000, lm_min=4096, lm_max=16384, qa_rows=1500, qa_min=1024,
            qa_max=16384, qa_lm_rows=600, batch_size=2, grad_accum=2, lm_budget=60, qa_budget=120, lr=3e-4,
-           eval_args=["--ppl-samples", "2", "--needle-samples", "1", "--qa-samples", "10"])  # fmt: skip
+           eval_args=["--ppl-samples", "1", "--lengths", "8192,32768", "--needle-lengths", "4096,16384,32768",
+                      "--depths", "5", "--needle-samples", "1", "--qa-samples", "10"])  # fmt: skip
 SMOKE = dict(max_mb=3, lm_tokens=40_000, lm_min=2048, lm_max=3072, qa_rows=8, qa_min=512, qa_max=2560,
              qa_lm_rows=4, batch_size=1, grad_accum=1, lm_budget=20, qa_budget=20, lr=2e-4,
              eval_args=["--lengths", "1024", "--needle-lengths", "1024", "--depths", "2", "--needle-samples", "1",

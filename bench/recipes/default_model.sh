@@ -24,6 +24,19 @@ case "$mode" in
     gpu_line
     timeout "$3" python3 -m bench.default_model.run --work "$WORK" --until train-qa 2>&1 | grep -v "it/s]" | tail -n 30
     tail -n 2 "$WORK"/beacon-*/train_log.jsonl ;;
+  all)  # train + finish in one call, for a short session: everything but eval within SECONDS - 90
+    stash "$2"/*
+    mkdir -p "$(dirname "$GGUF")"
+    [ -f "$GGUF" ] || cat "$STASH"/ggufpart.* > "$GGUF"
+    gpu_line
+    timeout $(($3 - 90)) python3 -m bench.default_model.run --work "$WORK" --until finalize 2>&1 | grep -v "it/s]" | tail -n 20
+    mkdir -p "$OUT/m"
+    cp "$WORK"/smollm2-135m-beacon/config.json "$WORK"/smollm2-135m-beacon/beacon.safetensors "$OUT/m/" 2>/dev/null
+    cp "$WORK"/beacon-lm/train_log.jsonl "$OUT/r/train_lm_log.jsonl" 2>/dev/null
+    cp "$WORK"/beacon-qa/train_log.jsonl "$OUT/r/train_qa_log.jsonl" 2>/dev/null
+    timeout $(($3 - SECONDS)) python3 -m bench.default_model.run --work "$WORK" 2>&1 | grep -v "it/s]" | tail -n 30
+    cp "$WORK"/results/* "$OUT/r/" 2>/dev/null
+    cat "$WORK"/done/* > "$OUT/r/stages.jsonl" 2>/dev/null ;;
   finish)
     timeout "$2" python3 -m bench.default_model.run --work "$WORK" --until finalize 2>&1 | grep -v "it/s]" | tail -n 12
     mkdir -p "$OUT/m"
@@ -33,5 +46,5 @@ case "$mode" in
     timeout $(($2 - SECONDS)) python3 -m bench.default_model.run --work "$WORK" 2>&1 | grep -v "it/s]" | tail -n 30
     cp "$WORK"/results/* "$OUT/r/" 2>/dev/null
     cat "$WORK"/done/* > "$OUT/r/stages.jsonl" 2>/dev/null ;;
-  *) echo "usage: default_model.sh part DIR | train DIR SECONDS | finish SECONDS"; exit 2 ;;
+  *) echo "usage: default_model.sh part DIR | train DIR SECONDS | finish SECONDS | all DIR SECONDS"; exit 2 ;;
 esac
