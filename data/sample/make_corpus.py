@@ -35,15 +35,21 @@ SHIPS = [
 DONE = ["sown", "thinned", "watered", "picked", "mulched", "staked"]
 WATER, BANKS = ["clear", "muddy", "green", "brown"], ["reed", "gravel", "clay", "rock"]
 SIGHT = ["visible", "in cloud", "lit at dusk"]
+BUOY = ["checked", "repainted", "reported adrift", "relit"]
+MARKER = ["is fine", "needs a new lens", "was cleaned"]
+
+
+ASKED = {"harbor", "lantern", "orbit", "cedar", "river", "delta", "glacier", "quartz"}  # in the questions' keys
+FILLER = [w for w in WORDS if w not in ASKED]  # look-alike keys never share a word with an asked one
 
 
 def key(rng: random.Random) -> str:
-    a, b = rng.sample(WORDS, 2)
+    a, b = rng.sample(FILLER, 2)
     return f"{a.upper()}_{b.upper()}_{rng.randint(10, 99)}"
 
 
 def value(rng: random.Random) -> str:
-    return str(rng.randint(1000, 99999)) if rng.random() < 0.5 else "-".join(rng.sample(WORDS, 2))
+    return str(rng.randint(1000, 99999)) if rng.random() < 0.5 else "-".join(rng.sample(FILLER, 2))
 
 
 def lighthouse(rng: random.Random) -> str:
@@ -66,8 +72,8 @@ def lighthouse(rng: random.Random) -> str:
         elif rng.random() < 0.5:
             lines.append(f'Controller setting changed today: {key(rng)} = "{value(rng)}"')
         lines.append(
-            f"Note: the {rng.choice(WORDS)} buoy was {rng.choice(['checked', 'repainted', 'reported adrift', 'relit'])}"
-            f" and the {rng.choice(WORDS)} channel marker {rng.choice(['is fine', 'needs a new lens', 'was cleaned'])}."
+            f"Note: the {rng.choice(FILLER)} buoy was {rng.choice(BUOY)}"
+            f" and the {rng.choice(FILLER)} channel marker {rng.choice(MARKER)}."
         )
         lines.append("")
     return "\n".join(lines)
@@ -83,7 +89,7 @@ def config_file(rng: random.Random) -> str:
     for block in range(1, 41):
         lines.append(f"[dish-{block:02d}]")
         lines.append(
-            f"# dish {block} tracks the {rng.choice(WORDS)} constellation on {rng.choice(['odd', 'even'])} nights"
+            f"# dish {block} tracks the {rng.choice(FILLER)} constellation on {rng.choice(['odd', 'even'])} nights"
         )
         for _ in range(5):
             lines.append(f'{key(rng)} = "{value(rng)}"')
@@ -114,7 +120,7 @@ def garden(rng: random.Random) -> str:
         if week == 29:
             lines.append("The pass key is 71942. Remember it. 71942 is the pass key for the tool shed.")
         elif rng.random() < 0.4:
-            lines.append(f"Reminder: the {rng.choice(WORDS)} gate code is {rng.randint(1000, 9999)} this week.")
+            lines.append(f"Reminder: the {rng.choice(FILLER)} gate code is {rng.randint(1000, 9999)} this week.")
         lines.append("")
     return "\n".join(lines)
 
@@ -150,7 +156,7 @@ def glacier(rng: random.Random) -> str:
     for day in range(1, 51):
         lines.append(
             f"Day {day}. Camp {rng.randint(1, 6)}, {rng.choice(WEATHER)}, {rng.uniform(2, 14):.1f} km walked,"
-            f" {rng.randint(0, 4)} crevasses crossed. The {rng.choice(WORDS)} ridge was {rng.choice(SIGHT)}."
+            f" {rng.randint(0, 4)} crevasses crossed. The {rng.choice(FILLER)} ridge was {rng.choice(SIGHT)}."
         )
         if day == 18:
             lines.append('Core label: GLACIER_QUARTZ_88 = "90517"')
