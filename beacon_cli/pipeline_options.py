@@ -12,8 +12,10 @@ from pipelines.defaults import DEFAULT_DB, DEFAULT_MODEL
 def store_options(f):
     """--db."""
     return click.option(
-        "--db", default=DEFAULT_DB, show_default=True, help="Snapshot store folder (created if missing)."
-    )(f)
+        "--db", default=DEFAULT_DB, show_default=True,
+        help="Snapshot store: a folder (created if missing) or an object-store URI, e.g. s3://bucket/prefix"
+        " (credentials and endpoint from the environment: AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...).",
+    )(f)  # fmt: skip
 
 
 def model_options(f):

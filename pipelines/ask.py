@@ -40,8 +40,9 @@ def ask(
 ) -> dict:
     """Answer one question from stored snapshots (`doc_ids`, else the top_k search hits). Returns an
     ANSWERS row; a failure (document not stored, nothing found) is in its `error`."""
+    store = open_store(absolute(config.db))  # none there, or a bucket out of reach: one line, nothing created
     if doc_ids:  # the ids as stored: a stem or a name with its extension finds its document
-        doc_ids = resolve_ids(doc_ids, open_store(absolute(config.db)).ids(), where=config.db)
+        doc_ids = resolve_ids(doc_ids, store.ids(), where=config.db)
     answerer = answerer or load_answerer(config)
     row = to_question({"question": question, "doc_ids": doc_ids}, 0, source="question")
     row = pick_documents(row, SearchIndex(absolute(config.db)), top_k=config.top_k)

@@ -1,11 +1,16 @@
-"""Look after a store: list, show, delete, optimize — the snapshot store and its search table together."""
+"""Look after a store: check, open, list, show, delete, optimize — the snapshot store and its search table together.
+
+A store is a folder or an object-store URI (s3://bucket/prefix: snapshots/location.py); on an object
+store there are no folders, so "is there a store" means "does its documents table open".
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from snapshots import SnapshotStore
+from snapshots import SnapshotStore, store_exists
+from snapshots.location import is_uri
 from snapshots.records import DocumentInfo
 from snapshots.reports import OptimizeReport
 from snapshots.search import SearchIndex
@@ -14,12 +19,34 @@ from .lookup import resolve_id, resolve_ids
 
 
 def open_store(db: str | os.PathLike) -> SnapshotStore:
-    """The store at `db`; ValueError saying how to make one if there is none."""
-    if Path(db).exists() and not Path(db).is_dir():
-        raise ValueError(f"--db {str(db)!r} is a file, not a snapshot store folder: give the folder you ingested into")
-    if not Path(db).is_dir():
+    """The store at `db` (a folder or an object-store URI); ValueError saying how to make one if there
+    is none, StoreUnavailableError (one line) if its object store cannot be reached."""
+    if is_uri(db):
+        found = store_exists(db)
+    else:
+        if Path(db).exists() and not Path(db).is_dir():
+            raise ValueError(
+                f"--db {str(db)!r} is a file, not a snapshot store folder: give the folder you ingested into"
+            )
+        found = Path(db).is_dir()
+    if not found:
         raise ValueError(f"no snapshot store at {str(db)!r}: ingest a corpus first (beacon ingest CORPUS --db {db})")
     return SnapshotStore(db)
+
+
+def check_store_path(db: str) -> None:
+    """ValueError if `db` cannot be a store (a regular file, or inside one), StoreUnavailableError if
+    its object store cannot be reached (no such bucket, endpoint down) — checked before any work."""
+    if is_uri(db):
+        store_exists(db)  # reaches the bucket: raises if it cannot, whether or not a store is there yet
+        return
+    path = Path(db)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == path else f"lies under {str(p)!r}, which is a file"
+                raise ValueError(f"--db {db!r} {what}: give a folder (created if missing), e.g. --db beacon_db")
+            break
 
 
 def list_documents(db: str | os.PathLike) -> list[DocumentInfo]:

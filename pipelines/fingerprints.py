@@ -5,7 +5,8 @@ Deciding what is stored already needs `lm.fingerprint()` of the ingesting model.
 every file in the folder, so a later run over the same model knows it without loading anything
 (an ingest with nothing to do never starts Ray). On a miss it is computed in this process on the
 CPU when the folder's weights are small (≤ IN_PROCESS_BYTES), else by a Ray task (the caller
-starts Ray for it). Hub ids are not cached (no files to key them on).
+starts Ray for it). Hub ids are not cached (no files to key them on). For a store on an object
+store the file is in this machine's cache folder instead (cache_file).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import hashlib
 import json
 import os
 from pathlib import Path
+
+from snapshots.location import is_uri
 
 CACHE_FILE = "fingerprints.json"
 IN_PROCESS_BYTES = 2 << 30
@@ -29,11 +32,22 @@ def model_key(model: str, dtype: str | None) -> str | None:
     return hashlib.sha256(json.dumps([str(folder.resolve()), dtype, stats]).encode()).hexdigest()
 
 
+def cache_file(db: str) -> Path:
+    """Where fingerprints are remembered for the store `db`: in its folder; for a store on an object
+    store, in this machine's cache folder ($XDG_CACHE_HOME/beacon, else ~/.cache/beacon). A key names
+    the model's files only, so one cache serves every store, and a local file keeps "an ingest with
+    nothing to do never starts Ray" without a side object next to the tables."""
+    if not is_uri(db):
+        return Path(db) / CACHE_FILE
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "beacon" / CACHE_FILE
+
+
 def cached(db: str, model: str, dtype: str | None) -> dict | None:
-    """The fingerprint remembered in the store folder for this model and dtype, or None."""
+    """The fingerprint remembered for this model and dtype (see cache_file), or None."""
     key = model_key(model, dtype)
-    path = Path(db) / CACHE_FILE
-    if key is None or "://" in db or not path.is_file():
+    path = cache_file(db)
+    if key is None or not path.is_file():
         return None
     try:
         return json.loads(path.read_text()).get(key)
@@ -42,12 +56,16 @@ def cached(db: str, model: str, dtype: str | None) -> dict | None:
 
 
 def remember(db: str, model: str, dtype: str | None, fingerprint: dict) -> None:
-    """Keep `fingerprint` in the store folder (best effort; written atomically)."""
+    """Keep `fingerprint` in the cache file (best effort; written atomically)."""
     key = model_key(model, dtype)
-    path = Path(db) / CACHE_FILE
-    if key is None or "://" in db or not Path(db).is_dir():
+    path = cache_file(db)
+    if key is None:
         return
     try:
+        if is_uri(db):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif not path.parent.is_dir():
+            return  # a local store folder is not made for a cache
         known = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         known = {}

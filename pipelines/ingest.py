@@ -28,13 +28,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from beacon_actors.text import tokenizer_source
-from snapshots import SnapshotStore
+from snapshots import SnapshotStore, store_exists
 from snapshots.search import SearchIndex
 
 from . import fingerprints
+from .catalog import check_store_path
 from .cluster import RayOptions, ensure_ray, gpus_per_actor
 from .config import IngestConfig
 from .corpus import Scan, scan_corpus, to_dataset
@@ -88,28 +88,11 @@ def ingest(
     return report
 
 
-def check_store_path(db: str) -> None:
-    """ValueError if `db` cannot be a store folder (a regular file, or inside one), before any work."""
-    if "://" in db:
-        raise ValueError(f"--db {db!r}: object-store URIs are not supported for ingestion; give a folder path")
-    path = Path(db)
-    for p in (path, *path.parents):
-        if p.exists():
-            if not p.is_dir():
-                what = "is a file" if p == path else f"lies under {str(p)!r}, which is a file"
-                raise ValueError(f"--db {db!r} {what}: give a folder (created if missing), e.g. --db beacon_db")
-            break
-
-
 def strict_message(scan: Scan) -> str:
     lines = [f"--strict: {len(scan.skipped) + len(scan.empty)} corpus entries would be skipped; nothing was written:"]
     lines += [f"  {s.where}: {s.reason}" for s in scan.skipped[:50]]
     lines += [f"  {r['source_uri']}: empty (no text besides whitespace)" for r in scan.empty[:50]]
     return "\n".join(lines)
-
-
-def store_exists(db: str) -> bool:
-    return (Path(db) / "documents.lance").is_dir()
 
 
 def _drop_stored(config, scan, db, model, report, ray_options) -> tuple[list[dict], dict[str, str]]:

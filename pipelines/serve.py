@@ -418,6 +418,7 @@ def run(config: ServeConfig, *, ray_options=None, ready: threading.Event | None 
     then take the application down (and Serve with it when Ray was started here)."""
     import ray
 
+    from .catalog import check_store_path
     from .cluster import ensure_ray
     from .defaults import absolute, resolve_model
 
@@ -426,6 +427,7 @@ def run(config: ServeConfig, *, ray_options=None, ready: threading.Event | None 
         "tokenizer": None if config.tokenizer is None else resolve_model(config.tokenizer),
         "served_model_name": config.model_name,
     })  # fmt: skip
+    check_store_path(settings.db)  # a --db that is a file, or a bucket out of reach: one line, before Ray starts
     address = (ray_options.address if ray_options else None) or os.environ.get("RAY_ADDRESS")
     embedded = not ray.is_initialized() and not address  # Ray starts here, and stops with the command
     ensure_ray(ray_options)

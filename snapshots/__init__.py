@@ -1,7 +1,7 @@
 """snapshots: beacon memories persisted as LanceDB tables — condense once, load many times.
 
 Public API:
-    store = SnapshotStore(path)
+    store = SnapshotStore(path)            # a folder, or an object-store URI: s3://bucket/prefix
     info = store.put(doc_id, memory, fingerprint=lm.fingerprint(), text=..., store_dtype=None)
     memory = store.get(doc_id | [doc_ids], fingerprint=lm.fingerprint(), device=lm.device)
     memory = store.append(doc_id, more_token_ids, lm=lm, text=...)
@@ -18,11 +18,12 @@ from .errors import (
     FingerprintMismatchError,
     SchemaMismatchError,
     SnapshotError,
+    StoreUnavailableError,
 )
 from .records import DocumentInfo, Part, Piece
 from .reports import DocStats, OptimizeReport, StoreStats
 from .schema import DOCUMENTS_SCHEMA, SCHEMA_VERSION, SNAPSHOTS_SCHEMA, STORE_DTYPES
-from .store import SnapshotStore
+from .store import SnapshotStore, store_exists
 
 __all__ = [
     "DOCUMENTS_SCHEMA",
@@ -43,4 +44,6 @@ __all__ = [
     "SnapshotError",
     "SnapshotStore",
     "StoreStats",
+    "StoreUnavailableError",
+    "store_exists",
 ]

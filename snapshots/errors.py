@@ -29,3 +29,7 @@ class ConcurrentUpdateError(SnapshotError):
 
 class SchemaMismatchError(SnapshotError):
     """The tables on disk have another schema (version) than this code writes."""
+
+
+class StoreUnavailableError(SnapshotError):
+    """The store's object-store location cannot be reached (no such bucket, endpoint down, access refused)."""

@@ -12,17 +12,18 @@ the other tables (tables.sql_str, tables.retry_commit).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import datetime, timezone
-from pathlib import Path
 
 import lance
 import numpy as np
 import pyarrow as pa
 from lance.query import MultiMatchQuery
 
+from .location import normalize, table_uri
 from .schema import SEARCH, SEARCH_TEXT_COLUMNS, search_schema
-from .tables import retry_commit, sql_str
+from .tables import create_empty_table, open_table, retry_commit, sql_str
 
 SEARCH_TABLE = f"{SEARCH}.lance"
 TEXT_COLUMNS = SEARCH_TEXT_COLUMNS
@@ -32,14 +33,12 @@ class SearchIndex:
     """The search table of the store at `db` (created on the first write)."""
 
     def __init__(self, db: str | os.PathLike, *, commit_retries: int = 10):
-        self.uri = str(Path(db) / SEARCH_TABLE)
+        self.location = normalize(db)  # a folder or an object-store URI
+        self.uri = table_uri(self.location, SEARCH_TABLE)
         self.commit_retries = commit_retries
 
     def _open(self) -> lance.LanceDataset | None:
-        try:
-            return lance.dataset(self.uri)
-        except ValueError:  # not written yet
-            return None
+        return open_table(self.location, self.uri)  # None: not written yet
 
     @property
     def vector_dim(self) -> int | None:
@@ -74,16 +73,11 @@ class SearchIndex:
             ],
             schema=search_schema(dim),
         )
-        if ds is None:
-            try:
-                ds = lance.write_dataset(data, self.uri, mode="create")
-                self._index(ds)
-                return
-            except (OSError, ValueError) as err:  # another writer created it first
-                if self._open() is None:
-                    raise
-                del err
-                ds = self._open()
+        if ds is None:  # created empty, rows merged below: a creator racing us must not overwrite them
+            ds = create_empty_table(self.location, self.uri, data.schema)
+            if ds is not None:
+                with contextlib.suppress(OSError):  # best effort: a creator racing us may index it first
+                    self._index(ds)
         self._retry(
             lambda d: d.merge_insert("doc_id").when_matched_update_all().when_not_matched_insert_all().execute(data)
         )

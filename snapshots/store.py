@@ -23,7 +23,6 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,10 +40,12 @@ from .errors import (
 )
 from .fingerprints import check_fingerprint, fingerprint_problem
 from .loader import RowRead, load_rows, load_rows_in_background
+from .location import normalize
 from .records import DocumentInfo, Part, Piece, chosen_ratios, full_kv_bytes, text_digest, tokens_digest
 from .reports import DocStats, OptimizeReport, StoreStats
 from .schema import SNAPSHOT_META_COLUMNS, STORE_DTYPES
 from .tables import SnapshotView, Tables, sql_str
+from .tables import store_exists as _tables_exist
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +53,18 @@ DEFAULT_MAX_ROW_BYTES = 8 << 20  # bound on one snapshot row's data (docs/snapsh
 ON_EXISTS = ("replace", "error")
 
 
+def store_exists(location: str | os.PathLike) -> bool:
+    """True if a snapshot store is at `location` (a folder or an object-store URI); creates nothing.
+    An object store that cannot be reached raises StoreUnavailableError naming `location`."""
+    return _tables_exist(normalize(location))
+
+
 class SnapshotStore:
     """Beacon memories of documents, condensed once and loaded many times.
 
     Args:
-        path: the store folder (created with both tables if missing; safe to race).
+        path: the store folder, or an object-store URI such as s3://bucket/prefix (created with both
+            tables if missing; safe to race). `self.path` is a Path for a folder, the URI string else.
         max_row_bytes: bound on one snapshot row's data; one entry of one layer is the smallest row.
         read_workers: threads reading and checking rows during `get` (default: min(4, CPUs)).
         commit_retries: how often a conflicting Lance commit is retried (exponential backoff).
@@ -76,7 +84,7 @@ class SnapshotStore:
             raise ValueError(f"read_workers must be >= 1, got {read_workers}")
         self.max_row_bytes = max_row_bytes
         self.read_workers = read_workers or min(4, os.cpu_count() or 1)
-        self.tables = Tables(Path(path), commit_retries=commit_retries)
+        self.tables = Tables(normalize(path), commit_retries=commit_retries)
         self.path = self.tables.path
 
     def __repr__(self) -> str:

@@ -1,9 +1,10 @@
 """The store's two Lance tables — with search.py (the search table) the only modules that import Lance.
 
-A store folder is a LanceDB database (`lancedb.connect(path)` opens it): `documents.lance` and
-`snapshots.lance`, schemas from schema.py. We write through pylance directly (`write_dataset`,
-`merge_insert`, `delete`, `take_blobs`): the fast path measured in docs/snapshots.md, and it
-needs no LanceDB client on a GPU box. Blob bytes of local stores are read straight from the data
+A store — a folder, or a prefix on an object store (`s3://bucket/prefix`: snapshots/location.py) —
+is a LanceDB database (`lancedb.connect(path)` opens it): `documents.lance` and `snapshots.lance`,
+schemas from schema.py. We write through pylance directly (`write_dataset`, `merge_insert`,
+`delete`, `take_blobs`): the fast path measured in docs/snapshots.md, and it needs no LanceDB
+client on a GPU box. Blob bytes of local stores are read straight from the data
 files (SnapshotView); both tables keep a doc_id index up to date (Tables.upkeep). Lance commits
 are optimistic; conflicting commits are retried here with jittered exponential backoff.
 """
@@ -31,6 +32,7 @@ from lance.commit import CommitConflictError
 
 from .codec import EncodedRow
 from .errors import SchemaMismatchError
+from .location import is_missing, is_uri, table_uri, unavailable
 from .schema import DATA_STORAGE_VERSION, DOCUMENTS, DOCUMENTS_SCHEMA, SCHEMAS, SNAPSHOTS, SNAPSHOTS_SCHEMA
 
 T = TypeVar("T")
@@ -181,34 +183,26 @@ def _pread_into(fd: int, at: int, size: int, buf: bytearray | memoryview) -> int
 
 
 class Tables:
-    """Create/open the two tables of a store folder and run every read and commit on them."""
+    """Create/open the two tables of a store (folder or object-store URI) and run every read and commit on them."""
 
-    def __init__(self, path: Path, *, commit_retries: int = 10):
-        self.path = path
+    def __init__(self, location: Path | str, *, commit_retries: int = 10):
+        """`location`: a local folder (a Path; created if missing) or an object-store URI (a str)."""
+        self.path = location
         self.commit_retries = commit_retries
         self._commits_since_upkeep = 0
-        self.uri = {name: str(path / f"{name}.lance") for name in SCHEMAS}
-        path.mkdir(parents=True, exist_ok=True)
+        self.uri = {name: table_uri(location, f"{name}.lance") for name in SCHEMAS}
+        if not is_uri(location):  # an object store has no folders: a table's first commit makes its prefix
+            Path(location).mkdir(parents=True, exist_ok=True)
         for name in SCHEMAS:
             self._ensure(name)
 
     def _ensure(self, name: str) -> None:
         schema = SCHEMAS[name]
-        try:
-            ds = lance.dataset(self.uri[name])
-        except ValueError:  # not there yet
-            try:
-                ds = lance.write_dataset(
-                    schema.empty_table(),
-                    self.uri[name],
-                    schema,
-                    mode="create",
-                    data_storage_version=DATA_STORAGE_VERSION,
-                )
-            except OSError as e:  # another process created it first
-                if "exists" not in str(e):
-                    raise
-                ds = lance.dataset(self.uri[name])
+        ds = open_table(self.path, self.uri[name])
+        if ds is None:  # not there yet
+            ds = create_empty_table(self.path, self.uri[name], schema, data_storage_version=DATA_STORAGE_VERSION)
+            if ds is None:  # another process created it first
+                ds = self.open(name)
             else:  # best effort: a creator racing us can win this commit; upkeep makes the index then
                 with contextlib.suppress(OSError):
                     ds.create_scalar_index("doc_id", "BTREE", name=DOC_ID_INDEX)
@@ -355,7 +349,62 @@ class Tables:
         return {name: len(self.open(name).versions()) for name in SCHEMAS}
 
     def disk_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        """Bytes of the store folder, all versions included; on an object store (no cheap listing
+        through Lance) the data files of the tables' current versions."""
+        if not is_uri(self.path):
+            return sum(f.stat().st_size for f in Path(self.path).rglob("*") if f.is_file())
+        files = [f for name in SCHEMAS for frag in self.open(name).get_fragments() for f in frag.data_files()]
+        return sum(f.file_size_bytes or 0 for f in files)
+
+
+def open_table(location: Path | str, uri: str) -> lance.LanceDataset | None:
+    """The latest version of the table at `uri` of the store at `location`; None if it is not there
+    yet. An object store that cannot be reached raises StoreUnavailableError (one line, naming
+    `location`), any other error as Lance raised it."""
+    try:
+        return lance.dataset(uri)
+    except ValueError as e:
+        if is_missing(e):
+            return None
+        _raise_unavailable(location, e)
+        raise
+
+
+def create_empty_table(location: Path | str, uri: str, schema: pa.Schema, **options) -> lance.LanceDataset | None:
+    """Create the empty table `uri` of `schema` (`options`: write_dataset's); None if another writer
+    created it first. Never overwrites: Lance commits a create that finds its table made meanwhile
+    as an overwrite on top of it, wiping what the other writer has put there since (seen on S3, two
+    processes creating one new store), so its commit lock admits version 1 only. Under a commit lock
+    Lance checks that version 1 is free, then writes it unconditionally: two creators racing there
+    both write an empty version 1 of the same schema, which loses nothing."""
+    try:
+        lance.write_dataset(schema.empty_table(), uri, schema, mode="create", commit_lock=_version_1_only, **options)
+    except OSError as e:  # "already exists", or refused by _version_1_only
+        if open_table(location, uri) is not None:
+            return None
+        _raise_unavailable(location, e)
+        raise
+    return lance.dataset(uri)  # opened afresh: the dataset write_dataset returns keeps the lock for later commits
+
+
+def _version_1_only(version: int) -> contextlib.AbstractContextManager:
+    """Commit lock of a create (see create_empty_table): admits the table's first version only."""
+    if version != 1:
+        raise RuntimeError(f"the table was created by another writer meanwhile (this would be version {version})")
+    return contextlib.nullcontext()
+
+
+def _raise_unavailable(location: Path | str, err: BaseException) -> None:
+    """Raise StoreUnavailableError instead of `err` if it says the object store cannot be reached."""
+    explained = unavailable(location, err)
+    if explained is not None:
+        raise explained from err
+
+
+def store_exists(location: Path | str) -> bool:
+    """True if a store (its documents table) is at `location`; creates nothing. An object store
+    that cannot be reached raises StoreUnavailableError."""
+    return open_table(location, table_uri(location, f"{DOCUMENTS}.lance")) is not None
 
 
 def _row_batch(doc_id: str, generation: str, index: int, row: EncodedRow, created: datetime) -> pa.RecordBatch:

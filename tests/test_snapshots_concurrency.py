@@ -50,7 +50,12 @@ print(json.dumps({"began": began, "ended": time.time(), "retries": retries}))
 
 
 def test_two_processes_putting_at_once_lose_nothing(tmp_path):
-    path = tmp_path / "db"
+    two_writers_lose_nothing(str(tmp_path / "db"), tmp_path)
+
+
+def two_writers_lose_nothing(path: str, tmp_path, n_docs: int = N_DOCS) -> None:
+    """Two writer processes at once on the store at `path` (a folder or an object-store URI; the
+    processes inherit this one's environment): check that nothing is lost, nothing doubled."""
     lm = load_tiny("qwen2", **CONFIGS["interleave"])
     fp = lm.fingerprint()
     base = lm.condense(tokens(23, 7))
@@ -60,7 +65,7 @@ def test_two_processes_putting_at_once_lose_nothing(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(path), who, str(barrier), str(N_DOCS)],
+            [sys.executable, "-c", _WRITER, path, who, str(barrier), str(n_docs)],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
@@ -77,9 +82,9 @@ def test_two_processes_putting_at_once_lose_nothing(tmp_path):
 
     store = SnapshotStore(path)
     ids = [i.doc_id for i in store.list()]
-    assert ids == sorted([f"{w}-{i}" for w in "AB" for i in range(N_DOCS)] + ["shared", "grown"])
+    assert ids == sorted([f"{w}-{i}" for w in "AB" for i in range(n_docs)] + ["shared", "grown"])
     for who, seed0 in (("A", 100), ("B", 200)):
-        for i in range(N_DOCS):
+        for i in range(n_docs):
             want = lm.condense(tokens(20 + 3 * i, seed0 + i))
             assert_same_memory(store.get(f"{who}-{i}", fingerprint=fp), want)
 
@@ -94,7 +99,7 @@ def test_two_processes_putting_at_once_lose_nothing(tmp_path):
     assert sum(_same(grown, o) for o in orders) == 1
     assert [p.n_tokens for p in store.show("grown").pieces] == [23, 11, 11]
 
-    fresh = SnapshotStore(str(path) + "-fresh")  # created by both at once: one made it, both wrote to it
+    fresh = SnapshotStore(path + "-fresh")  # created by both at once: one made it, both wrote to it
     assert [i.doc_id for i in fresh.list()] == ["A", "B"]
     assert_same_memory(fresh.get("A", fingerprint=fp), candidates[0])
 
