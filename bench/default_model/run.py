@@ -14,7 +14,7 @@ newest checkpoint, so a run cut by a time limit continues where it stopped):
   train-qa  from train-lm, on lookups (loss on the answer) mixed with real text
   finalize  WORK/smollm2-135m-beacon: config (adapt ratio mix), int8-delta beacon weights, tokenizer
   eval      `beacon eval` on the held-out split: WORK/results/eval.{json,png}
-On the GPU (docs/default_model.md): the GGUF travels in two parts (each call carries 64 MiB).
+On a device machine: bench/recipes/default_model.sh (the GGUF travels in parts).
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ WINDOW = 1024
 RATIOS = [2, 4, 8, 16, 32]
 INFERENCE_MIX = "adapt-1024"  # a document's ratio: the smallest that leaves 1,024 positions for the question
 
-GPU = dict(max_mb=50, lm_tokens=12_000_000, lm_min=4096, lm_max=16384, qa_rows=1500, qa_min=1024,
-           qa_max=16384, qa_lm_rows=600, batch_size=2, grad_accum=2, lm_budget=60, qa_budget=120, lr=3e-4,
-           eval_args=["--ppl-samples", "1", "--lengths", "8192,32768", "--needle-lengths", "4096,16384,32768",
-                      "--depths", "5", "--needle-samples", "1", "--qa-samples", "10"])  # fmt: skip
+GPU = dict(max_mb=50, lm_tokens=12_000_000, lm_min=4096, lm_max=16384, qa_rows=3000, qa_min=1024,
+           qa_max=16384, qa_lm_rows=600, batch_size=2, grad_accum=2, lm_budget=240, qa_budget=480, lr=3e-4,
+           eval_args=["--ppl-samples", "4", "--needle-samples", "2"])  # fmt: skip
 SMOKE = dict(max_mb=3, lm_tokens=40_000, lm_min=2048, lm_max=3072, qa_rows=8, qa_min=512, qa_max=2560,
              qa_lm_rows=4, batch_size=1, grad_accum=1, lm_budget=20, qa_budget=20, lr=2e-4,
              eval_args=["--lengths", "1024", "--needle-lengths", "1024", "--depths", "2", "--needle-samples", "1",
@@ -62,7 +61,9 @@ def stage_data(work: Path, base: Path, p: dict) -> dict:
     """LM rows from the train stream; lookup rows plus some LM rows for the second stage."""
     from transformers import AutoTokenizer
 
-    from .tasks import KINDS, line_ends, make_row
+    from bench.repro.tasks import line_ends
+
+    from .tasks import KINDS, make_row
 
     tok = AutoTokenizer.from_pretrained(base)
     stream = np.fromfile(work / "text" / "train.u16", dtype=np.uint16).astype(np.int64)

@@ -13,22 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-WORDS = (
-    "amber apple arrow autumn badge basket beacon berry birch blade bloom breeze brick bridge cabin candle canyon"
-    " castle cedar cherry cliff cloud comet copper coral crane crystal daisy dawn delta desert dune eagle ember"
-    " falcon feather fern field flame forest fossil fountain galaxy garden glacier granite harbor hazel honey"
-    " horizon island ivory jade jungle kettle lagoon lantern lemon lily maple marble meadow mint moon mountain"
-    " nectar noble oasis ocean olive orbit orchid otter palm pebble pepper pine planet plum pond prairie quartz"
-    " rain raven reef ridge river robin ruby saddle sage salmon sand shadow silver sky slate snow spark spruce"
-    " star stone storm summit sun swan thunder tiger timber topaz tulip valley velvet violet walnut willow wind"
-    " winter wolf zephyr"
-).split()
+from bench.repro.tasks import WORDS  # the same word list and line-end table as the reproduction
+
 KINDS = ("kv", "passkey", "multi-kv")
-
-
-def line_ends(tokenizer) -> np.ndarray:
-    """(vocab,) bool: token ids whose text ends with a newline (a needle may follow them)."""
-    return np.array([tokenizer.decode([i]).endswith("\n") for i in range(len(tokenizer))], dtype=bool)
 
 
 def _kv(rng: np.random.Generator) -> tuple[str, str, str]:
