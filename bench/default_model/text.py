@@ -86,7 +86,7 @@ def collect(max_chars: int) -> dict[str, list[tuple[str, str]]]:
         if files:
             kept[top] = files
             total += sum(len(t) for _, t in files)
-        if total >= max_chars:
+        if total >= max_chars and any(held_out(p) for p in kept):  # never without a held-out split
             break
     return kept
 
