@@ -19,7 +19,8 @@ only pick an order of rows and columns in which that mask becomes something a fu
             |O| >= OUTER_APART_MIN, at inference (the fused kernels' backward ignores the
             log-sum-exp, so training keeps "flex").
 
-Every mode computes exactly the same function; tests hold them to each other.
+Every mode computes exactly the same function; tests hold them to each other. A decode step's
+rows attend a decoder's static buffers instead, all slots under one mask (attend_slots).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ FLEX_BLOCK = 128
 # |O| from which "auto" attends O apart: below it the saving is smaller than the merge's cost
 # (kernels alone: docs/performance.md §1b)
 OUTER_APART_MIN = 4096
+SDPA_MIN_ROWS = 8  # decode steps (attend_slots) of this many rows or more go to F.scaled_dot_product_attention
+# torch.bmm(..., out_dtype=float32) on CUDA (bf16/fp16 in, float32 out) exists from torch 2.8
+_HAS_OUT_DTYPE = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 8)
 
 
 @dataclass
@@ -268,6 +272,34 @@ def attend(
         q[:, :, n_rows:], k, v, attn_mask=layout.mask, scale=scale, enable_gqa=gqa
     )  # the beacon rows: few queries, dense mask
     return torch.cat([out, rest], dim=2)
+
+
+def attend_slots(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """A decode step's attention (layer.step_layer): q (b, h, n, d) over all slots of k, v
+    (b, h_kv, cap, d) where mask (n, cap) allows; returns (b, h, n, d).
+
+    A few rows take a plain matmul + softmax, which reads each key and value once and parallelises
+    over the whole key axis: query heads grouped under their key/value head (h = h_kv * group, as
+    HF's repeat_kv), scores and softmax in float32, P·V in the values' dtype. SDPA_MIN_ROWS rows or
+    more (a question) take PyTorch's fused scaled_dot_product_attention with the same mask.
+    """
+    b, h, n, d = q.shape
+    h_kv, cap = k.shape[1], k.shape[2]
+    group = h // h_kv
+    if n >= SDPA_MIN_ROWS:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=group > 1)
+    qg = q.reshape(b * h_kv, group * n, d)
+    kt = k.reshape(b * h_kv, cap, d).transpose(1, 2)
+    if q.dtype == torch.float32:
+        scores = torch.bmm(qg, kt)
+    elif q.is_cuda and _HAS_OUT_DTYPE:
+        scores = torch.bmm(qg, kt, out_dtype=torch.float32)  # bf16 inputs, float32 products
+    else:
+        scores = torch.bmm(qg.float(), kt.float())
+    scores = (scores * scale).view(b * h_kv, group, n, cap).masked_fill(~mask, float("-inf"))
+    probs = F.softmax(scores, dim=-1).to(v.dtype).view(b * h_kv, group * n, cap)
+    out = torch.bmm(probs, v.reshape(b * h_kv, cap, d))
+    return out.view(b, h, n, d)
 
 
 def _attention_math(

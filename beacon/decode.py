@@ -29,13 +29,12 @@ the host ahead of the GPU, single-token decoding plans a *block* of up to BLOCK 
 window at once (what reading them in one piece gives, which is what reading them one by one gives:
 tested) and moves the block's positions and mask rows to the GPU in one copy; each token then only
 slices them. A step that condenses (the window closes) or does not fit the buffers is handed to the
-general path (forward.run_chunk) on a Memory rebuilt from the buffers; the buffers are rebuilt after it.
+general path (BeaconLM.forward) on a Memory rebuilt from the buffers; the buffers are rebuilt after it.
 
-Attention: a few rows (decode) take plain matmul + softmax over all `cap` slots with the mask
-(query heads grouped per key/value head, scores in float32), which reads each key and value once
-and parallelises over the whole key axis; more rows (a question) take PyTorch's fused
-scaled_dot_product_attention with the same mask. Optionally (`compiled`) the whole step goes
-through torch.compile before capture. Speed: docs/performance.md §2, §3.
+The step itself is layer.step_layer per layer (attention over all `cap` slots under the mask:
+attention.attend_slots), between layer.embed and layer.head; the buffers, their graphs and the
+pool are decode_pool.py. Optionally (`compiled`) the whole step goes through torch.compile before
+capture. Speed: docs/performance.md §2, §3.
 """
 
 from __future__ import annotations
@@ -44,11 +43,10 @@ import functools
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from .decode_pool import BufferPool, Shape, _Buffers, _Rows
+from .decode_pool import BufferPool, Buffers, Shape, StepRows
 from .families import apply_rope
-from .forward import _project
+from .layer import embed, head, step_layer
 from .memory import Memory
 from .windows import Chunk, WindowState, build_chunk, plan_steps, window_mask
 
@@ -58,9 +56,6 @@ MODES = ("auto", "static", "eager", "compiled")
 BLOCK = 64  # tokens of the open window planned (and staged to the GPU) at once
 CAP_GRAIN = 4096  # buffer slots are rounded up to this, so memories of similar size share buffers and graphs
 ROW_GRAIN = 16  # a multi-token read pads raw rows and beacon rows each to a multiple of this
-SDPA_MIN_ROWS = 8  # steps of this many rows or more attend through F.scaled_dot_product_attention
-# torch.bmm(..., out_dtype=float32) on CUDA (bf16/fp16 in, float32 out) exists from torch 2.8
-_HAS_OUT_DTYPE = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 8)
 
 
 def _round_up(n: int, grain: int) -> int:
@@ -102,7 +97,7 @@ class StaticDecoder:
         self.compiled = compiled
         self.headroom = headroom if headroom is not None else 2 * lm.config.beacon_window + 64
         self._memory: Memory | None = memory
-        self._buf: _Buffers | None = None
+        self._buf: Buffers | None = None
         self._block: _Block | None = None
         self._state = memory.state
         self._closed = False
@@ -129,9 +124,9 @@ class StaticDecoder:
         next-token logits (b, vocab). One static step when they only append to the open window
         (the common case: a question shorter than what is left of the window), else the general path."""
         self._check_open()
-        if tokens.dim() != 2 or tokens.shape[0] != self._state_batch() or tokens.shape[1] == 0:
-            raise ValueError(f"tokens must be (batch {self._state_batch()}, n >= 1), got {tuple(tokens.shape)}")
-        self._check_ids(tokens)
+        if tokens.dim() != 2 or tokens.shape[0] != self._memory.batch_size or tokens.shape[1] == 0:
+            raise ValueError(f"tokens must be (batch {self._memory.batch_size}, n >= 1), got {tuple(tokens.shape)}")
+        self.lm.check_ids(tokens)
         if tokens.shape[1] == 1:
             return self.step(tokens)
         self._settle_block()
@@ -154,7 +149,7 @@ class StaticDecoder:
         model's own picks (checking them would cost a device sync per token)."""
         self._check_open()
         if tokens.device.type == "cpu":
-            self._check_ids(tokens)
+            self.lm.check_ids(tokens)
         block = self._block
         if block is not None and block.done == block.n_tokens:
             self._state, self._block, block = block.after, None, None
@@ -211,20 +206,9 @@ class StaticDecoder:
         self.close()
 
     # ---- planning ------------------------------------------------------------------------------
-    def _check_ids(self, tokens: torch.Tensor) -> None:
-        """Token ids must index the vocabulary (as BeaconLM.forward checks): on a GPU an id out of
-        range would be a device-side assert that poisons the whole process."""
-        low, high = torch.stack(torch.aminmax(tokens)).tolist()  # one host sync for both ends
-        vocab = self.lm.parts.vocab_size
-        if low < 0 or high >= vocab:
-            raise ValueError(f"token ids must lie in [0, {vocab}); got {low}..{high}")
-
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this StaticDecoder is closed; start a new one from a memory")
-
-    def _state_batch(self) -> int:
-        return self._memory.batch_size
 
     def _settle_block(self) -> None:
         """Forget a block half read (a read after some steps): its unread slots are dropped."""
@@ -233,7 +217,7 @@ class StaticDecoder:
             self._buf.slot_pos = self._buf.slot_pos[: self._buf.size]
 
     def _general(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Hand the tokens to the general path (forward.run_chunk) on a Memory rebuilt from the buffers."""
+        """Hand the tokens to the general path (BeaconLM.forward) on a Memory rebuilt from the buffers."""
         self._settle_block()
         memory = self.memory()
         self._give_back()
@@ -299,7 +283,7 @@ class StaticDecoder:
             "copy_window": torch.empty(0, dtype=torch.long),
         }
         visible = window_mask(cfg, meta, c)  # (entries, c + entries): rows never see later entries
-        moved = self.lm._stager.move({"pos": new.pos, "mask": visible.long().flatten()})
+        moved = self.lm.stager.move({"pos": new.pos, "mask": visible.long().flatten()})
         # only the window's first c + entries slots can be visible: the rest is set on the device
         mask = torch.zeros(len(new), buf.cap - buf.n_outer, dtype=torch.bool, device=moved["mask"].device)
         mask[:, : c + len(new)] = moved["mask"].view(len(new), -1).bool()
@@ -327,24 +311,15 @@ class StaticDecoder:
         size = n_o + c
         cap = _round_up(max(size + self.headroom, size + n_slots, int(chunk.cols.pos.max()) + 1), CAP_GRAIN)
         like = memory.keys[0]
-        buf = self.lm.decode_buffers.take(cap, like) or self._allocate(cap, like)
+        buf = self.lm.decode_buffers.take(cap, like) or Buffers.allocate(self.lm.parts, cap, like)
         buf.n_outer, buf.size = n_o, size
         buf.slot_pos = torch.cat([torch.arange(n_o), chunk.cols.pos[:c]])
         self._buf = buf
-        self._win_pos = self.lm._stager.move({"pos": chunk.cols.pos[:c]})["pos"]  # never a host-blocking copy
+        self._win_pos = self.lm.stager.move({"pos": chunk.cols.pos[:c]})["pos"]  # never a host-blocking copy
         self._filled, self._fill_size = 0, size
         if memory.pending is None:
             self._fill(memory.n_layers)
         self.stats["builds"] += 1
-
-    def _allocate(self, cap: int, like: torch.Tensor) -> _Buffers:
-        parts = self.lm.parts
-        cos, sin = parts.rotary_emb(like, torch.arange(cap, device=like.device)[None])
-        b, h, _, d = like.shape
-        zeros = lambda n: torch.zeros(b, h, n, d, dtype=like.dtype, device=like.device)  # noqa: E731
-        layers = range(len(parts.layers))
-        return _Buffers(cap, [zeros(cap) for _ in layers], [zeros(cap) for _ in layers], [zeros(cap) for _ in layers],
-                        cos[0], sin[0])  # fmt: skip
 
     def _fill(self, upto: int) -> None:
         """Copy layers [filled, upto) of the memory into the buffers (waiting for each to arrive)."""
@@ -367,14 +342,14 @@ class StaticDecoder:
         self._filled = max(self._filled, upto)
 
     # ---- staging the static inputs -------------------------------------------------------------
-    def _static_rows(self, shape: Shape) -> _Rows:
+    def _static_rows(self, shape: Shape) -> StepRows:
         """The static inputs of a step of `shape` (made once per buffer set), O part of the mask set."""
         buf = self._buf
         rows = buf.rows.get(shape)
         if rows is None:
             dev, n, b = self.lm.device, sum(shape), self._memory.batch_size
             long = lambda k: torch.zeros(k, dtype=torch.long, device=dev)  # noqa: E731
-            rows = buf.rows[shape] = _Rows(
+            rows = buf.rows[shape] = StepRows(
                 torch.zeros(b, shape[0], dtype=torch.long, device=dev), long(n), long(n), long(n),
                 torch.zeros(n, buf.cap, dtype=torch.bool, device=dev), long(1),
             )  # fmt: skip
@@ -428,7 +403,7 @@ class StaticDecoder:
         mask_win[at, : c + n] = visible
         mask_win[pad_at, slots[pad_at] - buf.n_outer] = 1  # a pad row sees itself only: finite, unseen
         host = {"pos": pos, "slot": slots, "mask": mask_win.flatten(), "last": torch.tensor([n_raw - 1])}
-        moved = self.lm._stager.move(host)
+        moved = self.lm.stager.move(host)
         static.pos.copy_(moved["pos"])
         static.slot.copy_(moved["slot"])
         static.win_slot.copy_(moved["slot"] - buf.n_outer)
@@ -443,50 +418,21 @@ class StaticDecoder:
 
     # ---- the step itself -----------------------------------------------------------------------
     def _embed(self, shape: Shape) -> dict[str, torch.Tensor]:
-        """Rows' input: embeddings of the raw rows' tokens, then the beacon embedding; RoPE of the rows."""
-        lm, parts, static = self.lm, self.lm.parts, self._buf.rows[shape]
-        x = parts.embed_tokens(static.tokens)  # (b, R, hidden)
-        if shape[1]:
-            emb = lm._beacon["embed"].weight[0].to(x.dtype)
-            x = torch.cat([x, emb.expand(x.shape[0], shape[1], -1)], dim=1)
-        cos, sin = self._buf.cos[static.pos][None, None], self._buf.sin[static.pos][None, None]  # (1, 1, n, d)
-        return {"x": x, "cos": cos, "sin": sin}
+        """Rows' input (raw rows' token embeddings, then beacons') and their RoPE (1, 1, n, d)."""
+        buf = self._buf
+        static = buf.rows[shape]
+        x = embed(self.lm.parts, self.lm.beacon.embed, static.tokens, shape[1])  # (b, n, hidden)
+        return {"x": x, "cos": buf.cos[static.pos][None, None], "sin": buf.sin[static.pos][None, None]}
 
     def _layer(self, i: int, shape: Shape, io: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Decoder layer i over the step's rows: writes their keys/values into the buffers. Graph-safe."""
-        parts, buf, static = self.lm.parts, self._buf, self._buf.rows[shape]
-        layer, proj = parts.layers[i], self.lm._beacon["layers"][i]
-        x, cos, sin = io["x"], io["cos"], io["sin"]
-        b, n, _ = x.shape
-        n_raw, h_kv, d = shape[0], parts.n_kv_heads, parts.head_dim
-        attn = layer.self_attn
-        hid = layer.input_layernorm(x)
-        q = _project(attn.q_proj, proj.get("q"), hid, n_raw).view(b, n, parts.n_heads, d)
-        k = _project(attn.k_proj, proj.get("k"), hid, n_raw).view(b, n, h_kv, d)
-        v = _project(attn.v_proj, proj.get("v"), hid, n_raw).view(b, n, h_kv, d)
-        if parts.family.qk_norm:
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        buf.k_win[i].index_copy_(2, static.win_slot, k)
-        buf.k_rot[i].index_copy_(2, static.slot, apply_rope(k, cos, sin))
-        buf.values[i].index_copy_(2, static.slot, v)
-        q = apply_rope(q, cos, sin)
-        group = parts.n_heads // h_kv
-        if n >= SDPA_MIN_ROWS:
-            out = F.scaled_dot_product_attention(
-                q, buf.k_rot[i], buf.values[i], attn_mask=static.mask, scale=parts.scaling, enable_gqa=group > 1
-            )
-        else:
-            out = _attend(q, buf.k_rot[i], buf.values[i], static.mask, parts.scaling, group)
-        out = out.transpose(1, 2).reshape(b, n, parts.n_heads * d)
-        x = x + _project(attn.o_proj, proj.get("o"), out, n_raw)
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return {"x": x, "cos": cos, "sin": sin}
+        """Decoder layer i over the step's rows; writes their keys/values into the buffers. Graph-safe."""
+        rope = (io["cos"], io["sin"])
+        x = step_layer(self.lm.parts, i, self.lm.beacon.layers[i], io["x"], rope, self._buf, self._buf.rows[shape])
+        return {"x": x, "cos": io["cos"], "sin": io["sin"]}
 
     def _head(self, shape: Shape, io: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        parts, static = self.lm.parts, self._buf.rows[shape]
-        last = io["x"].index_select(1, static.last)  # (b, 1, hidden)
-        return {"logits": parts.lm_head(parts.norm(last))[:, 0].float()}
+        last = io["x"].index_select(1, self._buf.rows[shape].last)  # (b, 1, hidden)
+        return {"logits": head(self.lm.parts, last)[:, 0]}
 
     def _whole(self, shape: Shape) -> dict[str, torch.Tensor]:
         """The whole step: embed, every layer, the head."""
@@ -522,7 +468,10 @@ class StaticDecoder:
             self._fill(self._memory.n_layers)  # first capture of this shape: wait for the whole memory
             loading = False
         units = self._units(shape, split)
-        graphs = self._capture(shape, split, units) if self.graphs else None
+        graphs = None
+        if self.graphs:
+            self.stats["captures"] += (shape, split) not in self._buf.graphs
+            graphs = self._buf.capture((shape, split), units)
         io: dict[str, torch.Tensor] = {}
         for k, unit in enumerate(units):
             if loading and 1 <= k <= self._memory.n_layers:
@@ -535,30 +484,6 @@ class StaticDecoder:
         self._memory.ready()  # a loader that was running is joined (and what it raised is raised)
         self.stats["static_steps"] += 1
         return io["logits"].clone() if graphs is not None else io["logits"]
-
-    def _capture(self, shape: Shape, split: bool, units: list) -> list[tuple[torch.cuda.CUDAGraph, dict]]:
-        """The CUDA graphs of a step shape over these buffers, captured on first use (after one
-        warm-up run outside capture: lazy inits, cuBLAS workspaces, compiling)."""
-        buf = self._buf
-        key = (shape, split)
-        if key not in buf.graphs:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                io: dict = {}
-                for unit in units:
-                    io = unit(io)
-            torch.cuda.current_stream().wait_stream(stream)
-            captured, io = [], {}
-            for unit in units:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=buf.graph_pool, capture_error_mode="thread_local"):
-                    io = unit(io)
-                buf.graph_pool = graph.pool()
-                captured.append((graph, io))
-            buf.graphs[key] = captured
-            self.stats["captures"] += 1
-        return buf.graphs[key]
 
 
 def _padded_shape(chunk: Chunk) -> Shape:
@@ -573,27 +498,3 @@ def _padded_shape(chunk: Chunk) -> Shape:
 @functools.cache
 def _compiled_whole():
     return torch.compile(StaticDecoder._whole, dynamic=True)
-
-
-def _attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, group: int
-) -> torch.Tensor:
-    """q (b, h, n, d) over all slots of k, v (b, h_kv, cap, d) where mask (n, cap) allows.
-
-    Query heads are grouped under their key/value head (h = h_kv * group, as HF's repeat_kv), so
-    keys and values are read once; scores and softmax in float32, P·V in the values' dtype.
-    """
-    b, h, n, d = q.shape
-    h_kv, cap = k.shape[1], k.shape[2]
-    qg = q.reshape(b * h_kv, group * n, d)
-    kt = k.reshape(b * h_kv, cap, d).transpose(1, 2)
-    if q.dtype == torch.float32:
-        scores = torch.bmm(qg, kt)
-    elif q.is_cuda and _HAS_OUT_DTYPE:
-        scores = torch.bmm(qg, kt, out_dtype=torch.float32)  # bf16 inputs, float32 products
-    else:
-        scores = torch.bmm(qg.float(), kt.float())
-    scores = (scores * scale).view(b * h_kv, group, n, cap).masked_fill(~mask, float("-inf"))
-    probs = F.softmax(scores, dim=-1).to(v.dtype).view(b * h_kv, group * n, cap)
-    out = torch.bmm(probs, v.reshape(b * h_kv, cap, d))
-    return out.view(b, h, n, d)

@@ -1,4 +1,5 @@
-"""The decoder's static buffers and the pool that keeps them between decoders (see decode.py).
+"""The decoder's cache: static buffers, the CUDA graphs captured over them, and the pool that keeps
+both between decoders (see decode.py).
 
 A buffer set holds one memory's RoPE'd keys, values and window keys in `cap` slots, the static
 inputs of every step shape read over it, and the CUDA graphs captured over both. Graphs bake in
@@ -9,15 +10,19 @@ batch, heads, head dim, dtype and device to the next decoder, which replays its 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from .families import Parts
+
 Shape = tuple[int, int]  # (raw rows, beacon rows) of a step, padding included: raw rows come first
+Graphs = list[tuple[torch.cuda.CUDAGraph, dict]]  # a step's graphs, each with the output it leaves
 
 
 @dataclass
-class _Rows:
+class StepRows:
     """Static inputs of one step shape (raw rows R, beacon rows B), reused by every graph replay."""
 
     tokens: torch.Tensor  # (b, R) token ids of the raw rows
@@ -30,7 +35,7 @@ class _Rows:
 
 
 @dataclass
-class _Buffers:
+class Buffers:
     """Static tensors of one decode run (see module docstring); kept in a BufferPool between runs."""
 
     cap: int  # slots
@@ -42,9 +47,39 @@ class _Buffers:
     n_outer: int = 0  # |O| of the memory in the buffers (fixed while the window stays open)
     size: int = 0  # filled slots
     slot_pos: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))  # host, per slot
-    rows: dict[Shape, _Rows] = field(default_factory=dict)
-    graphs: dict[tuple[Shape, bool], list[tuple[torch.cuda.CUDAGraph, dict]]] = field(default_factory=dict)
+    rows: dict[Shape, StepRows] = field(default_factory=dict)
+    graphs: dict[tuple[Shape, bool], Graphs] = field(default_factory=dict)
     graph_pool: object = None  # the CUDA graphs' shared memory pool
+
+    @classmethod
+    def allocate(cls, parts: Parts, cap: int, like: torch.Tensor) -> Buffers:
+        """Zeroed buffers of `cap` slots for memories like `like` (b, h_kv, n, d), with RoPE tables."""
+        cos, sin = parts.rotary_emb(like, torch.arange(cap, device=like.device)[None])
+        b, h, _, d = like.shape
+        zeros = lambda: [torch.zeros(b, h, cap, d, dtype=like.dtype, device=like.device) for _ in parts.layers]  # noqa: E731
+        return cls(cap, zeros(), zeros(), zeros(), cos[0], sin[0])
+
+    def capture(self, key: tuple[Shape, bool], units: list[Callable[[dict], dict]]) -> Graphs:
+        """The CUDA graphs of a step (`units`: functions of the previous one's output) over these
+        buffers: one graph per unit, captured on first use after one warm-up run outside capture
+        (lazy inits, cuBLAS workspaces, compiling)."""
+        if key not in self.graphs:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                io: dict = {}
+                for unit in units:
+                    io = unit(io)
+            torch.cuda.current_stream().wait_stream(stream)
+            captured, io = [], {}
+            for unit in units:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self.graph_pool, capture_error_mode="thread_local"):
+                    io = unit(io)
+                self.graph_pool = graph.pool()
+                captured.append((graph, io))
+            self.graphs[key] = captured
+        return self.graphs[key]
 
     def fits(self, like: torch.Tensor) -> bool:
         """Whether these buffers hold memories shaped like `like` (b, h_kv, n, d) of the same dtype/device."""
@@ -63,10 +98,10 @@ class BufferPool:
 
     def __init__(self, keep: int = 2):
         self.keep = keep
-        self._free: list[_Buffers] = []
+        self._free: list[Buffers] = []
         self._lock = threading.Lock()  # query actors may answer from several threads
 
-    def take(self, cap: int, like: torch.Tensor) -> _Buffers | None:
+    def take(self, cap: int, like: torch.Tensor) -> Buffers | None:
         """A free set of exactly `cap` slots for memories like `like`, or None."""
         with self._lock:
             for i in range(len(self._free) - 1, -1, -1):
@@ -74,7 +109,7 @@ class BufferPool:
                     return self._free.pop(i)
         return None
 
-    def give(self, buf: _Buffers) -> None:
+    def give(self, buf: Buffers) -> None:
         with self._lock:
             self._free.append(buf)
             del self._free[: max(0, len(self._free) - self.keep)]

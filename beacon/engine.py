@@ -17,7 +17,8 @@ from .config import BeaconConfig
 from .decode_pool import BufferPool
 from .families import Parts, model_parts
 from .fingerprint import fingerprint
-from .forward import PlanCache, compiled_layer, plan_pass, run_chunk, step_key
+from .forward import PlanCache, plan_pass, run_chunk, step_key
+from .layer import compiled_layer, pass_layer
 from .memory import Memory
 from .params import beacon_modules, beacon_parameters
 from .staging import Stager
@@ -49,7 +50,8 @@ class BeaconLM:
     """A frozen causal LM with Activation Beacon. Build it with `beacon.load(...)`.
 
     Attributes: `model` (the HF model, beacon modules attached), `config` (BeaconConfig),
-    `tokenizer` (or None), `parts` (handles to the model's modules).
+    `tokenizer` (or None), `parts` (handles to the model's modules), `beacon` (handles to the
+    beacon embedding and projections: params.BeaconModules).
     """
 
     def __init__(self, model: nn.Module, config: BeaconConfig, tokenizer=None, name_or_path: str = ""):
@@ -58,13 +60,13 @@ class BeaconLM:
         self.tokenizer = tokenizer
         self.name_or_path = name_or_path
         self.parts: Parts = model_parts(model)
-        self._beacon = beacon_modules(self.parts, model, config)
+        self.beacon = beacon_modules(self.parts, model, config)
         # attention kernel choice (attention.MODES); "auto" picks the fastest exact one per pass
         self.attn_mode = "auto"
         self._stager = Stager(self.device)
         # plans of recent passes and steps of recent calls (forward.PlanCache): planning happens once
         self._plans, self._steps = PlanCache(), PlanCache()
-        # torch.compile the decoder layer (forward.compiled_layer) for inference. Opt-in: faster once
+        # torch.compile the decoder layer (layer.compiled_layer) for inference. Opt-in: faster once
         # compiled, but the first call compiles for tens of seconds (docs/performance.md §1c), which
         # only a long-running job earns back. None = on for a GPU in bf16/fp16.
         self.compile_layers: bool | None = False
@@ -86,6 +88,21 @@ class BeaconLM:
     @property
     def dtype(self) -> torch.dtype:
         return self.parts.embed_tokens.weight.dtype
+
+    @property
+    def stager(self) -> Stager:
+        """Moves small host index vectors to the model's device without stalling the host
+        (staging.Stager); a new one if the model has moved."""
+        if self._stager.device != self.device:
+            self._stager = Stager(self.device)
+        return self._stager
+
+    def check_ids(self, ids: torch.Tensor) -> None:
+        """ValueError unless every token id indexes the vocabulary (one host sync): on a GPU an id out
+        of range would be a device-side assert that poisons the whole process."""
+        low, high = torch.stack(torch.aminmax(ids)).tolist()  # one host sync for both ends
+        if low < 0 or high >= self.parts.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {self.parts.vocab_size}); got {low}..{high}")
 
     def fingerprint(self) -> dict:
         """What computes this model's memories (see beacon.fingerprint); cached after the first call.
@@ -169,11 +186,7 @@ class BeaconLM:
         if memory is None:
             memory = self.new_memory(ids.shape[0])
         self._check_memory(memory, ids.shape[0])
-        low, high = torch.stack(torch.aminmax(ids)).tolist()  # one host sync for both ends
-        if high >= self.parts.vocab_size or low < 0:
-            raise ValueError(f"token ids must lie in [0, {self.parts.vocab_size}); got {low}..{high}")
-        if self._stager.device != self.device:  # the model moved
-            self._stager = Stager(self.device)
+        self.check_ids(ids)
         known = None if expected_length is None else max(expected_length, memory.n_tokens + ids.shape[1])
         cfg = self.config  # read once: the plans of this call and their keys see one config
         per_pass = self.windows_per_pass()
@@ -201,6 +214,7 @@ class BeaconLM:
             from tqdm.auto import tqdm
 
             chunks = tqdm(groups, desc="condensing", unit="pass", leave=False)
+        layer_fn = compiled_layer() if self._compiles(training) else pass_layer
         collected: list[torch.Tensor] = []
         last = None
         for i, group in enumerate(chunks):
@@ -215,29 +229,16 @@ class BeaconLM:
                     memory.dtype,
                     attn_mode=self.attn_mode,
                     logits=want,
-                    stager=self._stager,
+                    stager=self.stager,
                 )
 
             key = (settings, tuple(step_key(s) for s in group), want == "none")
             plan = self._plans.get(key, make) if reuse else make()
-            chunk = plan.chunk
-            out = run_chunk(
-                self.parts,
-                self._beacon,
-                cfg,
-                memory,
-                chunk,
-                ids,
-                plan=plan,
-                logits=want,
-                checkpoint_layers=checkpoint_layers,
-                attn_mode=self.attn_mode,
-                stager=self._stager,
-                layer_fn=compiled_layer() if self._compiles(training) else None,
-            )
+            out = run_chunk(self.parts, self.beacon, memory, plan, ids, logits=want,
+                            checkpoint_layers=checkpoint_layers, layer_fn=layer_fn)  # fmt: skip
             if want == "all":
                 if on_logits is not None:
-                    on_logits(chunk.token_from, chunk.token_to, out)
+                    on_logits(plan.chunk.token_from, plan.chunk.token_to, out)
                 else:
                     collected.append(out)
             elif want == "last":

@@ -1,46 +1,30 @@
-"""One forward pass of a chunk (see windows.Chunk) through a frozen HF decoder with beacons.
+"""One condensing pass: a chunk (see windows.Chunk) through every decoder layer (layer.pass_layer).
 
-Shapes: b batch, n rows (queries) of the chunk, h / h_kv query / key-value heads, d head dim,
-m = |O| outer memory entries, c cached window entries, k = c + n + copies window keys.
-The decoder layer is re-composed from its modules (input_layernorm, self_attn.{q,k,v,o}_proj,
-optional q_norm/k_norm, post_attention_layernorm, mlp): beacon rows use the beacon projections.
-Memory tensors are replaced functionally (torch.cat), so the same code trains with autograd.
+Shapes: b batch, n rows (queries) of the chunk, d head dim, m = |O| outer memory entries.
+A pass's plan (PassPlan: the chunk, its attention layout, its index vectors on the device) depends
+only on its steps and the settings, so the engine reuses it (PlanCache); each pass turns it into
+the frozen LayerPlan its layers read. Memory tensors are replaced functionally, so the same code
+trains with autograd.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import AttnLayout, attend, finish_layout, plan_attention
+from .attention import AttnLayout, finish_layout, plan_attention
 from .config import BeaconConfig
 from .families import Parts, apply_rope, rope_cos_sin
+from .layer import LayerPlan, embed, head, pass_layer
 from .memory import Memory
+from .params import BeaconModules
 from .staging import Stager
 from .windows import Chunk
-
-
-def _project(
-    base: nn.Linear, beacon: nn.Linear | None, h: torch.Tensor, n_raw: int, beacon_rows: torch.Tensor | None = None
-) -> torch.Tensor:
-    """(b, n, in) -> (b, n, out): raw rows through `base`, beacon rows through `beacon`.
-
-    Raw rows are [:n_raw] (rows raw-first), or, where `beacon_rows` is given (the rows a trimmed
-    layer keeps, see _layer), every row not listed there: `base` then runs over all rows and the
-    few beacon rows are overwritten — a 1/(ratio+1) share of wasted product instead of two gathers."""
-    if beacon is None:
-        return base(h)
-    if beacon_rows is not None:
-        return base(h).index_copy(1, beacon_rows, beacon(h[:, beacon_rows]))
-    if n_raw == h.shape[1]:
-        return base(h)
-    return torch.cat([base(h[:, :n_raw]), beacon(h[:, n_raw:])], dim=1)
 
 
 def ensure_rot(
@@ -66,144 +50,10 @@ def ensure_rot(
     memory.rot_keys = rot
 
 
-def _layer(
-    parts: Parts,
-    cfg: BeaconConfig,
-    layer: nn.Module,
-    beacon_proj: dict[str, nn.Linear],
-    x: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    rot_outer: torch.Tensor,
-    rope_rows: tuple[torch.Tensor, torch.Tensor],
-    rope_window: tuple[torch.Tensor, torch.Tensor],
-    rope_joined: tuple[torch.Tensor, torch.Tensor],
-    layout: AttnLayout,
-    meta: dict[str, torch.Tensor],
-    n_outer: int,
-    n_raw: int,
-    n_joined: int,
-    need_output: bool = True,
-    tail: dict[str, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One decoder layer over the chunk's rows. Returns (x, new keys, new values, new O rot keys).
-
-    need_output=False (the last layer when no logits are wanted) computes only the layer's keys
-    and values — all a memory keeps — and returns x unchanged. `tail` (Chunk.tail_rows, on the
-    device) trims the last two layers of such a pass to the rows the memory keeps: the layer before
-    the last returns x of those rows only, and the last one, given them, projects only them.
-    """
-    b, n, _ = x.shape
-    attn = layer.self_attn
-    last_trimmed = tail is not None and not need_output  # x holds only the rows the memory keeps
-    beacon_rows = tail["beacon_rows"] if last_trimmed else None
-    h = layer.input_layernorm(x)
-    k = _project(attn.k_proj, beacon_proj.get("k"), h, n_raw, beacon_rows).view(b, n, parts.n_kv_heads, parts.head_dim)
-    v = _project(attn.v_proj, beacon_proj.get("v"), h, n_raw, beacon_rows).view(b, n, parts.n_kv_heads, parts.head_dim)
-    if parts.family.qk_norm:
-        k = attn.k_norm(k)
-    k, v = k.transpose(1, 2), v.transpose(1, 2)  # (b, h_kv, n, d)
-
-    # window keys in slot order: cached W (from memory) then rows; copies are picked from them
-    k_win = torch.cat([keys[:, :, n_outer:], k], dim=2)  # (b, h_kv, c + n, d), pre-RoPE
-    v_win = torch.cat([values[:, :, n_outer:], v], dim=2)
-    if need_output:
-        x = _attend_and_mlp(
-            parts,
-            layer,
-            beacon_proj,
-            x,
-            h,
-            k_win,
-            v_win,
-            values,
-            rot_outer,
-            rope_rows,
-            rope_window,
-            layout,
-            meta,
-            n_outer,
-            n_raw,
-            tail,
-        )
-
-    # memory after the pass: [O | joiners | carried W]
-    compact = tail["compact"] if last_trimmed else meta["compact_src"]
-    new_keys = torch.cat([keys[:, :, :n_outer], k_win[:, :, compact]], dim=2)
-    new_values = torch.cat([values[:, :, :n_outer], v_win[:, :, compact]], dim=2)
-    new_rot = rot_outer
-    if n_joined:
-        joined = k_win[:, :, compact[:n_joined]]
-        new_rot = torch.cat([rot_outer, apply_rope(joined, *rope_joined)], dim=2)
-    return x, new_keys, new_values, new_rot
-
-
-def _attend_and_mlp(
-    parts: Parts,
-    layer: nn.Module,
-    beacon_proj: dict[str, nn.Linear],
-    x: torch.Tensor,
-    h: torch.Tensor,
-    k_win: torch.Tensor,
-    v_win: torch.Tensor,
-    values: torch.Tensor,
-    rot_outer: torch.Tensor,
-    rope_rows: tuple[torch.Tensor, torch.Tensor],
-    rope_window: tuple[torch.Tensor, torch.Tensor],
-    layout: AttnLayout,
-    meta: dict[str, torch.Tensor],
-    n_outer: int,
-    n_raw: int,
-    tail: dict[str, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """The rest of the layer: queries, attention over [O | window | copies], o_proj, MLP (with
-    `tail`: o_proj and MLP for the rows the memory keeps only, see _layer)."""
-    b, n, _ = x.shape
-    attn = layer.self_attn
-    beacon_rows = None
-    q = _project(attn.q_proj, beacon_proj.get("q"), h, n_raw).view(b, n, parts.n_heads, parts.head_dim)
-    if parts.family.qk_norm:
-        q = attn.q_norm(q)
-    q = q.transpose(1, 2)  # (b, h, n, d)
-    if layout.row_order is not None:
-        q = q[:, :, layout.row_order]
-    q = apply_rope(q, *rope_rows)
-    order, copy_src = layout.col_order, meta["copy_src"]
-    k_cols = k_win if order is None else k_win[:, :, order]  # attention order (see attention.py)
-    v_cols = v_win if order is None else v_win[:, :, order]
-    k_att = torch.cat([k_cols, k_win[:, :, copy_src]], dim=2)  # (b, h_kv, k + p, d)
-    k_att = apply_rope(k_att, *rope_window)
-    v_att = torch.cat([v_cols, v_win[:, :, copy_src]], dim=2)
-
-    gqa = parts.n_heads != parts.n_kv_heads
-    out = attend(q, rot_outer, values[:, :, :n_outer], k_att, v_att, layout, parts.scaling, gqa)  # (b, h, n, d)
-    out = out.transpose(1, 2)  # (b, n, h, d)
-    rows = layout.row_inverse  # back to slot order: one gather, composed with the tail's if any
-    if tail is not None:
-        rows = tail["rows"] if rows is None else rows[tail["rows"]]
-        x, beacon_rows = x[:, tail["rows"]], tail["beacon_rows"]
-    if rows is not None:
-        out = out[:, rows]
-    out = out.reshape(b, -1, parts.n_heads * parts.head_dim)
-    x = x + _project(attn.o_proj, beacon_proj.get("o"), out, n_raw, beacon_rows)
-    return x + layer.mlp(layer.post_attention_layernorm(x))
-
-
-@functools.cache
-def compiled_layer():
-    """`_layer` compiled once per process (torch.compile, dynamic shapes): fuses the elementwise
-    work (norms, RoPE, residuals, gating) and cuts kernel launches — worth it on a GPU."""
-    # every attention layout, |O| = 0 or not, and the last layer's key/value-only variant is a graph
-    # of its own (a dozen with ratio mixes); past dynamo's default limit of 8 it would silently fall
-    # back to eager for the rest of the process (seen: 20x slower)
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(_layer, dynamic=True)
-
-
-@dataclass
+@dataclass(frozen=True)
 class PassPlan:
     """What a pass needs besides the model's tensors, ready on the device: the chunk's layout, its
-    attention layout (masks built), the index vectors (`meta`) and the tail rows (see _layer).
+    attention layout (masks built), the index vectors (`meta`) and the tail rows (layer.pass_layer).
     Depends only on the pass's steps and settings, so the engine reuses it (PlanCache)."""
 
     chunk: Chunk
@@ -290,50 +140,48 @@ def step_key(step) -> tuple:
 
 def run_chunk(
     parts: Parts,
-    beacon: dict,
-    cfg: BeaconConfig,
+    beacon: BeaconModules,
     memory: Memory,
-    chunk: Chunk,
+    plan: PassPlan,
     input_ids: torch.Tensor,
     *,
     logits: str = "none",
     checkpoint_layers: bool = False,
-    attn_mode: str = "auto",
-    stager: Stager | None = None,
-    layer_fn=None,
-    plan: PassPlan | None = None,
+    layer_fn=pass_layer,
 ) -> torch.Tensor | None:
-    """Run one chunk, update `memory` (tensors and state), and return raw-row logits if asked.
+    """Run one planned chunk (plan_pass), update `memory` (tensors and state), and return raw-row
+    logits if asked.
 
     input_ids: (b, n_call) tokens of the whole call, on the model's device.
-    logits: "all" -> (b, n_raw, vocab) float32, "last" -> (b, 1, vocab), "none" -> None.
-    plan: the chunk's PassPlan made for these settings (plan_pass); made here if None.
+    logits: "all" -> (b, n_raw, vocab) float32, "last" -> (b, 1, vocab), "none" -> None (the plan's
+    tail rows, if any, trim the last two layers).
+    layer_fn: pass_layer, or its compiled form (layer.compiled_layer).
     """
     device = memory.device
     loading = memory.pending is not None  # layers still arriving: wait for each just before it is read
     if not loading:
         ensure_rot(parts, memory)
-    if plan is None:
-        plan = plan_pass(parts, cfg, chunk, device, memory.dtype, attn_mode=attn_mode, logits=logits, stager=stager)
     chunk, layout, meta = plan.chunk, plan.layout, plan.meta
-    tail = plan.tail if logits == "none" else None  # a plan made without logits serves any request
-    n_layers = len(parts.layers)
-    n_outer, n_cached, n_raw = chunk.n_outer, chunk.n_cached, chunk.n_raw
+    n_layers, n_outer, n_raw = len(parts.layers), chunk.n_outer, chunk.n_raw
 
-    # embeddings: raw rows read the call's tokens, beacon rows the beacon embedding
-    x = parts.embed_tokens(input_ids[:, chunk.token_from : chunk.token_to])  # (b, n_raw, hidden)
-    n_beacons = chunk.n_rows - n_raw
-    if n_beacons:
-        b_emb = beacon["embed"].weight[0].to(x.dtype)
-        x = torch.cat([x, b_emb.expand(x.shape[0], n_beacons, -1)], dim=1)  # (b, n, hidden)
+    # raw rows read the call's tokens, beacon rows the beacon embedding
+    x = embed(parts, beacon.embed, input_ids[:, chunk.token_from : chunk.token_to], chunk.n_rows - n_raw)
 
     pos = meta["pos"]  # window columns (cached + rows) in slot order
-    row_pos = pos[n_cached:] if layout.row_order is None else pos[n_cached:][layout.row_order]
+    row_pos = pos[chunk.n_cached :] if layout.row_order is None else pos[chunk.n_cached :][layout.row_order]
     col_pos = pos if layout.col_order is None else pos[layout.col_order]
-    rope_rows = rope_cos_sin(parts, row_pos, x)
-    rope_window = rope_cos_sin(parts, torch.cat([col_pos, meta["copy_pos"]]), x)
     joined_pos = torch.arange(n_outer, n_outer + chunk.n_joined, device=device)
-    rope_joined = rope_cos_sin(parts, joined_pos, x)
+    every = LayerPlan(
+        layout=layout, meta=meta, n_outer=n_outer, n_raw=n_raw, n_joined=chunk.n_joined,
+        rope_rows=rope_cos_sin(parts, row_pos, x),
+        rope_window=rope_cos_sin(parts, torch.cat([col_pos, meta["copy_pos"]]), x),
+        rope_joined=rope_cos_sin(parts, joined_pos, x),
+    )  # fmt: skip
+    plans = [every] * n_layers
+    if logits == "none":  # the last layer: keys and values only; with tail rows, the last two trimmed
+        if plan.tail is not None:
+            plans[-2] = dataclasses.replace(every, tail=plan.tail)
+        plans[-1] = dataclasses.replace(every, tail=plan.tail, need_output=False)
 
     new_keys, new_values, new_rot = [], [], []
     rope_outer = rope_cos_sin(parts, torch.arange(n_outer, device=device), memory.keys[0]) if loading else None
@@ -341,31 +189,11 @@ def run_chunk(
         if loading:
             memory.ready(i)
             ensure_rot(parts, memory, i, rope_outer)
-        args = (
-            parts,
-            cfg,
-            layer,
-            beacon["layers"][i],
-            x,
-            memory.keys[i],
-            memory.values[i],
-            memory.rot_keys[i],
-            rope_rows,
-            rope_window,
-            rope_joined,
-            layout,
-            meta,
-            n_outer,
-            n_raw,
-            chunk.n_joined,
-            logits != "none" or i < n_layers - 1,
-            tail if i >= n_layers - 2 else None,
-        )
-        fn = layer_fn or _layer
+        args = (parts, layer, beacon.layers[i], x, memory.keys[i], memory.values[i], memory.rot_keys[i], plans[i])
         if checkpoint_layers and torch.is_grad_enabled():
-            x, k, v, r = checkpoint(fn, *args, use_reentrant=False)
+            x, k, v, r = checkpoint(layer_fn, *args, use_reentrant=False)
         else:
-            x, k, v, r = fn(*args)
+            x, k, v, r = layer_fn(*args)
         new_keys.append(k)
         new_values.append(v)
         new_rot.append(r)
@@ -377,5 +205,4 @@ def run_chunk(
 
     if logits == "none":
         return None
-    hidden = x[:, :n_raw] if logits == "all" else x[:, n_raw - 1 : n_raw]
-    return parts.lm_head(parts.norm(hidden)).float()
+    return head(parts, x[:, :n_raw] if logits == "all" else x[:, n_raw - 1 : n_raw])

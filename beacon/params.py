@@ -10,6 +10,8 @@ the ordinal ones, the embedding from the bos or eos token's embedding.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -79,14 +81,18 @@ def init_missing(model: nn.Module, cfg: BeaconConfig, missing: set[str]) -> None
                 beacon.bias.copy_(base.bias)
 
 
-def beacon_modules(parts: Parts, model: nn.Module, cfg: BeaconConfig) -> dict:
-    """Handles the forward pass needs: embedding weight and per-layer projection dicts."""
-    inner = model.model
-    layers = []
-    for layer in parts.layers:
-        attn = layer.self_attn
-        layers.append({p: getattr(attn, f"beacon_{p}_proj") for p in cfg.beacon_param})
-    return {"embed": inner.beacon_embed_tokens, "layers": layers}
+@dataclass(frozen=True)
+class BeaconModules:
+    """Handles to the beacon modules a forward pass or decode step uses."""
+
+    embed: nn.Embedding  # (1, hidden)
+    layers: tuple[dict[str, nn.Linear], ...]  # per layer: {"q" | "k" | "v" | "o": beacon projection}
+
+
+def beacon_modules(parts: Parts, model: nn.Module, cfg: BeaconConfig) -> BeaconModules:
+    attn = [layer.self_attn for layer in parts.layers]
+    layers = tuple({p: getattr(a, f"beacon_{p}_proj") for p in cfg.beacon_param} for a in attn)
+    return BeaconModules(model.model.beacon_embed_tokens, layers)
 
 
 # ---- compact storage: beacon projections as int8 deltas from the base's -------------------------

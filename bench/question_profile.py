@@ -38,6 +38,7 @@ def _decoder_paths(lm, memory, question: torch.Tensor, repeats: int) -> tuple[di
     model's pool); graphs split per layer (as over a memory still loading — here a loader that has
     everything already); each with the plain matmul attention and with SDPA. Also where one graph
     read's time goes (synchronised phases), and a profile of it: kernel time and launches."""
+    from beacon import attention as kernels
     from beacon import decode
 
     def ask(graphs: bool = True, loading: bool = False, phases: dict | None = None) -> int:
@@ -53,10 +54,10 @@ def _decoder_paths(lm, memory, question: torch.Tensor, repeats: int) -> tuple[di
         return token
 
     out: dict = {}
-    default_rows = decode.SDPA_MIN_ROWS
+    default_rows = kernels.SDPA_MIN_ROWS
     try:
         for attention, rows in (("bmm", 10**9), ("sdpa", default_rows)):
-            decode.SDPA_MIN_ROWS = rows
+            kernels.SDPA_MIN_ROWS = rows
             lm.decode_buffers.clear()
             out[f"{attention}_graphs_first_call"] = _timed(ask)
             for name, kw in [("graphs", {}), ("graphs_split", {"loading": True}), ("eager", {"graphs": False})]:
@@ -66,7 +67,7 @@ def _decoder_paths(lm, memory, question: torch.Tensor, repeats: int) -> tuple[di
             for _ in range(repeats):
                 ask(phases=phases)
             out[f"{attention}_graphs_phases"] = {k: statistics.median(v) for k, v in phases.items()}
-        decode.SDPA_MIN_ROWS = default_rows
+        kernels.SDPA_MIN_ROWS = default_rows
         lm.decode_buffers.clear()
         ask()
         from torch.profiler import ProfilerActivity, profile
@@ -76,13 +77,13 @@ def _decoder_paths(lm, memory, question: torch.Tensor, repeats: int) -> tuple[di
             ask()
             wall = time.perf_counter() - t0
     finally:
-        decode.SDPA_MIN_ROWS = default_rows
+        kernels.SDPA_MIN_ROWS = default_rows
     events = prof.key_averages()
     gpu_us = sum(e.self_device_time_total for e in events)
     top_gpu = sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:12]
     top_cpu = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
     profile_out = {
-        "attention": "default (decode.SDPA_MIN_ROWS)",
+        "attention": "default (attention.SDPA_MIN_ROWS)",
         "profiled_wall_s": wall,
         "gpu_kernel_s": gpu_us / 1e6,
         "kernels_run": sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA),

@@ -203,11 +203,12 @@ def test_buffers_and_graphs_serve_the_next_memory_from_the_pool():
 
 def test_the_pool_keeps_only_a_few_free_sets():
     from beacon.decode import BufferPool
+    from beacon.decode_pool import Buffers
 
     lm = load_tiny(CONFIGS[0][0], **CONFIGS[0][1])
     pool = BufferPool(keep=2)
     like = lm.new_memory().keys[0]
-    bufs = [StaticDecoder(lm, lm.new_memory())._allocate(cap, like) for cap in (4096, 8192, 12288)]
+    bufs = [Buffers.allocate(lm.parts, cap, like) for cap in (4096, 8192, 12288)]
     for b in bufs:
         pool.give(b)
     assert len(pool) == 2 and pool.take(4096, like) is None  # the oldest went first

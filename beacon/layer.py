@@ -1,0 +1,197 @@
+"""One decoder layer with beacons, for condensing passes (forward.py) and decode steps (decode.py).
+
+Shapes: b batch, n rows (queries), h / h_kv query / key-value heads, d head dim, m = |O| outer
+memory entries, c cached window entries, k = c + n window keys, p copies, cap a decoder's slots.
+The layer is re-composed from a frozen HF layer's modules (input_layernorm, self_attn.{q,k,v,o}_proj,
+optional q_norm/k_norm, post_attention_layernorm, mlp); rows past `n_raw` (the beacons) go through
+the beacon projections. A pass and a step differ only in where keys and values go and what the rows
+attend:
+
+  pass_layer  a chunk's rows (windows.Chunk) over the memory, which it replaces functionally
+              (torch.cat), so the same code trains with autograd; what it reads: a LayerPlan.
+  step_layer  a decode step's rows over static buffers (decode_pool.Buffers), written in place at
+              slots fixed before the step: no host sync, no data-dependent shape — graph-safe.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .attention import AttnLayout, attend, attend_slots
+from .decode_pool import Buffers, StepRows
+from .families import Parts, apply_rope
+
+Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin (1, 1, n, d)
+
+
+def _project(
+    base: nn.Linear, beacon: nn.Linear | None, h: torch.Tensor, n_raw: int, beacon_rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(b, n, in) -> (b, n, out): raw rows through `base`, beacon rows through `beacon`.
+
+    Raw rows are [:n_raw] (rows raw-first), or, where `beacon_rows` is given (the rows a trimmed
+    layer keeps, see pass_layer), every row not listed there: `base` then runs over all rows and the
+    few beacon rows are overwritten — a 1/(ratio+1) share of wasted product instead of two gathers."""
+    if beacon is None:
+        return base(h)
+    if beacon_rows is not None:
+        return base(h).index_copy(1, beacon_rows, beacon(h[:, beacon_rows]))
+    if n_raw == h.shape[1]:
+        return base(h)
+    return torch.cat([base(h[:, :n_raw]), beacon(h[:, n_raw:])], dim=1)
+
+
+def embed(parts: Parts, beacon_embed: nn.Embedding, tokens: torch.Tensor, n_beacons: int) -> torch.Tensor:
+    """Rows' input (b, n_raw + n_beacons, hidden): the tokens' (b, n_raw) embeddings, then beacons'."""
+    x = parts.embed_tokens(tokens)  # (b, n_raw, hidden)
+    if n_beacons:
+        b_emb = beacon_embed.weight[0].to(x.dtype)
+        x = torch.cat([x, b_emb.expand(x.shape[0], n_beacons, -1)], dim=1)  # (b, n, hidden)
+    return x
+
+
+def head(parts: Parts, x: torch.Tensor) -> torch.Tensor:
+    """Next-token logits (b, n, vocab) float32 of the last layer's output x (b, n, hidden)."""
+    return parts.lm_head(parts.norm(x)).float()
+
+
+def _keys_values(
+    parts: Parts, layer: nn.Module, proj: dict[str, nn.Linear], h: torch.Tensor, n_raw: int, beacon_rows=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys (normed, before RoPE) and values (b, h_kv, n, d) of the normed rows h (b, n, hidden)."""
+    b, n, _ = h.shape
+    attn = layer.self_attn
+    k = _project(attn.k_proj, proj.get("k"), h, n_raw, beacon_rows).view(b, n, parts.n_kv_heads, parts.head_dim)
+    v = _project(attn.v_proj, proj.get("v"), h, n_raw, beacon_rows).view(b, n, parts.n_kv_heads, parts.head_dim)
+    if parts.family.qk_norm:
+        k = attn.k_norm(k)
+    return k.transpose(1, 2), v.transpose(1, 2)  # (b, h_kv, n, d)
+
+
+def _queries(parts: Parts, layer: nn.Module, proj: dict[str, nn.Linear], h: torch.Tensor, n_raw: int) -> torch.Tensor:
+    """Queries (b, h, n, d), normed, before RoPE."""
+    b, n, _ = h.shape
+    attn = layer.self_attn
+    q = _project(attn.q_proj, proj.get("q"), h, n_raw).view(b, n, parts.n_heads, parts.head_dim)
+    if parts.family.qk_norm:
+        q = attn.q_norm(q)
+    return q.transpose(1, 2)  # (b, h, n, d)
+
+
+def _output(
+    parts: Parts, layer: nn.Module, proj: dict[str, nn.Linear], x: torch.Tensor, out: torch.Tensor, n_raw: int,
+    beacon_rows: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """The layer's output: x (b, n, hidden) + o_proj(attention out (b, n, h, d)), then + its MLP."""
+    out = out.reshape(x.shape[0], x.shape[1], parts.n_heads * parts.head_dim)  # (b, n, h * d)
+    x = x + _project(layer.self_attn.o_proj, proj.get("o"), out, n_raw, beacon_rows)
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What a layer of a condensing pass reads besides its weights and the memory: one per pass
+    (forward.run_chunk), with variants for the last two layers (`need_output`, `tail`)."""
+
+    layout: AttnLayout  # the pass's attention layout (attention.py)
+    meta: dict[str, torch.Tensor]  # the chunk's index vectors on the device (Chunk.host_meta)
+    rope_rows: Rope  # of the rows, in attention order
+    rope_window: Rope  # of the window columns in attention order, then of the copies
+    rope_joined: Rope  # of the O positions the entries joining O take
+    n_outer: int  # m
+    n_raw: int  # raw rows: the first n_raw rows
+    n_joined: int  # entries joining O (the first of meta["compact_src"])
+    need_output: bool = True  # False: the layer's keys and values only, x returned unchanged
+    tail: dict[str, torch.Tensor] | None = None  # Chunk.tail_rows on the device: see pass_layer
+
+
+def pass_layer(
+    parts: Parts,
+    layer: nn.Module,
+    proj: dict[str, nn.Linear],
+    x: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    rot_outer: torch.Tensor,
+    plan: LayerPlan,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decoder layer over the chunk's rows x (b, n, hidden) after the memory's keys, values
+    (b, h_kv, m + c, d: [O | cached W], keys before RoPE) and O's RoPE'd keys rot_outer (b, h_kv, m, d).
+    Returns (x, new keys, new values, new O rot keys): the memory after the pass, [O | joiners | carried W].
+
+    need_output=False (the last layer when no logits are wanted) computes only the layer's keys
+    and values — all a memory keeps — and returns x unchanged. `tail` trims the last two layers of
+    such a pass to the rows the memory keeps: the layer before the last returns x of those rows
+    only (its keys, values and attention still cover every row), and the last one, given them,
+    projects only them.
+    """
+    n_outer, n_raw, layout, tail = plan.n_outer, plan.n_raw, plan.layout, plan.tail
+    last_trimmed = tail is not None and not plan.need_output  # x holds only the rows the memory keeps
+    h = layer.input_layernorm(x)
+    k, v = _keys_values(parts, layer, proj, h, n_raw, tail["beacon_rows"] if last_trimmed else None)
+    # window keys in slot order: cached W (from memory) then rows; copies are picked from them
+    k_win = torch.cat([keys[:, :, n_outer:], k], dim=2)  # (b, h_kv, c + n, d), pre-RoPE
+    v_win = torch.cat([values[:, :, n_outer:], v], dim=2)
+    if plan.need_output:
+        q = _queries(parts, layer, proj, h, n_raw)
+        if layout.row_order is not None:
+            q = q[:, :, layout.row_order]
+        q = apply_rope(q, *plan.rope_rows)
+        order, copy_src = layout.col_order, plan.meta["copy_src"]
+        k_cols = k_win if order is None else k_win[:, :, order]  # attention order (see attention.py)
+        v_cols = v_win if order is None else v_win[:, :, order]
+        k_att = torch.cat([k_cols, k_win[:, :, copy_src]], dim=2)  # (b, h_kv, k + p, d)
+        k_att = apply_rope(k_att, *plan.rope_window)
+        v_att = torch.cat([v_cols, v_win[:, :, copy_src]], dim=2)
+        gqa = parts.n_heads != parts.n_kv_heads
+        out = attend(q, rot_outer, values[:, :, :n_outer], k_att, v_att, layout, parts.scaling, gqa)  # (b, h, n, d)
+        out = out.transpose(1, 2)  # (b, n, h, d)
+        rows, beacon_rows = layout.row_inverse, None  # back to slot order: one gather, and the tail's
+        if tail is not None:
+            rows = tail["rows"] if rows is None else rows[tail["rows"]]
+            x, beacon_rows = x[:, tail["rows"]], tail["beacon_rows"]
+        if rows is not None:
+            out = out[:, rows]
+        x = _output(parts, layer, proj, x, out, n_raw, beacon_rows)
+
+    compact = tail["compact"] if last_trimmed else plan.meta["compact_src"]
+    new_keys = torch.cat([keys[:, :, :n_outer], k_win[:, :, compact]], dim=2)
+    new_values = torch.cat([values[:, :, :n_outer], v_win[:, :, compact]], dim=2)
+    new_rot = rot_outer
+    if plan.n_joined:
+        joined = k_win[:, :, compact[: plan.n_joined]]
+        new_rot = torch.cat([rot_outer, apply_rope(joined, *plan.rope_joined)], dim=2)
+    return x, new_keys, new_values, new_rot
+
+
+@functools.cache
+def compiled_layer():
+    """`pass_layer` compiled once per process (torch.compile, dynamic shapes): fuses the elementwise
+    work (norms, RoPE, residuals, gating) and cuts kernel launches — worth it on a GPU."""
+    # every attention layout, |O| = 0 or not, and the last layer's key/value-only variant is a graph
+    # of its own (a dozen with ratio mixes); past dynamo's default limit of 8 it would silently fall
+    # back to eager for the rest of the process (seen: 20x slower)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(pass_layer, dynamic=True)
+
+
+def step_layer(
+    parts: Parts, i: int, proj: dict[str, nn.Linear], x: torch.Tensor, rope: Rope, buf: Buffers, rows: StepRows
+) -> torch.Tensor:
+    """Decoder layer i over a decode step's rows x (b, n, hidden), raw rows first (rows.tokens):
+    writes their keys and values into the buffers at rows.slot (rows.win_slot for the pre-RoPE
+    window keys), then attends every slot rows.mask allows. Returns the layer's output. Graph-safe."""
+    layer = parts.layers[i]
+    n_raw = rows.tokens.shape[1]
+    h = layer.input_layernorm(x)
+    q = _queries(parts, layer, proj, h, n_raw)
+    k, v = _keys_values(parts, layer, proj, h, n_raw)
+    buf.k_win[i].index_copy_(2, rows.win_slot, k)
+    buf.k_rot[i].index_copy_(2, rows.slot, apply_rope(k, *rope))
+    buf.values[i].index_copy_(2, rows.slot, v)
+    out = attend_slots(apply_rope(q, *rope), buf.k_rot[i], buf.values[i], rows.mask, parts.scaling)  # (b, h, n, d)
+    return _output(parts, layer, proj, x, out.transpose(1, 2), n_raw)
