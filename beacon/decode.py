@@ -84,17 +84,20 @@ class StaticDecoder:
     `memory()` gives the memory read so far; `close()` hands the buffers back to the model's pool.
     `graphs=True` (CUDA only) captures one CUDA graph per step shape;
     `compiled=True` runs the step through torch.compile first (fused norms, RoPE, softmax: fewer,
-    larger kernels inside the graph; the first step of each shape compiles, tens of seconds).
+    larger kernels inside the graph; the first step of each shape compiles, tens of seconds);
+    `eager=True` reads everything through the general path (BeaconLM.forward), as a reference.
     """
 
     def __init__(
-        self, lm, memory: Memory, *, graphs: bool = False, compiled: bool = False, headroom: int | None = None
-    ):
+        self, lm, memory: Memory, *, graphs: bool = False, compiled: bool = False, eager: bool = False,
+        headroom: int | None = None,
+    ):  # fmt: skip
         if graphs and lm.device.type != "cuda":
             raise ValueError("CUDA graphs need the model on a CUDA device")
         self.lm = lm
         self.graphs = graphs
         self.compiled = compiled
+        self.eager = eager
         self.headroom = headroom if headroom is not None else 2 * lm.config.beacon_window + 64
         self._memory: Memory | None = memory
         self._buf: Buffers | None = None
@@ -126,14 +129,14 @@ class StaticDecoder:
         self._check_open()
         if tokens.dim() != 2 or tokens.shape[0] != self._memory.batch_size or tokens.shape[1] == 0:
             raise ValueError(f"tokens must be (batch {self._memory.batch_size}, n >= 1), got {tuple(tokens.shape)}")
+        if self.eager:
+            return self._general(tokens)
         self.lm.check_ids(tokens)
         if tokens.shape[1] == 1:
             return self.step(tokens)
         self._settle_block()
-        cfg, max_pos = self.lm.config, self.lm.parts.max_positions
-        steps = plan_steps(cfg, self._state, tokens.shape[1], max_positions=max_pos)
-        chunk = build_chunk(cfg, steps) if len(steps) == 1 and not steps[0].closes else None
-        if chunk is None or not self._appends(chunk):
+        chunk = self._plan(tokens.shape[1])
+        if chunk is None:
             return self._general(tokens)
         shape = _padded_shape(chunk)
         if self._buf is None or not self._fits(chunk, sum(shape)):
@@ -148,6 +151,8 @@ class StaticDecoder:
         only: no gradients. Ids on the host are range-checked; ids on the device are taken as the
         model's own picks (checking them would cost a device sync per token)."""
         self._check_open()
+        if self.eager:
+            return self._general(tokens)
         if tokens.device.type == "cpu":
             self.lm.check_ids(tokens)
         block = self._block
@@ -158,8 +163,8 @@ class StaticDecoder:
         if block is not None:
             shape = self._stage_from_block(block)
         else:
-            chunk = self._plan()
-            if not self._appends(chunk):
+            chunk = self._plan(1)
+            if chunk is None:
                 return self._general(tokens)
             if self._buf is None or not self._fits(chunk, chunk.n_rows):
                 self._build(chunk, chunk.n_rows)
@@ -231,18 +236,19 @@ class StaticDecoder:
         self.stats["general_steps"] += 1
         return logits
 
-    def _plan(self) -> Chunk:
-        steps = plan_steps(self.lm.config, self._state, 1, max_positions=self.lm.parts.max_positions)
-        return build_chunk(self.lm.config, steps)
-
-    @staticmethod
-    def _appends(chunk: Chunk) -> bool:
-        """True when the step only adds rows to the open window (nothing condensed or dropped)."""
+    def _plan(self, n: int) -> Chunk | None:
+        """The chunk that reads the next `n` tokens if it only adds rows to the open window (nothing
+        condensed or dropped), else None (the general path reads them)."""
+        cfg = self.lm.config
+        steps = plan_steps(cfg, self._state, n, max_positions=self.lm.parts.max_positions)
+        if len(steps) != 1 or steps[0].closes:
+            return None
+        chunk = build_chunk(cfg, steps)
         c, src = chunk.n_cached, chunk.compact_src  # the memory keeps every entry, cached ones in place
         keep_all = src.numel() == len(chunk.cols) and bool(
             torch.equal(src.sort().values, torch.arange(len(chunk.cols))) and torch.equal(src[:c], torch.arange(c))
         )
-        return chunk.n_joined == 0 and chunk.n_copies == 0 and keep_all
+        return chunk if chunk.n_joined == 0 and chunk.n_copies == 0 and keep_all else None
 
     def _fits(self, chunk: Chunk, n_slots: int) -> bool:
         c = chunk.n_cached

@@ -393,17 +393,17 @@ class BeaconLM:
         try:
             if expected_length is None:
                 stepper = self.decoder(work)
-                logits = self.forward(ids, work, logits="last")[1] if stepper is None else stepper.read(ids)
+                logits = stepper.read(ids)
             else:  # adapt-N is told of a longer future: the general path plans the prompt for it
                 work, logits = self.forward(ids, work, logits="last", expected_length=expected_length)
                 stepper = self.decoder(work)
             sampling = (do_sample, temperature, top_k, top_p, gen)
-            return self._continue(logits, work, stepper, max_new_tokens, sampling, eos)
+            return self._continue(logits, stepper, max_new_tokens, sampling, eos)
         finally:
             if stepper is not None:
                 stepper.close()  # its buffers go back to the pool for the next question
 
-    def _continue(self, logits, work, stepper, max_new_tokens: int, sampling: tuple, eos: torch.Tensor) -> torch.Tensor:
+    def _continue(self, logits, stepper, max_new_tokens: int, sampling: tuple, eos: torch.Tensor) -> torch.Tensor:
         """generate()'s loop after the prompt: pick a token, read it, until done."""
         done = torch.zeros(logits.shape[0], dtype=torch.bool, device=self.device)
         tokens: list[torch.Tensor] = []
@@ -420,10 +420,7 @@ class BeaconLM:
                 break
             if eos.numel() and t % check_every == check_every - 1 and bool(all_done[-1]):
                 break
-            if stepper is not None:
-                logits = stepper.step(nxt[:, None])
-            else:
-                work, logits = self.forward(nxt[:, None], work, logits="last")
+            logits = stepper.step(nxt[:, None])
         if not tokens:
             return torch.zeros(logits.shape[0], 0, dtype=torch.long, device=self.device)
         out = torch.stack(tokens, dim=1)
@@ -435,17 +432,15 @@ class BeaconLM:
 
     def decoder(self, memory: Memory):
         """A decode.StaticDecoder over `memory` (a share will do: it is never written) for
-        `decode_mode`, or None for "eager" (the general forward per token). Read a question with
+        `decode_mode` ("eager": every read through the general forward). Read a question with
         `.read(ids)`, then `.step(token)`; `.close()` hands its buffers back to `decode_buffers`."""
         from .decode import MODES, StaticDecoder
 
         if self.decode_mode not in MODES:
             raise ValueError(f"decode_mode {self.decode_mode!r}: choose one of {MODES}")
-        if self.decode_mode == "eager":
-            return None
-        cuda = self.device.type == "cuda"
-        graphs = self.decode_mode in ("auto", "compiled") and cuda
-        return StaticDecoder(self, memory, graphs=graphs, compiled=self.decode_mode == "compiled")
+        graphs = self.decode_mode in ("auto", "compiled") and self.device.type == "cuda"
+        mode = self.decode_mode
+        return StaticDecoder(self, memory, graphs=graphs, compiled=mode == "compiled", eager=mode == "eager")
 
     def loss(
         self,

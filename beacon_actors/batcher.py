@@ -103,15 +103,8 @@ class _Row:
 class _Group:
     doc_ids: tuple[str, ...]
     rows: list[_Row]
-    work: Memory
-    stepper: object  # decode.StaticDecoder, or None for lm.decode_mode == "eager"
+    stepper: object  # the engine's decoder (lm.decoder: decode.StaticDecoder) over the group's rows
     last: torch.Tensor  # (b, 1) the tokens read next
-
-    def read(self, lm: BeaconLM, tokens: torch.Tensor) -> torch.Tensor:
-        if self.stepper is None:
-            self.work, logits = lm.forward(tokens, self.work, logits="last")
-            return logits
-        return self.stepper.read(tokens)
 
     def close(self) -> None:
         if self.stepper is not None:
@@ -253,12 +246,11 @@ class Batcher:
         try:
             memory, load_s, hit = self._memory(doc_ids)
             try:
-                work = _rows_of(memory, b)
-                stepper = self.lm.decoder(work)
+                stepper = self.lm.decoder(_rows_of(memory, b))
                 prompt = torch.tensor([j.prompt for j in jobs], dtype=torch.long, device=self.lm.device)
                 rows = [_Row(j, _generator(j.sampling, self.lm.device)) for j in jobs]
-                group = _Group(doc_ids, rows, work, stepper, prompt)
-                logits = group.read(self.lm, prompt)
+                group = _Group(doc_ids, rows, stepper, prompt)
+                logits = stepper.read(prompt)
                 memory.ready()  # a background load is done by now: raises what it raised
             except BaseException:
                 if not hit:
@@ -284,7 +276,7 @@ class Batcher:
             self._finish(group)
             return
         try:
-            logits = group.read(self.lm, group.last)
+            logits = group.stepper.read(group.last)
         except Exception as err:
             self.stats["errors"] += 1
             for r in group.rows:

@@ -45,18 +45,16 @@ def greedy_answer(
         return Generated([], None, 0.0)
     work = lm.new_memory() if memory is None else memory.share()
     prompt = torch.tensor([prompt_ids], dtype=torch.long, device=lm.device)
-    stepper = lm.decoder(work)  # the engine's decoder for lm.decode_mode (None: "eager")
+    stepper = lm.decoder(work)  # the engine's decoder for lm.decode_mode
     try:
-        read = (lambda t: lm.forward(t, work, logits="last")[1]) if stepper is None else stepper.read
-        logits = read(prompt)
+        logits = stepper.read(prompt)
         nxt = logits.argmax(dim=-1)  # (1,)
         tokens = [int(nxt)]  # host sync
         first_token_s = time.perf_counter() - start
         while len(tokens) < max_new_tokens and tokens[-1] not in stops:
-            logits = read(nxt[:, None])
+            logits = stepper.read(nxt[:, None])
             nxt = logits.argmax(dim=-1)
             tokens.append(int(nxt))
     finally:
-        if stepper is not None:
-            stepper.close()  # buffers (and CUDA graphs) back to the model's pool for the next question
+        stepper.close()  # buffers (and CUDA graphs) back to the model's pool for the next question
     return Generated(tokens, first_token_s, time.perf_counter() - start)
