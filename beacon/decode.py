@@ -135,15 +135,7 @@ class StaticDecoder:
         if tokens.shape[1] == 1:
             return self.step(tokens)
         self._settle_block()
-        chunk = self._plan(tokens.shape[1])
-        if chunk is None:
-            return self._general(tokens)
-        shape = _padded_shape(chunk)
-        if self._buf is None or not self._fits(chunk, sum(shape)):
-            self._build(chunk, sum(shape))
-        self._stage(chunk, shape, tokens)
-        self.stats["reads"] += 1
-        return self._execute(shape)
+        return self._append(tokens)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -160,16 +152,9 @@ class StaticDecoder:
             self._state, self._block, block = block.after, None, None
         if block is None and self._buf is not None:
             block = self._block = self._plan_block()
-        if block is not None:
-            shape = self._stage_from_block(block)
-        else:
-            chunk = self._plan(1)
-            if chunk is None:
-                return self._general(tokens)
-            if self._buf is None or not self._fits(chunk, chunk.n_rows):
-                self._build(chunk, chunk.n_rows)
-            shape = (1, chunk.n_rows - 1)
-            self._stage(chunk, shape, None)
+        if block is None:
+            return self._append(tokens)
+        shape = self._stage_from_block(block)
         self._buf.rows[shape].tokens.copy_(tokens)
         return self._execute(shape)
 
@@ -204,12 +189,6 @@ class StaticDecoder:
                 self.lm.decode_buffers.give(buf)
             self._memory, self._block, self._closed = None, None, True
 
-    def _fail(self) -> None:
-        """A static step raised: drop the buffers (they may hold part of a step, or part of a memory
-        that stopped arriving) and close — the memory the decoder started from is unchanged."""
-        self._buf = None
-        self.close()
-
     # ---- planning ------------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
@@ -220,6 +199,19 @@ class StaticDecoder:
         if self._block is not None:
             self._state, self._block = self.state, None
             self._buf.slot_pos = self._buf.slot_pos[: self._buf.size]
+
+    def _append(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Read `tokens` (b, n) in one static step where they only append to the open window (a
+        question's rows padded: _padded_shape), else through the general path."""
+        chunk = self._plan(tokens.shape[1])
+        if chunk is None:
+            return self._general(tokens)
+        shape = _padded_shape(chunk)
+        if self._buf is None or not self._fits(chunk, sum(shape)):
+            self._build(chunk, sum(shape))
+        self._stage(chunk, shape, tokens)
+        self.stats["reads"] += tokens.shape[1] > 1
+        return self._execute(shape)
 
     def _general(self, tokens: torch.Tensor) -> torch.Tensor:
         """Hand the tokens to the general path (BeaconLM.forward) on a Memory rebuilt from the buffers."""
@@ -380,9 +372,9 @@ class StaticDecoder:
         buf.size += n
         return shape
 
-    def _stage(self, chunk: Chunk, shape: Shape, tokens: torch.Tensor | None) -> None:
-        """Write a chunk's positions, slots, mask (and tokens, if given) into the static inputs of
-        `shape`; real rows first in each part, pad rows (see the module docstring) after them."""
+    def _stage(self, chunk: Chunk, shape: Shape, tokens: torch.Tensor) -> None:
+        """Write a chunk's tokens, positions, slots and mask into the static inputs of `shape`; real
+        rows first in each part, pad rows (see the module docstring) after them."""
         buf, c, n, n_raw = self._buf, chunk.n_cached, chunk.n_rows, chunk.n_raw
         raw_pad, width = shape[0] - n_raw, sum(shape)
         static = self._static_rows(shape)
@@ -416,8 +408,7 @@ class StaticDecoder:
         static.mask[:, buf.n_outer :].zero_()
         static.mask[:, buf.n_outer : buf.n_outer + span].copy_(moved["mask"].view(width, span).bool())
         static.last.copy_(moved["last"])
-        if tokens is not None:
-            static.tokens[:, :n_raw].copy_(tokens)
+        static.tokens[:, :n_raw].copy_(tokens)
         buf.slot_pos = torch.cat([buf.slot_pos, chunk.cols.pos[chunk.compact_src[c:]]])
         buf.size += n
         self._state = chunk.after
@@ -461,33 +452,33 @@ class StaticDecoder:
 
     def _execute(self, shape: Shape) -> torch.Tensor:
         """Run the staged step (eager, or replaying its CUDA graphs); returns the logits. If it raises
-        (a layer of a loading memory failed its checks, out of memory) the decoder closes."""
+        (a layer of a loading memory failed its checks, out of memory) the decoder drops its buffers
+        (they may hold part of a step, or of a memory that stopped arriving) and closes — the memory
+        it started from is unchanged."""
         try:
-            return self._run_step(shape)
+            loading = split = self._filled < self._memory.n_layers
+            if self.graphs and split and (shape, True) not in self._buf.graphs:
+                self._fill(self._memory.n_layers)  # first capture of this shape: wait for the whole memory
+                loading = False
+            units = self._units(shape, split)
+            graphs = None
+            if self.graphs:
+                self.stats["captures"] += (shape, split) not in self._buf.graphs
+                graphs = self._buf.capture((shape, split), units)
+            io: dict[str, torch.Tensor] = {}
+            for k, unit in enumerate(units):
+                if loading and 1 <= k <= self._memory.n_layers:
+                    self._fill(k)  # layer k - 1 is in the buffers before its unit runs
+                if graphs is None:
+                    io = unit(io)
+                else:
+                    graphs[k][0].replay()
+                    io = graphs[k][1]
+            self._memory.ready()  # a loader that was running is joined (and what it raised is raised)
         except BaseException:
-            self._fail()
+            self._buf = None
+            self.close()
             raise
-
-    def _run_step(self, shape: Shape) -> torch.Tensor:
-        loading = split = self._filled < self._memory.n_layers
-        if self.graphs and split and (shape, True) not in self._buf.graphs:
-            self._fill(self._memory.n_layers)  # first capture of this shape: wait for the whole memory
-            loading = False
-        units = self._units(shape, split)
-        graphs = None
-        if self.graphs:
-            self.stats["captures"] += (shape, split) not in self._buf.graphs
-            graphs = self._buf.capture((shape, split), units)
-        io: dict[str, torch.Tensor] = {}
-        for k, unit in enumerate(units):
-            if loading and 1 <= k <= self._memory.n_layers:
-                self._fill(k)  # layer k - 1 is in the buffers before its unit runs
-            if graphs is None:
-                io = unit(io)
-            else:
-                graphs[k][0].replay()
-                io = graphs[k][1]
-        self._memory.ready()  # a loader that was running is joined (and what it raised is raised)
         self.stats["static_steps"] += 1
         return io["logits"].clone() if graphs is not None else io["logits"]
 
