@@ -216,11 +216,9 @@ class StaticDecoder:
     def _general(self, tokens: torch.Tensor) -> torch.Tensor:
         """Hand the tokens to the general path (BeaconLM.forward) on a Memory rebuilt from the buffers."""
         self._settle_block()
-        memory = self.memory()
-        self._give_back()
         # the decoder goes on from `memory` whatever happens: forward updates it pass by pass, so after
         # an error it still holds a whole memory (the tokens read before the failing pass)
-        self._memory = memory
+        memory = self._release()
         try:
             _, logits = self.lm.forward(tokens, memory, logits="last")
         finally:
@@ -293,18 +291,20 @@ class StaticDecoder:
         )  # fmt: skip
 
     # ---- buffers -------------------------------------------------------------------------------
-    def _give_back(self) -> None:
+    def _release(self) -> Memory:
+        """Go on from a Memory rebuilt from the buffers (returned), the buffers handed back to the pool."""
+        memory = self.memory()
         if self._buf is not None:
             self.lm.decode_buffers.give(self._buf)
             self._buf = None
+        self._memory = memory
+        return memory
 
     def _build(self, chunk: Chunk, n_slots: int) -> None:
         """Take buffers from the pool (or make them) and fill them from the memory: O's RoPE'd keys,
         the window's keys at their positions. A memory still loading is filled layer by layer as
         its layers arrive (`_fill`, called from `_execute`)."""
-        memory = self.memory()
-        self._give_back()
-        self._memory = memory  # what the decoder has read, whatever happens next
+        memory = self._release()  # what the decoder has read, whatever happens next
         n_o, c = chunk.n_outer, chunk.n_cached
         size = n_o + c
         cap = _round_up(max(size + self.headroom, size + n_slots, int(chunk.cols.pos.max()) + 1), CAP_GRAIN)
