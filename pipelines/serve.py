@@ -25,7 +25,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from ray import serve
 
@@ -191,12 +191,25 @@ class BeaconServer:
         if batcher is not None:
             batcher.close()
 
-    async def health(self) -> dict:
+    async def health(self, *, skip_replicas: Sequence[str] = ()) -> dict:
+        """This replica's state. `skip_replicas` is read by the router, not here
+        (serve_router.SKIP_KWARG: /health?replicas=all asks every replica in turn)."""
         b = self.batcher
         return {"status": "ok", "model": self.config.model_name, "replica": self.replica,
                 "running_or_waiting": b.held(), "waiting": b.waiting(), "cached_memories": len(b.cache),
-                "cache_bytes": b.cache.nbytes, "batcher": dict(b.stats),
+                "cache_bytes": b.cache.nbytes, "batcher": dict(b.stats), "memory": self._memory(),
                 "uptime_s": round(time.time() - self.started, 3)}  # fmt: skip
+
+    def _memory(self) -> dict:
+        """The process's memory, what a soak test compares before and after its load (bench/serve_load.py
+        --soak). Cheap: /proc and the CUDA caching allocator's counters, no device sync."""
+        import psutil  # a dependency of ray[default]
+        import torch
+
+        device = self.lm.device
+        cuda = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+        return {"rss_bytes": psutil.Process().memory_info().rss, "cuda_allocated_bytes": cuda,
+                "decode_buffer_sets": len(self.lm.decode_buffers)}  # fmt: skip
 
     # ---- answers -------------------------------------------------------------------------------
     async def answer(self, req: Request, *, documents: list[str], arrived: float) -> AsyncIterator[dict | str]:
@@ -296,7 +309,8 @@ class BeaconServer:
                     break
                 elif kind == "error":
                     raise _answer_error(value, context.doc_ids)
-            self.m_tokens.inc(len(delta))
+            if delta:  # the end can come alone (pushed after the last token, read apart): Ray's inc refuses 0
+                self.m_tokens.inc(len(delta))
             delta = "".join(delta) + (text.finish() if context.finish is not None else "")
             if delta:
                 yield delta

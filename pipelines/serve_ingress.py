@@ -6,7 +6,7 @@ then `BeaconServer.answer` (pipelines/serve.py) is called by handle with the doc
 keyword, which Serve's router for BeaconServer (pipelines/serve_router.py) routes on. The replica's
 first item says the status (`_head` there); the ingress answers with it, adds `x-beacon-replica`
 (which replica answered), and relays a stream's events. It also serves GET /v1/models,
-/v1/documents (the store's table) and /health (one replica's state).
+/v1/documents (the store's table) and /health (one replica's state, or every one's).
 
     POST /v1/chat/completions, POST /v1/completions   answers; `documents` or `search` pick the memory
     GET  /v1/models, GET /v1/documents (paged), GET /health
@@ -28,7 +28,7 @@ from ray.serve.handle import DeploymentHandle
 
 from .openai_api import DONE, ApiError, error_event, parse_body, parse_request
 from .serve_config import INGRESS, ServeConfig
-from .serve_router import ROUTE_KWARG
+from .serve_router import ROUTE_KWARG, SKIP_KWARG
 
 logger = logging.getLogger(__name__)
 app = FastAPI(title="beacon", docs_url=None, redoc_url=None, openapi_url=None)
@@ -73,17 +73,33 @@ class BeaconIngress:
         self.api_key = None if key is None else key.encode()
         self.store = SnapshotStore(absolute(config.db))
         self.search = SearchIndex(absolute(config.db))
+        self._known: set[str] = set()  # stored ids seen so far (a document once stored stays resolvable)
         self.started = time.time()
         self.m_requests = requests_counter()
 
     # ---- plain routes --------------------------------------------------------------------------
     @app.get("/health")
-    async def health(self):
-        """One BeaconServer replica's state (the least loaded; `replica` says which), 503 if none answers."""
+    async def health(self, request: Request):
+        """One BeaconServer replica's state (the least loaded; `replica` says which), or with
+        `?replicas=all` every replica's (`replicas`, a list); 503 if none answers."""
         try:
+            if request.query_params.get("replicas") == "all":
+                replicas = await asyncio.wait_for(self._every_health(), HEALTH_TIMEOUT_S)
+                return {"status": "ok", "replicas": replicas}
             return await asyncio.wait_for(self.server.health.remote(), HEALTH_TIMEOUT_S)
         except Exception as err:  # no replica running, or none answered in time
             return JSONResponse({"status": "unavailable", "error": f"{type(err).__name__}: {err}"}, status_code=503)
+
+    async def _every_health(self) -> list[dict]:
+        """Every replica's health, asked one after another: each call is routed to a replica not heard
+        yet (serve_router.SKIP_KWARG) while one has room, so the first repeat means all have answered.
+        A replica with every Serve slot taken is missed (the router skips full replicas)."""
+        heard: dict[str, dict] = {}
+        while True:
+            health = await self.server.health.remote(**{SKIP_KWARG: sorted(heard)})
+            if health["replica"] in heard:
+                return list(heard.values())
+            heard[health["replica"]] = health
 
     @app.get("/v1/models")
     async def models(self, request: Request):
@@ -146,7 +162,10 @@ class BeaconIngress:
                 raise ApiError(404, f"model {req.model!r} is not served here; this server serves"
                                f" {self.config.model_name!r} (GET /v1/models)", param="model")  # fmt: skip
             # the search runs here, before routing: the request goes to the replica of the documents it picked
-            documents = req.documents if req.documents is not None else await asyncio.to_thread(self._search, req)
+            if req.documents is not None:  # the ids a person typed, resolved as `beacon ask` resolves them
+                documents = await asyncio.to_thread(self._resolve, req.documents)
+            else:
+                documents = await asyncio.to_thread(self._search, req)
         except ApiError as err:
             return self._error(route, err)
         # the documents go as the keyword the router reads (serve_router.ROUTE_KWARG)
@@ -179,6 +198,22 @@ class BeaconIngress:
             yield DONE
         finally:
             answer.cancel()  # the client disconnected, or the stream ended: the replica frees the slot
+
+    def _resolve(self, given: list[str]) -> list[str]:
+        """The stored ids `given` names (pipelines.lookup: the id, without its extension, or an
+        unambiguous stem), so 'lighthouse.md' and 'lighthouse' are one memory and one replica; 404
+        naming the closest ids otherwise. Exact ids cost no store read."""
+        from snapshots import DocumentNotFoundError
+
+        from .lookup import resolve_ids
+
+        if all(d in self._known for d in given):
+            return list(given)
+        self._known = set(self.store.ids())  # new documents may have been ingested since
+        try:
+            return resolve_ids(given, self._known)
+        except DocumentNotFoundError as err:
+            raise ApiError(404, f"{err} (GET /v1/documents lists them)", param="documents") from None
 
     def _search(self, req) -> list[str]:
         """The documents the store's search picks for `req`, best match last (read closest to the prompt)."""

@@ -13,7 +13,9 @@ least-loaded replica of a rank that has room wins):
     2. the other replicas that are not busy;
     3. every replica (each one's own bounds answer 429 if it is really full).
 
-A call without documents (`/health`) gets rank 3 alone: the least-loaded replica.
+A call without documents (`/health`) gets rank 3 alone: the least-loaded replica. A call with
+`skip_replicas=[ids]` (`/health?replicas=all`, which asks every replica once) gets the replicas not
+in the list first, then every replica: one that answers from the list means all have answered.
 
 Serve imports this module by path (serve_config.ROUTER, the deployment's `request_router_class`)
 and ships it, pickled by value, to every process that holds a handle to the deployment: it imports
@@ -29,6 +31,7 @@ from collections.abc import Sequence
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 ROUTE_KWARG = "documents"  # the keyword argument of the handle call that carries the document ids
+SKIP_KWARG = "skip_replicas"  # the keyword of a health call that names the replicas already heard
 
 
 def rendezvous_order(documents: Sequence[str], replica_ids: Sequence[str]) -> list[str]:
@@ -65,7 +68,12 @@ class DocumentAffinityRouter(RequestRouter):
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
     ) -> list[list[RunningReplica]]:
         """Ranks of replicas, most preferred first (see the module's docstring)."""
-        documents = None if pending_request is None else pending_request.kwargs.get(ROUTE_KWARG)
+        kwargs = {} if pending_request is None else pending_request.kwargs
+        skip = kwargs.get(SKIP_KWARG)
+        if skip is not None:  # /health?replicas=all: a replica not heard yet, if one has room
+            rest = [r for r in candidate_replicas if r.replica_id.unique_id not in skip]
+            return [rest, candidate_replicas] if rest else [candidate_replicas]
+        documents = kwargs.get(ROUTE_KWARG)
         if not documents or len(candidate_replicas) < 2:
             return [candidate_replicas]
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}

@@ -151,6 +151,35 @@ def test_text_stream_holds_back_stop_strings(setup):
     assert sent == "hello world, " and stream.stopped
 
 
+def test_an_answers_end_read_alone_ends_it(setup):
+    """The batcher's thread pushes an answer's last token and its end one after the other, so the
+    replica's loop can read the end alone: the answer ends there (a metric's inc(0) once raised,
+    failing the stream; found by the soak below)."""
+    import asyncio
+
+    from pipelines.serve import BeaconServer, _Answer, _Inbox
+
+    class Counter:  # Ray's Counter.inc refuses values <= 0
+        def inc(self, value=1.0):
+            assert value > 0, value
+
+    replica = object.__new__(BeaconServer.func_or_class)  # no model: _deltas reads these two only
+    replica.stops, replica.m_tokens = set(), Counter()
+    tok = setup[2].tokenizer
+
+    async def answer() -> tuple[list[str], str]:
+        events = _Inbox(asyncio.get_running_loop())
+        context = _Answer(None, "id", "m", ["alpha.md"], 1, {}, 0.0, TextStream(tok, []))
+        deltas = replica._deltas(context, None, events)
+        events.push("token", tok("a", add_special_tokens=False)["input_ids"][0])
+        got = [await anext(deltas)]
+        events.push("end", "length")  # read on its own
+        got += [d async for d in deltas]
+        return got, context.finish
+
+    assert asyncio.run(answer()) == (["a"], "length")
+
+
 def test_serve_yaml_is_a_valid_ray_serve_config():
     from ray.serve.schema import ServeDeploySchema
 
@@ -258,6 +287,8 @@ def test_requests_go_to_the_replica_of_their_documents(setup, tmp_path):
             assert again.json()["cache_hit"]  # the second one found the memory the first one loaded
             owner[documents] = first.headers[REPLICA_HEADER]
         assert len(set(owner.values())) == 2  # all 15 on one replica: chance 2^-14
+        every = requests.get(f"{base}/health", params={"replicas": "all"}, timeout=30).json()["replicas"]
+        assert sorted(h["replica"] for h in every) == sorted(set(owner.values()))  # each replica asked once
         found = _post(base, "/v1/completions", {"prompt": "RIVER_STONE river survey", "max_tokens": 1,
                                                 "search": {"top_k": 1}})  # fmt: skip
         assert found.json()["documents"] == ["beta.md"]  # routed after the search, by what it found
@@ -368,6 +399,9 @@ def test_bad_requests_get_the_right_status_and_name_the_field(server):
     assert requests.get(f"{server}/v1/models").status_code == 401
     r = _post(server, "/v1/chat/completions", body | {"documents": ["nope.md"]})
     assert r.status_code == 404 and "'nope.md'" in r.json()["error"]["message"]
+    r = _post(server, "/v1/chat/completions", body | {"documents": ["alpah.md"]})  # a typo: the closest ids named
+    assert r.status_code == 404 and "did you mean 'alpha.md'" in r.json()["error"]["message"]
+    assert _post(server, "/v1/chat/completions", body | {"documents": ["alpha"]}).status_code == 200  # its stem
     r = _post(server, "/v1/chat/completions", body | {"documents": ["../../etc/passwd"]})
     assert r.status_code == 404  # ids are looked up in the store, never opened as paths
     r = _post(server, "/v1/chat/completions", b"{not json")
@@ -449,3 +483,32 @@ def test_metrics_reach_rays_prometheus_endpoint(server):
     assert re.search(r'ray_beacon_requests_total\{[^}]*route="chat"[^}]*status="401"', text), text[-2000:]
     assert re.search(r'ray_beacon_memory_cache_total\{[^}]*result="hit"', text)
     assert "ray_beacon_generated_tokens_total{" in text and "ray_beacon_ttft_seconds_bucket{" in text
+
+
+def test_soak_with_clients_walking_away_loses_no_replica_and_leaves_no_rows(server, tmp_path):
+    """bench/serve_load.py --soak for a few seconds (after a 2 s warm-up), half the requests cut by
+    their client (streams closed mid-answer, answers timed out): every replica still there, no answer
+    left running or waiting once settled, and no failure but the cuts."""
+    from bench.serve_load import main
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"id": d, "question": "What is it?", "doc_ids": [d]}) + "\n"
+                                 for d in ("alpha.md", "beta.md", "gamma.md")))  # fmt: skip
+    out = tmp_path / "soak.json"
+    # one client: the server holds 2 answers, and a cut answer's slot frees once word of the cut arrives
+    main(["--url", server, "--api-key", KEY, "--questions", str(questions), "--soak", "--clients", "1",
+          "--warmup", "2", "--seconds", "5", "--sample-every", "1", "--disconnect", "0.5", "--seed", "3",
+          "--max-tokens", "16", "--settle", "20", "--out", str(out)])  # fmt: skip
+    result = json.loads(out.read_text())
+    soak = result["soak"]
+    assert result["command"].startswith("python -m bench.serve_load --url")
+    assert len(soak["replicas_before"]) == 1 and soak["no_replica_lost"] and not soak["replicas_lost"]
+    assert soak["settle_s"] is not None and soak["batch_empty_after"]
+    assert all(s["running_or_waiting"] == s["waiting"] == 0 for s in soak["replicas_after"])
+    counts = soak["requests"]
+    assert counts["errors"] == {} and counts["disconnected"] > 0 and counts["ok"] > 0, counts
+    assert counts["sent"] == counts["ok"] + counts["disconnected"]
+    (memory,) = soak["memory"]
+    assert memory["rss_before"] > 0 and "cuda_before" not in memory  # CPU: RSS judged, against --rss-limit
+    assert soak["warmup"]["requests"]["errors"] == {} and soak["samples"]
+    assert all(len(s["replicas"]) == 1 for s in soak["samples"]), soak["samples"]
