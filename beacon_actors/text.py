@@ -5,13 +5,14 @@ e.g. a BOS). A question is the tokenizer's chat template applied to one user mes
 question, when the tokenizer has a template (the default model's writes
 "\\n\\n# Question: ...\\n# Answer:"), else `PLAIN_QUESTION`. `beacon ask` (memory from the store)
 and `beacon generate` (one pass over document + question) both use these functions, so the same
-model, document and question give the same answer.
+model, document and question give the same answer. `is_correct` is the one grading rule.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 
 PLAIN_QUESTION = "\n\nQuestion: {question}\nAnswer:"
 
@@ -70,3 +71,13 @@ def decode_answer(tokenizer, token_ids: list[int], stops: list[int]) -> str:
     """The answer text: new tokens up to the first stop token, special tokens dropped, stripped."""
     cut = next((i for i, t in enumerate(token_ids) if t in stops), len(token_ids))
     return tokenizer.decode(token_ids[:cut], skip_special_tokens=True).strip()
+
+
+def is_correct(answer: str | None, expected: str) -> bool:
+    """The grading rule of every answer (`beacon qa`, `beacon eval`, the benchmarks): the expected
+    text appears in the answer as a whole item — not glued to a letter or digit on either side —
+    ignoring case. "The pass key is 71942." is right for 71942; "482130" and "4821" are not for 48213."""
+    if answer is None or not expected.strip():
+        return False
+    item = re.escape(expected.strip())
+    return re.search(rf"(?<![0-9A-Za-z]){item}(?![0-9A-Za-z])", answer, flags=re.IGNORECASE) is not None

@@ -15,25 +15,47 @@ from .pipeline_options import explain_errors, model_options, quiet_transformers,
 @model_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Where to listen (0.0.0.0: every interface).")
 @click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--api-key", envvar="BEACON_API_KEY", default=None,
-              help="Ask every /v1 request for 'Authorization: Bearer KEY' (also BEACON_API_KEY). Default: no key.")
+@click.option(
+    "--api-key",
+    envvar="BEACON_API_KEY",
+    default=None,
+    help="Ask every /v1 request for 'Authorization: Bearer KEY' (also BEACON_API_KEY). Default: no key.",
+)
 @click.option("--served-model-name", default=None, help="The model name clients give (default: the folder's name).")
-@click.option("--replicas", default="1", show_default=True,
-              help="Replicas MIN or MIN:MAX (Serve autoscales between them on ongoing requests).")
+@click.option(
+    "--replicas",
+    default="1",
+    show_default=True,
+    help="Replicas MIN or MIN:MAX (Serve autoscales between them on ongoing requests).",
+)
 @click.option("--gpus-per-replica", type=float, default=0.0, show_default=True)
 @click.option("--cpus-per-replica", type=float, default=1.0, show_default=True)
 @click.option("--max-batch", type=int, default=8, show_default=True, help="Rows per batched decoder step.")
 @click.option("--max-running", type=int, default=32, show_default=True, help="Answers decoding at once per replica.")
-@click.option("--max-waiting", type=int, default=32, show_default=True,
-              help="Answers waiting per replica; beyond running + waiting: 429 with Retry-After.")
+@click.option(
+    "--max-waiting",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Answers waiting per replica; beyond running + waiting: 429 with Retry-After.",
+)
 @click.option("--cache-gb", type=float, default=2.0, show_default=True, help="Loaded memories kept per replica (LRU).")
 @click.option("--max-tokens", type=int, default=64, show_default=True, help="Answer length when a request gives none.")
 @click.option("--max-tokens-limit", type=int, default=1024, show_default=True, help="Longest answer a request may ask.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
-@click.option("--dry-run", type=click.Path(dir_okay=False), default=None, is_flag=False, flag_value="serve.yaml",
-              help="Write the Ray Serve config (default serve.yaml) and print it; start nothing.")
-@click.option("--working-dir", default=None,
-              help="With --dry-run: the application's runtime_env working_dir (a zip URI of this repository).")
+@click.option(
+    "--dry-run",
+    type=click.Path(dir_okay=False),
+    default=None,
+    is_flag=False,
+    flag_value="serve.yaml",
+    help="Write the Ray Serve config (default serve.yaml) and print it; start nothing.",
+)
+@click.option(
+    "--working-dir",
+    default=None,
+    help="With --dry-run: the application's runtime_env working_dir (a zip URI of this repository).",
+)
 @ray_options
 @explain_errors
 def serve(db, model, tokenizer, dtype, host, port, api_key, served_model_name, replicas, gpus_per_replica,
@@ -78,4 +100,3 @@ def serve(db, model, tokenizer, dtype, host, port, api_key, served_model_name, r
     options = RayOptions(address=address, dashboard_host=dashboard_host, include_dashboard=dashboard,
                          num_cpus=num_cpus, num_gpus=num_gpus, log_to_driver=verbose)  # fmt: skip
     run(config, ray_options=options)
-

@@ -10,13 +10,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from beacon_actors.text import is_correct
+
 from .catalog import open_store
 from .cluster import RayOptions, ensure_ray, gpus_per_actor
 from .config import AnswerConfig
 from .defaults import absolute, resolve_model
 from .progress import Progress
 from .questions import answer_format, questions_table, read_questions, write_answers
-from .reports import AnswerReport, WorkerStats, is_correct, summarize
+from .reports import AnswerReport, WorkerStats, summarize
 
 
 def answer_questions(

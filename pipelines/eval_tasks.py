@@ -145,11 +145,6 @@ def draw_needle(rng: np.random.Generator, avoid: frozenset[str] = frozenset()) -
             return needle
 
 
-def is_correct(got: str, answer: str) -> bool:
-    """The expected answer appears in the decoded answer (case-insensitive)."""
-    return answer.lower() in got.lower()
-
-
 # ---- documents with a needle ----------------------------------------------------------------------
 @dataclass
 class NeedleDocument:

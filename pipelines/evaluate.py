@@ -33,12 +33,11 @@ import torch.nn.functional as F
 import beacon
 from beacon import BeaconLM, Memory
 from beacon.windows import max_length_for_ratio
-from beacon_actors.text import decode_answer, question_ids, stop_ids
+from beacon_actors.text import decode_answer, is_correct, question_ids, stop_ids
 
 from .defaults import DEFAULT_MODEL, resolve_model
 from .eval_tasks import (
     draw_needle,
-    is_correct,
     needle_document,
     random_slice,
     read_texts,

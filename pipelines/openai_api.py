@@ -121,7 +121,7 @@ def parse_request(body: dict, *, chat: bool, default_max_tokens: int, max_tokens
 
 def _messages(value) -> list[dict]:
     if not isinstance(value, list) or not value:
-        raise ApiError(400, "'messages' must be a non-empty list of {\"role\", \"content\"} objects", param="messages")
+        raise ApiError(400, '\'messages\' must be a non-empty list of {"role", "content"} objects', param="messages")
     out = []
     for i, m in enumerate(value):
         where = f"messages[{i}]"

@@ -105,8 +105,3 @@ def summarize(values: list[float]) -> dict:
     v = sorted(values)
     pick = lambda q: v[min(len(v) - 1, int(q * len(v)))]  # noqa: E731
     return {"mean": statistics.fmean(v), "p50": pick(0.5), "p90": pick(0.9), "max": v[-1], "n": len(v)}
-
-
-def is_correct(answer: str | None, expected: str) -> bool:
-    """The answer starts with the expected text (case and surrounding space ignored)."""
-    return answer is not None and answer.strip().lower().startswith(expected.strip().lower())

@@ -1,42 +1,39 @@
 """`beacon serve`: an OpenAI-compatible answer service on Ray Serve, answering from stored snapshots.
 
-One deployment, `BeaconServer`, with a FastAPI ingress (`@serve.ingress`): each replica loads the
-model, opens the store and its search table, and runs a `beacon_actors.batcher.Batcher` (the
-continuous-batching loop, an LRU of loaded memories). Routes:
+Two deployments. `BeaconIngress` (pipelines/serve_ingress.py: FastAPI, light, no model) takes the
+HTTP request, checks it, runs the store's search if asked, and calls `BeaconServer.answer` by
+handle with the document ids; Serve's router for BeaconServer (pipelines/serve_router.py) sends
+the call to the replica those documents hash to, the one whose LRU already holds their memory.
+Each `BeaconServer` replica (here) loads the model, opens the store and runs a
+`beacon_actors.batcher.Batcher` (the continuous-batching loop, an LRU of loaded memories). Why two:
+Serve's HTTP proxy routes a request before its body is read (the replica pulls the body from the
+proxy), so routing by the documents a body names needs a hop after the body is parsed.
 
-    POST /v1/chat/completions, POST /v1/completions   answers; `documents` or `search` pick the memory
-    GET  /v1/models, GET /v1/documents (paged), GET /health
-
-Requests are checked (pipelines/openai_api.py) before anything runs: a bad field is a 400 naming it,
-an unknown document a 404 naming it, a memory + prompt + max_tokens past the model's positions a
-400 saying the limit (`_check_length`). Document ids are only ever looked up in the store's tables, never used as
-paths. A streamed answer starts (status 200) only once its first token exists, so a memory that
-fails to load is a plain 500 even for `stream: true`. Metrics go through ray.serve.metrics (Ray's
-Prometheus endpoint on each node): requests by route and status, time to first token, tokens, cache
-hits and misses. Settings: pipelines/serve_config.py. Docs: docs/serving.md.
-
-(No `from __future__ import annotations` here: FastAPI reads the routes' `Request` annotations at
-run time, through Serve's wrapping of the class.)
+A replica checks what needs the model or the store: an unknown document is a 404 naming it, a
+memory + prompt + max_tokens past the model's positions a 400 saying the limit (`_check_length`).
+Document ids are only ever looked up in the store's tables, never used as paths. An answer starts
+only once its first token exists, so a memory that fails to load is a plain 500 even for
+`stream: true`. Metrics go through ray.serve.metrics (Ray's Prometheus endpoint on each node):
+requests by route and status, time to first token, tokens, cache hits and misses. Settings:
+pipelines/serve_config.py. Docs: docs/serving.md.
 """
 
 import asyncio
 import collections
-import hmac
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import AsyncIterator, Sequence
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
-from .openai_api import DONE, ApiError, TextStream, chunk, completion, error_event, new_id, parse_body, parse_request
-from .serve_config import APP_NAME, DEPLOYMENT, ServeConfig, deployment_options
+from .openai_api import DONE, ApiError, Request, TextStream, chunk, completion, error_event, new_id
+from .serve_config import APP_NAME, DEPLOYMENT, ServeConfig, deployment_options, ingress_options
+from .serve_ingress import BeaconIngress, requests_counter
 
 logger = logging.getLogger(__name__)
-app = FastAPI(title="beacon", docs_url=None, redoc_url=None, openapi_url=None)
 TTFT_BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 
 
@@ -136,10 +133,16 @@ def _answer_error(err: BaseException, doc_ids: list[str]) -> ApiError:
     return ApiError(500, f"the answer failed: {type(err).__name__}: {err}")
 
 
+def _head(status: int, replica: str, body: dict | None = None, headers: dict | None = None) -> dict:
+    """The first item of every `BeaconServer.answer` stream: the HTTP status, the whole JSON body
+    (an error, or a non-streamed answer; None: server-sent events follow), extra headers, and the
+    replica that answered."""
+    return {"status": status, "body": body, "headers": headers or {}, "replica": replica}
+
+
 @serve.deployment(name=DEPLOYMENT)
-@serve.ingress(app)
 class BeaconServer:
-    """One replica: model, store, search table, batcher, metrics."""
+    """One model replica: model, store, batcher, metrics. Called by the ingress, never over HTTP."""
 
     def __init__(self, settings: dict):
         import beacon
@@ -147,18 +150,17 @@ class BeaconServer:
         from beacon_actors.device import resolve_device
         from beacon_actors.text import load_tokenizer, stop_ids
         from snapshots import SnapshotStore
-        from snapshots.search import SearchIndex
 
         from .defaults import absolute, resolve_model
 
         config = ServeConfig.from_dict(settings)
+        # paths as this replica sees them; the name stays the folder's
         self.config = config = ServeConfig.from_dict(config.to_dict() | {
             "model": resolve_model(config.model), "db": absolute(config.db),
             "tokenizer": None if config.tokenizer is None else resolve_model(config.tokenizer),
             "served_model_name": config.model_name,
-        })  # fmt: skip (paths as this replica sees them; the name stays the folder's)
-        key = config.api_key or os.environ.get("BEACON_API_KEY") or None
-        self.api_key = None if key is None else key.encode()
+        })  # fmt: skip
+        self.replica = serve.get_replica_context().replica_id.unique_id
         self.lm = beacon.load(config.model, device=resolve_device(config.device), dtype=config.dtype,
                               tokenizer=config.tokenizer is None)  # fmt: skip
         if config.tokenizer is not None:
@@ -166,7 +168,6 @@ class BeaconServer:
         if self.lm.tokenizer is None:
             raise ValueError(f"model {config.model!r} has no tokenizer files: give the tokenizer folder (--tokenizer)")
         self.store = SnapshotStore(config.db)
-        self.search = SearchIndex(config.db)
         self.stops = stop_ids(self.lm)
         self.batcher = Batcher(self.lm, self.store, stops=self.stops, cache_bytes=config.cache_bytes,
                                max_batch=config.max_batch, max_running=config.max_running,
@@ -177,8 +178,7 @@ class BeaconServer:
     def _metrics(self) -> None:
         from ray.serve.metrics import Counter, Histogram
 
-        self.m_requests = Counter("beacon_requests", description="Requests by route and HTTP status.",
-                                  tag_keys=("route", "status"))  # fmt: skip
+        self.m_requests = requests_counter()
         self.m_ttft = Histogram("beacon_ttft_seconds", description="Seconds from a request's arrival to its first"
                                 " token.", boundaries=TTFT_BOUNDS, tag_keys=("cache",))  # fmt: skip
         self.m_tokens = Counter("beacon_generated_tokens", description="Answer tokens generated.")
@@ -191,80 +191,42 @@ class BeaconServer:
         if batcher is not None:
             batcher.close()
 
-    # ---- plain routes --------------------------------------------------------------------------
-    @app.get("/health")
-    async def health(self) -> dict:
+    async def health(self, *, skip_replicas: Sequence[str] = ()) -> dict:
+        """This replica's state. `skip_replicas` is read by the router, not here
+        (serve_router.SKIP_KWARG: /health?replicas=all asks every replica in turn)."""
         b = self.batcher
-        return {"status": "ok", "model": self.config.model_name, "running_or_waiting": b.held(),
-                "waiting": b.waiting(), "cached_memories": len(b.cache), "cache_bytes": b.cache.nbytes,
-                "batcher": dict(b.stats), "uptime_s": round(time.time() - self.started, 3)}  # fmt: skip
+        return {"status": "ok", "model": self.config.model_name, "replica": self.replica,
+                "running_or_waiting": b.held(), "waiting": b.waiting(), "cached_memories": len(b.cache),
+                "cache_bytes": b.cache.nbytes, "batcher": dict(b.stats), "memory": self._memory(),
+                "uptime_s": round(time.time() - self.started, 3)}  # fmt: skip
 
-    @app.get("/v1/models")
-    async def models(self, request: Request):
-        def answer():
-            return {"object": "list", "data": [{"id": self.config.model_name, "object": "model",
-                                                "created": int(self.started), "owned_by": "beacon"}]}  # fmt: skip
+    def _memory(self) -> dict:
+        """The process's memory, what a soak test compares before and after its load (bench/serve_load.py
+        --soak). Cheap: /proc and the CUDA caching allocator's counters, no device sync."""
+        import psutil  # a dependency of ray[default]
+        import torch
 
-        return await self._route("models", request, answer)
-
-    @app.get("/v1/documents")
-    async def documents(self, request: Request):
-        def answer():
-            q = request.query_params
-            try:
-                limit = int(q.get("limit", "20"))
-            except ValueError:
-                raise ApiError(400, f"'limit' must be an integer, got {q.get('limit')!r}", param="limit") from None
-            if not 1 <= limit <= 1000:
-                raise ApiError(400, f"'limit' must be in [1, 1000], got {limit}", param="limit")
-            after = q.get("after")
-            docs = self.store.list()  # sorted by doc_id
-            if after is not None:
-                docs = [d for d in docs if d.doc_id > after]
-            page = docs[:limit]
-            data = [{"id": d.doc_id, "object": "document", "title": d.title, "tokens": d.n_tokens,
-                     "stored_bytes": d.stored_bytes, "updated_at": d.updated_at.isoformat()} for d in page]  # fmt: skip
-            ids = [d["id"] for d in data] or [None]
-            ends = {"first_id": ids[0], "last_id": ids[-1]}
-            return {"object": "list", "data": data, "has_more": len(docs) > limit, **ends}
-
-        return await self._route("documents", request, answer, threaded=True)
-
-    async def _route(self, name: str, request: Request, answer, *, threaded: bool = False):
-        try:
-            self._authorize(request)
-            body = await asyncio.to_thread(answer) if threaded else answer()
-            self.m_requests.inc(tags={"route": name, "status": "200"})
-            return body
-        except ApiError as err:
-            return self._error(name, err)
+        device = self.lm.device
+        cuda = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+        return {"rss_bytes": psutil.Process().memory_info().rss, "cuda_allocated_bytes": cuda,
+                "decode_buffer_sets": len(self.lm.decode_buffers)}  # fmt: skip
 
     # ---- answers -------------------------------------------------------------------------------
-    @app.post("/v1/chat/completions")
-    async def chat_completions(self, request: Request):
-        return await self._complete(request, chat=True)
-
-    @app.post("/v1/completions")
-    async def completions(self, request: Request):
-        return await self._complete(request, chat=False)
-
-    async def _complete(self, request: Request, *, chat: bool):
+    async def answer(self, req: Request, *, documents: list[str], arrived: float) -> AsyncIterator[dict | str]:
+        """The answer to the checked request `req` from `documents`: first a
+        `_head`, then, for a stream that started, its server-sent events. `documents` is a keyword
+        (serve_router.ROUTE_KWARG) because the router reads it there; `arrived` is the wall-clock
+        time the ingress received the request (TTFT counts from it)."""
         from beacon_actors.batcher import Job, Overloaded, Sampling
 
-        route, arrived = "chat" if chat else "completions", time.perf_counter()
+        route = "chat" if req.chat else "completions"
         job = None
         try:
-            self._authorize(request)
-            req = parse_request(parse_body(await request.body()), chat=chat, default_max_tokens=self.config.max_tokens,
-                                max_tokens_limit=self.config.max_tokens_limit)  # fmt: skip
-            if req.model is not None and req.model != self.config.model_name:
-                raise ApiError(404, f"model {req.model!r} is not served here; this server serves"
-                               f" {self.config.model_name!r} (GET /v1/models)", param="model")  # fmt: skip
             prompt = self._prompt_ids(req)
-            doc_ids = await asyncio.to_thread(self._pick_documents, req, len(prompt))
+            await asyncio.to_thread(self._check_documents, documents, len(prompt), req.max_tokens)
             events = _Inbox(asyncio.get_running_loop())
             sampling = Sampling(req.max_tokens, req.temperature, req.top_p, req.seed)
-            job = Job(tuple(doc_ids), prompt, sampling, events.push)
+            job = Job(tuple(documents), prompt, sampling, events.push)
             try:
                 self.batcher.submit(job)
             except Overloaded as err:
@@ -273,12 +235,12 @@ class BeaconServer:
                 raise ApiError(429, str(err), headers=retry) from err
             start = await events.get()
             if start[0] == "error":
-                raise _answer_error(start[1], doc_ids)
+                raise _answer_error(start[1], documents)
             first = await events.get()  # the first token (or an error)
             if first[0] == "error":
-                raise _answer_error(first[1], doc_ids)
+                raise _answer_error(first[1], documents)
             events.unget(first)
-            ttft = time.perf_counter() - arrived
+            ttft = max(0.0, time.time() - arrived)  # another process's clock: never below 0
             hit = start[1]["cache_hit"]
             self.m_ttft.observe(ttft, tags={"cache": "hit" if hit else "miss"})
             self.m_cache.inc(tags={"result": "hit" if hit else "miss"})
@@ -286,25 +248,29 @@ class BeaconServer:
         except ApiError as err:
             if job is not None:
                 job.cancel()
-            return self._error(route, err)
-        except BaseException:  # the client went away (the request was cancelled), or a bug: free the slot
+            yield self._error(route, err)
+            return
+        except BaseException:  # the request was cancelled (the client went away), or a bug: free the slot
             if job is not None:
                 job.cancel()
             raise
-        context = _Answer(req, new_id(chat), self.config.model_name, doc_ids, len(prompt), start[1], ttft,
+        context = _Answer(req, new_id(req.chat), self.config.model_name, documents, len(prompt), start[1], ttft,
                           TextStream(self.lm.tokenizer, req.stop))  # fmt: skip
         self.m_requests.inc(tags={"route": route, "status": "200"})
         if req.stream:
-            return StreamingResponse(self._stream(context, job, events), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})  # fmt: skip
+            yield _head(200, self.replica)
+            async for event in self._stream(context, job, events):
+                yield event
+            return
         try:
             async for _ in self._deltas(context, job, events):
                 pass  # the text gathers in context.text
         except ApiError as err:  # a step failed half-way
-            return self._error(route, err)
+            yield self._error(route, err)
+            return
         finally:
             job.cancel()  # done already, or the client went away: either way nothing more is generated
-        return context.whole(context.finish)
+        yield _head(200, self.replica, context.whole(context.finish))
 
     async def _stream(self, context: _Answer, job, events: _Inbox):
         """Server-sent events: a role chunk, text chunks as tokens come, a finish chunk, usage if asked, [DONE]."""
@@ -343,21 +309,13 @@ class BeaconServer:
                     break
                 elif kind == "error":
                     raise _answer_error(value, context.doc_ids)
-            self.m_tokens.inc(len(delta))
+            if delta:  # the end can come alone (pushed after the last token, read apart): Ray's inc refuses 0
+                self.m_tokens.inc(len(delta))
             delta = "".join(delta) + (text.finish() if context.finish is not None else "")
             if delta:
                 yield delta
 
     # ---- pieces --------------------------------------------------------------------------------
-    def _authorize(self, request: Request) -> None:
-        if self.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(given.encode(), self.api_key):  # constant time in the key's contents
-            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY' (the key the server was"
-                           " started with, --api-key or BEACON_API_KEY)", kind="authentication_error")  # fmt: skip
-
     def _prompt_ids(self, req) -> list[int]:
         from beacon_actors.text import PLAIN_QUESTION, question_text
 
@@ -377,18 +335,10 @@ class BeaconServer:
             raise ApiError(400, "the prompt has no tokens", param="messages" if req.chat else "prompt")
         return ids
 
-    def _pick_documents(self, req, n_prompt: int) -> list[str]:
-        """Document ids to read (in order), each checked to be stored; the length checked against the model."""
+    def _check_documents(self, doc_ids: list[str], n_prompt: int, max_tokens: int) -> None:
+        """Each document checked to be stored; the length checked against the model."""
         from snapshots import DocumentNotFoundError
 
-        if req.documents is not None:
-            doc_ids = req.documents
-        else:
-            hits = self.search.search(req.search_text, k=req.top_k)
-            if not hits:
-                raise ApiError(404, "the store's search found no document for this request (is the store ingested,"
-                               " with its search table?); give 'documents'", param="search")  # fmt: skip
-            doc_ids = [d for d, _ in reversed(hits)]  # best match last: read closest to the prompt
         infos = []
         for d in doc_ids:
             try:
@@ -398,19 +348,19 @@ class BeaconServer:
                                param="documents") from None  # fmt: skip
             except ValueError as err:
                 raise ApiError(400, f"document id {d!r}: {err}", param="documents") from None
-        _check_length(self.lm, [i.state for i in infos], n_prompt, req.max_tokens)
-        return doc_ids
+        _check_length(self.lm, [i.state for i in infos], n_prompt, max_tokens)
 
-    def _error(self, route: str, err: ApiError) -> JSONResponse:
+    def _error(self, route: str, err: ApiError) -> dict:
         self.m_requests.inc(tags={"route": route, "status": str(err.status)})
-        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+        return _head(err.status, self.replica, err.body(), err.headers)
 
 
 # ---- building and running ------------------------------------------------------------------------
 def build(args: dict):
     """The Serve application for `args` (ServeConfig fields): what serve.yaml's import_path names."""
     config = ServeConfig.from_dict(dict(args))
-    return BeaconServer.options(**deployment_options(config)).bind(config.to_dict())
+    server = BeaconServer.options(**deployment_options(config)).bind(config.to_dict())
+    return BeaconIngress.options(**ingress_options(config)).bind(server, config.to_dict())
 
 
 def run(config: ServeConfig, *, ray_options=None, ready: threading.Event | None = None) -> None:

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from .defaults import DEFAULT_DB, DEFAULT_MODEL
 
 APP_NAME = "beacon"
-DEPLOYMENT = "BeaconServer"
+DEPLOYMENT = "BeaconServer"  # the model replicas
+INGRESS = "BeaconIngress"  # the HTTP side, in front of them
 IMPORT_PATH = "pipelines.serve:build"  # the application builder serve.yaml names
+ROUTER = "pipelines.serve_router:DocumentAffinityRouter"  # routes answers to the replica of their documents
 
 
 @dataclass
@@ -26,10 +28,10 @@ class ServeConfig:
     `max_waiting` admitted but not started (beyond both: 429 with Retry-After), `cache_bytes` of
     loaded memories kept (LRU), `max_tokens` default and `max_tokens_limit` bound of an answer.
     Replicas: `min_replicas..max_replicas` (autoscaling on ongoing requests when they differ),
-    `gpus_per_replica`, `cpus_per_replica`; `max_queued_requests` per proxy before Serve itself
-    answers 429. HTTP: `host`, `port`; `api_key` (None: no key asked; else every /v1 request needs
-    `Authorization: Bearer KEY`). `served_model_name`: the name /v1/models lists and requests give
-    (default: the model folder's name).
+    `gpus_per_replica`, `cpus_per_replica`; `max_queued_requests` waiting for a replica with room
+    (in the ingress; also at each proxy) before a 429. HTTP: `host`, `port`; `api_key` (None: no
+    key asked; else every /v1 request needs `Authorization: Bearer KEY`). `served_model_name`: the
+    name /v1/models lists and requests give (default: the model folder's name).
     """
 
     model: str = DEFAULT_MODEL
@@ -86,10 +88,11 @@ def deployment_options(config: ServeConfig) -> dict:
     per_replica = config.max_running + config.max_waiting  # the replica answers 429 itself beyond this
     options = {
         "max_ongoing_requests": per_replica + 1,  # one more, so the replica's own 429 is what clients see
-        "max_queued_requests": config.max_queued_requests,
-        "backpressure_config": {"status_code": 429, "retry_after_s": config.retry_after_s},
+        "max_queued_requests": config.max_queued_requests,  # in the ingress's handle; beyond: 429
         "ray_actor_options": {"num_cpus": config.cpus_per_replica, "num_gpus": config.gpus_per_replica},
         "graceful_shutdown_timeout_s": 10,
+        # the replica holding the request's documents, unless it has per_replica answers already
+        "request_router_config": {"request_router_class": ROUTER, "request_router_kwargs": {"busy_at": per_replica}},
     }
     if config.max_replicas > config.min_replicas:
         options["autoscaling_config"] = {
@@ -104,6 +107,23 @@ def deployment_options(config: ServeConfig) -> dict:
     return options
 
 
+def ingress_options(config: ServeConfig) -> dict:
+    """Ray Serve options of the BeaconIngress deployment: one replica, no CPU reserved (it parses,
+    searches and relays tokens; the model replicas do the work). One, so that its router sees every
+    answer call: the queue lengths it keeps of the model replicas are whole, and a busy replica is
+    seen as busy (several ingress replicas would each see only their share)."""
+    per_replica = config.max_running + config.max_waiting
+    return {
+        "num_replicas": 1,
+        # everything the model replicas hold plus what waits for them, so the ingress is never the limit
+        "max_ongoing_requests": (per_replica + 1) * config.max_replicas + config.max_queued_requests,
+        "max_queued_requests": config.max_queued_requests,  # at each proxy; beyond: Serve's own 429
+        "backpressure_config": {"status_code": 429, "retry_after_s": config.retry_after_s},
+        "ray_actor_options": {"num_cpus": 0},
+        "graceful_shutdown_timeout_s": 10,
+    }
+
+
 def serve_config(config: ServeConfig, *, working_dir: str | None = None) -> dict:
     """The Ray Serve config file (what `serve deploy` and `serve run` read) for `config`. The API key
     is never written into it: replicas read BEACON_API_KEY from their environment (set it on the
@@ -113,8 +133,8 @@ def serve_config(config: ServeConfig, *, working_dir: str | None = None) -> dict
     runtime_env: dict = {}
     if working_dir is not None:
         runtime_env["working_dir"] = working_dir
-    deployment = {"name": DEPLOYMENT, **deployment_options(config)}
-    app = {"name": APP_NAME, "route_prefix": "/", "import_path": IMPORT_PATH, "args": args, "deployments": [deployment]}
+    deployments = [{"name": INGRESS, **ingress_options(config)}, {"name": DEPLOYMENT, **deployment_options(config)}]
+    app = {"name": APP_NAME, "route_prefix": "/", "import_path": IMPORT_PATH, "args": args, "deployments": deployments}
     if runtime_env:
         app["runtime_env"] = runtime_env
     return {"proxy_location": "EveryNode", "http_options": {"host": config.host, "port": config.port},

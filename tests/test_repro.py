@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import beacon
+from beacon_actors.text import is_correct
 from bench.repro import corpus, evaluate, tasks
 
 from .conftest import tiny_path, tokens
@@ -72,8 +73,9 @@ def test_samples_have_exact_length_a_needle_on_its_own_line_and_the_query(tok):
 
 
 def test_answers_are_matched_exactly_and_the_chat_template_is_the_trained_prompt(tok):
-    assert tasks.is_correct(' 48213"\n', "48213") and tasks.is_correct(" blue-moon", "blue-moon")
-    assert not tasks.is_correct(" 482130", "48213") and not tasks.is_correct(" 4821", "48213")
+    assert is_correct(' 48213"\n', "48213") and is_correct(" blue-moon", "blue-moon")
+    assert is_correct("The pass key is 71942.", "71942") and is_correct("AMBER-FALCON", "amber-falcon")
+    assert not is_correct(" 482130", "48213") and not is_correct(" 4821", "48213") and not is_correct(None, "1")
     tok.chat_template = tasks.CHAT_TEMPLATE
     got = tok.apply_chat_template(
         [{"role": "user", "content": "What is X?"}], add_generation_prompt=True, tokenize=False

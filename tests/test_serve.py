@@ -4,6 +4,8 @@ tiny random model) — answered through the official `openai` client and plain H
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import queue
@@ -25,7 +27,8 @@ from beacon_actors.generation import greedy_answer
 from beacon_actors.text import question_ids, stop_ids
 from beacon_actors.tokenize import tokenize_documents
 from pipelines.openai_api import TextStream
-from pipelines.serve_config import ServeConfig, serve_config
+from pipelines.serve_config import DEPLOYMENT, INGRESS, ROUTER, ServeConfig, serve_config
+from pipelines.serve_router import rendezvous_order
 from snapshots import SnapshotStore
 from snapshots.records import text_digest
 from snapshots.search import SearchIndex
@@ -33,6 +36,7 @@ from snapshots.search import SearchIndex
 from ._pipelines_helpers import REPO, free_port, tiny_model
 
 KEY = "test-key-0123"
+REPLICA_HEADER = "x-beacon-replica"  # the BeaconServer replica that answered
 SERVER_LOG: list[Path] = []  # the module's server's output (its metrics address)
 TEXTS = {
     "alpha.md": "# Alpha\n\nORBIT_CEDAR = 'amber'\n" + "alpha notes on the orbit " * 6,
@@ -147,15 +151,47 @@ def test_text_stream_holds_back_stop_strings(setup):
     assert sent == "hello world, " and stream.stopped
 
 
+def test_an_answers_end_read_alone_ends_it(setup):
+    """The batcher's thread pushes an answer's last token and its end one after the other, so the
+    replica's loop can read the end alone: the answer ends there (a metric's inc(0) once raised,
+    failing the stream; found by the soak below)."""
+    import asyncio
+
+    from pipelines.serve import BeaconServer, _Answer, _Inbox
+
+    class Counter:  # Ray's Counter.inc refuses values <= 0
+        def inc(self, value=1.0):
+            assert value > 0, value
+
+    replica = object.__new__(BeaconServer.func_or_class)  # no model: _deltas reads these two only
+    replica.stops, replica.m_tokens = set(), Counter()
+    tok = setup[2].tokenizer
+
+    async def answer() -> tuple[list[str], str]:
+        events = _Inbox(asyncio.get_running_loop())
+        context = _Answer(None, "id", "m", ["alpha.md"], 1, {}, 0.0, TextStream(tok, []))
+        deltas = replica._deltas(context, None, events)
+        events.push("token", tok("a", add_special_tokens=False)["input_ids"][0])
+        got = [await anext(deltas)]
+        events.push("end", "length")  # read on its own
+        got += [d async for d in deltas]
+        return got, context.finish
+
+    assert asyncio.run(answer()) == (["a"], "length")
+
+
 def test_serve_yaml_is_a_valid_ray_serve_config():
     from ray.serve.schema import ServeDeploySchema
 
     config = serve_config(ServeConfig(min_replicas=1, max_replicas=4, gpus_per_replica=1, api_key="secret"))
     schema = ServeDeploySchema.model_validate(config)
     (app,) = schema.applications
-    (dep,) = app.deployments
-    assert dep.autoscaling_config["max_replicas"] == 4 and dep.ray_actor_options.num_gpus == 1
-    assert dep.backpressure_config.status_code == 429 and "secret" not in json.dumps(config)
+    ingress, server = app.deployments
+    assert (ingress.name, server.name) == (INGRESS, DEPLOYMENT) and ingress.num_replicas == 1
+    assert server.autoscaling_config["max_replicas"] == 4 and server.ray_actor_options.num_gpus == 1
+    assert server.request_router_config["request_router_class"] == ROUTER
+    assert server.request_router_config["request_router_kwargs"] == {"busy_at": 32 + 32}  # running + waiting
+    assert ingress.backpressure_config.status_code == 429 and "secret" not in json.dumps(config)
 
 
 def test_dry_run_writes_and_prints_serve_yaml(tmp_path):
@@ -169,24 +205,36 @@ def test_dry_run_writes_and_prints_serve_yaml(tmp_path):
                                     "--port", "9000", "--api-key", "secret"])  # fmt: skip
     assert out.exit_code == 0, out.output
     config = yaml.safe_load(path.read_text())
-    (dep,) = config["applications"][0]["deployments"]
-    assert dep["num_replicas"] == 2 and dep["ray_actor_options"]["num_gpus"] == 1
+    ingress, server = config["applications"][0]["deployments"]
+    assert ingress["name"] == INGRESS and ingress["ray_actor_options"] == {"num_cpus": 0}
+    assert server["num_replicas"] == 2 and server["ray_actor_options"]["num_gpus"] == 1
+    assert server["request_router_config"]["request_router_class"] == ROUTER
     assert config["http_options"]["port"] == 9000 and "secret" not in path.read_text()
     assert yaml.safe_load(out.stdout) == config
 
 
+def test_rendezvous_order_is_stable_and_moves_only_a_lost_replicas_lists():
+    lists = [[f"doc{i}.md", f"doc{j}.md"] for i in range(20) for j in range(3)]
+    replicas = ["r1", "r2", "r3"]
+    first = {tuple(d): rendezvous_order(d, replicas)[0] for d in lists}
+    assert first == {tuple(d): rendezvous_order(d, list(reversed(replicas)))[0] for d in lists}  # not by position
+    assert set(first.values()) == set(replicas)
+    assert any(first[tuple(d)] != rendezvous_order(d[::-1], replicas)[0] for d in lists)  # [A, B] is not [B, A]
+    without = {tuple(d): rendezvous_order(d, ["r1", "r3"])[0] for d in lists}
+    assert all(without[k] == first[k] for k in first if first[k] != "r2")  # the others' lists stay put
+    assert all(without[k] == rendezvous_order(list(k), replicas)[1] for k in first if first[k] == "r2")  # next in line
+
+
 # ---- a real server ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def server(setup, tmp_path_factory):
-    model, db, _ = setup
+@contextlib.contextmanager
+def _serving(model: Path, db: Path, log: Path, *options: str):
+    """`beacon serve` in a child process (its own embedded Ray) until the block ends: (base URL, process)."""
     port = free_port()
-    log = tmp_path_factory.mktemp("log") / "serve.log"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                RAY_AUTH_MODE="disabled", BEACON_API_KEY=KEY, RAY_SERVE_HTTP_KEEP_ALIVE_TIMEOUT_S="5")  # fmt: skip
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "beacon_cli.main", "serve", "--model", str(model), "--db", str(db), "--port",
-           str(port), "--num-cpus", "2", "--no-dashboard", "--max-running", "2", "--max-waiting", "0",
-           "--max-batch", "2", "--max-tokens-limit", "1000000"]  # fmt: skip
+           str(port), "--num-cpus", "2", "--no-dashboard", "--max-tokens-limit", "1000000", *options]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -195,16 +243,15 @@ def server(setup, tmp_path_factory):
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"beacon serve exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
-            try:
-                if requests.get(f"{base}/health", timeout=2).status_code == 200:
+            try:  # up: /health answers, and the command says so (all replicas running, not just one)
+                if requests.get(f"{base}/health", timeout=2).status_code == 200 and "Ctrl-C stops" in log.read_text():
                     break
             except requests.RequestException:
                 pass
             if time.time() > deadline:
                 raise RuntimeError(f"beacon serve did not answer in 300 s:\n{log.read_text()[-4000:]}")
             time.sleep(0.5)
-        SERVER_LOG.append(log)
-        yield base
+        yield base, proc
     finally:
         proc.send_signal(signal.SIGINT)  # the command takes the app down and stops its Ray
         try:
@@ -213,6 +260,76 @@ def server(setup, tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         assert proc.returncode == 0, log.read_text()[-4000:]
+
+
+@pytest.mark.slow
+def test_requests_go_to_the_replica_of_their_documents(setup, tmp_path):
+    """Two replicas: the same documents always reach the same replica (its LRU holds their memory),
+    different ones spread over both; a request whose replica is full, or gone, is answered by the
+    other one."""
+    import psutil
+
+    model, db, _ = setup
+    options = ["--replicas", "2", "--max-running", "1", "--max-waiting", "0", "--max-batch", "1"]  # 1 answer a replica
+    docs = ["alpha.md", "beta.md", "gamma.md"]
+    sets = [p for n in (1, 2, 3) for p in itertools.permutations(docs, n)]  # 15 lists ([A, B] != [B, A])
+
+    def ask(documents, **extra):
+        body = {"prompt": "abc", "max_tokens": 1, "documents": list(documents)} | extra
+        return _post(base, "/v1/completions", body)
+
+    with _serving(model, db, tmp_path / "serve.log", *options) as (base, proc):
+        owner = {}
+        for documents in sets:
+            first, again = ask(documents), ask(documents)
+            assert first.status_code == again.status_code == 200, first.text
+            assert first.headers[REPLICA_HEADER] == again.headers[REPLICA_HEADER]
+            assert again.json()["cache_hit"]  # the second one found the memory the first one loaded
+            owner[documents] = first.headers[REPLICA_HEADER]
+        assert len(set(owner.values())) == 2  # all 15 on one replica: chance 2^-14
+        every = requests.get(f"{base}/health", params={"replicas": "all"}, timeout=30).json()["replicas"]
+        assert sorted(h["replica"] for h in every) == sorted(set(owner.values()))  # each replica asked once
+        found = _post(base, "/v1/completions", {"prompt": "RIVER_STONE river survey", "max_tokens": 1,
+                                                "search": {"top_k": 1}})  # fmt: skip
+        assert found.json()["documents"] == ["beta.md"]  # routed after the search, by what it found
+        assert found.headers[REPLICA_HEADER] == owner[("beta.md",)] and found.json()["cache_hit"]
+
+        # full: its replica busy with a long stream, the request goes to the other one
+        documents = sets[0]
+        held = requests.post(f"{base}/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
+                             stream=True, json={"prompt": "abc", "max_tokens": 100_000, "stream": True,
+                                                "documents": list(documents)})  # fmt: skip
+        try:
+            assert held.status_code == 200 and held.headers[REPLICA_HEADER] == owner[documents]
+            r = ask(documents)
+            assert r.status_code == 200 and r.headers[REPLICA_HEADER] != owner[documents]
+        finally:
+            held.close()
+        deadline = time.time() + 30  # once the stream is gone, the documents go back to their replica
+        while ask(documents).headers[REPLICA_HEADER] != owner[documents] and time.time() < deadline:
+            time.sleep(0.2)
+        assert ask(documents).headers[REPLICA_HEADER] == owner[documents]
+
+        # gone: one replica's process killed, every request is still answered (by the other one)
+        processes = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                     if "ServeReplica:beacon:BeaconServer" in " ".join(p.cmdline())]  # fmt: skip
+        assert len(processes) == 2, [p.cmdline() for p in psutil.Process(proc.pid).children(recursive=True)]
+        processes[0].kill()
+        after = {documents: ask(documents) for documents in sets}
+        assert all(r.status_code == 200 for r in after.values()), [r.text for r in after.values()]
+        answered = {r.headers[REPLICA_HEADER] for r in after.values()}
+        (gone,) = set(owner.values()) - answered  # (Serve starts a replacement: it may answer some by now)
+        assert any(owner[documents] == gone for documents in sets)
+
+
+@pytest.fixture(scope="module")
+def server(setup, tmp_path_factory):
+    model, db, _ = setup
+    log = tmp_path_factory.mktemp("log") / "serve.log"
+    options = ["--max-running", "2", "--max-waiting", "0", "--max-batch", "2"]
+    with _serving(model, db, log, *options) as (base, _):
+        SERVER_LOG.append(log)
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -263,6 +380,7 @@ def test_completions_search_seed_and_stop(server, client):
     raw = _post(server, "/v1/completions", {"prompt": "abc", "max_tokens": 3, "stream": True, "documents": ["beta.md"]})
     events = [e for e in raw.text.split("\n\n") if e]
     assert raw.status_code == 200 and all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    assert raw.headers[REPLICA_HEADER] == requests.get(f"{server}/health").json()["replica"]  # the one replica
 
 
 def test_models_documents_and_health(server, client):
@@ -281,6 +399,9 @@ def test_bad_requests_get_the_right_status_and_name_the_field(server):
     assert requests.get(f"{server}/v1/models").status_code == 401
     r = _post(server, "/v1/chat/completions", body | {"documents": ["nope.md"]})
     assert r.status_code == 404 and "'nope.md'" in r.json()["error"]["message"]
+    r = _post(server, "/v1/chat/completions", body | {"documents": ["alpah.md"]})  # a typo: the closest ids named
+    assert r.status_code == 404 and "did you mean 'alpha.md'" in r.json()["error"]["message"]
+    assert _post(server, "/v1/chat/completions", body | {"documents": ["alpha"]}).status_code == 200  # its stem
     r = _post(server, "/v1/chat/completions", body | {"documents": ["../../etc/passwd"]})
     assert r.status_code == 404  # ids are looked up in the store, never opened as paths
     r = _post(server, "/v1/chat/completions", b"{not json")
@@ -347,7 +468,6 @@ def test_concurrent_clients_all_get_answers(server, client):
     assert len(set(answers)) == 1 and answers[0] is not None  # greedy: one answer, however they were grouped
 
 
-
 def test_metrics_reach_rays_prometheus_endpoint(server):
     """The replica's counters and TTFT histogram appear on the node's metrics endpoint (Ray exports
     every few seconds: polled for up to a minute)."""
@@ -357,9 +477,38 @@ def test_metrics_reach_rays_prometheus_endpoint(server):
     deadline, text = time.time() + 60, ""
     while time.time() < deadline:
         text = requests.get(url, timeout=10).text
-        if 'ray_beacon_requests_total{' in text and "ray_beacon_ttft_seconds_bucket{" in text:
+        if "ray_beacon_requests_total{" in text and "ray_beacon_ttft_seconds_bucket{" in text:
             break
         time.sleep(2)
     assert re.search(r'ray_beacon_requests_total\{[^}]*route="chat"[^}]*status="401"', text), text[-2000:]
     assert re.search(r'ray_beacon_memory_cache_total\{[^}]*result="hit"', text)
     assert "ray_beacon_generated_tokens_total{" in text and "ray_beacon_ttft_seconds_bucket{" in text
+
+
+def test_soak_with_clients_walking_away_loses_no_replica_and_leaves_no_rows(server, tmp_path):
+    """bench/serve_load.py --soak for a few seconds (after a 2 s warm-up), half the requests cut by
+    their client (streams closed mid-answer, answers timed out): every replica still there, no answer
+    left running or waiting once settled, and no failure but the cuts."""
+    from bench.serve_load import main
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"id": d, "question": "What is it?", "doc_ids": [d]}) + "\n"
+                                 for d in ("alpha.md", "beta.md", "gamma.md")))  # fmt: skip
+    out = tmp_path / "soak.json"
+    # one client: the server holds 2 answers, and a cut answer's slot frees once word of the cut arrives
+    main(["--url", server, "--api-key", KEY, "--questions", str(questions), "--soak", "--clients", "1",
+          "--warmup", "2", "--seconds", "5", "--sample-every", "1", "--disconnect", "0.5", "--seed", "3",
+          "--max-tokens", "16", "--settle", "20", "--out", str(out)])  # fmt: skip
+    result = json.loads(out.read_text())
+    soak = result["soak"]
+    assert result["command"].startswith("python -m bench.serve_load --url")
+    assert len(soak["replicas_before"]) == 1 and soak["no_replica_lost"] and not soak["replicas_lost"]
+    assert soak["settle_s"] is not None and soak["batch_empty_after"]
+    assert all(s["running_or_waiting"] == s["waiting"] == 0 for s in soak["replicas_after"])
+    counts = soak["requests"]
+    assert counts["errors"] == {} and counts["disconnected"] > 0 and counts["ok"] > 0, counts
+    assert counts["sent"] == counts["ok"] + counts["disconnected"]
+    (memory,) = soak["memory"]
+    assert memory["rss_before"] > 0 and "cuda_before" not in memory  # CPU: RSS judged, against --rss-limit
+    assert soak["warmup"]["requests"]["errors"] == {} and soak["samples"]
+    assert all(len(s["replicas"]) == 1 for s in soak["samples"]), soak["samples"]

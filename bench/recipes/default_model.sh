@@ -8,6 +8,7 @@
 #   bash bench/recipes/default_model.sh run 560               ... again until the eval is written
 # `run` resumes whatever is unfinished (training from its last checkpoint) and stops within SECONDS;
 # once finalized, $OUT/m holds config.json + beacon.safetensors and $OUT/r the training logs and eval.
+# DM_ARGS passes options to bench.default_model.run (e.g. "--lm-budget 140 --qa-budget 240").
 # .whl holds gguf-0.19.0-py3-none-any.whl (transformers' GGUF reader; not on the GPU image).
 source "$(dirname "$0")/lib.sh"
 WORK=${WORK:-/root/dm}
@@ -31,9 +32,9 @@ case "$1" in
     mkdir -p "$(dirname "$GGUF")"
     [ -f "$GGUF" ] || cat "$STASH"/ggufpart.* > "$GGUF"
     gpu_line
-    timeout $(($2 - 60)) python3 -m bench.default_model.run --work "$WORK" --until finalize 2>&1 | grep -v "it/s]" | tail -n 20
+    timeout $(($2 - 60)) python3 -m bench.default_model.run --work "$WORK" --until finalize ${DM_ARGS:-} 2>&1 | grep -v "it/s]" | tail -n 20
     collect  # the model comes back even if the eval below runs out of time
-    timeout $(($2 - SECONDS)) python3 -m bench.default_model.run --work "$WORK" 2>&1 | grep -v "it/s]" | tail -n 30
+    timeout $(($2 - SECONDS)) python3 -m bench.default_model.run --work "$WORK" ${DM_ARGS:-} 2>&1 | grep -v "it/s]" | tail -n 30
     collect ;;
   *) echo "usage: default_model.sh part DIR | run SECONDS [DIR]"; exit 2 ;;
 esac

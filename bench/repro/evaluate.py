@@ -27,8 +27,9 @@ import torch.nn.functional as F
 
 import beacon
 from beacon.windows import max_length_for_ratio
+from beacon_actors.text import is_correct
 
-from .tasks import is_correct, line_ends, make_sample
+from .tasks import line_ends, make_sample
 
 
 def heldout_tokens(corpus: Path, tok) -> tuple[list[dict], list[list[int]]]:

@@ -99,8 +99,3 @@ def make_sample(
     at = min(at, n_hay)
     prompt = hay[:at].tolist() + needle_ids + hay[at:].tolist() + query_ids
     return Sample(prompt, answer, answer_ids, at / n_hay)
-
-
-def is_correct(generated: str, answer: str) -> bool:
-    """Exact match of the answer at the start of the continuation (leading spaces ignored)."""
-    return generated.lstrip().startswith(answer) and not generated.lstrip()[len(answer) : len(answer) + 1].isalnum()
