@@ -12,6 +12,8 @@ newest checkpoint, so a run cut by a time limit continues where it stopped):
   data      LM rows (train split, 4K-16K tokens) and lookup rows (bench.default_model.tasks)
   train-lm  beacons on long real text, ratios drawn per window from 2,4,8,16,32 (beacon.train)
   train-qa  from train-lm, on lookups (loss on the answer) mixed with real text
+            (--from DIR: from a trained beacon folder instead, e.g. the shipped compact model; train-lm
+            is then skipped, so a later machine continues an earlier one's training)
   finalize  WORK/smollm2-135m-beacon: config (adapt ratio mix), int8-delta beacon weights, tokenizer
   eval      `beacon eval` on the held-out split: WORK/results/eval.{json,png}
 On a device machine: bench/recipes/default_model.sh (the GGUF travels in parts).
@@ -158,7 +160,8 @@ def probe(work: Path, config_dir: str, p: dict, seconds: float) -> dict:
     return {"rows_tokens": n, "batch_size": p["batch_size"], "log": log[-3:], "peak_gib": peak, **summary}
 
 
-def run(work: Path, until: str, smoke: bool, overrides: dict | None = None) -> None:
+def run(work: Path, until: str, smoke: bool, overrides: dict | None = None, start: str | None = None) -> None:
+    """Every stage not done yet, up to `until`; `start` (a trained beacon folder) replaces train-lm."""
     p = (SMOKE if smoke else GPU) | (overrides or {})
     work.mkdir(parents=True, exist_ok=True)
     (work / "done").mkdir(exist_ok=True)
@@ -181,11 +184,13 @@ def run(work: Path, until: str, smoke: bool, overrides: dict | None = None) -> N
                 s: {k: v for k, v in facts[s].items() if k != "packages"} for s in ("train", "heldout")}
         elif stage == "data":
             facts = stage_data(work, base, p)
+        elif stage == "train-lm" and start:
+            facts = {"skipped": f"train-qa starts from {start}"}
         elif stage == "train-lm":
             facts = stage_train(work, str(base), str(work / "data-lm"), str(work / "beacon-lm"), p["lm_budget"], p,
                                 smoke)  # fmt: skip
         elif stage == "train-qa":
-            facts = stage_train(work, str(work / "beacon-lm"), str(work / "data-qa"), str(work / "beacon-qa"),
+            facts = stage_train(work, start or str(work / "beacon-lm"), str(work / "data-qa"), str(work / "beacon-qa"),
                                 p["qa_budget"], p, smoke)  # fmt: skip
         elif stage == "finalize":
             facts = stage_finalize(work, smoke)
@@ -205,8 +210,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny budgets: checks the recipe runs")
     ap.add_argument("--probe", metavar="CONFIG_DIR", help="only measure training speed on random weights of this shape")
     ap.add_argument("--probe-seconds", type=float, default=60)
-    for key in ("batch_size", "grad_accum", "lm_budget", "qa_budget", "max_mb", "lm_max", "qa_max", "qa_rows"):
-        ap.add_argument("--" + key.replace("_", "-"), type=float if key.endswith(("budget", "mb")) else int)
+    ap.add_argument("--from", dest="start", metavar="DIR", help="train-qa from this trained beacon folder, no train-lm")
+    keys = ("batch_size", "grad_accum", "lm_budget", "qa_budget", "max_mb", "lm_tokens", "lm_max", "qa_min", "qa_max",
+            "qa_rows", "qa_lm_rows", "lr")  # fmt: skip
+    for key in keys:
+        as_float = key.endswith(("budget", "mb")) or key == "lr"
+        ap.add_argument("--" + key.replace("_", "-"), type=float if as_float else int)
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k in GPU and v is not None}
     if args.probe:
@@ -214,7 +223,9 @@ def main(argv: list[str] | None = None) -> None:
         facts = probe(Path(args.work), args.probe, (SMOKE if args.smoke else GPU) | overrides, args.probe_seconds)
         print(json.dumps(facts, default=str), flush=True)
         return
-    run(Path(args.work), args.until, args.smoke, overrides)
+    if args.start and not (Path(args.start) / "config.json").is_file():
+        raise SystemExit(f"--from {args.start}: no config.json there; give a trained beacon folder")
+    run(Path(args.work), args.until, args.smoke, overrides, str(Path(args.start).resolve()) if args.start else None)
 
 
 if __name__ == "__main__":
