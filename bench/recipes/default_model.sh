@@ -5,7 +5,9 @@
 # models/beacon-tiny-code; with it, split in three). Then, on one warm machine, back to back:
 #   bash bench/recipes/default_model.sh part .carry/q1        (carry .carry/q1 .whl): keep part 1 there
 #   bash bench/recipes/default_model.sh run 560 .carry/q2     (carry .carry/q2 .whl): join, then every stage
-#   bash bench/recipes/default_model.sh run 560               ... again until the eval is written
+#   bash bench/recipes/default_model.sh run 560               ... again until the model is finalized
+# To continue an earlier machine's training, carry its compact folder (config.json, beacon.safetensors and
+# the base's tokenizer files) and pass DM_ARGS="--from DIR" (bench.default_model.run: train-lm skipped).
 # `run` resumes whatever is unfinished (training from its last checkpoint) and stops within SECONDS;
 # once finalized, $OUT/m holds config.json + beacon.safetensors and $OUT/r the training logs and eval.
 # DM_ARGS passes options to bench.default_model.run (e.g. "--lm-budget 140 --qa-budget 240").
@@ -34,7 +36,11 @@ case "$1" in
     gpu_line
     timeout $(($2 - 60)) python3 -m bench.default_model.run --work "$WORK" --until finalize ${DM_ARGS:-} 2>&1 | grep -v "it/s]" | tail -n 20
     collect  # the model comes back even if the eval below runs out of time
-    timeout $(($2 - SECONDS)) python3 -m bench.default_model.run --work "$WORK" ${DM_ARGS:-} 2>&1 | grep -v "it/s]" | tail -n 30
-    collect ;;
+    if python3 -c "import lance" 2>/dev/null; then  # beacon eval reads stored snapshots (pylance)
+      timeout $(($2 - SECONDS)) python3 -m bench.default_model.run --work "$WORK" ${DM_ARGS:-} 2>&1 | grep -v "it/s]" | tail -n 30
+      collect
+    else
+      echo "eval not run: pylance is not installed here (carry it in parts as ttft.sh does, or run beacon eval elsewhere)"
+    fi ;;
   *) echo "usage: default_model.sh part DIR | run SECONDS [DIR]"; exit 2 ;;
 esac
