@@ -1,9 +1,10 @@
 """Text ↔ token ids for documents and questions: the one place that fixes how both are encoded.
 
 A document is its raw text, tokenized as the tokenizer does by default (with its special tokens,
-e.g. a BOS). A question is the tokenizer's chat template applied to one user message holding the
-question, when the tokenizer has a template (the default model's writes
-"\\n\\n# Question: ...\\n# Answer:"), else `PLAIN_QUESTION`. `beacon ask` (memory from the store)
+e.g. a BOS). A question is the tokenizer's chat template applied to a system message pointing at the
+documents (`SYSTEM_PROMPT`) and one user message holding the question, when the tokenizer has a
+template (the default model's writes "\\n\\n# Question: ...\\n# Answer:" and ignores the system
+message), else `PLAIN_QUESTION`. `beacon ask` (memory from the store)
 and `beacon generate` (one pass over document + question) both use these functions, so the same
 model, document and question give the same answer. `is_correct` is the one grading rule.
 """
@@ -15,6 +16,11 @@ import os
 import re
 
 PLAIN_QUESTION = "\n\nQuestion: {question}\nAnswer:"
+# The documents come before the prompt, so a template's default system prompt ("You are a helpful AI
+# assistant named SmolLM...") stands between them and the question, and a small chat model then tends to
+# answer from its own knowledge. Measured on SmolLM2-135M-Instruct reading raw held-out documents with a
+# needle (bench/prompt_layout.py, docs/default_model.md): this turn found more needles than the default.
+SYSTEM_PROMPT = "Answer the question from the document above. Reply with the answer only."
 
 
 @functools.lru_cache(maxsize=4)
@@ -44,8 +50,14 @@ def document_ids(tokenizer, text: str) -> list[int]:
 def question_text(tokenizer, question: str) -> str:
     """The prompt text that follows the document(s): chat template if the tokenizer has one."""
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": question}]
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        from jinja2 import TemplateError
+
+        user = {"role": "user", "content": question}
+        try:
+            system = {"role": "system", "content": SYSTEM_PROMPT}
+            return tokenizer.apply_chat_template([system, user], add_generation_prompt=True, tokenize=False)
+        except TemplateError:  # a template without a system role (Gemma's raises): the question alone
+            return tokenizer.apply_chat_template([user], add_generation_prompt=True, tokenize=False)
     return PLAIN_QUESTION.format(question=question)
 
 

@@ -15,7 +15,15 @@ from beacon_actors.columns import ANSWERS, DOCUMENTS, TOKENIZED, table
 from beacon_actors.condenser import Condenser
 from beacon_actors.generation import greedy_answer
 from beacon_actors.memory_cache import MemoryCache
-from beacon_actors.text import PLAIN_QUESTION, decode_answer, document_ids, question_ids, question_text, stop_ids
+from beacon_actors.text import (
+    PLAIN_QUESTION,
+    SYSTEM_PROMPT,
+    decode_answer,
+    document_ids,
+    question_ids,
+    question_text,
+    stop_ids,
+)
 from beacon_actors.tokenize import tokenize_documents
 from pipelines.config import AnswerConfig, IngestConfig
 from pipelines.corpus import record_to_document
@@ -45,10 +53,13 @@ def documents(texts: dict[str, str]) -> pa.Table:
 
 
 def test_question_prompt_uses_the_chat_template_when_there_is_one():
-    plain, chat = byte_tokenizer(), byte_tokenizer(chat_template="{{ messages[0]['content'] | upper }}?")
+    turns = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] | upper }}{% endfor %}?"
+    plain, chat = byte_tokenizer(), byte_tokenizer(chat_template=turns)
     assert question_text(plain, "why") == PLAIN_QUESTION.format(question="why")
-    assert question_text(chat, "why") == "WHY?"
-    assert question_ids(chat, "why") == list(b"WHY?")  # byte tokenizer: id = byte, no special tokens added
+    assert question_text(chat, "why") == f"<system>{SYSTEM_PROMPT.upper()}<user>WHY?"  # the documents named first
+    assert question_ids(chat, "why") == list(question_text(chat, "why").encode())  # byte tokenizer: id = byte
+    no_system = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}" + turns
+    assert question_text(byte_tokenizer(chat_template=no_system), "why") == "<user>WHY?"
     assert document_ids(plain, "héllo") == list("héllo".encode())
     assert decode_answer(plain, [*b"ok ", 2, *b"more"], [2]) == "ok"
 
