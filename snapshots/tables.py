@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 ROWS_PER_GROUP = 16  # snapshot rows per Lance row group (blob bytes live out of line)
 DOC_ID_INDEX = "doc_id_idx"  # BTREE on doc_id in both tables: a lookup reads O(log n), not every fragment
 UPKEEP_EVERY = 32  # commits by one Tables object between upkeeps (new fragments are scanned until then)
-SMALL_FRAGMENT_BYTES = 32 << 20  # upkeep merges fragments smaller than this (a merge rewrites what it merges)
+SMALL_FRAGMENT_BYTES = 8 << 20  # upkeep merges fragments smaller than this (a merge rewrites what it merges)
 KEEP_VERSIONS_S = 300.0  # upkeep drops a table version once it has not been the latest for this long
 
 
