@@ -1,4 +1,4 @@
-"""SnapshotStore: put, get, append, list, show, delete, optimize, stats — the protocol over the tables.
+"""SnapshotStore: put(_many), get, append, list, show, delete, optimize, stats — the protocol over the tables.
 
 Atomicity (put/append): the memory's rows are written first under a fresh *generation* id; the
 documents row that points at that generation is committed last, in one Lance commit, as a
@@ -6,6 +6,8 @@ compare-and-swap on the generation it replaces (or on the id being new). Readers
 generations a ready documents row points at, so a crash at any point leaves the old version (or
 nothing) readable, never half a document. Rows nobody points at any more are deleted right after
 the commit that orphaned them, or by `optimize` once older than its grace period.
+`put_many` does the same for several documents in two commits for all of them (rows, then
+documents rows); `put` is `put_many` of one.
 
 Upsert: `put` of a stored id replaces it (the old version stays readable until the new one is
 committed); `on_exists="error"` refuses instead. `append` rewrites only the open window: rows of
