@@ -14,6 +14,9 @@ Per call, a document is
     length — the memory is bit-identical to reading it at once, and only one piece's ids and
     activations are on the device at a time — and each memory is put into the
     store as soon as it is complete — all of it or nothing is readable (the store's atomic put).
+    The short documents of one call are stored together: their rows in one commit, their
+    documents rows in one more (`SnapshotStore.put_many`), so a store of many small files does
+    not grow a table version per file.
 
 `stream(row, tokenizer)` condenses one long document on its own (the pipeline gives long documents
 actors of their own, so they never hold up the rest): it tokenizes it, yields progress after every
@@ -30,8 +33,7 @@ import pyarrow as pa
 import torch
 
 import beacon
-from snapshots import SnapshotStore
-from snapshots.errors import DocumentNotFoundError, SnapshotError
+from snapshots import NewDocument, SnapshotStore
 
 from .columns import CONDENSED, TOKENIZED, table
 from .device import resolve_device, worker_name
@@ -104,6 +106,7 @@ class Condenser:
         rows = batch.to_pylist()
         results: list[dict | None] = [None] * len(rows)
         todo: list[int] = []
+        stored = self._already_stored([r for r in rows if r["error"] is None and r["token_ids"]])
         for i, row in enumerate(rows):
             if row["error"] is not None:
                 results[i] = self._result(row, "failed", error=row["error"])
@@ -111,7 +114,7 @@ class Condenser:
                 results[i] = self._result(row, "empty")
             elif self._too_long(row):
                 results[i] = self._result(row, "skipped", error=self._too_long(row))
-            elif self.skip_stored and row["doc_id"] not in self.replace_ids and self._already_stored(row):
+            elif row["doc_id"] in stored:
                 results[i] = self._result(row, "stored")
             else:
                 todo.append(i)
@@ -135,7 +138,7 @@ class Condenser:
             memories = self.lm.condense_many(ids, batch_size=self.batch_size)
         except ValueError:  # one bad document (e.g. ids outside the vocabulary): read them one by one
             return [self._condense_long(r) for r in rows]
-        errors = [self._put(r, m) for r, m in zip(rows, memories, strict=True)]
+        errors = self._put_many(rows, memories)
         elapsed = time.perf_counter() - start
         total = sum(len(r["token_ids"]) for r in rows)
         return [(elapsed * len(r["token_ids"]) / total, e) for r, e in zip(rows, errors, strict=True)]
@@ -170,9 +173,7 @@ class Condenser:
         from .tokenize import tokenize_documents
 
         (row,) = tokenize_documents(table([row], DOCUMENTS), tokenizer=tokenizer).to_pylist()
-        if not row["token_ids"] or self._too_long(row) or (
-            self.skip_stored and row["doc_id"] not in self.replace_ids and self._already_stored(row)
-        ):
+        if not row["token_ids"] or self._too_long(row) or self._already_stored([row]):
             yield {"result": self(table([row], TOKENIZED)).to_pylist()[0]}
             return
         yield {"doc_id": row["doc_id"], "done": 0, "n_tokens": len(row["token_ids"]), "seconds": 0.0}
@@ -192,30 +193,39 @@ class Condenser:
 
     def _put(self, row: dict, memory) -> str | None:
         """Store one memory; a refusal of this document (ValueError) is returned, not raised."""
-        try:
-            self.store.put(
-                row["doc_id"],
-                memory,
-                fingerprint=self.fingerprint,
-                text=row["text"],
-                token_ids=row["token_ids"],
-                source_uri=row["source_uri"],
-                title=row["title"],
-                metadata=None if row["metadata_json"] is None else json.loads(row["metadata_json"]),
-                store_dtype=self.store_dtype,
-            )
-        except ValueError as err:
-            return f"the store refused it: {err}"
-        return None
+        return self._put_many([row], [memory])[0]
 
-    def _already_stored(self, row: dict) -> bool:
-        try:
-            info = self.store.show(row["doc_id"])
-        except DocumentNotFoundError:
-            return False
-        except SnapshotError:  # a damaged record: condense and put again (put replaces it)
-            return False
-        return info.text_sha256 == row["text_sha256"] and info.fingerprint_id == self.fingerprint["id"]
+    def _put_many(self, rows: list[dict], memories: list) -> list[str | None]:
+        """Store the memories of a batch together (two commits: store.put_many); per document, why
+        the store refused it (a ValueError: bad input) or None. Any other error is raised once the
+        rest is stored: the batch fails and is retried, and finds those 'stored'."""
+        docs = [
+            NewDocument(
+                row["doc_id"], memory, self.fingerprint, text=row["text"], token_ids=row["token_ids"],
+                source_uri=row["source_uri"], title=row["title"], store_dtype=self.store_dtype,
+                metadata=None if row["metadata_json"] is None else json.loads(row["metadata_json"]),
+            )  # fmt: skip
+            for row, memory in zip(rows, memories, strict=True)
+        ]
+        results = self.store.put_many(docs)
+        for r in results:
+            if isinstance(r, Exception) and not isinstance(r, ValueError):
+                raise r
+        return [f"the store refused it: {r}" if isinstance(r, ValueError) else None for r in results]
+
+    def _already_stored(self, rows: list[dict]) -> set[str]:
+        """The ids of `rows` the store holds with the same text hash and fingerprint (one lookup for
+        all; none with skip_stored=False, never those of replace_ids). A damaged record does not
+        count: the document is condensed and put again (put replaces it)."""
+        ids = [r["doc_id"] for r in rows if r["doc_id"] not in self.replace_ids] if self.skip_stored else []
+        infos = self.store.show_many(ids)
+        return {
+            r["doc_id"]
+            for r in rows
+            if r["doc_id"] in infos
+            and infos[r["doc_id"]].text_sha256 == r["text_sha256"]
+            and infos[r["doc_id"]].fingerprint_id == self.fingerprint["id"]
+        }
 
     def _result(self, row: dict, status: str, *, seconds: float = 0.0, error: str | None = None) -> dict:
         return {

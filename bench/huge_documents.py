@@ -12,7 +12,8 @@ when each ordinary document was stored and the long document's progress after ev
 JSON reports per size: seconds until the last ordinary document was stored, the long document's
 total seconds and tokens/s, and its pace — seconds per 100K tokens over the last 100K tokens
 before each mark of `--marks` (100K, 1M, 10M), which the memory's O(L/α) attention lets grow
-slowly with L — plus the whole run's wall time and the report's counts.
+slowly with L — plus the whole run's wall time, documents stored per second, the store's table
+versions, fragments and bytes on disk when the run ends, and the report's counts.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pipelines.cluster import RayOptions
 from pipelines.config import IngestConfig
 from pipelines.defaults import DEFAULT_MODEL, resolve_model
 from pipelines.ingest import ingest
+from snapshots import SnapshotStore
 
 from .shapes import environment, save_json
 
@@ -95,6 +97,8 @@ def run_one(args, model: str, huge_tokens: int, cpt: float, work: Path) -> dict:
     report = ingest(config, ray_options=RayOptions(num_cpus=args.num_cpus), on_batch=on_batch,
                     on_progress=events.append)  # fmt: skip
     wall = time.perf_counter() - start
+    tables = SnapshotStore(db).tables
+    store = {"versions": tables.versions(), "fragments": tables.fragments(), "disk_bytes": tables.disk_bytes()}
     small = [t for d, t in stored_at.items() if d != "huge"]
     (long,) = report.long_documents or [{"n_tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0}]
     row = {
@@ -103,7 +107,8 @@ def run_one(args, model: str, huge_tokens: int, cpt: float, work: Path) -> dict:
         "huge_stored_s": stored_at.get("huge"), "huge_condense_s": long["seconds"],
         "huge_tokens_per_s": long["tokens_per_s"],
         "s_per_100k_at": {str(m): pace(events, m) for m in args.marks if m <= long["n_tokens"]},
-        "wall_s": wall, "n_condensed": report.n_condensed, "n_failed": report.n_failed,
+        "wall_s": wall, "documents_per_s": report.n_condensed / wall, "store": store,
+        "n_condensed": report.n_condensed, "n_failed": report.n_failed,
         "failures": report.failures[:5], "progress_events": len(events),
     }  # fmt: skip
     print(json.dumps(row), flush=True)

@@ -1,4 +1,4 @@
-"""SnapshotStore: put, get, append, list, show, delete, optimize, stats — the protocol over the tables.
+"""SnapshotStore: put(_many), get, append, list, show, delete, optimize, stats — the protocol over the tables.
 
 Atomicity (put/append): the memory's rows are written first under a fresh *generation* id; the
 documents row that points at that generation is committed last, in one Lance commit, as a
@@ -6,6 +6,8 @@ compare-and-swap on the generation it replaces (or on the id being new). Readers
 generations a ready documents row points at, so a crash at any point leaves the old version (or
 nothing) readable, never half a document. Rows nobody points at any more are deleted right after
 the commit that orphaned them, or by `optimize` once older than its grace period.
+`put_many` does the same for several documents in two commits for all of them (rows, then
+documents rows); `put` is `put_many` of one.
 
 Upsert: `put` of a stored id replaces it (the old version stays readable until the new one is
 committed); `on_exists="error"` refuses instead. `append` rewrites only the open window: rows of
@@ -20,7 +22,9 @@ import json
 import logging
 import os
 import uuid
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import partial
 
@@ -44,11 +48,12 @@ from .location import normalize
 from .records import DocumentInfo, Part, Piece, chosen_ratios, full_kv_bytes, text_digest, tokens_digest
 from .reports import DocStats, OptimizeReport, StoreStats
 from .schema import SNAPSHOT_META_COLUMNS, STORE_DTYPES
-from .tables import SnapshotView, Tables, sql_str
+from .tables import RowsOf, SnapshotView, Tables, sql_str
 from .tables import store_exists as _tables_exist
 
 logger = logging.getLogger(__name__)
 
+_RAW_COLUMNS = ("doc_id", "generation", "parts", "updated_at")  # what replacing or deleting a document reads
 DEFAULT_MAX_ROW_BYTES = 8 << 20  # bound on one snapshot row's data (docs/snapshots.md: why 8 MiB)
 ON_EXISTS = ("replace", "error")
 
@@ -57,6 +62,21 @@ def store_exists(location: str | os.PathLike) -> bool:
     """True if a snapshot store is at `location` (a folder or an object-store URI); creates nothing.
     An object store that cannot be reached raises StoreUnavailableError naming `location`."""
     return _tables_exist(normalize(location))
+
+
+@dataclass(frozen=True)
+class NewDocument:
+    """One document for `SnapshotStore.put_many`: what `put` takes (its docstring says what each is)."""
+
+    doc_id: str
+    memory: Memory
+    fingerprint: dict
+    text: str | bytes | None = None
+    token_ids: torch.Tensor | Sequence[int] | None = None
+    source_uri: str | None = None
+    title: str | None = None
+    metadata: dict | None = None
+    store_dtype: str | None = None
 
 
 class SnapshotStore:
@@ -113,46 +133,98 @@ class SnapshotStore:
         (lossy). A stored `doc_id` is replaced (upsert), or with on_exists="error" refused with
         DocumentExistsError; a put that fails leaves what was stored as it was.
         """
-        _check_doc_id(doc_id)
+        doc = NewDocument(doc_id, memory, fingerprint, text=text, token_ids=token_ids, source_uri=source_uri,
+                          title=title, metadata=metadata, store_dtype=store_dtype)  # fmt: skip
+        (result,) = self.put_many([doc], on_exists=on_exists)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def put_many(
+        self, documents: Sequence[NewDocument], *, on_exists: str = "replace"
+    ) -> list[DocumentInfo | Exception]:
+        """Store several documents, each as `put` would (atomic, upsert or `on_exists`), in two
+        commits for all of them: their rows in one, then their documents rows in one.
+
+        Returns per document, in order, its DocumentInfo or what refused it — ValueError (bad
+        input, a memory that cannot be encoded, an id given twice), DocumentExistsError,
+        ConcurrentUpdateError — while the others are stored all the same. An error of the store
+        itself is raised; each document is then stored whole or not at all.
+        """
         if on_exists not in ON_EXISTS:
             raise ValueError(f"on_exists={on_exists!r}: choose one of {ON_EXISTS}")
-        _check_memory(doc_id, memory, fingerprint)
-        store_dtype = store_dtype or dtype_name(memory.dtype)
-        if store_dtype not in STORE_DTYPES:
-            raise ValueError(f"store_dtype={store_dtype!r}: choose one of {STORE_DTYPES}")
-        if token_ids is not None and torch.as_tensor(token_ids).numel() != memory.n_tokens:
-            raise ValueError(
-                f"document {doc_id!r}: token_ids has {torch.as_tensor(token_ids).numel()} ids but the memory read"
-                f" {memory.n_tokens} tokens: pass the ids that were condensed"
-            )
-        piece = Piece(memory.n_tokens, text_digest(text, doc_id), tokens_digest(token_ids))
-        _check_metadata(doc_id, metadata)
+        results: list[DocumentInfo | Exception | None] = [None] * len(documents)
+        checked: dict[int, tuple[str, Piece]] = {}
+        for i, doc in enumerate(documents):
+            try:
+                checked[i] = _check_put(doc)
+            except ValueError as e:
+                results[i] = e
+        counts = Counter(documents[i].doc_id for i in checked)
+        for i in list(checked):
+            if counts[documents[i].doc_id] > 1:
+                results[i] = ValueError(f"document {documents[i].doc_id!r} is given more than once: put it once")
+                del checked[i]
+        old = self._read_raws([documents[i].doc_id for i in checked])  # unchecked: damaged records can be replaced
+        if on_exists == "error":
+            for i in [i for i in checked if documents[i].doc_id in old]:
+                results[i] = DocumentExistsError(
+                    f"document {documents[i].doc_id!r} is already stored (on_exists='replace' replaces it)"
+                )
+                del checked[i]
+        now = _now()
+        generations = {i: uuid.uuid4().hex for i in checked}
+        written = self._write_many([(documents[i], generations[i], checked[i][0]) for i in checked], now)
+        infos: dict[int, DocumentInfo] = {}
+        for i, w in zip(list(checked), written, strict=True):
+            if isinstance(w, Exception):
+                results[i] = w
+                continue
+            doc, (store_dtype, piece), memory = documents[i], checked[i], documents[i].memory
+            infos[i] = _describe(
+                doc.doc_id, generations[i], memory, doc.fingerprint, store_dtype,
+                parts=(Part(generations[i], 0, memory.state.size),), pieces=(piece,), n_rows=w[0], stored_bytes=w[1],
+                created_at=now, text_sha256=piece.text_sha256, source_uri=doc.source_uri, title=doc.title,
+                metadata=doc.metadata,
+            )  # fmt: skip
+        replaced = self._commit_many(documents, infos, old, on_exists, results)
+        dead = [(documents[i].doc_id, [generations[i]]) for i in infos if results[i] is not infos[i]]
+        dead += [(documents[i].doc_id, [p["generation"] for p in r["parts"]] + [r["generation"]]) for i, r in replaced]
+        self._drop_dead_rows_of(dead)  # refused writes, replaced versions
+        return results  # type: ignore[return-value]
 
-        old = self._read_raw(doc_id)  # unchecked: a damaged record can still be replaced
-        if old is not None and on_exists == "error":
-            raise DocumentExistsError(f"document {doc_id!r} is already stored (on_exists='replace' replaces it)")
-        generation, now = uuid.uuid4().hex, _now()
-        n_rows, nbytes = self._write_rows(doc_id, generation, memory, segments_of(memory), store_dtype, now)
-        info = _describe(
-            doc_id, generation, memory, fingerprint, store_dtype,
-            parts=(Part(generation, 0, memory.state.size),), pieces=(piece,), n_rows=n_rows, stored_bytes=nbytes,
-            created_at=now, text_sha256=piece.text_sha256, source_uri=source_uri, title=title, metadata=metadata,
-        )  # fmt: skip
+    def _commit_many(self, documents, infos: dict[int, DocumentInfo], old: dict[str, dict], on_exists: str,
+                     results: list) -> list[tuple[int, dict]]:  # fmt: skip
+        """Commit the documents rows of `infos` in one commit (again for those another writer got to
+        first); sets `results`. Returns (index, documents row) of each stored version replaced."""
+        pending = dict(infos)
+        replaced = []
         try:
             for _ in range(self.tables.commit_retries + 1):
-                if self.tables.commit_doc(info.to_row(), expect=None if old is None else old["generation"]):
+                if not pending:
                     break
-                old = self._read_raw(doc_id)  # another writer committed this id meanwhile
-                if old is not None and on_exists == "error":
-                    raise DocumentExistsError(f"document {doc_id!r} was stored by another writer meanwhile")
+                order = list(pending)
+                expect = [old[documents[i].doc_id]["generation"] if documents[i].doc_id in old else None for i in order]
+                landed = self.tables.commit_docs([pending[i].to_row() for i in order], expect)
+                for i, ok in zip(order, landed, strict=True):
+                    if ok:
+                        results[i] = pending.pop(i)
+                        if documents[i].doc_id in old:
+                            replaced.append((i, old[documents[i].doc_id]))
+                if pending:  # another writer committed these ids meanwhile
+                    old = self._read_raws([documents[i].doc_id for i in pending])
+                    for i in [i for i in pending if documents[i].doc_id in old and on_exists == "error"]:
+                        doc_id = documents[i].doc_id
+                        results[i] = DocumentExistsError(f"document {doc_id!r} was stored by another writer meanwhile")
+                        del pending[i]
             else:
-                raise ConcurrentUpdateError(f"document {doc_id!r} kept changing under put; put it again")
-        except BaseException:
-            self._drop_dead_rows(doc_id, [generation])
+                for i in pending:
+                    doc_id = documents[i].doc_id
+                    results[i] = ConcurrentUpdateError(f"document {doc_id!r} kept changing under put; put it again")
+        except BaseException:  # the store failed: what is not committed is dead
+            self._drop_dead_rows_of([(documents[i].doc_id, [infos[i].generation]) for i in pending])
             raise
-        if old is not None:  # the replaced version's rows are dead now
-            self._drop_dead_rows(doc_id, [p["generation"] for p in old["parts"]] + [old["generation"]])
-        return info
+        return replaced
 
     def get(
         self,
@@ -245,6 +317,19 @@ class SnapshotStore:
         if info is None:
             raise DocumentNotFoundError(f"no document {doc_id!r} in {self.path} (list() shows what is stored)")
         return info
+
+    def show_many(self, doc_ids: Sequence[str]) -> dict[str, DocumentInfo]:
+        """doc_id -> stored record, of those of `doc_ids` that are stored and readable, in one read
+        (a damaged record is left out: `show` says what is wrong with it)."""
+        for doc_id in doc_ids:
+            _check_doc_id(doc_id)
+        found = {}
+        for doc_id, row in self._read_raws(doc_ids, columns=None).items():
+            try:
+                found[doc_id] = DocumentInfo.from_row(row)
+            except SnapshotError:
+                continue
+        return found
 
     def list(self) -> list[DocumentInfo]:
         """All stored documents, by doc_id."""
@@ -372,10 +457,15 @@ class SnapshotStore:
 
     def _read_raw(self, doc_id: str) -> dict | None:
         """The newest documents row of `doc_id` as stored, without checks (for replacing or deleting it)."""
-        rows = self.tables.doc_rows(
-            f"doc_id = {sql_str(doc_id)}", columns=["doc_id", "generation", "parts", "updated_at"]
-        )
-        return _newest_per_id(rows).get(doc_id)
+        return self._read_raws([doc_id]).get(doc_id)
+
+    def _read_raws(self, doc_ids: Sequence[str], columns: Sequence[str] | None = _RAW_COLUMNS) -> dict[str, dict]:
+        """doc_id -> its newest documents row as stored (`columns` of it; None: all), of those of
+        `doc_ids` that are stored (one read)."""
+        if not doc_ids:
+            return {}
+        where = f"doc_id IN ({', '.join(sql_str(d) for d in doc_ids)})"
+        return _newest_per_id(self.tables.doc_rows(where, None if columns is None else list(columns)))
 
     def _read_doc(self, doc_id: str) -> DocumentInfo | None:
         found = self._read_docs(f"doc_id = {sql_str(doc_id)}")
@@ -390,16 +480,42 @@ class SnapshotStore:
         store_dtype: str,
         now: datetime,
     ) -> tuple[int, int]:
+        """Write the rows of `memory`'s `segments` under `generation` (one commit); (rows, payload bytes)."""
+        rows = self._rows_of(doc_id, generation, memory, segments, store_dtype)
+        if rows is None:
+            return 0, 0
+        (written,) = self.tables.write_rows([rows], now)
+        if isinstance(written, Exception):
+            raise written
+        return written
+
+    def _write_many(
+        self, items: list[tuple[NewDocument, str, str]], now: datetime
+    ) -> list[tuple[int, int] | Exception]:
+        """Write the whole memory of each (document, generation, store dtype) in one commit for all;
+        per document (rows, payload bytes) or the error that left it out (tables.write_rows)."""
+        out: list[tuple[int, int] | Exception] = [(0, 0)] * len(items)
+        writes: dict[int, RowsOf] = {}
+        for i, (doc, generation, store_dtype) in enumerate(items):
+            rows = self._rows_of(doc.doc_id, generation, doc.memory, segments_of(doc.memory), store_dtype)
+            if rows is not None:
+                writes[i] = rows
+        if writes:
+            for i, written in zip(writes, self.tables.write_rows(list(writes.values()), now), strict=True):
+                out[i] = written
+        return out
+
+    def _rows_of(
+        self, doc_id: str, generation: str, memory: Memory, segments: list[tuple[int, int]], store_dtype: str
+    ) -> RowsOf | None:
+        """The rows `memory`'s `segments` are cut into (None if none)."""
         b, h, d = memory.batch_size, memory.keys[0].shape[1], memory.keys[0].shape[3]
         entry_bytes = b * h * d * to_dtype(store_dtype).itemsize
         slabs = plan_slabs(memory.n_layers, segments, entry_bytes=entry_bytes, max_row_bytes=self.max_row_bytes)
         if not slabs:
-            return 0, 0
-
-        def rows():
-            return encode(memory, slabs, store_dtype=store_dtype, doc_id=doc_id, generation=generation)
-
-        return self.tables.write_rows(doc_id, generation, now, rows)
+            return None
+        encoded = partial(encode, memory, slabs, store_dtype=store_dtype, doc_id=doc_id, generation=generation)
+        return RowsOf(doc_id, generation, encoded)
 
     def _drop_dead_rows(self, doc_id: str, generations: list[str], extra: str | None = None) -> None:
         """Best effort: delete rows nobody points at any more (`optimize` deletes what this misses)."""
@@ -409,6 +525,18 @@ class SnapshotStore:
             self.tables.delete_rows(where)
         except Exception as e:  # the commit that made them dead stands; never undo it for garbage
             logger.warning("could not delete dead snapshot rows (%s): %s; optimize() will", where, e)
+
+    def _drop_dead_rows_of(self, dead: list[tuple[str, list[str]]]) -> None:
+        """`_drop_dead_rows` of several documents' (doc_id, generations), in one commit per 64 documents."""
+        for at in range(0, len(dead), 64):
+            preds = [
+                f"(doc_id = {sql_str(d)} AND generation IN ({', '.join(sql_str(g) for g in gens)}))"
+                for d, gens in dead[at : at + 64]
+            ]
+            try:
+                self.tables.delete_rows(" OR ".join(preds))
+            except Exception as e:  # the commit that made them dead stands; never undo it for garbage
+                logger.warning("could not delete dead rows of %d documents: %s; optimize() will", len(preds), e)
 
     def _plan_load(self, view: SnapshotView, info: DocumentInfo) -> list[dict]:
         """Metadata of the live rows of `info` (all but their fp8 scales, read beside the data:
@@ -544,6 +672,23 @@ def _row_problem(r: dict, info: DocumentInfo, part: Part) -> str | None:
     if tuple(r["shape"]) != want or r["dtype"] != info.store_dtype or r["nbytes"] != nbytes:
         return f"claims {r['dtype']} {tuple(r['shape'])} / {r['nbytes']} bytes, expected {info.store_dtype} {want}"
     return None
+
+
+def _check_put(doc: NewDocument) -> tuple[str, Piece]:
+    """(store dtype, piece) of a document to put; ValueError saying what is wrong with it."""
+    _check_doc_id(doc.doc_id)
+    _check_memory(doc.doc_id, doc.memory, doc.fingerprint)
+    store_dtype = doc.store_dtype or dtype_name(doc.memory.dtype)
+    if store_dtype not in STORE_DTYPES:
+        raise ValueError(f"store_dtype={store_dtype!r}: choose one of {STORE_DTYPES}")
+    if doc.token_ids is not None and torch.as_tensor(doc.token_ids).numel() != doc.memory.n_tokens:
+        raise ValueError(
+            f"document {doc.doc_id!r}: token_ids has {torch.as_tensor(doc.token_ids).numel()} ids but the memory read"
+            f" {doc.memory.n_tokens} tokens: pass the ids that were condensed"
+        )
+    piece = Piece(doc.memory.n_tokens, text_digest(doc.text, doc.doc_id), tokens_digest(doc.token_ids))
+    _check_metadata(doc.doc_id, doc.metadata)
+    return store_dtype, piece
 
 
 def _check_doc_id(doc_id: str) -> None:

@@ -17,7 +17,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 ROWS_PER_GROUP = 16  # snapshot rows per Lance row group (blob bytes live out of line)
 DOC_ID_INDEX = "doc_id_idx"  # BTREE on doc_id in both tables: a lookup reads O(log n), not every fragment
 UPKEEP_EVERY = 32  # commits by one Tables object between upkeeps (new fragments are scanned until then)
+SMALL_FRAGMENT_BYTES = 8 << 20  # upkeep merges fragments smaller than this (a merge rewrites what it merges)
+KEEP_VERSIONS_S = 300.0  # upkeep drops a table version once it has not been the latest for this long
 
 
 def sql_str(value: str) -> str:
@@ -182,6 +184,19 @@ def _pread_into(fd: int, at: int, size: int, buf: bytearray | memoryview) -> int
     return done
 
 
+@dataclass(frozen=True)
+class RowsOf:
+    """The snapshot rows of one document's write: `rows()` encodes them (again on each call)."""
+
+    doc_id: str
+    generation: str
+    rows: Callable[[], Iterable[EncodedRow]]
+
+
+class _DocumentFailed(Exception):
+    """A document's rows could not be encoded: write the others without it."""
+
+
 class Tables:
     """Create/open the two tables of a store (folder or object-store URI) and run every read and commit on them."""
 
@@ -190,6 +205,8 @@ class Tables:
         self.path = location
         self.commit_retries = commit_retries
         self._commits_since_upkeep = 0
+        self._latest_seen: dict[str, list[tuple[float, int]]] = {name: [] for name in SCHEMAS}  # (when, version)
+        self._dropped_below = dict.fromkeys(SCHEMAS, 1)  # versions below these were dropped by this object
         self.uri = {name: table_uri(location, f"{name}.lance") for name in SCHEMAS}
         if not is_uri(location):  # an object store has no folders: a table's first commit makes its prefix
             Path(location).mkdir(parents=True, exist_ok=True)
@@ -235,12 +252,38 @@ class Tables:
             if expect is None:
                 builder = builder.when_not_matched_insert_all()
             else:
-                builder = builder.when_matched_update_all(condition=f"target.generation = {sql_str(expect)}")
+                builder = _update_if(builder, f"target.generation = {sql_str(expect)}")
             return builder.execute(table)
 
         stats = self.retry(commit)
         self._committed()
         return (stats["num_inserted_rows"] if expect is None else stats["num_updated_rows"]) == 1
+
+    def commit_docs(self, rows: list[dict], expect: list[str | None]) -> list[bool]:
+        """One commit for the rows of several documents (distinct doc_ids), each an upsert guarded
+        by what its writer read: a row is inserted if its doc_id is not stored, and replaces the
+        stored row only if that row's generation is `expect[i]` (None: the writer read nothing, so
+        a row stored meanwhile is left alone). Returns, per row, whether it was committed."""
+        if not rows:
+            return []
+        table = pa.Table.from_pylist(rows, schema=DOCUMENTS_SCHEMA)
+        replaced = [sql_str(g) for g in expect if g is not None]  # generations are unique: no doc_id needed
+
+        def commit() -> tuple[dict, lance.LanceDataset]:
+            ds = self.open(DOCUMENTS)
+            builder = ds.merge_insert("doc_id").when_not_matched_insert_all()
+            if replaced:
+                builder = _update_if(builder, f"target.generation IN ({', '.join(replaced)})")
+            return builder.execute(table), ds  # ds is now the version this commit made
+
+        stats, ds = self.retry(commit)
+        self._committed()
+        if stats["num_inserted_rows"] + stats["num_updated_rows"] == len(rows):  # each row changes one row at most
+            return [True] * len(rows)
+        ids = ", ".join(sql_str(r["doc_id"]) for r in rows)
+        there = ds.to_table(columns=["doc_id", "generation"], filter=f"doc_id IN ({ids})").to_pylist()
+        committed = {(r["doc_id"], r["generation"]) for r in there}  # as of our commit: later ones do not count
+        return [(r["doc_id"], r["generation"]) in committed for r in rows]
 
     def delete_docs(self, where: str) -> None:
         self.retry(lambda: self.open(DOCUMENTS).delete(where))
@@ -257,66 +300,112 @@ class Tables:
                 logger.warning("store upkeep failed (%s: %s); lookups by doc_id may slow down", type(e).__name__, e)
 
     def upkeep(self) -> None:
-        """Keep a lookup by doc_id from reading every fragment: each put adds a fragment to both
-        tables, and a filter scans each fragment its index does not cover (`python -m
-        bench.store_lookups`, docs/snapshots.md).
+        """Keep lookups and commits from slowing down as puts add fragments and versions.
 
-        Merges new fragments into both doc_id indexes (created if missing) and compacts the small
-        documents table (the snapshots table keeps its fragments: rewriting blobs costs their
-        size; `SnapshotStore.optimize` compacts it). Best effort: a commit it loses to another
-        writer is left to the next upkeep; nothing is lost either way.
+        Each put adds a fragment to both tables and a version to each; a filter scans each
+        fragment its index does not cover (`python -m bench.store_lookups`, docs/snapshots.md),
+        and each commit writes a manifest listing every fragment. So upkeep
+          * merges the fragments smaller than SMALL_FRAGMENT_BYTES of both tables (bigger ones
+            are left: rewriting costs their size, each time; `SnapshotStore.optimize` compacts
+            everything);
+          * merges new fragments into both doc_id indexes (created if missing);
+          * drops the versions that stopped being the latest more than KEEP_VERSIONS_S ago (a
+            reader still holding one that long ago may lose it; files of in-flight writes are
+            never touched: Lance keeps unreferenced files for 7 days).
+        Best effort: a commit it loses to another writer is left to the next upkeep; nothing is
+        lost either way.
         """
         self._commits_since_upkeep = 0
         for name in SCHEMAS:
             try:
                 ds = self.open(name)
-                if name == DOCUMENTS and len(ds.get_fragments()) > 1:
-                    ds.optimize.compact_files()
+                self._latest_seen[name].append((time.time(), ds.version))
+                if self._compact_small(ds, name):
                     ds = self.open(name)
                 if any(i.name == DOC_ID_INDEX for i in ds.describe_indices()):
                     ds.optimize.optimize_indices(index_names=[DOC_ID_INDEX])
                 else:  # a store written before the index existed
                     ds.create_scalar_index("doc_id", "BTREE", name=DOC_ID_INDEX)
+                self._drop_old_versions(name, ds)
             except (OSError, RuntimeError, ValueError) as e:
                 if not _is_conflict(e):
                     raise
 
+    def _compact_small(self, ds: lance.LanceDataset, name: str) -> bool:
+        """Merge the table's fragments smaller than SMALL_FRAGMENT_BYTES; True if it did."""
+        fragments = ds.get_fragments()
+        big = [f.fragment_id for f in fragments if _fragment_bytes(f) >= SMALL_FRAGMENT_BYTES]
+        if len(fragments) - len(big) < 2:
+            return False
+        options = {} if name == DOCUMENTS else {"max_rows_per_group": ROWS_PER_GROUP}
+        ds.optimize.compact_files(excluded_fragment_ids=big, **options)
+        return True
+
+    def _drop_old_versions(self, name: str, ds: lance.LanceDataset) -> None:
+        """Remove the versions of table `name` older than the one that was the latest
+        KEEP_VERSIONS_S ago, as this object saw at an earlier upkeep: none a reader may have
+        opened within that time. Lance removes the files only they referenced."""
+        seen, cutoff = self._latest_seen[name], time.time() - KEEP_VERSIONS_S
+        ripe = [version for at, version in seen if at <= cutoff]
+        if not ripe:
+            return
+        del seen[: len(ripe)]
+        below, self._dropped_below[name] = self._dropped_below[name], ripe[-1]
+        ds.cleanup_old_versions(versions=list(range(below, ripe[-1])))  # those no longer there are skipped
+
     # ---- snapshots -----------------------------------------------------------------------------
-    def write_rows(
-        self, doc_id: str, generation: str, created: datetime, rows: Callable[[], Iterable[EncodedRow]]
-    ) -> tuple[int, int]:
-        """Append encoded rows (one commit, streamed). `rows` is called again if the commit is retried.
+    def write_rows(self, docs: Sequence[RowsOf], created: datetime) -> list[tuple[int, int] | Exception]:
+        """Append the encoded rows of several documents in one commit, streamed, one after the other.
 
-        Returns (rows, payload bytes)."""
-        totals = [0, 0]
-        failed: list[BaseException] = []  # an error of `rows()` reaches us wrapped by Lance
+        A document whose `rows()` raises is left out: the write starts again without it, so none
+        of its rows is committed, and its error is its result. `rows` is called again if the
+        commit is retried. Returns per document (rows, payload bytes) or that error; an error of
+        the table itself is raised (then nothing was committed).
+        """
+        results: list[tuple[int, int] | Exception | None] = [None] * len(docs)
+        while True:
+            todo = [i for i, r in enumerate(results) if r is None]
+            if not todo:
+                return results  # type: ignore[return-value]
+            totals = {i: [0, 0] for i in todo}
+            failed: list[tuple[int, BaseException]] = []  # the document whose `rows()` raised, as Lance aborts
 
-        def batches() -> Iterator[pa.RecordBatch]:
-            totals[:] = [0, 0]
+            def batches(todo=todo, totals=totals, failed=failed) -> Iterator[pa.RecordBatch]:
+                for i in todo:
+                    doc = docs[i]
+                    totals[i][:] = [0, 0]
+                    try:
+                        for k, row in enumerate(doc.rows()):
+                            totals[i][0] += 1
+                            totals[i][1] += row.nbytes
+                            yield _row_batch(doc.doc_id, doc.generation, k, row, created)
+                    except BaseException as e:
+                        failed.append((i, e))
+                        raise
+
+            def write(batches=batches, failed=failed) -> None:
+                failed.clear()
+                reader = pa.RecordBatchReader.from_batches(SNAPSHOTS_SCHEMA, batches())
+                try:
+                    lance.write_dataset(
+                        reader, self.uri[SNAPSHOTS], SNAPSHOTS_SCHEMA, mode="append",
+                        max_rows_per_group=ROWS_PER_GROUP, data_storage_version=DATA_STORAGE_VERSION,
+                    )  # fmt: skip
+                except Exception:
+                    if failed and isinstance(failed[0][1], Exception):
+                        raise _DocumentFailed from None  # that document's error, not Lance's wrapper
+                    if failed:
+                        raise failed[0][1] from None  # KeyboardInterrupt and the like
+                    raise
+
             try:
-                for i, row in enumerate(rows()):
-                    totals[0] += 1
-                    totals[1] += row.nbytes
-                    yield _row_batch(doc_id, generation, i, row, created)
-            except BaseException as e:
-                failed.append(e)
-                raise
-
-        def write() -> None:
-            failed.clear()
-            reader = pa.RecordBatchReader.from_batches(SNAPSHOTS_SCHEMA, batches())
-            try:
-                lance.write_dataset(
-                    reader, self.uri[SNAPSHOTS], SNAPSHOTS_SCHEMA, mode="append", max_rows_per_group=ROWS_PER_GROUP,
-                    data_storage_version=DATA_STORAGE_VERSION,
-                )  # fmt: skip
-            except Exception:
-                if failed:
-                    raise failed[0] from None  # the caller's error, not Lance's wrapper
-                raise
-
-        self.retry(write)
-        return totals[0], totals[1]
+                self.retry(write)
+            except _DocumentFailed:
+                i, error = failed[0]
+                results[i] = error  # type: ignore[assignment]
+                continue
+            for i in todo:
+                results[i] = (totals[i][0], totals[i][1])
 
     def delete_rows(self, where: str) -> None:
         self.retry(lambda: self.open(SNAPSHOTS).delete(where))
@@ -347,6 +436,10 @@ class Tables:
 
     def versions(self) -> dict[str, int]:
         return {name: len(self.open(name).versions()) for name in SCHEMAS}
+
+    def fragments(self) -> dict[str, int]:
+        """Fragments of each table's latest version."""
+        return {name: len(self.open(name).get_fragments()) for name in SCHEMAS}
 
     def disk_bytes(self) -> int:
         """Bytes of the store folder, all versions included; on an object store (no cheap listing
@@ -405,6 +498,21 @@ def store_exists(location: Path | str) -> bool:
     """True if a store (its documents table) is at `location`; creates nothing. An object store
     that cannot be reached raises StoreUnavailableError."""
     return open_table(location, table_uri(location, f"{DOCUMENTS}.lance")) is not None
+
+
+def _update_if(builder: lance.MergeInsertBuilder, condition: str) -> lance.MergeInsertBuilder:
+    """`builder` also replacing the matched rows that meet `condition`, joined against a scan of
+    the (small) documents table rather than through the doc_id index: with the index, Lance 14.0.2
+    takes its older merge path, which refuses the table's primary key ("Primary key column and all
+    its ancestors must not be nullable") once the index covers every fragment, as right after an
+    upkeep. Inserts of new ids keep the index (test_replace_and_append_work_right_after_an_upkeep)."""
+    return builder.when_matched_update_all(condition=condition).use_index(False)
+
+
+def _fragment_bytes(fragment: lance.LanceFragment) -> float:
+    """Bytes of a fragment's data files (infinite where the manifest does not say: never thought small)."""
+    sizes = [f.file_size_bytes for f in fragment.data_files()]
+    return float("inf") if any(n is None for n in sizes) else float(sum(sizes))
 
 
 def _row_batch(doc_id: str, generation: str, index: int, row: EncodedRow, created: datetime) -> pa.RecordBatch:

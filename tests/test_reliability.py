@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from beacon_actors.columns import TOKENIZED, table
 from beacon_actors.condenser import Condenser
 from beacon_actors.tokenize import tokenize_documents
 from beacon_cli.main import main as cli
@@ -176,6 +177,25 @@ def test_lookups_take_the_id_or_its_stem_and_suggest_the_closest():
         resolve_id("orbit-config.txt", stored)
     with pytest.raises(DocumentNotFoundError, match="snapshots list"):
         resolve_id("zzz", stored)
+
+
+def test_a_batch_is_stored_in_one_commit_and_a_refused_document_is_named(model, tmp_path):
+    """The Condenser stores the documents of one call together (one commit per table), and a
+    document the store refuses is reported failed, by name and reason, while the rest is stored."""
+    db = tmp_path / "db"
+    texts = {f"note{i}": f"NOTE_{i} = {'abcdefgh'[i]}\n" * (i + 1) for i in range(6)}
+    rows = tokenize_documents(documents(texts), tokenizer=str(model)).to_pylist()
+    rows[2]["metadata_json"] = '{"score": NaN}'  # not JSON the store keeps: refused when put
+    condense = Condenser(str(model), str(db), batch_size=4)
+    store = SnapshotStore(db)
+    before = store.tables.versions()
+    out = condense(table(rows, TOKENIZED)).to_pylist()
+    assert {t: n - before[t] for t, n in store.tables.versions().items()} == {"documents": 1, "snapshots": 1}
+    assert [r["status"] for r in out] == ["condensed", "condensed", "failed", "condensed", "condensed", "condensed"]
+    assert out[2]["doc_id"] == "note2" and "the store refused it" in out[2]["error"] and "'note2'" in out[2]["error"]
+    assert "metadata must be JSON" in out[2]["error"]
+    assert [i.doc_id for i in store.list()] == [d for d in texts if d != "note2"]
+    assert store.stats().snapshot_rows == store.stats().live_rows
 
 
 def test_verify_lists_damaged_documents_and_ask_exits_non_zero(model, tmp_path):

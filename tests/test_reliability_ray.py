@@ -53,10 +53,11 @@ def config(corpus, db, model, **kw) -> IngestConfig:
 
 def test_a_long_document_streams_beside_the_rest_and_bad_files_are_named(model, ray_cluster, tmp_path):
     corpus, db = corpus_with_a_long_document(tmp_path / "c", long_tokens=3000), tmp_path / "db"
-    stored, events = [], []
+    stored, events, calls = [], [], []
 
-    def on_batch(rows):
+    def on_batch(rows):  # once per Condenser call, and once for the long document
         stored.extend(r["doc_id"] for r in rows if r["status"] == "condensed")
+        calls.append(len(rows))
 
     report = ingest(config(corpus, db, model), ray_options=ray_cluster, on_batch=on_batch, on_progress=events.append)
     assert report.ray_started and report.n_failed == 0 and report.failures == []
@@ -75,6 +76,9 @@ def test_a_long_document_streams_beside_the_rest_and_bad_files_are_named(model, 
 
     store = SnapshotStore(db)
     assert sorted(i.doc_id for i in store.list()) == sorted([*GOOD_IDS, "long"])  # and nothing else
+    # each call's documents were stored together: one commit per table (after creating and indexing them)
+    assert len(calls) < len(stored)
+    assert store.tables.versions() == {"documents": 2 + len(calls), "snapshots": 2 + len(calls)}
     import beacon
 
     lm = beacon.load(str(model))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 
 import torch
 
-from beacon import Memory
+from beacon import Memory, WindowState
 from snapshots import SnapshotStore
 
 from ._snapshots_helpers import CONFIGS, REPO, assert_same_memory
@@ -112,3 +115,69 @@ def _same(a: Memory, b: Memory) -> bool:
     return a.state == b.state and all(
         torch.equal(x, y) for x, y in zip(a.keys + a.values, b.keys + b.values, strict=True)
     )
+
+
+BATCH = 6
+_BATCH_WRITER = """
+import sys, torch
+from beacon import Memory, WindowState
+from snapshots import NewDocument, SnapshotStore
+from tests.conftest import load_tiny
+from tests._snapshots_helpers import CONFIGS
+from tests.test_snapshots_concurrency import batch_memory
+
+fp = load_tiny("qwen2", **CONFIGS["append"]).fingerprint()
+store = SnapshotStore(sys.argv[1], max_row_bytes=1024)  # many rows per document
+batch = int(sys.argv[2])
+for b in range(1000):
+    docs = [NewDocument(f"b{b:03d}-{j}", batch_memory(b, j), fp) for j in range(batch)]
+    assert not any(isinstance(r, Exception) for r in store.put_many(docs))
+    print(b, flush=True)
+"""
+
+
+def batch_memory(b: int, j: int) -> Memory:
+    """Document j of batch b of _BATCH_WRITER: random keys and values, 2 layers, 20 + 7j entries."""
+    n = 20 + 7 * j
+    base = torch.randn(2, 1, 2, n, 16, generator=torch.Generator().manual_seed(1000 * b + j))
+    keys = list(base.unbind(0))
+    return Memory(keys, [k + 1 for k in keys], WindowState(n_tokens=1, n_beacons=n - 1, window_raw=1))
+
+
+def test_readers_see_whole_batches_of_whole_documents_while_a_writer_puts_many(tmp_path):
+    """A writer process puts batches of documents (put_many); a reader meanwhile sees only whole
+    batches (their documents rows are one commit) of whole documents (rows before documents
+    rows). Killed mid-batch, the writer leaves whole batches; optimize leaves no dead row."""
+    fp = load_tiny("qwen2", **CONFIGS["append"]).fingerprint()
+    path = tmp_path / "db"
+    store = SnapshotStore(path)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    child = subprocess.Popen(
+        [sys.executable, "-c", _BATCH_WRITER, str(path), str(BATCH)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout.readline().strip() == "0"  # one batch is in
+        rng, reads, seen = random.Random(0), 0, set()
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            ids = store.ids()
+            assert len(ids) % BATCH == 0, ids  # whole batches
+            seen.add(len(ids))
+            for doc_id in rng.sample(ids, 2):  # whole documents
+                b, j = (int(x) for x in doc_id[1:].split("-"))
+                assert_same_memory(store.get(doc_id, fingerprint=fp), batch_memory(b, j))
+                reads += 1
+        assert len(seen) > 2 and reads > 10  # the reader really read while batches landed
+        time.sleep(random.uniform(0.0, 0.3))
+        child.send_signal(signal.SIGKILL)  # at a random moment of some batch
+    finally:
+        child.kill()
+        child.wait()
+    ids = store.ids()
+    assert ids and len(ids) % BATCH == 0
+    for doc_id in ids:
+        b, j = (int(x) for x in doc_id[1:].split("-"))
+        assert_same_memory(store.get(doc_id, fingerprint=fp), batch_memory(b, j))
+    store.optimize(grace_s=0)
+    assert store.stats().snapshot_rows == store.stats().live_rows

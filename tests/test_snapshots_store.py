@@ -348,6 +348,148 @@ def test_upkeep_keeps_lookups_indexed_as_puts_add_fragments(tmp_path, monkeypatc
     assert [i.doc_id for i in store.list()] == sorted(mems)
 
 
+def test_replace_and_append_work_right_after_an_upkeep(tmp_path, monkeypatch):
+    """Right after an upkeep the doc_id index covers every fragment of the documents table; a
+    replacing put and an append (merge_inserts that update a row) still commit."""
+    from snapshots import tables
+
+    monkeypatch.setattr(tables, "UPKEEP_EVERY", 4)
+    lm = load_tiny("qwen2", **CONFIGS["interleave"])
+    fp = lm.fingerprint()
+    store = _store(tmp_path)
+    mems = {f"d{i}": lm.condense(tokens(10 + i, i)) for i in range(4)}
+    for k, m in mems.items():  # the 4th commit runs upkeep
+        store.put(k, m, fingerprint=fp)
+    store.put("d0", mems["d1"], fingerprint=fp)
+    assert_same_memory(store.get("d0", fingerprint=fp), mems["d1"])
+    for _ in range(3):  # up to the next upkeep, then append right after it
+        store.put("d2", mems["d2"], fingerprint=fp)
+    assert_same_memory(store.append("d3", tokens(7, 9), lm=lm), lm.condense(tokens(7, 9), mems["d3"].fork()))
+    assert store.show("d3").n_tokens == 13 + 7
+
+
+def test_put_many_commits_a_batch_once_and_names_what_it_refused(tmp_path):
+    """Documents put together make one version and one fragment per table, not one per document;
+    one that cannot be stored (a NaN found mid-write, bad input, an id given twice, on_exists)
+    is named and the others are stored all the same, with no row of it left behind."""
+    import lance
+
+    from snapshots import NewDocument
+
+    lm = load_tiny("qwen2", **CONFIGS["interleave"])
+    fp = lm.fingerprint()
+    store = _store(tmp_path, max_row_bytes=300)  # several rows per document
+    mems = {f"d{i:02d}": lm.condense(tokens(10 + 3 * i, i)) for i in range(12)}
+    broken = lm.condense(tokens(50, 3))
+    broken.values[1][0, 0, -1, 0] = float("nan")  # found only when its row is encoded, mid-write
+    docs = [NewDocument(k, m, fp, text=f"text of {k}") for k, m in mems.items()]
+    docs[5:5] = [NewDocument("broken", broken, fp)]
+    docs[9:9] = [NewDocument("bad-ids", mems["d00"], fp, token_ids=[1, 2, 3])]
+    docs += [NewDocument("twice", mems["d01"], fp), NewDocument("twice", mems["d02"], fp)]
+    uris = {t: str(store.path / f"{t}.lance") for t in ("documents", "snapshots")}
+    versions, fragments = store.tables.versions(), {t: len(lance.dataset(u).get_fragments()) for t, u in uris.items()}
+
+    results = store.put_many(docs)
+    assert {t: n - versions[t] for t, n in store.tables.versions().items()} == {"documents": 1, "snapshots": 1}
+    assert {t: len(lance.dataset(u).get_fragments()) - fragments[t] for t, u in uris.items()} == {
+        "documents": 1,
+        "snapshots": 1,
+    }
+    errors = {d.doc_id: str(r) for d, r in zip(docs, results, strict=True) if isinstance(r, ValueError)}
+    assert sorted(errors) == ["bad-ids", "broken", "twice"]
+    assert "'broken'" in errors["broken"] and "NaN or Inf" in errors["broken"]
+    assert "token_ids has 3 ids" in errors["bad-ids"] and "given more than once" in errors["twice"]
+    infos = [r for r in results if not isinstance(r, Exception)]
+    assert [i.doc_id for i in infos] == list(mems) and [i.doc_id for i in store.list()] == list(mems)
+    for k, m in mems.items():
+        assert_same_memory(store.get(k, fingerprint=fp), m)
+        assert store.show(k).text_sha256 == infos[list(mems).index(k)].text_sha256
+    assert store.stats().snapshot_rows == store.stats().live_rows  # nothing of the refused ones was written
+
+    # a second batch replaces two, adds one and refuses an existing id with on_exists="error"
+    new = {k: lm.condense(tokens(9, 50 + i)) for i, k in enumerate(["d00", "d01", "new"])}
+    results = store.put_many([NewDocument(k, m, fp) for k, m in new.items()])
+    assert all(not isinstance(r, Exception) for r in results)
+    for k, m in (mems | new).items():
+        assert_same_memory(store.get(k, fingerprint=fp), m)
+    assert store.stats().snapshot_rows == store.stats().live_rows  # the replaced rows are gone
+    results = store.put_many([NewDocument("d02", new["d00"], fp), NewDocument("newer", new["d00"], fp)],
+                             on_exists="error")  # fmt: skip
+    assert isinstance(results[0], DocumentExistsError) and "'d02'" in str(results[0])
+    assert_same_memory(store.get("d02", fingerprint=fp), mems["d02"])
+    assert_same_memory(store.get("newer", fingerprint=fp), new["d00"])
+    assert store.put_many([]) == []
+
+
+def _fragment_files(store: SnapshotStore) -> dict[int, str]:
+    import lance
+
+    ds = lance.dataset(str(store.path / "snapshots.lance"))
+    return {f.fragment_id: f.data_files()[0].path for f in ds.get_fragments()}
+
+
+def test_upkeep_keeps_versions_and_fragments_bounded_over_a_long_run(tmp_path, monkeypatch):
+    """A long run of commits: upkeep compacts the snapshots table's small fragments (a big one is
+    never rewritten) and drops the versions no longer the latest for KEEP_VERSIONS_S, so neither
+    piles up; everything stays readable."""
+    import lance
+
+    from snapshots import tables
+
+    monkeypatch.setattr(tables, "UPKEEP_EVERY", 4)
+    monkeypatch.setattr(tables, "KEEP_VERSIONS_S", 0.0)  # a version may go as soon as a later one is seen
+    lm = load_tiny("qwen2", **CONFIGS["interleave"])
+    fp = lm.fingerprint()
+    store = _store(tmp_path)
+    big = lm.condense(tokens(3000, 99))
+    store.put("big", big, fingerprint=fp)
+    ((big_fragment, big_file),) = _fragment_files(store).items()
+    big_bytes = lance.dataset(str(store.path / "snapshots.lance")).get_fragment(big_fragment).data_files()[0]
+    monkeypatch.setattr(tables, "SMALL_FRAGMENT_BYTES", big_bytes.file_size_bytes)  # it is big, the rest small
+    small = {f"s{i:02d}": lm.condense(tokens(5 + i % 7, i)) for i in range(40)}
+    sizes = []
+    for k, m in small.items():
+        store.put(k, m, fingerprint=fp)
+        sizes.append((sum(store.tables.versions().values()), len(_fragment_files(store))))
+    assert max(v for v, _ in sizes) <= 24  # two tables, 4 commits between upkeeps; 80 commits were made
+    assert max(f for _, f in sizes) <= 7  # the big one, one merged, up to 4 new (+1 from the first upkeep)
+    assert len(list((store.path / "snapshots.lance" / "data").iterdir())) <= 12  # the files of dropped versions went
+    assert _fragment_files(store)[big_fragment] == big_file  # never rewritten
+    assert_same_memory(store.get("big", fingerprint=fp), big)
+    for k, m in small.items():
+        assert_same_memory(store.get(k, fingerprint=fp), m)
+
+
+def test_upkeep_keeps_the_versions_a_reader_may_still_hold(tmp_path, monkeypatch):
+    """Versions that were the latest less than KEEP_VERSIONS_S ago stay, with their files: a view
+    opened before upkeep compacted its fragments away still reads its rows."""
+    from snapshots import tables
+
+    monkeypatch.setattr(tables, "UPKEEP_EVERY", 4)
+    lm = load_tiny("qwen2", **CONFIGS["interleave"])
+    fp = lm.fingerprint()
+    store = _store(tmp_path, max_row_bytes=300)
+    mems = {f"d{i:02d}": lm.condense(tokens(10 + i, i)) for i in range(12)}
+    store.put("d00", mems["d00"], fingerprint=fp)
+    view = store.tables.snapshot_view()
+    rows = view.rows("doc_id = 'd00'", ["row", "nbytes"])
+    held = set(_fragment_files(store).values())
+    for k, m in list(mems.items())[1:]:
+        store.put(k, m, fingerprint=fp)
+    assert not held & set(_fragment_files(store).values())  # compacted: the view's files are old ones now
+    assert store.tables.versions()["snapshots"] > 11  # none dropped: all were the latest moments ago
+    with view:
+        for r, reader in zip(rows, view.blobs(rows), strict=True):
+            buf = bytearray(r["nbytes"])
+            assert reader.read_into(buf) == r["nbytes"]
+    monkeypatch.setattr(tables, "KEEP_VERSIONS_S", 0.0)  # now they may go, at the next upkeeps
+    for k, m in mems.items():
+        store.put(k, m, fingerprint=fp)
+    assert store.tables.versions()["snapshots"] < 11
+    for k, m in mems.items():
+        assert_same_memory(store.get(k, fingerprint=fp), m)
+
+
 # ---- dtypes ------------------------------------------------------------------------------------
 def test_bf16_is_lossless_and_fp8_halves_it(tmp_path):
     lm = load_tiny("qwen2", dtype="bfloat16", **CONFIGS["append"])
