@@ -64,6 +64,9 @@ class AttnLayout:
     row_inverse: torch.Tensor | None = None  # (n,) back to slot order
     col_order: torch.Tensor | None = None  # (c + n,) window columns in attention order
     mask: torch.Tensor | None = None  # dense: (n, m + k + p) bool; split: (n - n_prefix_rows, m + k + p)
+    # causal/split: the prefix's causal_lower_right bias, made here: constructed inside the compiled
+    # decoder layer it breaks the graph, and the piece after the break recompiles on strides
+    causal: object | None = None
     block_mask: object | None = None  # flex: a BlockMask (flex-outer: of the window columns only)
     outer_kernel: str = ""  # flex-outer: "cudnn", "flash" or "cpu" (unmasked_kernel), chosen on the host
     merge: object | None = None  # flex-outer: merge_attention, compiled on CUDA
@@ -137,6 +140,8 @@ def finish_layout(
     layout.row_order = meta.get("att_row_order")
     layout.row_inverse = meta.get("att_row_inverse")
     layout.col_order = meta.get("att_col_order")
+    if layout.mode in ("causal", "split"):
+        layout.causal = causal_lower_right(layout.n_prefix_rows, layout.n_prefix_keys)  # flash on CUDA (GQA native)
     if layout.mode == "causal":
         return layout
     c, n, m = chunk.n_cached, chunk.n_rows, chunk.n_outer
@@ -264,8 +269,7 @@ def attend(
         return flex(q, k, v, block_mask=layout.block_mask, scale=scale, enable_gqa=gqa)
     n_rows, n_keys = layout.n_prefix_rows, layout.n_prefix_keys
     qp, kp, vp = q[:, :, :n_rows], k[:, :, :n_keys], v[:, :, :n_keys]
-    bias = causal_lower_right(n_rows, n_keys)  # flash kernel on CUDA (GQA native)
-    out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=bias, scale=scale, enable_gqa=gqa)
+    out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=layout.causal, scale=scale, enable_gqa=gqa)
     if layout.mode == "causal":
         return out
     rest = F.scaled_dot_product_attention(

@@ -17,7 +17,7 @@ from .config import BeaconConfig
 from .decode_pool import BufferPool
 from .families import Parts, model_parts
 from .fingerprint import fingerprint
-from .forward import PlanCache, plan_pass, run_chunk, step_key
+from .forward import PlanCache, fits_graph, plan_pass, run_chunk, step_key
 from .layer import compiled_layer, pass_layer
 from .memory import Memory
 from .params import beacon_modules, beacon_parameters
@@ -214,7 +214,7 @@ class BeaconLM:
             from tqdm.auto import tqdm
 
             chunks = tqdm(groups, desc="condensing", unit="pass", leave=False)
-        layer_fn = compiled_layer() if self._compiles(training) else pass_layer
+        compiled = compiled_layer() if self._compiles(training) else None
         collected: list[torch.Tensor] = []
         last = None
         for i, group in enumerate(chunks):
@@ -234,6 +234,7 @@ class BeaconLM:
 
             key = (settings, tuple(step_key(s) for s in group), want == "none")
             plan = self._plans.get(key, make) if reuse else make()
+            layer_fn = compiled if compiled is not None and fits_graph(plan.chunk) else pass_layer
             out = run_chunk(self.parts, self.beacon, memory, plan, ids, logits=want,
                             checkpoint_layers=checkpoint_layers, layer_fn=layer_fn)  # fmt: skip
             if want == "all":

@@ -42,6 +42,9 @@ class Parts:
     n_heads: int
     n_kv_heads: int
     head_dim: int
+    # stored, not derived: under torch.compile(dynamic=True) the int fields above are symbolic, a
+    # bool derived from them a SymBool, which SDPA's enable_gqa rejects (a graph break per layer)
+    gqa: bool  # n_heads != n_kv_heads: query heads share key/value heads
     scaling: float
     hidden_size: int
     vocab_size: int
@@ -91,6 +94,7 @@ def model_parts(model: nn.Module) -> Parts:
         n_heads=n_heads,
         n_kv_heads=n_kv,
         head_dim=head_dim,
+        gqa=n_heads != n_kv,
         scaling=scaling,
         hidden_size=int(config.hidden_size),
         vocab_size=int(config.vocab_size),

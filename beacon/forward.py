@@ -68,6 +68,29 @@ class PassPlan:
         return sum(t.nbytes for t in self.meta.values()) + (mask.nbytes if mask is not None else 0)
 
 
+def flex_fits(parts: Parts, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether compiled FlexAttention serves this model here (attention.plan_attention's `flex_ok`):
+    CUDA, bf16/fp16 only (float32 products round like TF32) and head dims of real models (it has no
+    kernel for the tiny test models' 16)."""
+    return device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and parts.head_dim >= 64
+
+
+def fits_graph(chunk: Chunk) -> bool:
+    """Whether the compiled decoder layer (layer.compiled_layer) runs this pass with graphs that
+    every document shares, or it runs eager.
+
+    torch.compile keeps sizes symbolic but specializes sizes 0 and 1, so a count that varies with a
+    document's length and is 1 here, or no raw or no beacon rows at all, would compile graphs for
+    this pass alone — a document's last few tokens, or a token or two appended to a memory: at most
+    a window's worth, cheaper eager than compiled anew. A 0 that every document has stays compiled:
+    a first pass's empty memory (n_outer, n_cached), a one-window pass's absent copies, an open
+    window's absent joiners.
+    """
+    n_beacon_rows = chunk.n_rows - chunk.n_raw
+    counts = (chunk.n_outer, chunk.n_cached, chunk.n_copies, chunk.n_joined)
+    return min(chunk.n_raw, n_beacon_rows) >= 2 and 1 not in counts
+
+
 def plan_pass(
     parts: Parts,
     cfg: BeaconConfig,
@@ -80,9 +103,7 @@ def plan_pass(
     stager: Stager | None = None,
 ) -> PassPlan:
     """Plan one pass on the host, move its index vectors in one copy and build its masks."""
-    # compiled FlexAttention (CUDA): bf16/fp16 only (float32 products round like TF32) and head dims
-    # of real models (it has no kernel for the tiny test models' 16)
-    flex_ok = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and parts.head_dim >= 64
+    flex_ok = flex_fits(parts, device, dtype)
     if attn_mode in ("flex", "flex-outer") and device.type == "cuda" and not flex_ok:
         raise ValueError(
             f"attention mode {attn_mode!r} on CUDA needs a bf16/fp16 model with head_dim >= 64 (got {dtype},"
@@ -172,7 +193,8 @@ def run_chunk(
     col_pos = pos if layout.col_order is None else pos[layout.col_order]
     joined_pos = torch.arange(n_outer, n_outer + chunk.n_joined, device=device)
     every = LayerPlan(
-        layout=layout, meta=meta, n_outer=n_outer, n_raw=n_raw, n_joined=chunk.n_joined,
+        layout=layout, copy_src=meta["copy_src"], compact_src=meta["compact_src"],
+        n_outer=n_outer, n_raw=n_raw, n_joined=chunk.n_joined,
         rope_rows=rope_cos_sin(parts, row_pos, x),
         rope_window=rope_cos_sin(parts, torch.cat([col_pos, meta["copy_pos"]]), x),
         rope_joined=rope_cos_sin(parts, joined_pos, x),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.fx.experimental import _config as fx_config
 
 from .attention import AttnLayout, attend, attend_slots
 from .decode_pool import Buffers, StepRows
@@ -98,13 +99,16 @@ class LayerPlan:
     (forward.run_chunk), with variants for the last two layers (`need_output`, `tail`)."""
 
     layout: AttnLayout  # the pass's attention layout (attention.py)
-    meta: dict[str, torch.Tensor]  # the chunk's index vectors on the device (Chunk.host_meta)
+    # the chunk's index vectors on the device (Chunk.host_meta) the layer reads, as fields: a dict
+    # whose keys differ between passes would put a key into dynamo's guards that the next pass lacks
+    copy_src: torch.Tensor  # (p,) the slot each copy is taken from
+    compact_src: torch.Tensor  # slots the memory keeps after the pass
     rope_rows: Rope  # of the rows, in attention order
     rope_window: Rope  # of the window columns in attention order, then of the copies
     rope_joined: Rope  # of the O positions the entries joining O take
     n_outer: int  # m
     n_raw: int  # raw rows: the first n_raw rows
-    n_joined: int  # entries joining O (the first of meta["compact_src"])
+    n_joined: int  # entries joining O (the first of compact_src)
     need_output: bool = True  # False: the layer's keys and values only, x returned unchanged
     tail: dict[str, torch.Tensor] | None = None  # Chunk.tail_rows on the device: see pass_layer
 
@@ -141,15 +145,14 @@ def pass_layer(
         if layout.row_order is not None:
             q = q[:, :, layout.row_order]
         q = apply_rope(q, *plan.rope_rows)
-        order, copy_src = layout.col_order, plan.meta["copy_src"]
+        order, copy_src = layout.col_order, plan.copy_src
         k_cols = k_win if order is None else k_win[:, :, order]  # attention order (see attention.py)
         v_cols = v_win if order is None else v_win[:, :, order]
         k_att = torch.cat([k_cols, k_win[:, :, copy_src]], dim=2)  # (b, h_kv, k + p, d)
         k_att = apply_rope(k_att, *plan.rope_window)
         v_att = torch.cat([v_cols, v_win[:, :, copy_src]], dim=2)
-        gqa = parts.n_heads != parts.n_kv_heads
-        out = attend(q, rot_outer, values[:, :, :n_outer], k_att, v_att, layout, parts.scaling, gqa)  # (b, h, n, d)
-        out = out.transpose(1, 2)  # (b, n, h, d)
+        out = attend(q, rot_outer, values[:, :, :n_outer], k_att, v_att, layout, parts.scaling, parts.gqa)
+        out = out.transpose(1, 2)  # (b, h, n, d) -> (b, n, h, d)
         rows, beacon_rows = layout.row_inverse, None  # back to slot order: one gather, and the tail's
         if tail is not None:
             rows = tail["rows"] if rows is None else rows[tail["rows"]]
@@ -158,7 +161,7 @@ def pass_layer(
             out = out[:, rows]
         x = _output(parts, layer, proj, x, out, n_raw, beacon_rows)
 
-    compact = tail["compact"] if last_trimmed else plan.meta["compact_src"]
+    compact = tail["compact"] if last_trimmed else plan.compact_src
     new_keys = torch.cat([keys[:, :, :n_outer], k_win[:, :, compact]], dim=2)
     new_values = torch.cat([values[:, :, :n_outer], v_win[:, :, compact]], dim=2)
     new_rot = rot_outer
@@ -169,14 +172,29 @@ def pass_layer(
 
 
 @functools.cache
-def compiled_layer():
+def compiled_layer(backend: str = "inductor"):
     """`pass_layer` compiled once per process (torch.compile, dynamic shapes): fuses the elementwise
-    work (norms, RoPE, residuals, gating) and cuts kernel launches — worth it on a GPU."""
-    # every attention layout, |O| = 0 or not, and the last layer's key/value-only variant is a graph
-    # of its own (a dozen with ratio mixes); past dynamo's default limit of 8 it would silently fall
-    # back to eager for the rest of the process (seen: 20x slower)
+    work (norms, RoPE, residuals, gating) and cuts kernel launches — worth it on a GPU. `backend`:
+    "eager" traces the same graphs without generating code (tests count graphs with it).
+
+    Its graphs depend on the kind of pass, never on a length (warmup.py lists the kinds and
+    compiles them): sizes are symbolic except those of 0 or 1, which torch.compile specializes —
+    the engine runs passes with such a count eager (forward.fits_graph)."""
+    # every attention layout, |O| = 0 or not, and each of the last two layers' variants is a graph
+    # of its own (a dozen or two, times two for batches); past dynamo's default limit of 8 it would
+    # silently fall back to eager for the rest of the process (seen: 20x slower)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(pass_layer, dynamic=True)
+    compiled = torch.compile(pass_layer, dynamic=True, backend=backend)
+
+    def run(*args):
+        # Duck shaping gives input sizes that happen to be equal one symbol (the kept rows of a pass
+        # and its kept beacon rows, a count of mask blocks and the key/value heads); once one of
+        # them is pinned (head counts are), so is the other, and the next document where they
+        # differ compiled a graph of its own. Read by dynamo when it starts tracing a call.
+        with fx_config.patch(use_duck_shape=False):
+            return compiled(*args)
+
+    return run
 
 
 def step_layer(

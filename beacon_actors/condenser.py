@@ -33,6 +33,7 @@ import pyarrow as pa
 import torch
 
 import beacon
+from beacon import warmup
 from snapshots import NewDocument, SnapshotStore
 
 from .columns import CONDENSED, TOKENIZED, table
@@ -59,8 +60,14 @@ class Condenser:
         return_text: send each document's text back (the driver's search table needs it).
         skip_stored: report documents the store already holds (same text, same model) as 'stored'
             instead of condensing them again (False: condense and replace everything).
-        compile_layers: torch.compile the decoder layer (GPU, bf16/fp16): faster condensing after a
-            first call that compiles for tens of seconds — for long ingestion jobs.
+        compile_layers: torch.compile the decoder layer (GPU, bf16/fp16): faster condensing once
+            compiled, which takes tens of seconds — for long ingestion jobs. The actor compiles at
+            start (`warm_up`), so that no document pays for it.
+        warm_up: with compile_layers, compile every graph a document can need before the first one
+            (beacon.warmup: a few short random documents, at batch 1 and 2).
+        compile_cache: a file of compiled artefacts (beacon.warmup.load_cache / save_cache), read
+            before the warm-up and written after it: actors that find it generate no code (None:
+            only torch's own caches on this machine).
         max_document_tokens: documents with more tokens are 'skipped' (None: no limit).
         replace_ids: ids condensed and put again even if stored with the same text (damaged ones).
     """
@@ -79,6 +86,8 @@ class Condenser:
         return_text: bool = True,
         skip_stored: bool = True,
         compile_layers: bool = False,
+        warm_up: bool = True,
+        compile_cache: str | None = None,
         max_document_tokens: int | None = None,
         replace_ids: list[str] | None = None,
     ):
@@ -89,6 +98,12 @@ class Condenser:
             )
         self.lm = beacon.load(model, device=resolve_device(device), dtype=dtype, tokenizer=False)
         self.lm.compile_layers = compile_layers
+        if compile_layers and warm_up:
+            if compile_cache:
+                warmup.load_cache(compile_cache)
+            warmup.warm_up(self.lm, batch_sizes=(1, batch_size))
+            if compile_cache:
+                warmup.save_cache(compile_cache)
         self.fingerprint = self.lm.fingerprint()
         self.store = SnapshotStore(db)
         self.batch_size = batch_size

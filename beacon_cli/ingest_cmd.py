@@ -48,7 +48,7 @@ NAMED = 10  # ids named per kind in the summary (--json lists all)
 )
 @click.option(
     "--compile", "compile_layers", is_flag=True,
-    help="torch.compile the decoder layer on GPU actors: faster once compiled, after a first call of 30-80 s.",
+    help="torch.compile the decoder layer on GPU actors: faster after 30-80 s of compiling at each actor's start.",
 )  # fmt: skip
 @click.option("--force", is_flag=True, help="Condense every document again, even those already stored.")
 @click.option("--no-search", is_flag=True, help="Keep no search table (questions must then name their doc ids).")

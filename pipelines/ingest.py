@@ -157,7 +157,8 @@ def _condense(config, todo, damaged, db, model, report, ray_options, on_batch, o
         model=model, db=db, dtype=config.dtype, device=config.device, batch_size=config.batch_size,
         piece_tokens=config.piece_tokens, long_document_tokens=config.long_document_tokens,
         store_dtype=config.store_dtype, return_text=config.search, skip_stored=config.skip_existing,
-        compile_layers=config.compile_layers, max_document_tokens=config.max_document_tokens,
+        compile_layers=config.compile_layers, compile_cache=config.compile_cache,
+        max_document_tokens=config.max_document_tokens,
         replace_ids=sorted(damaged),
     )  # fmt: skip
     long = [r for r in todo if len(r["text"].encode("utf-8")) > config.long_document_tokens]

@@ -111,7 +111,9 @@ def test_compiling_is_opt_in_from_the_cli_to_the_engine(model, tmp_path):
 
     assert IngestConfig(corpus="c").compile_layers is False
     assert Condenser(str(model), str(tmp_path / "db")).lm.compile_layers is False
-    assert Condenser(str(model), str(tmp_path / "db"), compile_layers=True).lm.compile_layers is True
+    # warm_up=False: compiling every graph at start takes minutes on 2 CPU cores (tests/test_warmup.py)
+    condenser = Condenser(str(model), str(tmp_path / "db"), compile_layers=True, warm_up=False)
+    assert condenser.lm.compile_layers is True
 
 
 def lm_tokenizer(model):
