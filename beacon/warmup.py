@@ -1,4 +1,4 @@
-"""Compile the decoder layer before the first document, and keep what was compiled for the next process.
+"""Compile before the first document, and keep what was compiled for the next process.
 
 The compiled layer (layer.compiled_layer) has a graph per *kind* of pass — its attention mode, an
 empty memory or not, one window or several, a window left open, batch 1 or more, and the last two
@@ -8,7 +8,9 @@ open, a memory long enough to be attended apart (attention.OUTER_APART_MIN) — 
 GPU. `warm_up` condenses a few short random documents that take every kind, so none is left for
 real ones; `load_cache` / `save_cache` carry the compiled artefacts (torch.compiler's cache
 artefacts: Inductor's generated code, AOTAutograd's graphs, autotuning results, dynamic-shape
-profiles) to a fresh process — it then traces, but generates no code.
+profiles) to a fresh process — it then traces, but generates no code. Eager condensing on a GPU
+compiles too: FlexAttention, for passes of several windows, and its merge for a memory attended
+apart; the same warm-up covers them (`compiles`).
 """
 
 from __future__ import annotations
@@ -51,18 +53,26 @@ def warm_lengths(window: int, stride: int, per_pass: int, *, whole_windows: bool
     return sorted(set(lengths))
 
 
+def compiles(lm) -> bool:
+    """Whether condensing with `lm` compiles anything on first use: its decoder layer
+    (lm.compile_layers) or, eager too, FlexAttention for passes of several windows (on a GPU in
+    bf16/fp16, where "auto" and the flex modes take it)."""
+    flex = lm.attn_mode in ("auto", "flex", "flex-outer") and lm.windows_per_pass() > 1
+    return lm._compiles(training=False) or (flex and flex_fits(lm.parts, lm.device, lm.dtype))
+
+
 @torch.no_grad()
 def warm_up(lm, batch_sizes: tuple[int, ...] = (1,), seed: int = 0) -> float:
     """Compile every graph a document can need by condensing random documents (warm_lengths), for
     each batch size in `batch_sizes` (1, and 2 for any larger: batches of 2 or more share graphs).
-    Returns the seconds it took; 0 if `lm` does not compile its layers (lm.compile_layers).
+    Returns the seconds it took; 0 if `lm` compiles nothing (`compiles`).
 
     Where FlexAttention serves (CUDA, bf16/fp16), "auto" attends a long memory apart (flex-outer);
     rather than reading a document long enough for that, the last document is read once more with
     that mode set — the same graphs as "auto" takes for a long memory. Condensing only: a call that
     wants logits (nll, generate with expected_length) compiles its kinds on first use.
     """
-    if not lm._compiles(training=False):
+    if not compiles(lm):
         return 0.0
     start = time.perf_counter()
     cfg, per_pass = lm.config, lm.windows_per_pass()

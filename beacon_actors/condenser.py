@@ -63,8 +63,9 @@ class Condenser:
         compile_layers: torch.compile the decoder layer (GPU, bf16/fp16): faster condensing once
             compiled, which takes tens of seconds — for long ingestion jobs. The actor compiles at
             start (`warm_up`), so that no document pays for it.
-        warm_up: with compile_layers, compile every graph a document can need before the first one
-            (beacon.warmup: a few short random documents, at batch 1 and 2).
+        warm_up: compile every graph a document can need before the first one (beacon.warmup: a
+            few short random documents, at batch 1 and 2): the compiled layers, and on a GPU the
+            FlexAttention kernels that eager condensing of several windows per pass compiles too.
         compile_cache: a file of compiled artefacts (beacon.warmup.load_cache / save_cache), read
             before the warm-up and written after it: actors that find it generate no code (None:
             only torch's own caches on this machine).
@@ -98,7 +99,7 @@ class Condenser:
             )
         self.lm = beacon.load(model, device=resolve_device(device), dtype=dtype, tokenizer=False)
         self.lm.compile_layers = compile_layers
-        if compile_layers and warm_up:
+        if warm_up and warmup.compiles(self.lm):
             if compile_cache:
                 warmup.load_cache(compile_cache)
             warmup.warm_up(self.lm, batch_sizes=(1, batch_size))

@@ -132,3 +132,21 @@ def test_flex_outer_adds_no_graph_break_to_the_compiled_layer():
     breaks, logits = _compiled_graph_breaks(("flex", "flex-outer"), seed=3)
     assert breaks["flex-outer"] <= breaks["flex"], breaks
     assert _rel(logits["flex-outer"], logits["flex"]) < 2e-2
+
+
+def test_eager_flex_compiles_nothing_after_warm_up():
+    """Eager layers still compile FlexAttention (and the merge of a memory attended apart) on first
+    use: after beacon.warmup.warm_up, documents of new lengths, long enough for flex-outer, compile
+    no graph."""
+    from torch._dynamo.utils import counters
+
+    from beacon import warmup
+
+    lm = _small_lm()
+    lm.parallel_window = 4
+    assert warmup.compiles(lm) and not lm.compile_layers
+    assert warmup.warm_up(lm) > 0
+    warmed = counters["stats"]["unique_graphs"]
+    for n in (1000, 3001, 9000):  # 9,000 tokens: a memory of 4,480 entries, attended apart
+        lm.condense(torch.randint(0, 512, (1, n), generator=torch.Generator().manual_seed(n)))
+    assert counters["stats"]["unique_graphs"] == warmed, "graphs compiled after the warm-up"

@@ -110,3 +110,15 @@ def test_batches_compile_nothing_after_warm_up(traced):
     lm.condense_many([tokens(n, seed=n) for n in (70, 150, 230, 333, 41)], batch_size=8)
     lm.condense_many([tokens(n, seed=n) for n in (517, 999)], batch_size=8)
     assert _graphs() == warmed, f"{_graphs() - warmed} graphs compiled after the warm-up"
+
+
+def test_eager_on_a_cpu_compiles_nothing_so_no_warm_up():
+    """Eager layers off a GPU compile nothing (no FlexAttention there): warm_up returns at once."""
+    from beacon.warmup import compiles
+
+    lm = beacon.load(tiny_path("qwen2"), device="cpu")
+    lm.parallel_window = 4
+    assert not compiles(lm)
+    assert warm_up(lm) == 0.0
+    lm.compile_layers = True
+    assert compiles(lm)

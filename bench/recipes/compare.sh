@@ -3,13 +3,13 @@
 # decode tokens/s (7B, 32K) for the code in BASE (e.g. `git archive <commit> beacon bench | tar -x -C
 # BASE`) and for this checkout, alternately, in one device call.
 #   bash bench/recipes/compare.sh BASE               # ~3 min on an H200 (COMPILE=1: compiled layers, longer)
-# CONDENSE_S / DECODE_S cap each stage's seconds (a stage cut short keeps the runs it finished).
+# STAGES="condense" runs one of the two. CONDENSE_S / DECODE_S cap each stage's seconds (a stage cut short keeps the runs it finished).
 # Writes $OUT/r/{base,new}_condense.json and $OUT/r/{base,new}_decode.json.
 source "$(dirname "$0")/lib.sh"
 BASE=$(cd "${1:?a folder holding the code before (beacon/ and bench/)}" && pwd)
 NEW=$PWD
 gpu_line
-for what in condense decode; do
+for what in ${STAGES:-condense decode}; do
   for side in base new; do
     dir=$([ "$side" = base ] && echo "$BASE" || echo "$NEW")
     if [ "$what" = condense ]; then
