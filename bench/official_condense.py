@@ -93,6 +93,7 @@ def main() -> None:
                     "seconds": seconds,
                     "times": times,
                     "tok_s": length / seconds,
+                    "first_tok_s": length / times[0],
                     "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
                     "memory_sizes": list(model.memory.get_memory_size()),
                 }

@@ -1,21 +1,27 @@
-"""One timing rule for every condensing benchmark (ours, full prefill, the official code)."""
+"""One timing rule for every condensing benchmark (ours, full prefill, the official code).
+
+Each (implementation, length, ratio) is a first call — the cold one a user meets on a new length,
+after the process's own warm-up — and then warm calls; the two are reported apart.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 
-# a call shorter than this is timed five times: one short call is noisy (up to 2x seen at 8K), and the
-# first full-length call of every implementation is slower than the next. BENCH_SHORT_S raises it,
-# BENCH_RUNS times it more often (for the official code too: its subprocess inherits the environment).
+# warm calls after the first: SHORT_RUNS - 1 for a first call under SHORT_S (a short call is noisy, up
+# to 2x seen at 8K), WARM_RUNS_LONG for a longer one. BENCH_SHORT_S / BENCH_RUNS change them (the
+# official code's subprocess inherits the environment).
 SHORT_S = float(os.environ.get("BENCH_SHORT_S", "2.0"))
 SHORT_RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+WARM_RUNS_LONG = 2
 
 
 def median_time(time_once: Callable[[], float]) -> tuple[float, list[float]]:
-    """(median seconds, every time) of `time_once()` (which returns the seconds of one timed call):
-    once, or SHORT_RUNS times when the first is under SHORT_S."""
+    """(median seconds of the warm calls, every time: the first call's, then the warm ones) of
+    `time_once()`, which returns the seconds of one timed call."""
     times = [time_once()]
-    if times[0] < SHORT_S:
-        times += [time_once() for _ in range(SHORT_RUNS - 1)]
-    return sorted(times)[len(times) // 2], times
+    warm_runs = SHORT_RUNS - 1 if times[0] < SHORT_S else WARM_RUNS_LONG
+    times += [time_once() for _ in range(max(1, warm_runs))]
+    warm = sorted(times[1:])
+    return warm[len(warm) // 2], times

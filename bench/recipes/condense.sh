@@ -2,11 +2,12 @@
 # docs/performance.md §1: condensing throughput and peak memory of one shape, beacon (layers compiled,
 # 4 windows per pass, attn_mode auto) against transformers' full prefill and, when its source is
 # carried, the official code, 8K/32K/128K tokens at ratios 2/8/32 — every column in one process.
-#   bash bench/recipes/condense.sh qwen2-1.5b        # ~6 min on an H200; qwen2-7b: ~9 min
+#   bash bench/recipes/condense.sh qwen2-1.5b        # ~7 min on an H100 with the official code; qwen2-7b longer
 # Official code (optional): REF_SRC = FlagEmbedding's activation_beacon/src, OLD_TF = a folder of the
 # transformers 4.44.2 wheel and its pure-Python dependencies (bench/official_condense.py says which).
 # Writes $OUT/r/condense_<shape>.json (+ condense_<shape>.official-<shape>.json).
 source "$(dirname "$0")/lib.sh"
+# Each call: the first (cold, after the warm-up row) and the warm median (bench/timing.py).
 SHAPE=${1:?which shape: qwen2-1.5b or qwen2-7b}
 LENGTHS=${LENGTHS:-8192,32768,131072}
 gpu_line
