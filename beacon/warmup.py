@@ -67,9 +67,10 @@ def warm_up(lm, batch_sizes: tuple[int, ...] = (1,), seed: int = 0) -> float:
     each batch size in `batch_sizes` (1, and 2 for any larger: batches of 2 or more share graphs).
     Returns the seconds it took; 0 if `lm` compiles nothing (`compiles`).
 
-    Where FlexAttention serves (CUDA, bf16/fp16), "auto" attends a long memory apart (flex-outer);
-    rather than reading a document long enough for that, the last document is read once more with
-    that mode set — the same graphs as "auto" takes for a long memory. Condensing only: a call that
+    Where FlexAttention serves (CUDA, bf16/fp16), "auto" attends a long memory apart (flex-outer)
+    and a shorter one with the window (flex); rather than reading documents long (or short) enough
+    for each, the last document is read once more with each mode set — the same graphs as "auto"
+    takes for such memories. Condensing only: a call that
     wants logits (nll, generate with expected_length) compiles its kinds on first use.
     """
     if not compiles(lm):
@@ -82,8 +83,11 @@ def warm_up(lm, batch_sizes: tuple[int, ...] = (1,), seed: int = 0) -> float:
         lengths = warm_lengths(cfg.beacon_window, cfg.beacon_stride, per_pass, whole_windows=b > 1)
         for n in lengths:
             lm.condense(torch.randint(0, lm.parts.vocab_size, (b, n), generator=g))
-        if outer_apart:  # the longest has two passes of several windows: the second reads a memory
-            lm.attn_mode = "flex-outer"
+        # the longest has two passes of several windows, the second over a memory: "auto" reads it
+        # with flex-outer or flex by its size (|O| vs OUTER_APART_MIN), which this config's ratio
+        # decides here and a document's length there — so both, whatever the ratio
+        for mode in ("flex", "flex-outer") if outer_apart else ():
+            lm.attn_mode = mode
             try:
                 lm.condense(torch.randint(0, lm.parts.vocab_size, (b, lengths[-1]), generator=g))
             finally:
