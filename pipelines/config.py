@@ -65,7 +65,7 @@ class IngestConfig(_FromDict):
     long_cpus: float = 0.5  # CPUs per long-document actor (GPUs: num_gpus); 0.5 leaves a 2-CPU machine room
     store_dtype: str | None = None  # stored bytes (None: lossless; "float8_e4m3fn" halves bf16)
     compile_layers: bool = False  # torch.compile the decoder layer at each actor's start: faster after (long jobs)
-    compile_cache: str | None = None  # with compile_layers: a file of compiled artefacts actors share (beacon.warmup)
+    compile_cache: str | None = None  # a file of compiled artefacts the actors share (beacon.warmup.load_cache)
     tokenize_cpus: float = 0.5  # CPUs per tokenize task (one document at a time: one thread); != num_cpus keeps
     # tokenizing a stage of its own (Ray Data fuses a task stage into the actors when resources are equal)
     skip_existing: bool = True  # skip documents stored with the same text hash and model fingerprint

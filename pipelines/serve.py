@@ -99,21 +99,31 @@ class _Inbox:
             self.items.appendleft(item)
 
 
-def _check_length(lm, states: list, n_prompt: int, max_tokens: int) -> None:
-    """400 unless the answer's positions stay within the model's: the documents' memory entries
-    (sink + condensed + open window of each) plus the prompt and max_tokens, condensed at the ratio
-    in force (the one the last document fixed, else the smallest of the mix: the most entries), plus
-    one open window, must fit max_position_embeddings — RoPE positions past it are ones the model
-    never saw."""
-    cfg, max_pos = lm.config, lm.parts.max_positions
-    fixed = states[-1].sequence_ratio
-    ratio = fixed if fixed >= 0 else min(cfg.beacon_ratio)
+def answer_positions(cfg, states: list, n_new: int) -> int:
+    """The most entries (RoPE positions) the memory of `states` can hold while `n_new` more tokens
+    (prompt and answer) are read after it, at the ratio in force (the one the last document fixed,
+    else the smallest of the mix: the most beacons). New tokens continue the last document's open
+    window: its raw tokens and theirs stay raw until a window closes (at most a window of them at
+    once), and every window that closes keeps its beacons."""
+    last = states[-1]
+    ratio = last.sequence_ratio if last.sequence_ratio >= 0 else min(cfg.beacon_ratio)
     entries = sum(s.size for s in states)
-    new = n_prompt + max_tokens
-    future = (new if ratio == 0 else -(-new // ratio)) + cfg.beacon_window
-    if entries + future > max_pos:
-        raise ApiError(400, f"the documents' memory ({entries} entries) + prompt ({n_prompt} tokens) + max_tokens"
-                       f" ({max_tokens}) need up to {entries + future} positions at ratio {ratio} (window"
+    if ratio == 0:  # ratio-0 windows keep every raw token
+        return entries + n_new
+    raw = last.window_raw + n_new  # the open window's raw tokens and the new ones
+    windows = -(-raw // cfg.beacon_stride)  # windows those tokens fall in (overlapping when stride < window)
+    beacons = windows * -(-cfg.beacon_window // ratio)
+    return entries - last.n_window + beacons + min(raw, cfg.beacon_window)
+
+
+def _check_length(lm, states: list, n_prompt: int, max_tokens: int) -> None:
+    """400 unless the answer's positions stay within the model's (answer_positions): RoPE positions
+    past max_position_embeddings are ones the model never saw."""
+    cfg, max_pos = lm.config, lm.parts.max_positions
+    need = answer_positions(cfg, states, n_prompt + max_tokens)
+    if need > max_pos:
+        raise ApiError(400, f"the documents' memory ({sum(s.size for s in states)} entries) + prompt ({n_prompt}"
+                       f" tokens) + max_tokens ({max_tokens}) need up to {need} positions (window"
                        f" {cfg.beacon_window}): over this model's limit of {max_pos} positions; give fewer"
                        " documents or a smaller max_tokens", param="max_tokens")  # fmt: skip
 
