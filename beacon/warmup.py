@@ -15,8 +15,10 @@ apart; the same warm-up covers them (`compiles`).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -70,12 +72,31 @@ def warm_up(lm, batch_sizes: tuple[int, ...] = (1,), seed: int = 0) -> float:
     Where FlexAttention serves (CUDA, bf16/fp16), "auto" attends a long memory apart (flex-outer)
     and a shorter one with the window (flex); rather than reading documents long (or short) enough
     for each, the last document is read once more with each mode set — the same graphs as "auto"
-    takes for such memories. Condensing only: a call that
-    wants logits (nll, generate with expected_length) compiles its kinds on first use.
+    takes for such memories. Condensing only: a call that wants logits (nll, generate with
+    expected_length) compiles its kinds on first use.
+
+    If compiling fails here (no kernel for this GPU, a broken compiler toolchain), every document
+    would fail the same way: `lm` is switched to what compiles nothing — eager layers, and dense
+    masks instead of FlexAttention — with one warning. Slower, the same results.
     """
     if not compiles(lm):
         return 0.0
     start = time.perf_counter()
+    try:
+        _condense_every_kind(lm, batch_sizes, seed)
+    except Exception as err:  # noqa: BLE001 - whatever failed to compile, the fallback compiles nothing
+        why = f"{type(err).__name__}: {str(err)[:300]}"
+        warnings.warn(f"compiling failed during the warm-up ({why}); condensing with eager layers and dense"
+                      " masks from now on: slower, the same results", stacklevel=2)  # fmt: skip
+        lm.compile_layers = False
+        lm.attn_mode = "dense"
+        torch._dynamo.reset()
+    if lm.device.type == "cuda":
+        torch.cuda.synchronize(lm.device)
+    return time.perf_counter() - start
+
+
+def _condense_every_kind(lm, batch_sizes: tuple[int, ...], seed: int) -> None:
     cfg, per_pass = lm.config, lm.windows_per_pass()
     g = torch.Generator().manual_seed(seed)
     outer_apart = lm.attn_mode == "auto" and per_pass > 1 and flex_fits(lm.parts, lm.device, lm.dtype)
@@ -92,18 +113,31 @@ def warm_up(lm, batch_sizes: tuple[int, ...] = (1,), seed: int = 0) -> float:
                 lm.condense(torch.randint(0, lm.parts.vocab_size, (b, lengths[-1]), generator=g))
             finally:
                 lm.attn_mode = "auto"
-    if lm.device.type == "cuda":
-        torch.cuda.synchronize(lm.device)
-    return time.perf_counter() - start
 
 
 def load_cache(path: str | os.PathLike) -> bool:
     """Load compiled artefacts that `save_cache` wrote (by any process, on any machine with the same
-    torch and GPU: entries that do not match are ignored). Returns whether the file existed."""
+    torch and GPU: entries that do not match are ignored). Returns whether any were loaded. A file
+    torch cannot read (damaged, cut short, another format) is ignored with one warning: the warm-up
+    then compiles as if there were none, and `save_cache` writes a good one after it."""
     path = Path(path)
     if not path.is_file():
         return False
-    torch.compiler.load_cache_artifacts(path.read_bytes())
+    torch_log = logging.getLogger("torch.compiler._cache")  # logs its own traceback for a bad file
+    level = torch_log.level
+    torch_log.setLevel(logging.CRITICAL)
+    try:
+        info = torch.compiler.load_cache_artifacts(path.read_bytes())
+    except Exception as err:  # noqa: BLE001 - any unreadable file means: compile without it
+        info, why = None, f"{type(err).__name__}: {err}"
+    else:
+        why = "torch could not read it"
+    finally:
+        torch_log.setLevel(level)
+    if info is None:
+        warnings.warn(f"compile cache {path} ignored ({why}): damaged or not written by beacon.warmup.save_cache;"
+                      " compiling without it, and it is rewritten after the warm-up", stacklevel=2)  # fmt: skip
+        return False
     return True
 
 

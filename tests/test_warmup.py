@@ -151,3 +151,43 @@ def test_warm_up_at_one_ratio_covers_documents_at_another(monkeypatch):
         assert _graphs() == warmed, f"{_graphs() - warmed} graphs compiled after the warm-up"
     finally:
         torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a compile cache" * 100])
+def test_a_damaged_compile_cache_is_ignored_with_one_warning(tmp_path, content):
+    """An empty, cut-short or foreign file: load_cache warns once, names the file, loads nothing and
+    raises nothing (the warm-up compiles as without one; save_cache rewrites it)."""
+    from beacon.warmup import load_cache
+
+    path = tmp_path / "compile_cache.bin"
+    path.write_bytes(content)
+    with pytest.warns(UserWarning, match="compile_cache.bin ignored") as caught:
+        assert load_cache(path) is False
+    assert len(caught) == 1
+    assert load_cache(tmp_path / "missing.bin") is False
+
+
+def test_a_compiler_that_fails_falls_back_to_eager_with_one_warning(monkeypatch):
+    """A backend that cannot compile (as on a GPU without the kernels): warm_up warns once and
+    switches the model to what compiles nothing; its memories are then the eager model's."""
+
+    def no_kernels(gm, example_inputs):
+        raise RuntimeError("no kernel for this device")
+
+    monkeypatch.setattr(engine, "compiled_layer", lambda: layer.compiled_layer(no_kernels))
+    torch._dynamo.reset()
+    try:
+        lm = beacon.load(tiny_path("qwen2"), device=DEVICE)
+        lm.parallel_window = 4
+        lm.compile_layers = True
+        with pytest.warns(UserWarning, match="compiling failed during the warm-up") as caught:
+            warm_up(lm)
+        assert len(caught) == 1 and not lm.compile_layers
+        eager = beacon.load(tiny_path("qwen2"), device=DEVICE)
+        eager.parallel_window = 4
+        ids = tokens(333, seed=3)
+        got, want = lm.condense(ids).export()[0], eager.condense(ids).export()[0]
+        for key in ("keys", "values"):
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5)
+    finally:
+        torch._dynamo.reset()
