@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from beacon_actors.columns import NO_TIMES
 from beacon_actors.text import tokenizer_source
 from snapshots import SnapshotStore, store_exists
 from snapshots.search import SearchIndex
@@ -312,7 +313,7 @@ class LongDocuments:
 
 
 def _failed_row(row: dict, error: str) -> dict:
-    return {"doc_id": row["doc_id"], "status": "failed", "n_tokens": 0, "seconds": 0.0, "error": error,
+    return {"doc_id": row["doc_id"], "status": "failed", "n_tokens": 0, **NO_TIMES, "error": error,
             "title": row.get("title"), "source_uri": row.get("source_uri"), "text_sha256": row.get("text_sha256"),
             "text": None, "embedding": row.get("embedding"), "worker": "?", "pid": 0, "device": "?"}  # fmt: skip
 
