@@ -141,6 +141,12 @@ def model_fingerprint(db: str, model: str, dtype: str | None, ray_options: RayOp
     return fp
 
 
+def streamed_alone(text: str, long_document_tokens: int) -> bool:
+    """Whether a document goes to a long-document actor: judged before tokenizing, by its UTF-8
+    bytes (byte-level tokenizers give at most one token per byte)."""
+    return len(text.encode("utf-8")) > long_document_tokens
+
+
 def _condense(config, todo, damaged, db, model, report, ray_options, on_batch, on_progress) -> None:
     """Run the Ray part: short documents through the Condenser pool, long ones on actors of their own."""
     from ray.data import ActorPoolStrategy
@@ -162,8 +168,8 @@ def _condense(config, todo, damaged, db, model, report, ray_options, on_batch, o
         max_document_tokens=config.max_document_tokens,
         replace_ids=sorted(damaged),
     )  # fmt: skip
-    long = [r for r in todo if len(r["text"].encode("utf-8")) > config.long_document_tokens]
-    short = [r for r in todo if len(r["text"].encode("utf-8")) <= config.long_document_tokens]
+    long = [r for r in todo if streamed_alone(r["text"], config.long_document_tokens)]
+    short = [r for r in todo if not streamed_alone(r["text"], config.long_document_tokens)]
     bar = Progress(len(todo), desc="ingest", unit="doc", enabled=config.progress)
     long_runs = LongDocuments(long, kwargs, tokenizer, num_cpus=config.long_cpus, num_gpus=num_gpus,
                               n_actors=config.long_actors, progress=config.progress)  # fmt: skip
