@@ -109,7 +109,7 @@ def run(
         prefill_pass(lm.model, [ids[0][:1024]], lm.device)  # warm-up, as prefill_run's
         seconds, peak, times = timed_median(lambda: prefill_pass(lm.model, ids, lm.device))
         result["prefill"] = {
-            "attn_implementation": lm.model.config._attn_implementation,
+            "attn_implementation": getattr(lm.model.config, "_attn_implementation", None),
             "seconds": seconds,
             "times": times,
             "tokens_per_s": tokens / seconds,

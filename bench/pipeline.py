@@ -186,7 +186,7 @@ def breakdown(rows: list[dict], wall_s: float, ray_start_s: float, lanes: int) -
     without GPUs, an actor. `rest_s` is what no clock covers: the corpus scan, Ray Data's start,
     actor scheduling, worker start and imports, waiting for batches (short documents are tokenized
     by CPU tasks beside the actors, so their tokenizing shows only where an actor waited), the
-    driver's own work."""
+    driver's own work (the search table's upserts, its last one and refresh after the last result)."""
     parts = {"ray_start_s": ray_start_s}
     parts |= {f"actor_{k}" if k in ("load_s", "warmup_s", "tokenize_s") else k:
               sum(r[k] for r in rows) / lanes for k in TIME_COLUMNS}  # fmt: skip
@@ -288,7 +288,9 @@ def main(argv: list[str] | None = None) -> dict:
             "workers": {k: vars(v) for k, v in report.workers.items()},
         },
         # the whole job: Ray's start (where this process started it) and ingest(), from the call to the last result
-        "breakdown": breakdown(timed_rows, wall_s, ray_start_s, args.gpus or len({r["worker"] for r in timed_rows})),
+        "breakdown": breakdown(timed_rows, wall_s, ray_start_s, args.gpus or len({r["worker"] for r in timed_rows}))
+        # part of rest_s: from the last result reaching the driver to ingest()'s return (search table, teardown)
+        | {"rest_after_last_result_s": report.seconds - times[-1] if times else None},
     }
     if questions and not args.no_qa:
         started = time.perf_counter()

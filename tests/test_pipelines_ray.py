@@ -205,6 +205,7 @@ def test_bench_pipeline_mixed_lengths_breaks_the_wall_time_down_on_cpu(model, tm
     assert b["wall_s"] == pytest.approx(sum(b[k] for k in parts))
     assert b["actor_load_s"] > 0 and b["condense_s"] > 0 and b["put_s"] > 0 and b["actor_tokenize_s"] > 0
     assert b["lanes"] == 2  # without GPUs the pool's actor and the long-document actor run side by side
+    assert 0 <= b["rest_after_last_result_s"] <= b["rest_s"]
     base = result["baselines"]
     assert base["tokens"] == ingest["tokens"] and base["engine"]["streamed_documents"] == ingest["long_documents"]
     c = result["comparison"]
