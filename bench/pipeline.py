@@ -114,7 +114,9 @@ def _write_corpus(folder: Path, doc_chars: list[int], rng: random.Random) -> Pat
     return folder / "questions.jsonl"
 
 
-TIME_COLUMNS = ("load_s", "warmup_s", "tokenize_s", "condense_s", "put_s")  # CONDENSED's, per row
+# CONDENSED's time columns -> the breakdown's parts they add up to
+PARTS = {"load_s": "actor_load_s", "warmup_s": "actor_warmup_s", "tokenize_s": "actor_tokenize_s",
+         "condense_s": "condense_s", "put_s": "put_s"}  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -182,14 +184,13 @@ def write_corpus(args: argparse.Namespace, folder: Path) -> tuple[str, str | Non
 
 def breakdown(rows: list[dict], wall_s: float, ray_start_s: float, lanes: int) -> dict:
     """Where the job's wall time went, from the Condensers' own clocks (CONDENSED's time columns)
-    and this process's Ray start, in seconds per lane: a GPU (whose actors run one at a time) or,
-    without GPUs, an actor. `rest_s` is what no clock covers: the corpus scan, Ray Data's start,
+    and this process's Ray start (0 if Ray was up already), in seconds per lane: a GPU (whose actors
+    run one at a time) or, without GPUs, an actor. `rest_s` is what no clock covers: the corpus scan, Ray Data's start,
     actor scheduling, worker start and imports, waiting for batches (short documents are tokenized
     by CPU tasks beside the actors, so their tokenizing shows only where an actor waited), the
     driver's own work (the search table's upserts, its last one and refresh after the last result)."""
     parts = {"ray_start_s": ray_start_s}
-    parts |= {f"actor_{k}" if k in ("load_s", "warmup_s", "tokenize_s") else k:
-              sum(r[k] for r in rows) / lanes for k in TIME_COLUMNS}  # fmt: skip
+    parts |= {part: sum(r[column] for r in rows) / lanes for column, part in PARTS.items()}
     parts["rest_s"] = wall_s - sum(parts.values())
     return {"wall_s": wall_s, "lanes": lanes, **parts, "share": {k: v / wall_s for k, v in parts.items()}}
 
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         now = time.perf_counter() - started
         tokens = sum(r["n_tokens"] for r in rows if r["status"] == "condensed")
         arrivals.append((now, tokens))
-        timed_rows.extend({k: r[k] for k in ("worker", "n_tokens", *TIME_COLUMNS)} for r in rows)
+        timed_rows.extend({k: r[k] for k in ("worker", "n_tokens", *PARTS)} for r in rows)
         for worker in {r["worker"] for r in rows}:
             w = per_worker.setdefault(worker, {"first_s": now, "batches": 0})
             w["last_s"], w["batches"] = now, w["batches"] + 1
