@@ -35,6 +35,12 @@ CONDENSED = pa.schema(
         pa.field("status", pa.string(), nullable=False),  # one of STATUSES
         pa.field("n_tokens", pa.int64(), nullable=False),
         pa.field("seconds", pa.float64(), nullable=False),  # condense + put time spent on it
+        # where those seconds went (a pass or commit shared by documents split by tokens), and the actor's own
+        pa.field("condense_s", pa.float64(), nullable=False),  # the engine, until its kernels finished
+        pa.field("put_s", pa.float64(), nullable=False),  # the store
+        pa.field("tokenize_s", pa.float64(), nullable=False),  # on the actor (streamed documents), else 0
+        pa.field("load_s", pa.float64(), nullable=False),  # the actor's model load: its first row only, else 0
+        pa.field("warmup_s", pa.float64(), nullable=False),  # the actor's compiling warm-up: likewise
         pa.field("error", pa.string()),
         pa.field("title", pa.string()),
         pa.field("source_uri", pa.string()),
@@ -46,6 +52,8 @@ CONDENSED = pa.schema(
         pa.field("device", pa.string(), nullable=False),
     ]
 )
+# the time columns of a CONDENSED row that nothing was done for
+NO_TIMES = {"seconds": 0.0, "condense_s": 0.0, "put_s": 0.0, "tokenize_s": 0.0, "load_s": 0.0, "warmup_s": 0.0}
 CONDENSED_STATUSES = ("condensed", "stored", "empty", "failed", "skipped")  # stored: found in the store already;
 # skipped: longer than max_document_tokens (the error says so)
 

@@ -21,6 +21,12 @@ Per call, a document is
 `stream(row, tokenizer)` condenses one long document on its own (the pipeline gives long documents
 actors of their own, so they never hold up the rest): it tokenizes it, yields progress after every
 piece and finally its CONDENSED row — a Ray streaming generator when called on an actor.
+
+Each row says where its time went: `condense_s` (the engine, its kernels finished), `put_s` (the
+store), `tokenize_s` (tokenizing on this actor: streamed documents only; the others were tokenized
+by CPU tasks before), and on the first row an actor returns, that actor's start: `load_s` (model
+load, store open) and `warmup_s` (compiling before the first document). A pass or a commit shared
+by several documents is split between them by tokens.
 """
 
 from __future__ import annotations
@@ -36,11 +42,12 @@ import beacon
 from beacon import warmup
 from snapshots import NewDocument, SnapshotStore
 
-from .columns import CONDENSED, TOKENIZED, table
+from .columns import CONDENSED, NO_TIMES, TOKENIZED, table
 from .device import resolve_device, worker_name
 
 INPUT_COLUMNS = ("doc_id", "text", "title", "source_uri", "metadata_json", "text_sha256", "error", "token_ids")
-OUTPUT_COLUMNS = ("doc_id", "status", "n_tokens", "seconds", "error", "worker", "device")
+OUTPUT_COLUMNS = ("doc_id", "status", "n_tokens", "seconds", "condense_s", "put_s", "tokenize_s", "load_s",
+                  "warmup_s", "error", "worker", "device")  # fmt: skip
 
 
 class Condenser:
@@ -97,14 +104,18 @@ class Condenser:
                 f"batch_size ({batch_size}), piece_tokens ({piece_tokens}) and long_document_tokens"
                 f" ({long_document_tokens}) must all be >= 1"
             )
+        start = time.perf_counter()
         self.lm = beacon.load(model, device=resolve_device(device), dtype=dtype, tokenizer=False)
         self.lm.compile_layers = compile_layers
+        warm_s = 0.0
         if warm_up and warmup.compiles(self.lm):
+            warm_start = time.perf_counter()
             if compile_cache:
                 warmup.load_cache(compile_cache)
             warmup.warm_up(self.lm, batch_sizes=(1, batch_size))
             if compile_cache:
                 warmup.save_cache(compile_cache)
+            warm_s = time.perf_counter() - warm_start
         self.fingerprint = self.lm.fingerprint()
         self.store = SnapshotStore(db)
         self.batch_size = batch_size
@@ -117,6 +128,8 @@ class Condenser:
         self.max_document_tokens = max_document_tokens
         self.replace_ids = set(replace_ids or ())
         self.worker = worker_name()
+        # this actor's start, told once, on the first row it returns (the job's time breakdown adds it up)
+        self._startup = {"load_s": time.perf_counter() - start - warm_s, "warmup_s": warm_s}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -135,17 +148,18 @@ class Condenser:
             else:
                 todo.append(i)
         short = [i for i in todo if len(rows[i]["token_ids"]) <= self.long_document_tokens]
-        for i, (seconds, error) in zip(short, self._condense_short([rows[i] for i in short]), strict=True):
-            results[i] = self._result(rows[i], "failed" if error else "condensed", seconds=seconds, error=error)
+        for i, (times, error) in zip(short, self._condense_short([rows[i] for i in short]), strict=True):
+            results[i] = self._result(rows[i], "failed" if error else "condensed", times=times, error=error)
         for i in todo:
             if results[i] is None:  # long: streamed alone
-                seconds, error = self._condense_long(rows[i])
-                results[i] = self._result(rows[i], "failed" if error else "condensed", seconds=seconds, error=error)
+                times, error = self._condense_long(rows[i])
+                results[i] = self._result(rows[i], "failed" if error else "condensed", times=times, error=error)
         return table(results, CONDENSED)
 
     # ---- work ----------------------------------------------------------------------------------
-    def _condense_short(self, rows: list[dict]) -> list[tuple[float, str | None]]:
-        """(seconds, error) per document; time of a shared pass is split by tokens."""
+    def _condense_short(self, rows: list[dict]) -> list[tuple[dict, str | None]]:
+        """({seconds, condense_s, put_s}, error) per document; the time of a shared pass and of the
+        shared commit is split by tokens."""
         if not rows:
             return []
         start = time.perf_counter()
@@ -154,20 +168,25 @@ class Condenser:
             memories = self.lm.condense_many(ids, batch_size=self.batch_size)
         except ValueError:  # one bad document (e.g. ids outside the vocabulary): read them one by one
             return [self._condense_long(r) for r in rows]
+        condensed = _synced(self.lm.device)
         errors = self._put_many(rows, memories)
-        elapsed = time.perf_counter() - start
+        end = time.perf_counter()
         total = sum(len(r["token_ids"]) for r in rows)
-        return [(elapsed * len(r["token_ids"]) / total, e) for r, e in zip(rows, errors, strict=True)]
+        spans = {"seconds": end - start, "condense_s": condensed - start, "put_s": end - condensed}
+        return [
+            ({k: v * len(r["token_ids"]) / total for k, v in spans.items()}, e)
+            for r, e in zip(rows, errors, strict=True)
+        ]
 
-    def _condense_long(self, row: dict) -> tuple[float, str | None]:
+    def _condense_long(self, row: dict) -> tuple[dict, str | None]:
         for step in self._pieces(row):
             if "error" in step:
-                return step["seconds"], step["error"]
+                return {k: step[k] for k in ("seconds", "condense_s", "put_s")}, step["error"]
         raise AssertionError("_pieces ends with an outcome")
 
     def _pieces(self, row: dict):
         """Condense one document piece by piece: yields {"done", "n_tokens", "seconds"} after each
-        piece, then {"seconds", "error"} (error None: put)."""
+        piece, then {"seconds", "condense_s", "put_s", "error"} (error None: put)."""
         start = time.perf_counter()
         ids = torch.tensor(row["token_ids"], dtype=torch.long)  # (n,) on the host; one piece at a time moves
         n = ids.shape[0]
@@ -177,10 +196,13 @@ class Condenser:
                 memory = self.lm.condense(ids[at : at + self.piece_tokens], memory, expected_length=n)
                 yield {"done": min(n, at + self.piece_tokens), "n_tokens": n, "seconds": time.perf_counter() - start}
         except ValueError as err:
-            yield {"seconds": time.perf_counter() - start, "error": f"the engine refused it: {err}"}
+            elapsed = time.perf_counter() - start
+            yield {"seconds": elapsed, "condense_s": elapsed, "put_s": 0.0, "error": f"the engine refused it: {err}"}
             return
+        condensed = _synced(self.lm.device)
         error = self._put(row, memory)
-        yield {"seconds": time.perf_counter() - start, "error": error}
+        end = time.perf_counter()
+        yield {"seconds": end - start, "condense_s": condensed - start, "put_s": end - condensed, "error": error}
 
     def stream(self, row: dict, tokenizer: str):
         """Tokenize and condense one (long) DOCUMENTS row alone. Yields {"doc_id", "done", "n_tokens",
@@ -188,15 +210,18 @@ class Condenser:
         from .columns import DOCUMENTS
         from .tokenize import tokenize_documents
 
+        start = time.perf_counter()
         (row,) = tokenize_documents(table([row], DOCUMENTS), tokenizer=tokenizer).to_pylist()
+        tokenize_s = time.perf_counter() - start
         if not row["token_ids"] or self._too_long(row) or self._already_stored([row]):
-            yield {"result": self(table([row], TOKENIZED)).to_pylist()[0]}
+            yield {"result": self(table([row], TOKENIZED)).to_pylist()[0] | {"tokenize_s": tokenize_s}}
             return
         yield {"doc_id": row["doc_id"], "done": 0, "n_tokens": len(row["token_ids"]), "seconds": 0.0}
         for step in self._pieces(row):
             if "error" in step:
                 status = "failed" if step["error"] else "condensed"
-                result = self._result(row, status, seconds=step["seconds"], error=step["error"])
+                times = {k: step[k] for k in ("seconds", "condense_s", "put_s")} | {"tokenize_s": tokenize_s}
+                result = self._result(row, status, times=times, error=step["error"])
                 yield {"result": table([result], CONDENSED).to_pylist()[0]}
                 return
             yield {"doc_id": row["doc_id"], **step}
@@ -243,12 +268,14 @@ class Condenser:
             and infos[r["doc_id"]].fingerprint_id == self.fingerprint["id"]
         }
 
-    def _result(self, row: dict, status: str, *, seconds: float = 0.0, error: str | None = None) -> dict:
+    def _result(self, row: dict, status: str, *, times: dict | None = None, error: str | None = None) -> dict:
+        """A CONDENSED row; `times`: some of NO_TIMES's keys (the rest are 0)."""
+        startup, self._startup = self._startup or {}, None
         return {
             "doc_id": row["doc_id"],
             "status": status,
             "n_tokens": len(row["token_ids"] or ()),
-            "seconds": seconds,
+            **(NO_TIMES | (times or {}) | startup),
             "error": error,
             "title": row["title"],
             "source_uri": row["source_uri"],
@@ -259,3 +286,11 @@ class Condenser:
             "pid": os.getpid(),
             "device": str(self.lm.device),
         }
+
+
+def _synced(device: torch.device) -> float:
+    """time.perf_counter() once `device` has run every kernel queued (the engine does not wait for
+    its own): so that condense_s holds the engine's work, and put_s not the wait for it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

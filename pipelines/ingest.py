@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from beacon_actors.columns import NO_TIMES
 from beacon_actors.text import tokenizer_source
 from snapshots import SnapshotStore, store_exists
 from snapshots.search import SearchIndex
@@ -140,6 +141,12 @@ def model_fingerprint(db: str, model: str, dtype: str | None, ray_options: RayOp
     return fp
 
 
+def streamed_alone(text: str, long_document_tokens: int) -> bool:
+    """Whether a document goes to a long-document actor: judged before tokenizing, by its UTF-8
+    bytes (byte-level tokenizers give at most one token per byte)."""
+    return len(text.encode("utf-8")) > long_document_tokens
+
+
 def _condense(config, todo, damaged, db, model, report, ray_options, on_batch, on_progress) -> None:
     """Run the Ray part: short documents through the Condenser pool, long ones on actors of their own."""
     from ray.data import ActorPoolStrategy
@@ -161,8 +168,8 @@ def _condense(config, todo, damaged, db, model, report, ray_options, on_batch, o
         max_document_tokens=config.max_document_tokens,
         replace_ids=sorted(damaged),
     )  # fmt: skip
-    long = [r for r in todo if len(r["text"].encode("utf-8")) > config.long_document_tokens]
-    short = [r for r in todo if len(r["text"].encode("utf-8")) <= config.long_document_tokens]
+    long = [r for r in todo if streamed_alone(r["text"], config.long_document_tokens)]
+    short = [r for r in todo if not streamed_alone(r["text"], config.long_document_tokens)]
     bar = Progress(len(todo), desc="ingest", unit="doc", enabled=config.progress)
     long_runs = LongDocuments(long, kwargs, tokenizer, num_cpus=config.long_cpus, num_gpus=num_gpus,
                               n_actors=config.long_actors, progress=config.progress)  # fmt: skip
@@ -312,7 +319,7 @@ class LongDocuments:
 
 
 def _failed_row(row: dict, error: str) -> dict:
-    return {"doc_id": row["doc_id"], "status": "failed", "n_tokens": 0, "seconds": 0.0, "error": error,
+    return {"doc_id": row["doc_id"], "status": "failed", "n_tokens": 0, **NO_TIMES, "error": error,
             "title": row.get("title"), "source_uri": row.get("source_uri"), "text_sha256": row.get("text_sha256"),
             "text": None, "embedding": row.get("embedding"), "worker": "?", "pid": 0, "device": "?"}  # fmt: skip
 

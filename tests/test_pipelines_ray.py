@@ -184,3 +184,31 @@ def test_bench_pipeline_smoke_on_cpu(model, tmp_path):
     assert json.loads(out.read_text()) == json.loads(json.dumps(result, default=str))
     assert result["ingest"]["condensed"] == 4 and result["ingest"]["tokens_per_s"] > 0
     assert result["qa"]["answered"] == 4 and result["qa"]["latency_s"]["total_s"]["n"] == 4
+
+
+def test_bench_pipeline_mixed_lengths_breaks_the_wall_time_down_on_cpu(model, tmp_path, monkeypatch):
+    """The issue #17 run in small: documents of 150-1600 tokens, the longer ones streamed on an actor of
+    their own; the breakdown's parts come from real clocks and fit in the wall time; the baselines
+    read the same documents."""
+    from bench.pipeline import main as bench
+
+    monkeypatch.setattr("bench.timing.SHORT_RUNS", 2)  # one warm pass per baseline (bench.timing), not four
+    result = bench(["--gpus", "0", "--actors", "1", "--mixed-lengths", "--total-tokens", "4000", "--min-tokens",
+                    "150", "--max-tokens", "1600", "--long-document-tokens", "800", "--piece-tokens", "128",
+                    "--no-qa", "--baselines", "--model", str(model), "--work", str(tmp_path / "work")])  # fmt: skip
+    ingest = result["ingest"]
+    assert ingest["condensed"] == ingest["documents"] and ingest["long_documents"] >= 1  # 1600 and 150 are both there
+    assert result["corpus"]["lengths"]["min"] < 200 and result["corpus"]["lengths"]["max"] > 1200
+    b = result["breakdown"]
+    parts = ["ray_start_s", "actor_load_s", "actor_warmup_s", "actor_tokenize_s", "condense_s", "put_s", "rest_s"]
+    assert all(b[k] >= 0 for k in parts), b  # rest_s >= 0: the measured parts fit in the wall time
+    assert b["wall_s"] == pytest.approx(sum(b[k] for k in parts))
+    assert b["actor_load_s"] > 0 and b["condense_s"] > 0 and b["put_s"] > 0 and b["actor_tokenize_s"] > 0
+    assert b["lanes"] == 2  # without GPUs the pool's actor and the long-document actor run side by side
+    assert 0 <= b["rest_after_last_result_s"] <= b["rest_s"]
+    base = result["baselines"]
+    assert base["tokens"] == ingest["tokens"] and base["engine"]["streamed_documents"] == ingest["long_documents"]
+    c = result["comparison"]
+    assert c["job_tokens_per_s"] == pytest.approx(ingest["tokens"] / b["wall_s"])
+    assert c["job_over_engine"] == pytest.approx(c["job_tokens_per_s"] / base["engine"]["tokens_per_s"])
+    assert c["job_over_prefill"] > 0

@@ -93,6 +93,22 @@ def test_condenser_streams_long_documents_exactly_and_skips_stored(model, lm, tm
     assert changed[0]["status"] == "condensed"
 
 
+def test_condenser_rows_say_where_their_time_went(model, tmp_path):
+    """condense_s + put_s make up `seconds` (a shared pass split by tokens); the actor's start is told
+    once, on its first row; only a streamed document is tokenized on the actor (bench.pipeline's breakdown)."""
+    texts = {"a": "x" * 40, "b": "y" * 120, "long": "z" * 300}
+    condense = Condenser(str(model), str(tmp_path / "db"), batch_size=2, long_document_tokens=200, piece_tokens=64)
+    first = condense(tokenize_documents(documents({k: texts[k] for k in "ab"}), tokenizer=str(model))).to_pylist()
+    (streamed,) = [m["result"] for m in condense.stream(documents({"long": texts["long"]}).to_pylist()[0],
+                                                        str(model)) if "result" in m]  # fmt: skip
+    for r in [*first, streamed]:
+        assert r["status"] == "condensed" and r["condense_s"] > 0 and r["put_s"] > 0
+        assert r["seconds"] == pytest.approx(r["condense_s"] + r["put_s"])
+    assert first[1]["condense_s"] == pytest.approx(first[0]["condense_s"] * 3)  # one pass, split 120:40 tokens
+    assert sum(r["load_s"] > 0 for r in [*first, streamed]) == 1 and streamed["load_s"] == streamed["warmup_s"] == 0
+    assert [r["tokenize_s"] for r in first] == [0, 0] and streamed["tokenize_s"] > 0
+
+
 def test_condenser_reads_equal_whole_window_documents(model, lm, tmp_path):
     texts = {f"same{i}": chr(97 + i) * 32 for i in range(3)} | {"other": "x" * 20}  # 32 = two whole windows
     out = Condenser(str(model), str(tmp_path / "db"), batch_size=4)(
