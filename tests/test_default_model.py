@@ -1,0 +1,46 @@
+"""bench.default_model: token streams wide enough for a base's vocabulary, and a WORK folder that
+stays with the base it was made for (its text is tokenized with that base's tokenizer)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench.default_model.run import model_dir, run
+from bench.default_model.text import read_tokens, token_suffix, tokenize
+
+
+class Tokenizer:
+    """A tokenizer of `n` ids whose tokens are fixed ids per character (enough for tokenize)."""
+
+    def __init__(self, n: int):
+        self.n, self.eos_token_id = n, n - 1
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __call__(self, rows, add_special_tokens=False):
+        return {"input_ids": [[self.n - 2 - ord(c) for c in row] for row in rows]}
+
+
+@pytest.mark.parametrize(("n", "suffix"), [(49152, ".u16"), (151936, ".u32")])
+def test_token_streams_hold_every_id_of_the_vocabulary(tmp_path, n, suffix):
+    tok = Tokenizer(n)
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ("ab", "c")))
+    assert token_suffix(tok) == suffix
+    assert tokenize(tmp_path / "train.jsonl", tok, tmp_path / f"train{suffix}") == 5
+    expected = [n - 2 - ord("a"), n - 2 - ord("b"), n - 1, n - 2 - ord("c"), n - 1]
+    assert read_tokens(tmp_path, "train").tolist() == expected and read_tokens(tmp_path, "train").dtype == np.int64
+    with pytest.raises(ValueError, match="no heldout.u16 or heldout.u32"):
+        read_tokens(tmp_path, "heldout")
+
+
+def test_a_work_folder_stays_with_its_base(tmp_path):
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "base").write_text(json.dumps({"folder": "x"}))  # before --base: SmolLM2's
+    with pytest.raises(ValueError, match="was made for base smollm2-135m-instruct, not qwen2.5-coder-0.5b-instruct"):
+        run(tmp_path, "base", smoke=True, base_name="qwen2.5-coder-0.5b-instruct")
+    assert model_dir(tmp_path, "smollm2-135m-instruct").name == "smollm2-135m-beacon"
+    assert model_dir(tmp_path, "qwen2.5-coder-0.5b-instruct").name == "qwen2.5-coder-0.5b-beacon"
