@@ -101,19 +101,25 @@ class _Inbox:
 
 def answer_positions(cfg, states: list, n_new: int) -> int:
     """The most entries (RoPE positions) the memory of `states` can hold while `n_new` more tokens
-    (prompt and answer) are read after it, at the ratio in force (the one the last document fixed,
-    else the smallest of the mix: the most beacons). New tokens continue the last document's open
-    window: its raw tokens and theirs stay raw until a window closes (at most a window of them at
-    once), and every window that closes keeps its beacons."""
+    (prompt and answer) are read after it: at the ratio the last document fixed, else the worst
+    ratio of the mix. New tokens continue the last document's open window: its raw tokens and
+    theirs stay raw until a window closes (at most a window of them at once), every window that
+    closes keeps stride/ratio beacons, and the first to close also keeps the sink."""
     last = states[-1]
-    ratio = last.sequence_ratio if last.sequence_ratio >= 0 else min(cfg.beacon_ratio)
-    entries = sum(s.size for s in states)
-    if ratio == 0:  # ratio-0 windows keep every raw token
-        return entries + n_new
+    ratios = [last.sequence_ratio] if last.sequence_ratio >= 0 else sorted(set(cfg.beacon_ratio))
+    return max(_positions_at(cfg, states, n_new, ratio) for ratio in ratios)
+
+
+def _positions_at(cfg, states: list, n_new: int, ratio: int) -> int:
+    last = states[-1]
+    before = sum(s.size for s in states) - last.n_window  # what the new tokens never change
+    sink = cfg.beacon_sink_size if last.n_outer == 0 else 0  # taken when the first window closes
     raw = last.window_raw + n_new  # the open window's raw tokens and the new ones
-    windows = -(-raw // cfg.beacon_stride)  # windows those tokens fall in (overlapping when stride < window)
-    beacons = windows * -(-cfg.beacon_window // ratio)
-    return entries - last.n_window + beacons + min(raw, cfg.beacon_window)
+    if ratio == 0:  # ratio-0 windows keep every raw token
+        return before + sink + raw
+    windows = -(-raw // cfg.beacon_stride)  # windows that close over them (overlapping when stride < window)
+    beacons = windows * -(-cfg.beacon_stride // ratio)
+    return before + sink + beacons + min(raw, cfg.beacon_window)
 
 
 def _check_length(lm, states: list, n_prompt: int, max_tokens: int) -> None:
