@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -135,7 +136,13 @@ def file_sha256(path: Path) -> str:
 
 
 def _installed(part: Part) -> Path | None:
-    """The part's file inside its installed package, if installed (never imported: it may need more)."""
+    """The part's file inside its installed package, if installed at the pinned version (never
+    imported: it may need more). Another version is passed over: its bytes would fail the sha256."""
+    try:
+        if importlib.metadata.version(part.package) != part.version:
+            return None
+    except importlib.metadata.PackageNotFoundError:
+        return None
     module, _, rest = part.path.partition("/")
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:

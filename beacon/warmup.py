@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -77,13 +78,16 @@ def warm_up(lm, batch_sizes: tuple[int, ...] = (1,), seed: int = 0) -> float:
 
     If compiling fails here (no kernel for this GPU, a broken compiler toolchain), every document
     would fail the same way: `lm` is switched to what compiles nothing — eager layers, and dense
-    masks instead of FlexAttention — with one warning. Slower, the same results.
+    masks instead of FlexAttention — with one warning. Slower, the same results. Out of memory and
+    ValueError (a setting the engine refuses) are raised: they are not the compiler's.
     """
     if not compiles(lm):
         return 0.0
     start = time.perf_counter()
     try:
         _condense_every_kind(lm, batch_sizes, seed)
+    except (torch.OutOfMemoryError, ValueError):  # not the compiler's: a setting or the GPU's size
+        raise
     except Exception as err:  # noqa: BLE001 - whatever failed to compile, the fallback compiles nothing
         why = f"{type(err).__name__}: {str(err)[:300]}"
         warnings.warn(f"compiling failed during the warm-up ({why}); condensing with eager layers and dense"
@@ -149,7 +153,7 @@ def save_cache(path: str | os.PathLike) -> bool:
         return False
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")  # hosts may share the folder
     tmp.write_bytes(artifacts[0])
     tmp.replace(path)
     return True

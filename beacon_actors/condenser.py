@@ -113,7 +113,7 @@ class Condenser:
             if compile_cache:
                 warmup.load_cache(compile_cache)
             warmup.warm_up(self.lm, batch_sizes=(1, batch_size))
-            if compile_cache:
+            if compile_cache and warmup.compiles(self.lm):  # not after a fallback: keep the good file
                 warmup.save_cache(compile_cache)
             warm_s = time.perf_counter() - warm_start
         self.fingerprint = self.lm.fingerprint()

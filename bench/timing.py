@@ -7,6 +7,7 @@ after the process's own warm-up — and then warm calls; the two are reported ap
 from __future__ import annotations
 
 import os
+import statistics
 from collections.abc import Callable
 
 # warm calls after the first: SHORT_RUNS - 1 for a first call under SHORT_S (a short call is noisy, up
@@ -23,5 +24,4 @@ def median_time(time_once: Callable[[], float]) -> tuple[float, list[float]]:
     times = [time_once()]
     warm_runs = SHORT_RUNS - 1 if times[0] < SHORT_S else WARM_RUNS_LONG
     times += [time_once() for _ in range(max(1, warm_runs))]
-    warm = sorted(times[1:])
-    return warm[len(warm) // 2], times
+    return statistics.median(times[1:]), times
