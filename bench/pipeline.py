@@ -195,13 +195,14 @@ def breakdown(rows: list[dict], wall_s: float, ray_start_s: float, lanes: int) -
     return {"wall_s": wall_s, "lanes": lanes, **parts, "share": {k: v / wall_s for k, v in parts.items()}}
 
 
-def comparison(tokens: int, wall_s: float, baselines: dict) -> dict:
-    """The job's tokens/s (Ray's start included) against the engine's steady state and full prefill."""
-    job = tokens / wall_s
+def comparison(tokens: int, wall_s: float, baselines: dict, gpus: int = 1) -> dict:
+    """The job's tokens/s per GPU (Ray's start included) against the engine's steady state and full
+    prefill, both timed on one."""
+    job = tokens / wall_s / max(1, gpus)
     engine = baselines["engine"]["tokens_per_s"]
     prefill = baselines.get("prefill", {}).get("tokens_per_s")
     return {
-        "job_tokens_per_s": job,
+        "job_tokens_per_s_per_gpu": job,
         "engine_steady_tokens_per_s": engine,
         "prefill_tokens_per_s": prefill,
         "job_over_engine": job / engine,
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
         )  # fmt: skip
         base["gpu_free_gib_before"] = None if free is None else [free[0] / 2**30, free[1] / 2**30]
         result["baselines"] = base
-        result["comparison"] = comparison(report.n_tokens, wall_s, base)
+        result["comparison"] = comparison(report.n_tokens, wall_s, base, gpus=args.gpus)
     print(_save(result, out))
     if args.cleanup:
         shutil.rmtree(work, ignore_errors=True)
