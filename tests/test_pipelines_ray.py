@@ -187,9 +187,9 @@ def test_bench_pipeline_smoke_on_cpu(model, tmp_path):
 
 
 def test_bench_pipeline_mixed_lengths_breaks_the_wall_time_down_on_cpu(model, tmp_path, monkeypatch):
-    """The issue #17 run in small: documents of 150-1600 tokens, the longer ones streamed on an actor of
-    their own; the breakdown's parts come from real clocks and fit in the wall time; the baselines
-    read the same documents."""
+    """The mixed-length GPU run (docs/performance.md §5) in small: documents of 150-1600 tokens, the
+    longer ones streamed on an actor of their own; the breakdown's parts come from real clocks and
+    fit in the wall time; the baselines read the same documents."""
     from bench.pipeline import main as bench
 
     monkeypatch.setattr("bench.timing.SHORT_RUNS", 2)  # one warm pass per baseline (bench.timing), not four

@@ -25,7 +25,7 @@ def test_the_bound_holds_and_is_tight(name):
     """Documents ending before their first window closes and anywhere in a later one, then tokens
     read one at a time (as decoding does): the memory never holds more entries than the bound; at
     one ratio the bound is at most two windows' beacons (and the sink) above the peak (the
-    check before added a whole window of raw tokens on top, and missed the sink and ratio 0)."""
+    bound counts the last window's beacons as closed and its raw tokens as open at once)."""
     lm = beacon.load(tiny_path("qwen2"), device=DEVICE, **SETTINGS[name])
     cfg = lm.config
     for n_doc in (10, 3 * cfg.beacon_window, 3 * cfg.beacon_window + 1, 4 * cfg.beacon_window - 3):

@@ -88,7 +88,7 @@ def _read_new_lengths(lm) -> tuple[int, int]:
 
 
 def test_new_lengths_and_memory_sizes_compile_nothing_after_warm_up(traced_one_layer):
-    """(The code before the fix compiled a graph here, after the same warm-up.)"""
+    """Lengths and memory sizes are symbols, never guards: a graph per length would compile here."""
     warmed, after = _read_new_lengths(traced_one_layer)
     assert warmed > 0 and after == 0, f"{after} graphs compiled after the warm-up"
 
@@ -127,9 +127,9 @@ def test_eager_on_a_cpu_compiles_nothing_so_no_warm_up():
 def test_warm_up_at_one_ratio_covers_documents_at_another(monkeypatch):
     """Whether "auto" reads a pass's memory apart (flex-outer) or with the window (flex) depends on
     the memory's size, so on the ratio: warmed up at ratio 2, where the warm-up's memory is large
-    enough to be attended apart, documents at ratio 8 (smaller memories) compile nothing. (The
-    warm-up before compiled flex-outer only there; a 32K document at ratio 8 then compiled flex over
-    a memory on its first call: 23.6 s against 0.25 s after, on an H100. Here: 1 graph.)
+    enough to be attended apart, documents at ratio 8 (smaller memories) compile nothing. (A warm-up
+    that left flex over a memory out cost a 32K document at ratio 8 23.6 s on its first call against
+    0.25 s after, on an H100; here it would be 1 graph.)
 
     FlexAttention's kinds on a CPU: flex_fits forced, dynamo traces FlexAttention's graphs as on a
     GPU; window 64 so that a pass spans several of its 128-row blocks, as real windows do."""

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# docs/performance.md §5, issue #17 item 3: the ingestion job on ONE GPU (kind nvidia-h200; nvidia-h100-x1
+# docs/performance.md §5: the ingestion job on ONE GPU (kind nvidia-h200; nvidia-h100-x1
 # does too) over ~2M tokens of documents of 1K-128K tokens (log-uniform), the 1.5B shape with random bf16
 # weights: the job's tokens/s (Ray start, tokenize, condense, put into the store) and where its wall time
 # went, against the engine's steady state and transformers' full prefill on the same documents, timed in
@@ -14,14 +14,14 @@
 #     rpds-py==2026.9.1 zlib-ng==1.1.0
 #   PYTHON=.venv/bin/python bash bench/recipes/ingest_gpu.sh parts W .carry   # ~4 min; .carry/ingest1: part
 #   one (deps.part.aa), .carry/ingest2: part two (deps.part.ab) and the small wheels
-# Then two calls on one warm machine, the second at once after the first (a machine stays warm ~30 s):
-#   call 1: bash bench/recipes/ingest_gpu.sh stash .carry/ingest1   carry [".carry/ingest1"]  ~1-2 min
-#   call 2: bash bench/recipes/ingest_gpu.sh run .carry/ingest2     carry [".carry/ingest2"]  ~5-8 min
-# Call 1 keeps its part and builds the random model; call 2 installs, then runs: the job ~2-3 min (two
+# Then two device calls on one warm machine, `run` at once after `stash` (a machine stays warm ~30 s):
+#   bash bench/recipes/ingest_gpu.sh stash .carry/ingest1   carry [".carry/ingest1"]  ~1-2 min
+#   bash bench/recipes/ingest_gpu.sh run .carry/ingest2     carry [".carry/ingest2"]  ~5-8 min
+# `stash` keeps its part and builds the random model; `run` installs, then runs: the job ~2-3 min (two
 # actor starts: the pool's, then the long documents' once the pool frees the GPU), the baselines ~3-5 min
-# (three passes of the engine and three of prefill over 2M tokens; estimates, not yet measured). The
+# (three passes of the engine and three of prefill over 2M tokens; estimates: no run measured them). The
 # stage is cut at 540 s (the call at 600 s: timeout_s 600); the JSON holds the job's half as soon as the
-# job ends; TOTAL_TOKENS=1000000 halves the work. If call 2 lands on a fresh machine it says so: make both
+# job ends; TOTAL_TOKENS=1000000 halves the work. If `run` lands on a fresh machine it says so: make both
 # calls again. Writes $OUT/r/ingest_gpu_mixed.json (+ ingest_gpu_mixed.log, random_model.log).
 set -u
 STEP=${1:?parts, stash or run}

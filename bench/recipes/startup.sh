@@ -4,7 +4,7 @@
 #   bash bench/recipes/startup.sh cold       # wipes the compile caches, warms up, reads the lengths (~6 min)
 #   bash bench/recipes/startup.sh warm       # the same with the caches the cold run left (~3 min)
 #   bash bench/recipes/startup.sh portable   # caches wiped again, the cold run's artefact file loaded
-#   bash bench/recipes/startup.sh nowarm     # cold caches, no warm-up: what a new length cost before it
+#   bash bench/recipes/startup.sh nowarm     # cold caches, no warm-up: what a new length costs without it
 #   COMPILE=0 bash bench/recipes/startup.sh cold   # eager layers (FlexAttention still compiles), label cold-eager
 # One call each, cold first (the machine keeps $STASH between calls). The target: first_over_steady
 # <= 1.5 at every length and graphs = 0 after the warm-up. Appends to $OUT/r/startup_lengths.jsonl.
