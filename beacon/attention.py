@@ -39,7 +39,7 @@ MODES = ("auto", "causal", "split", "dense", "flex", "flex-outer")
 INFERENCE_ONLY = ("flex-outer",)  # its kernels' backward ignores the log-sum-exp
 FLEX_BLOCK = 128
 # |O| from which "auto" attends O apart: below it the saving is smaller than the merge's cost
-# (kernels alone: docs/performance.md §1b)
+# (kernels alone: docs/engine.md, "Why auto attends a long memory apart")
 OUTER_APART_MIN = 4096
 SDPA_MIN_ROWS = 8  # decode steps (attend_slots) of this many rows or more go to F.scaled_dot_product_attention
 # torch.bmm(..., out_dtype=float32) on CUDA (bf16/fp16 in, float32 out) exists from torch 2.8

@@ -67,7 +67,7 @@ class BeaconLM:
         # plans of recent passes and steps of recent calls (forward.PlanCache): planning happens once
         self._plans, self._steps = PlanCache(), PlanCache()
         # torch.compile the decoder layer (layer.compiled_layer) for inference. Opt-in: faster once
-        # compiled, but the first call compiles for tens of seconds (docs/performance.md §1c), which
+        # compiled, but the first call compiles for tens of seconds (docs/performance.md §1b), which
         # only a long-running job earns back. None = on for a GPU in bf16/fp16.
         self.compile_layers: bool | None = False
         # windows per forward pass (speed only: results are identical); None = automatic

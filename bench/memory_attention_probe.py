@@ -5,7 +5,7 @@ one FlexAttention call over both, and which kernel serves the memory part fastes
 
 A pass of P windows has n rows (raw + beacons) that see every one of the m memory entries and a
 masked part of the window. Today one FlexAttention call covers both (memory blocks marked full).
-Here, per shape of a real pass (docs/performance.md §1b), with causal attention standing in for
+Here, per shape of a real pass (docs/engine.md has the table), with causal attention standing in for
 the window's own mask:
   "flex one call"     FlexAttention over [memory | window] — what forward.py does now;
   memory part alone   FlexAttention without a mask (default and other kernel options), the flash

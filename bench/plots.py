@@ -119,7 +119,7 @@ def plot_memory(rows: list[dict], out: Path) -> Path:
 
 def plot_flex_outer(results: Path, out: Path) -> Path:
     """One layer's attention kernels: one FlexAttention call against flex-outer (O through cuDNN, the
-    window through FlexAttention, merged), per pass shape of memory_attention_probe.json (§1b)."""
+    window through FlexAttention, merged), per pass shape of memory_attention_probe.json (docs/engine.md)."""
     rows = json.loads((results / "memory_attention_probe.json").read_text())["rows"]
     fig, axes = _axes(1, "One layer's attention: one FlexAttention call vs flex-outer (memory_attention_probe.json)", 8)
     ax = axes[0]

@@ -122,7 +122,7 @@ def test_condenser_reads_equal_whole_window_documents(model, lm, tmp_path):
 
 
 def test_compiling_is_opt_in_from_the_cli_to_the_engine(model, tmp_path):
-    """Compiling costs a first call of tens of seconds (docs/performance.md §1c): off unless asked."""
+    """Compiling costs a first call of tens of seconds (docs/performance.md §1b): off unless asked."""
     from pipelines.config import IngestConfig
 
     assert IngestConfig(corpus="c").compile_layers is False

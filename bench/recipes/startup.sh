@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# docs/performance.md §1c: what the first call of a new document length costs with compiled layers,
+# docs/performance.md §1b: what the first call of a new document length costs with compiled layers,
 # in a fresh process, against the steady call: 8K, 32K, 128K and 50,001 tokens, random 1.5B weights.
 #   bash bench/recipes/startup.sh cold       # wipes the compile caches, warms up, reads the lengths (~6 min)
 #   bash bench/recipes/startup.sh warm       # the same with the caches the cold run left (~3 min)
