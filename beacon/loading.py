@@ -19,7 +19,7 @@ from .bases import base_folder, get_base
 from .config import BeaconConfig
 from .engine import BeaconLM
 from .families import family_of
-from .params import add_beacon_modules, freeze_base, init_missing, pack_deltas, unpack_deltas
+from .params import DELTA_BITS, add_beacon_modules, freeze_base, init_missing, pack_deltas, unpack_deltas
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,21 @@ def _weight_files(folder: Path) -> list[Path]:
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         return [folder / n for n in names]
     return sorted(folder.glob("*.safetensors"))
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+
+
+def tokenizer_folder(folder: str | os.PathLike) -> Path:
+    """Where a model folder's tokenizer is: the folder itself, or for a compact folder that carries
+    none (config.json names a `beacon_base`), its base's converted folder (converted on first use)."""
+    folder = Path(folder)
+    if _has_tokenizer(folder):
+        return folder
+    config = folder / "config.json"
+    base = json.loads(config.read_text()).get("beacon_base") if config.is_file() else None
+    return base_folder(base) if base else folder
 
 
 def _read_beacon_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -131,8 +146,9 @@ def load(
         )
     model.to(device)
     lm = from_hf(model, cfg, stored=_read_beacon_weights(folder), name=str(name_or_path))
-    if tokenizer and any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        lm.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    source = tokenizer_folder(folder)  # a compact folder's tokenizer is its base's
+    if tokenizer and _has_tokenizer(source):
+        lm.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     return lm
 
 
@@ -187,19 +203,36 @@ def save_pretrained(lm: BeaconLM, path: str | os.PathLike) -> None:
         lm.tokenizer.save_pretrained(str(path))
 
 
-def save_compact(lm: BeaconLM, path: str | os.PathLike, base: str) -> None:
+COMPACT_MAX_BYTES = 25_000_000  # what a repository takes for a shipped model's beacon weights
+
+
+def save_compact(
+    lm: BeaconLM, path: str | os.PathLike, base: str, *, bits: int | None = None, max_bytes: int = COMPACT_MAX_BYTES
+) -> dict:
     """Write only what a base-referencing folder needs: config.json (the base's architecture, beacon_*
-    fields and "beacon_base": base), the beacon weights as int8 deltas (params.pack_deltas) in
-    beacon.safetensors, and the tokenizer. `load` rebuilds the model from the base named."""
-    from safetensors.torch import save_file
+    fields and "beacon_base": base) and the beacon weights as quantized deltas (params.pack_deltas) in
+    beacon.safetensors. `load` rebuilds the model, tokenizer included, from the base named (training
+    never changes a tokenizer). bits=None takes the most precise of params.DELTA_BITS whose file fits
+    `max_bytes`. Returns {"bits", "bytes"} of the file written."""
+    from safetensors.torch import save
 
     get_base(base)  # an unknown name fails here, not at load time
+    sizes = {}
+    for b in DELTA_BITS if bits is None else (bits,):
+        data = save(pack_deltas(lm.model, bits=b), metadata={"format": "pt", "beacon_base": base, "delta_bits": str(b)})
+        sizes[b] = len(data)
+        if sizes[b] <= max_bytes:
+            break
+    else:
+        raise ValueError(
+            f"the beacon weights take {min(sizes.values()):,} bytes even as {min(sizes)}-bit deltas, over"
+            f" max_bytes={max_bytes:,}: train fewer beacon projections (beacon_param) or raise max_bytes"
+        )
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     for key, value in lm.config.to_dict().items():
         setattr(lm.model.config, key, value)
     lm.model.config.beacon_base = base
     lm.model.config.save_pretrained(out)
-    save_file(pack_deltas(lm.model), str(out / "beacon.safetensors"), metadata={"format": "pt", "beacon_base": base})
-    if lm.tokenizer is not None:
-        lm.tokenizer.save_pretrained(str(out))
+    (out / "beacon.safetensors").write_bytes(data)
+    return {"bits": b, "bytes": len(data)}

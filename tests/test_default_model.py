@@ -44,3 +44,23 @@ def test_a_work_folder_stays_with_its_base(tmp_path):
         run(tmp_path, "base", smoke=True, base_name="qwen2.5-coder-0.5b-instruct")
     assert model_dir(tmp_path, "smollm2-135m-instruct").name == "smollm2-135m-beacon"
     assert model_dir(tmp_path, "qwen2.5-coder-0.5b-instruct").name == "qwen2.5-coder-0.5b-beacon"
+
+
+def test_compact_cost_scores_each_delta_form_and_restores_the_trained_weights():
+    import torch
+
+    from bench.default_model.run import compact_cost
+
+    from .test_bases import trained
+
+    lm = trained()
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    stream = np.random.default_rng(0).integers(3, 250, 400)
+    cost = compact_cost(lm, stream, samples=2, length=96, continuation=16, ratios=(2, 8))
+    assert set(cost) == {"fp32", "int8", "int4"} and all(set(c) == {"2", "8"} for c in cost.values())
+    assert all(np.isfinite(v) for c in cost.values() for v in c.values())
+    assert abs(cost["int8"]["8"] - cost["fp32"]["8"]) < 0.02  # int8 rounding costs next to nothing
+    assert cost["int4"] != cost["fp32"]  # the forms are really scored, not the trained weights thrice
+    assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
+    with pytest.raises(ValueError, match="fewer than one span of 96"):
+        compact_cost(lm, stream[:50], samples=1, length=96)

@@ -17,8 +17,9 @@ newest checkpoint, so a run cut by a time limit continues where it stopped):
   train-qa  from train-lm, on lookups (loss on the answer) mixed with real text
             (--from DIR: from a trained beacon folder instead, e.g. the shipped compact model; train-lm
             is then skipped, so a later machine continues an earlier one's training)
-  finalize  WORK/<base>-beacon (e.g. smollm2-135m-beacon): config (adapt ratio mix), int8-delta beacon
-            weights, tokenizer
+  finalize  WORK/<base>-beacon (e.g. smollm2-135m-beacon): config (adapt ratio mix) and the beacon
+            weights as int8 deltas, or int4 where int8 is over 25 MB (the tokenizer is the base's);
+            results/compact.json: held-out NLL through fp32, int8 and int4 weights
   eval      `beacon eval` on the held-out split: WORK/results/eval.{json,png}
 On a device machine: bench/recipes/default_model.sh (the GGUF travels in parts).
 """
@@ -44,9 +45,11 @@ INFERENCE_MIX = "adapt-1024"  # a document's ratio: the smallest that leaves 1,0
 
 GPU = dict(max_mb=50, lm_tokens=12_000_000, lm_min=4096, lm_max=16384, qa_rows=3000, qa_min=1024,
            qa_max=16384, qa_lm_rows=600, batch_size=2, grad_accum=2, lm_budget=240, qa_budget=480, lr=3e-4,
+           cost_samples=4, cost_length=8192,
            eval_args=["--ppl-samples", "4", "--needle-samples", "2"])  # fmt: skip
 SMOKE = dict(max_mb=3, lm_tokens=40_000, lm_min=2048, lm_max=3072, qa_rows=8, qa_min=512, qa_max=2560,
              qa_lm_rows=4, batch_size=1, grad_accum=1, lm_budget=20, qa_budget=20, lr=2e-4,
+             cost_samples=1, cost_length=2048,
              eval_args=["--lengths", "1024", "--needle-lengths", "1024", "--depths", "2", "--needle-samples", "1",
                         "--qa-samples", "2", "--qa-doc-tokens", "300", "--ppl-samples", "1",
                         "--continuation", "64"])  # fmt: skip
@@ -121,15 +124,57 @@ def stage_train(work: Path, model: str, data: str, out: str, budget: float, p: d
     return train(cfg)
 
 
-def stage_finalize(work: Path, base: str) -> dict:
+def stage_finalize(work: Path, base: str, p: dict) -> dict:
+    """The compact folder (the most precise delta form that fits the repository's 25 MB), and what
+    each form costs on held-out text (results/compact.json)."""
+    import torch
+
     import beacon
     from beacon.loading import save_compact
 
-    lm = beacon.load(str(work / "beacon-qa"), device="cpu", dtype="fp32", beacon_ratio_mix=INFERENCE_MIX)
+    from .text import read_tokens
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lm = beacon.load(str(work / "beacon-qa"), device=device, dtype="fp32", beacon_ratio_mix=INFERENCE_MIX)
     out = model_dir(work, base)
-    save_compact(lm, out, base)
+    saved = save_compact(lm, out, base)
+    cost = compact_cost(lm, read_tokens(work / "text", "heldout"), p["cost_samples"], p["cost_length"])
+    (work / "results").mkdir(exist_ok=True)
+    (work / "results" / "compact.json").write_text(json.dumps({**saved, "nll": cost}, indent=2) + "\n")
     files = {f.name: f.stat().st_size for f in sorted(out.iterdir())}
-    return {"files": files, "bytes": sum(files.values())}
+    return {"files": files, "bytes": sum(files.values()), "delta_bits": saved["bits"], "nll": cost}
+
+
+def compact_cost(lm, stream: np.ndarray, samples: int, length: int, continuation: int = 256,
+                 ratios: tuple[int, ...] = (8, 32)) -> dict:  # fmt: skip
+    """Mean NLL of the last `continuation` tokens of `samples` held-out spans of `length` tokens, at
+    each fixed ratio, through the trained weights (fp32) and through each delta form save_compact can
+    write (int8, int4): what shipping them smaller costs."""
+    import torch
+
+    from beacon.params import DELTA_BITS, beacon_parameter_names, pack_deltas, unpack_deltas
+    from pipelines.evaluate import continuation_nll_beacon
+
+    if len(stream) <= length:
+        raise ValueError(f"the held-out stream has {len(stream):,} tokens, fewer than one span of {length:,}")
+    starts = np.linspace(0, len(stream) - length - 1, samples).astype(np.int64)
+    ids = torch.from_numpy(np.stack([stream[s : s + length] for s in starts])).to(lm.device)
+    params = dict(lm.model.named_parameters())
+    trained = {n: params[n].detach().clone() for n in beacon_parameter_names(lm.model)}
+    forms = {"fp32": trained} | {f"int{b}": unpack_deltas(pack_deltas(lm.model, bits=b), lm.model) for b in DELTA_BITS}
+    result = {}
+    try:
+        for form, weights in forms.items():
+            with torch.no_grad():
+                for name, value in weights.items():
+                    params[name].copy_(value)
+            result[form] = {str(r): round(float(continuation_nll_beacon(lm, ids, continuation, r).mean()), 5)
+                            for r in ratios}  # fmt: skip
+    finally:
+        with torch.no_grad():
+            for name, value in trained.items():
+                params[name].copy_(value)
+    return result
 
 
 def stage_eval(work: Path, base: str, p: dict, smoke: bool) -> dict:
@@ -211,7 +256,7 @@ def run(work: Path, until: str, smoke: bool, overrides: dict | None = None, star
             facts = stage_train(work, start or str(work / "beacon-lm"), str(work / "data-qa"), str(work / "beacon-qa"),
                                 p["qa_budget"], p, smoke)  # fmt: skip
         elif stage == "finalize":
-            facts = stage_finalize(work, base_name)
+            facts = stage_finalize(work, base_name, p)
         else:
             facts = stage_eval(work, base_name, p, smoke)
         facts = {"stage": stage, "seconds": round(time.time() - t0, 1), **facts}
