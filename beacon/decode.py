@@ -46,11 +46,11 @@ import torch
 
 from .decode_pool import BufferPool, Buffers, Shape, StepRows
 from .families import apply_rope
-from .layer import embed, head, step_layer
+from .layer import embed, head, step_layer, step_layer_together, step_rows_split
 from .memory import Memory
 from .windows import Chunk, WindowState, build_chunk, plan_steps, window_mask
 
-__all__ = ["MODES", "BufferPool", "StaticDecoder"]
+__all__ = ["MODES", "BufferPool", "StaticDecoder", "step_together"]
 
 MODES = ("auto", "static", "eager", "compiled")
 BLOCK = 64  # tokens of the open window planned (and staged to the GPU) at once
@@ -107,7 +107,8 @@ class StaticDecoder:
         self._filled = 0  # layers of the memory copied into the buffers (a loading memory fills as it arrives)
         self._fill_size = 0  # slots [0, fill_size) of the buffers come from the memory
         self._win_pos: torch.Tensor | None = None  # RoPE positions of the memory's window entries
-        self.stats = {"static_steps": 0, "general_steps": 0, "builds": 0, "blocks": 0, "reads": 0, "captures": 0}
+        self.stats = {"static_steps": 0, "general_steps": 0, "builds": 0, "blocks": 0, "reads": 0, "captures": 0,
+                      "together_steps": 0}  # fmt: skip
 
     # ---- the public steps ----------------------------------------------------------------------
     @property
@@ -147,16 +148,8 @@ class StaticDecoder:
             return self._general(tokens)
         if tokens.device.type == "cpu":
             self.lm.check_ids(tokens)
-        block = self._block
-        if block is not None and block.done == block.n_tokens:
-            self._state, self._block, block = block.after, None, None
-        if block is None and self._buf is not None:
-            block = self._block = self._plan_block()
-        if block is None:
-            return self._append(tokens)
-        shape = self._stage_from_block(block)
-        self._buf.rows[shape].tokens.copy_(tokens)
-        return self._execute(shape)
+        shape = self._stage_step(tokens)
+        return self._append(tokens) if shape is None else self._execute(shape)
 
     @torch.no_grad()
     def memory(self) -> Memory:
@@ -356,6 +349,20 @@ class StaticDecoder:
             rows.n_outer = buf.n_outer
         return rows
 
+    def _stage_step(self, tokens: torch.Tensor) -> Shape | None:
+        """Stage a one-token step from the planned block (planning the next block when one is done):
+        its shape, or None where this token must be read another way (`_append`)."""
+        block = self._block
+        if block is not None and block.done == block.n_tokens:
+            self._state, self._block, block = block.after, None, None
+        if block is None and self._buf is not None:
+            block = self._block = self._plan_block()
+        if block is None:
+            return None
+        shape = self._stage_from_block(block)
+        self._buf.rows[shape].tokens.copy_(tokens)
+        return shape
+
     def _stage_from_block(self, block: _Block) -> Shape:
         """Static inputs of the block's next token: device-to-device copies only."""
         a, b = block.first_entry[block.done], block.first_entry[block.done + 1]
@@ -481,6 +488,78 @@ class StaticDecoder:
             raise
         self.stats["static_steps"] += 1
         return io["logits"].clone() if graphs is not None else io["logits"]
+
+
+@torch.no_grad()
+def step_together(decoders: list[StaticDecoder], tokens: list[torch.Tensor]) -> list[torch.Tensor | Exception]:
+    """One token for each decoder — `tokens[k]` (b_k, 1) after decoder k's memory — with their static
+    steps run as one: every row of every decoder through each weight matrix once (a decode step
+    reads the weights, not the memories, at small batches: the step costs about what one decoder's
+    costs), the attention per decoder over its own memory. Different memories, lengths, batches,
+    window states and ratios mix freely. A decoder whose token cannot take a static step now (its
+    window closes, its memory is still loading, eager mode) steps alone as `step` would.
+
+    Returns per decoder its next-token logits (b_k, vocab), what `decoders[k].step(tokens[k])` gives
+    (up to float rounding, ~1e-6 in float32), or the exception its step raised: one decoder's
+    failure is its own, except inside the shared pass, whose failure closes every decoder in it.
+    No CUDA graphs here (the set of decoders changes between steps); each decoder alone still uses them."""
+    results: list[torch.Tensor | Exception | None] = [None] * len(decoders)
+    together: list[tuple[int, StaticDecoder, Shape]] = []
+    for k, (dec, tok) in enumerate(zip(decoders, tokens, strict=True)):
+        try:
+            dec._check_open()
+            if dec.eager or dec._memory is None or dec._filled < dec._memory.n_layers:
+                results[k] = dec.step(tok)
+                continue
+            if tok.shape != (dec._memory.batch_size, 1):
+                raise ValueError(f"tokens must be (batch {dec._memory.batch_size}, 1), got {tuple(tok.shape)}")
+            if tok.device.type == "cpu":
+                dec.lm.check_ids(tok)
+            shape = dec._stage_step(tok)
+            if shape is None:
+                results[k] = dec._append(tok)
+            else:
+                together.append((k, dec, shape))
+        except Exception as err:
+            results[k] = err
+    if len(together) == 1:  # nothing to share: its own step (CUDA graphs where it has them)
+        k, dec, shape = together[0]
+        try:
+            results[k] = dec._execute(shape)
+        except Exception as err:
+            results[k] = err
+    elif together:
+        for (k, _, _), out in zip(together, _execute_together([(d, s) for _, d, s in together]), strict=True):
+            results[k] = out
+    return results
+
+
+def _execute_together(staged: list[tuple[StaticDecoder, Shape]]) -> list[torch.Tensor | Exception]:
+    """Run staged one-token steps of several decoders (each filled, its rows staged) as one pass."""
+    decs = [d for d, _ in staged]
+    lm = decs[0].lm
+    try:
+        if any(d.lm is not lm for d in decs):
+            raise ValueError("decoders stepped together must share one model")
+        bufs = [d._buf for d in decs]
+        rows = [d._buf.rows[shape] for d, shape in staged]
+        split = step_rows_split(rows)
+        tokens = torch.cat([r.tokens.reshape(1, -1) for r in rows], dim=1)  # (1, R): every raw row
+        x = embed(lm.parts, lm.beacon.embed, tokens, sum(b * nb for _, _, b, nb in split))
+        ropes = [(buf.cos[r.pos][None, None], buf.sin[r.pos][None, None]) for buf, r in zip(bufs, rows, strict=True)]
+        for i in range(len(lm.parts.layers)):
+            x = step_layer_together(lm.parts, i, lm.beacon.layers[i], x, ropes, bufs, rows)
+        logits = head(lm.parts, x[:, : tokens.shape[1]])[0]  # (R, vocab)
+        out = [logits[raw : raw + b] for raw, _, b, _ in split]
+    except Exception as err:  # the buffers may hold part of the step: dropped, as _execute drops them
+        for d in decs:
+            d._buf = None
+            d.close()
+        return [err] * len(decs)
+    for d in decs:
+        d.stats["static_steps"] += 1
+        d.stats["together_steps"] += 1
+    return out
 
 
 def _padded_shape(chunk: Chunk) -> Shape:

@@ -213,3 +213,50 @@ def step_layer(
     buf.values[i].index_copy_(2, rows.slot, v)
     out = attend_slots(apply_rope(q, *rope), buf.k_rot[i], buf.values[i], rows.mask, parts.scaling)  # (b, h, n, d)
     return _output(parts, layer, proj, x, out.transpose(1, 2), n_raw)
+
+
+def step_layer_together(
+    parts: Parts, i: int, proj: dict[str, nn.Linear], x: torch.Tensor, ropes: list[Rope], bufs: list[Buffers],
+    rows: list[StepRows],
+) -> torch.Tensor:  # fmt: skip
+    """step_layer over the steps of several decoders at once, each with its own buffers (memory)
+    and rows: the projections and the MLP read the weights once for every row, the attention runs per
+    decoder over its own slots. x (1, R + B, hidden) holds every decoder's raw rows first (R: decoder
+    by decoder, its b rows each), then every decoder's beacon rows (its b x n_beacons, row-major):
+    `step_rows_split` says where each decoder's are. Returns the layer's output in that layout."""
+    layer = parts.layers[i]
+    n_raw = sum(r.tokens.shape[0] for r in rows)
+    h = layer.input_layernorm(x)
+    q = _queries(parts, layer, proj, h, n_raw)  # (1, h, R + B, d)
+    k, v = _keys_values(parts, layer, proj, h, n_raw)  # (1, h_kv, R + B, d)
+    outs = []
+    for split, rope, buf, r in zip(step_rows_split(rows), ropes, bufs, rows, strict=True):
+        kg = _rows_of_one(k, n_raw, *split)
+        buf.k_win[i].index_copy_(2, r.win_slot, kg)
+        buf.k_rot[i].index_copy_(2, r.slot, apply_rope(kg, *rope))
+        buf.values[i].index_copy_(2, r.slot, _rows_of_one(v, n_raw, *split))
+        q_rot = apply_rope(_rows_of_one(q, n_raw, *split), *rope)
+        outs.append(attend_slots(q_rot, buf.k_rot[i], buf.values[i], r.mask, parts.scaling))  # (b, h, 1 + nb, d)
+    # back to x's layout: (b, h, 1 + nb, d) -> raw rows (b, h, d) of all, then beacon rows (b * nb, h, d) of all
+    flat = [o[:, :, 0] for o in outs] + [o[:, :, 1:].transpose(1, 2).flatten(0, 1) for o in outs if o.shape[2] > 1]
+    return _output(parts, layer, proj, x, torch.cat(flat)[None], n_raw)
+
+
+def _rows_of_one(t: torch.Tensor, n_raw: int, raw: int, bea: int, b: int, nb: int) -> torch.Tensor:
+    """One decoder's rows of a step together, (1, heads, R + B, d) -> (b, heads, 1 + nb, d)."""
+    own = t[0, :, raw : raw + b, None].transpose(0, 1)
+    if nb == 0:
+        return own
+    beacons = t[0, :, n_raw + bea : n_raw + bea + b * nb].unflatten(1, (b, nb)).transpose(0, 1)
+    return torch.cat([own, beacons], dim=2)
+
+
+def step_rows_split(rows: list[StepRows]) -> list[tuple[int, int, int, int]]:
+    """Per decoder of a step together: (offset of its raw rows among all raw rows, offset of its
+    beacon rows among all beacon rows, its batch b, its beacon rows n_beacons)."""
+    out, raw, bea = [], 0, 0
+    for r in rows:
+        b, nb = r.tokens.shape[0], r.pos.shape[0] - r.tokens.shape[1]
+        out.append((raw, bea, b, nb))
+        raw, bea = raw + b, bea + b * nb
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from beacon.decode import StaticDecoder
+from beacon.decode import StaticDecoder, step_together
 
 from .conftest import DEVICE, load_tiny, tokens
 from .test_engine import ATOL, CONFIGS, IDS, assert_same_memory
@@ -258,3 +258,49 @@ def test_a_failed_general_step_leaves_the_decoder_whole(monkeypatch):
     assert_same_memory(fast.memory(), slow)
     _step_alongside(lm, fast, slow, tokens(10, seed=7))
     fast.close()
+
+
+@pytest.mark.parametrize(
+    "family, overrides",
+    [CONFIGS[0], CONFIGS[1], CONFIGS[4], CONFIGS[9]],
+    ids=["interleave-mix", "interleave-sink", "append", "stride4"],
+)
+def test_steps_together_equal_each_decoder_stepping_alone(family, overrides):
+    """Decoders over different memories (lengths, batches, window states) stepped together give
+    each one's own logits and memory, through window closes (those steps go alone) and beacon rows."""
+    lm = load_tiny(family, **overrides)
+    sizes = ((29, 1, 5), (45, 2, 3), (12, 1, 7))  # (memory tokens, batch, question tokens)
+    memories = [lm.condense(tokens(n, seed=s, batch=b)) for s, (n, b, _) in enumerate(sizes)]
+    alone = [StaticDecoder(lm, m.fork(), graphs=GRAPHS) for m in memories]
+    together = [StaticDecoder(lm, m.fork(), graphs=GRAPHS) for m in memories]
+    for k, (a, t, (_, b, q)) in enumerate(zip(alone, together, sizes, strict=True)):
+        question = tokens(q, seed=10 + k, batch=b).to(lm.device)
+        torch.testing.assert_close(t.read(question), a.read(question), atol=ATOL, rtol=0)
+    new = [tokens(40, seed=20 + k, batch=b).to(lm.device) for k, (_, b, _) in enumerate(sizes)]
+    for step in range(40):
+        picks = [n[:, step : step + 1] for n in new]
+        for a, tok, got in zip(alone, picks, step_together(together, picks), strict=True):
+            assert isinstance(got, torch.Tensor), got
+            torch.testing.assert_close(got, a.step(tok), atol=ATOL, rtol=0)
+    for a, t in zip(alone, together, strict=True):
+        assert_same_memory(t.memory(), a.memory())
+        assert t.stats["together_steps"] >= 10 and t.stats["general_steps"] >= 2, t.stats  # both kinds ran
+
+
+def test_a_decoder_that_fails_alone_fails_alone():
+    """A bad token, a closed decoder: that decoder's result is its exception, the others step on."""
+    lm = load_tiny(CONFIGS[4][0], **_roomy(CONFIGS[4][1]))
+    memories = [lm.condense(tokens(n, seed=n)) for n in (20, 30, 40)]
+    decs = [StaticDecoder(lm, m.share(), graphs=GRAPHS) for m in memories]
+    refs = [StaticDecoder(lm, m.fork(), graphs=GRAPHS) for m in memories]
+    for d, r in zip(decs, refs, strict=True):
+        q = tokens(4, seed=1).to(lm.device)
+        d.read(q)
+        r.read(q)
+    decs[2].close()
+    got = step_together(decs, [torch.tensor([[5]]), torch.tensor([[lm.parts.vocab_size + 1]]), torch.tensor([[5]])])
+    assert isinstance(got[1], ValueError) and "token ids must lie in" in str(got[1])
+    assert isinstance(got[2], RuntimeError) and "closed" in str(got[2])
+    torch.testing.assert_close(got[0], refs[0].step(torch.tensor([[5]]).to(lm.device)), atol=ATOL, rtol=0)
+    got = step_together(decs[:2], [torch.tensor([[6]]), torch.tensor([[6]])])  # the refused token was not read
+    torch.testing.assert_close(got[1], refs[1].step(torch.tensor([[6]]).to(lm.device)), atol=ATOL, rtol=0)
