@@ -6,18 +6,20 @@ scheduler thread owns the model and runs a loop:
     admit  new jobs -> groups: the same documents and the same prompt length, up to `max_batch` rows
     start  each new group: its memory from the LRU (MemoryCache, bytes-bounded) or the store, the
            rows' prompts read in one batched step, each row's first token picked
-    step   every running group by one token (one batched decoder step per group), in turn
+    step   every running group by one token, all groups in one pass through the model
 
-so requests join and leave between steps, and a group's rows share every forward pass.
+so requests join and leave between steps, and every running request shares every forward pass.
 
 What is batched, precisely: the engine's decoder (decode.StaticDecoder) reads a batch of b
 sequences that share one window state — one memory, the same number of tokens read. Rows of one
 group are exactly that: the group's memory expanded to b rows (views, no copy), prompts of equal
-length read together, then one token per row per step. Requests over different memories, or with
-prompts of different lengths, run in different groups: the loop interleaves their steps (each
-group's step is its own forward pass), it does not fuse them. A row that has finished (stop token,
-max_tokens, cancelled) keeps riding its group's steps until the whole group is done; its tokens
-are dropped. A group whose rows are all finished or cancelled closes at once, freeing its buffers.
+length read together, then one token per row per step. Groups over different memories (or prompts
+of different lengths) step together (decode.step_together): each weight matrix is read once for
+every row of every group, the attention runs per group over its own memory. A group's step that
+closes its window runs alone, as do the prompts (one read per group). A row that has finished
+(stop token, max_tokens, cancelled) keeps riding its group's steps until the whole group is done;
+its tokens are dropped. A group whose rows are all finished or cancelled closes at once, freeing
+its buffers.
 
 Loads: a single document loads in the background (SnapshotStore.get(..., background=True)) and a
 batch-1 group reads its prompt layer by layer as the layers arrive; a group of several rows waits
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 import torch
 
 from beacon import BeaconLM, Memory
+from beacon.decode import step_together
 from snapshots import SnapshotStore
 
 from .memory_cache import MemoryCache
@@ -145,7 +148,8 @@ class Batcher:
         self.fingerprint = lm.fingerprint()
         self.cache = MemoryCache(cache_bytes)
         self.max_batch, self.max_running, self.max_waiting = max_batch, max_running, max_waiting
-        self.stats = {"jobs": 0, "groups": 0, "steps": 0, "rows_stepped": 0, "max_group_rows": 0, "errors": 0}
+        self.stats = {"jobs": 0, "groups": 0, "steps": 0, "rows_stepped": 0, "max_group_rows": 0, "errors": 0,
+                      "passes": 0, "max_rows_per_pass": 0}  # fmt: skip
         self._waiting: deque[Job] = deque()
         self._open: set[Job] = set()  # submitted, not ended (the bounds count these)
         self._groups: list[_Group] = []
@@ -212,8 +216,7 @@ class Batcher:
                 new = self._take()
             for group_jobs in new:
                 self._start(group_jobs)
-            for group in list(self._groups):
-                self._step(group)
+            self._step_all()
         for group in self._groups:
             for row in group.rows:
                 if row.live:
@@ -270,24 +273,32 @@ class Batcher:
         self._groups.append(group)
         self._emit_picks(group, logits)
 
-    def _step(self, group: _Group) -> None:
-        """One batched decoder step of a running group (or its end)."""
-        if not any(r.live and not r.job.cancelled for r in group.rows):
-            self._finish(group)
+    def _step_all(self) -> None:
+        """One token for every running group (groups with no live row end): their decoder steps run
+        as one pass through the model (decode.step_together), whatever memories they read."""
+        running = []
+        for group in list(self._groups):
+            if any(r.live and not r.job.cancelled for r in group.rows):
+                running.append(group)
+            else:
+                self._finish(group)
+        if not running:
             return
-        try:
-            logits = group.stepper.read(group.last)
-        except Exception as err:
-            self.stats["errors"] += 1
-            for r in group.rows:
-                if r.live:
-                    r.live = False
-                    self._end(r.job, "error", err)
-            self._finish(group)
-            return
-        self.stats["steps"] += 1
-        self.stats["rows_stepped"] += len(group.rows)
-        self._emit_picks(group, logits)
+        results = step_together([g.stepper for g in running], [g.last for g in running])
+        self.stats["passes"] += 1
+        self.stats["max_rows_per_pass"] = max(self.stats["max_rows_per_pass"], sum(len(g.rows) for g in running))
+        for group, logits in zip(running, results, strict=True):
+            if isinstance(logits, Exception):  # this group's jobs only (a shared pass that failed: all of its)
+                self.stats["errors"] += 1
+                for r in group.rows:
+                    if r.live:
+                        r.live = False
+                        self._end(r.job, "error", logits)
+                self._finish(group)
+                continue
+            self.stats["steps"] += 1
+            self.stats["rows_stepped"] += len(group.rows)
+            self._emit_picks(group, logits)
 
     def _emit_picks(self, group: _Group, logits: torch.Tensor) -> None:
         picks = _pick(logits, [r.job.sampling for r in group.rows], [r.generator for r in group.rows])

@@ -27,6 +27,16 @@ SHAPES: dict[str, dict] = {
         num_key_value_heads=4,
         tie_word_embeddings=False,
     ),
+    # Qwen2.5-0.5B (the default model's base family; its GGUF keeps the head untied)
+    "qwen2-0.5b": dict(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    ),
     # for CPU smoke runs of the benchmark scripts
     "tiny": dict(
         vocab_size=151936,

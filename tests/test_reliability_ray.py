@@ -109,12 +109,13 @@ def test_nothing_to_do_starts_no_ray_and_damage_is_condensed_again(model, ray_cl
     assert repaired.repaired == ["lighthouse"] and repaired.condensed == ["lighthouse"]
     assert sorted(repaired.stored) == [d for d in GOOD_IDS if d != "lighthouse"]
     assert store.verify() == {}
-    for doc_id, memory in before.items():
-        assert_close_memory(store.get(doc_id, fingerprint=fp), memory, atol=0)
+    for doc_id, memory in before.items():  # untouched ones bit for bit; the one condensed again alone may
+        # differ by the rounding of the batched products the first ingest condensed it with (~1e-6)
+        assert_close_memory(store.get(doc_id, fingerprint=fp), memory, atol=1e-5 if doc_id == "lighthouse" else 0)
 
     import lance
 
     lance.dataset(str(db / "documents.lance")).update({"n_rows": "n_rows + 1"}, where="doc_id = 'crlf'")
     seen = ingest(config(corpus, db, model), ray_options=ray_cluster)  # damage the tables show: a plain ingest
     assert seen.repaired == ["crlf"] and seen.condensed == ["crlf"] and store.verify() == {}
-    assert_close_memory(store.get("crlf", fingerprint=fp), before["crlf"], atol=0)
+    assert_close_memory(store.get("crlf", fingerprint=fp), before["crlf"])  # condensed again: rounding apart

@@ -118,6 +118,31 @@ def test_batched_rows_answer_as_each_alone(setup):
         batcher.close()
 
 
+def test_groups_over_different_documents_step_together_and_answer_as_each_alone(setup):
+    _, db, lm = setup
+    asks = [(("alpha.md",), "orbit?"), (("beta.md",), "river stone?"), (("gamma.md",), "moss?"),
+            (("beta.md", "alpha.md"), "which?")]  # fmt: skip
+    batcher = Batcher(lm, SnapshotStore(db), stops=[], max_batch=4, start=False)  # no stops: every answer runs 20
+    outs = []
+    for doc_ids, q in asks:
+        events = queue.Queue()
+        batcher.submit(Job(doc_ids, question_ids(lm.tokenizer, q), Sampling(max_tokens=20),
+                           lambda k, v, e=events: e.put((k, v))))  # fmt: skip
+        outs.append(events)
+    batcher.start()
+    try:
+        for (doc_ids, q), events in zip(asks, outs, strict=True):
+            tokens, finish, start = _collect(events)
+            memory = SnapshotStore(db).get(list(doc_ids), fingerprint=lm.fingerprint())
+            want = greedy_answer(lm, question_ids(lm.tokenizer, q), memory, max_new_tokens=20, stops=[])
+            assert tokens == want.token_ids and finish == "length" and start["batch"] == 1, (doc_ids, q)
+        stats = batcher.stats
+        assert stats["groups"] == 4 and stats["max_rows_per_pass"] == 4, stats  # four memories in one pass
+        assert stats["passes"] < stats["steps"] / 2, stats  # not one pass per group per token
+    finally:
+        batcher.close()
+
+
 def test_batcher_bounds_and_cancel(setup):
     _, db, lm = setup
     batcher = Batcher(lm, SnapshotStore(db), stops=[], max_batch=2, max_running=1, max_waiting=1, start=False)

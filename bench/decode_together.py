@@ -1,0 +1,98 @@
+"""Answering many requests over different memories at once: aggregate decode tokens/s of G decoders
+(one memory each, batch 1, as G requests over G documents) stepped one after another ("apart", what
+a replica did per group) vs. in one pass (decode.step_together, what `beacon serve` does).
+
+    python -m bench.decode_together --shape qwen2-7b --length 32768 --groups 1,4,16,64 \\
+        --out docs/results/decode_together_7b.json
+    python -m bench.decode_together --shape qwen2-0.5b --device cpu --dtype fp32 --length 2048 --groups 1,2,4,8 \\
+        --new 16 --out docs/results/decode_together_cpu.json
+
+Random weights (bench.shapes, beacons as the official Qwen-2 checkpoint), G documents of --length
+random tokens condensed at --ratio, a 32-token question read by each decoder, then --new tokens per
+decoder, greedy. For each way and G: the first step (cold: on a GPU, "apart" captures its CUDA
+graphs there) and the median step after it (warm; a step = one token for every decoder), aggregate
+tokens/s = G / warm step. Decoders in "auto" mode (CUDA graphs on a GPU, each decoder alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from beacon.decode import step_together
+
+from .shapes import environment, official_qwen2_lm, random_model, save_json
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def steps(lm, memories, question: torch.Tensor, new: int, together: bool, device: str) -> list[float]:
+    """Seconds of each of `new` steps of one decoder per memory, after each read `question`."""
+    decs = [lm.decoder(m.share()) for m in memories]
+    try:
+        last = [d.read(question).argmax(-1, keepdim=True) for d in decs]
+        times = []
+        for _ in range(new):
+            _sync(device)
+            t0 = time.perf_counter()
+            if together:
+                outs = step_together(decs, last)
+                bad = [o for o in outs if isinstance(o, Exception)]
+                if bad:
+                    raise bad[0]
+            else:
+                outs = [d.step(t) for d, t in zip(decs, last, strict=True)]
+            last = [o.argmax(-1, keepdim=True) for o in outs]
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        return times
+    finally:
+        for d in decs:
+            d.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="qwen2-7b")
+    p.add_argument("--length", type=int, default=32768, help="tokens of each document")
+    p.add_argument("--groups", default="1,4,16,64", help="decoders (documents) stepped at once")
+    p.add_argument("--ratio", type=int, default=8)
+    p.add_argument("--window", type=int, default=2048)
+    p.add_argument("--new", type=int, default=48, help="tokens per decoder")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--out", default="docs/results/decode_together.json")
+    args = p.parse_args()
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    groups = [int(g) for g in args.groups.split(",")]
+    result = {"command": " ".join(["python -m bench.decode_together"] + sys.argv[1:]), "env": environment(),
+              "runs": []}  # fmt: skip
+    model = random_model(args.shape, device=args.device, dtype=dtype)
+    lm = official_qwen2_lm(model, args.window, args.ratio)
+    gen = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    question = torch.randint(0, vocab, (1, 32), generator=gen).to(args.device)
+    memories = []
+    for _ in range(max(groups)):
+        memories.append(lm.condense(torch.randint(0, vocab, (1, args.length), generator=gen).to(args.device)))
+    for g in groups:
+        for together in (False, True):
+            times = steps(lm, memories[:g], question, args.new, together, args.device)
+            warm = statistics.median(times[1:])
+            run = {"shape": args.shape, "length": args.length, "groups": g, "way": "together" if together else "apart",
+                   "first_step_s": times[0], "warm_step_s": warm, "tok_s": g / warm,
+                   "memory_entries": memories[0].state.size}  # fmt: skip
+            result["runs"].append(run)
+            print(run, flush=True)
+            save_json(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
