@@ -4,7 +4,8 @@ Requests (`Job`s: documents, prompt token ids, sampling settings) arrive from an
 scheduler thread owns the model and runs a loop:
 
     admit  new jobs -> groups: the same documents and the same prompt length, up to `max_batch` rows
-    start  each new group: its memory from the LRU (MemoryCache, bytes-bounded) or the store, the
+    start  each new group: its memory from the LRU (MemoryCache: device, then pinned host memory,
+           each bounded in bytes) or the store, the
            rows' prompts read in one batched step, each row's first token picked
     step   every running group by one token, all groups in one pass through the model
 
@@ -123,6 +124,8 @@ class Batcher:
         store: where memories come from; `fingerprint` must match the stored one (lm.fingerprint()).
         stops: token ids that end an answer.
         cache_bytes: device bytes of loaded memories kept between requests (LRU).
+        host_cache_bytes: bytes of memories pushed out of the device tier kept in pinned host memory
+            (MemoryCache's host tier; a replica on the CPU has none: its device tier is host memory).
         max_batch: rows per group (one batched decoder step).
         max_running: rows decoding at once, all groups together.
         max_waiting: jobs admitted but not started yet; `submit` beyond running + waiting raises Overloaded.
@@ -136,6 +139,7 @@ class Batcher:
         *,
         stops: list[int],
         cache_bytes: int = 2 << 30,
+        host_cache_bytes: int = 0,
         max_batch: int = 8,
         max_running: int = 32,
         max_waiting: int = 64,
@@ -146,7 +150,7 @@ class Batcher:
                              f"{max_running}, {max_waiting}")  # fmt: skip
         self.lm, self.store, self.stops = lm, store, set(stops)
         self.fingerprint = lm.fingerprint()
-        self.cache = MemoryCache(cache_bytes)
+        self.cache = MemoryCache(cache_bytes, host_cache_bytes if lm.device.type == "cuda" else 0)
         self.max_batch, self.max_running, self.max_waiting = max_batch, max_running, max_waiting
         self.stats = {"jobs": 0, "groups": 0, "steps": 0, "rows_stepped": 0, "max_group_rows": 0, "errors": 0,
                       "passes": 0, "max_rows_per_pass": 0}  # fmt: skip
@@ -247,7 +251,8 @@ class Batcher:
         doc_ids, b = jobs[0].doc_ids, len(jobs)
         group = None
         try:
-            memory, load_s, hit = self._memory(doc_ids)
+            memory, load_s, tier = self._memory(doc_ids)
+            hit = tier != "store"
             try:
                 stepper = self.lm.decoder(_rows_of(memory, b))
                 prompt = torch.tensor([j.prompt for j in jobs], dtype=torch.long, device=self.lm.device)
@@ -267,7 +272,8 @@ class Batcher:
                 self._end(j, "error", err)
             return
         for j in jobs:
-            j.emit("start", {"cache_hit": hit, "load_s": load_s, "memory_tokens": memory.n_tokens, "batch": b})
+            j.emit("start", {"cache_hit": hit, "cache": tier, "load_s": load_s, "memory_tokens": memory.n_tokens,
+                             "batch": b})  # fmt: skip
         self.stats["groups"] += 1
         self.stats["max_group_rows"] = max(self.stats["max_group_rows"], b)
         self._groups.append(group)
@@ -330,17 +336,19 @@ class Batcher:
         if group in self._groups:
             self._groups.remove(group)
 
-    def _memory(self, doc_ids: tuple[str, ...]) -> tuple[Memory, float, bool]:
-        """(memory of the documents in order, seconds until the store returned, cache hit?)."""
+    def _memory(self, doc_ids: tuple[str, ...]) -> tuple[Memory, float, str]:
+        """(memory of the documents in order, seconds until it was on the device, where it came from:
+        "device" or "host" (the cache's tiers) or "store")."""
+        tier = "host" if self.cache.in_host(doc_ids) else "device"
+        start = time.perf_counter()
         cached = self.cache.get(doc_ids)
         if cached is not None:
-            return cached, 0.0, True
-        start = time.perf_counter()
+            return cached, time.perf_counter() - start if tier == "host" else 0.0, tier
         background = len(doc_ids) == 1  # several documents are loaded, then concatenated
         memory = self.store.get(list(doc_ids), fingerprint=self.fingerprint, device=self.lm.device,
                                 background=background)  # fmt: skip
         self.cache.put(doc_ids, memory)  # still loading if background: its first use waits for it
-        return memory, time.perf_counter() - start, False
+        return memory, time.perf_counter() - start, "store"
 
 
 def _rows_of(memory: Memory, b: int) -> Memory:

@@ -40,6 +40,13 @@ from .pipeline_options import explain_errors, model_options, quiet_transformers,
     help="Answers waiting per replica; beyond running + waiting: 429 with Retry-After.",
 )
 @click.option("--cache-gb", type=float, default=2.0, show_default=True, help="Loaded memories kept per replica (LRU).")
+@click.option(
+    "--host-cache-gb",
+    type=float,
+    default=8.0,
+    show_default=True,
+    help="Memories pushed out of --cache-gb kept in pinned host memory per GPU replica (0: none).",
+)
 @click.option("--max-tokens", type=int, default=64, show_default=True, help="Answer length when a request gives none.")
 @click.option("--max-tokens-limit", type=int, default=1024, show_default=True, help="Longest answer a request may ask.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
@@ -59,8 +66,9 @@ from .pipeline_options import explain_errors, model_options, quiet_transformers,
 @ray_options
 @explain_errors
 def serve(db, model, tokenizer, dtype, host, port, api_key, served_model_name, replicas, gpus_per_replica,
-          cpus_per_replica, max_batch, max_running, max_waiting, cache_gb, max_tokens, max_tokens_limit, device,
-          dry_run, working_dir, address, dashboard_host, dashboard, num_cpus, num_gpus, verbose) -> None:  # fmt: skip
+          cpus_per_replica, max_batch, max_running, max_waiting, cache_gb, host_cache_gb, max_tokens,
+          max_tokens_limit, device, dry_run, working_dir, address, dashboard_host, dashboard, num_cpus, num_gpus,
+          verbose) -> None:  # fmt: skip
     """Serve POST /v1/chat/completions and /v1/completions (OpenAI's API; `documents` or `search` pick
     the snapshots to answer from), GET /v1/models, /v1/documents, /health. Ctrl-C stops."""
     from pipelines.serve_config import ServeConfig, serve_config
@@ -73,7 +81,8 @@ def serve(db, model, tokenizer, dtype, host, port, api_key, served_model_name, r
     config = ServeConfig(model=model, db=db, tokenizer=tokenizer, dtype=dtype, device=device,
                          served_model_name=served_model_name, host=host, port=port, api_key=api_key,
                          max_batch=max_batch, max_running=max_running, max_waiting=max_waiting,
-                         cache_bytes=int(cache_gb * (1 << 30)), max_tokens=max_tokens,
+                         cache_bytes=int(cache_gb * (1 << 30)), host_cache_bytes=int(host_cache_gb * (1 << 30)),
+                         max_tokens=max_tokens,
                          max_tokens_limit=max_tokens_limit, min_replicas=min_replicas,
                          max_replicas=max_replicas, gpus_per_replica=gpus_per_replica,
                          cpus_per_replica=cpus_per_replica)  # fmt: skip

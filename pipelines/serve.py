@@ -186,8 +186,8 @@ class BeaconServer:
         self.store = SnapshotStore(config.db)
         self.stops = stop_ids(self.lm)
         self.batcher = Batcher(self.lm, self.store, stops=self.stops, cache_bytes=config.cache_bytes,
-                               max_batch=config.max_batch, max_running=config.max_running,
-                               max_waiting=config.max_waiting)  # fmt: skip
+                               host_cache_bytes=config.host_cache_bytes, max_batch=config.max_batch,
+                               max_running=config.max_running, max_waiting=config.max_waiting)  # fmt: skip
         self.started = time.time()
         self._metrics()
 
@@ -213,7 +213,8 @@ class BeaconServer:
         b = self.batcher
         return {"status": "ok", "model": self.config.model_name, "replica": self.replica,
                 "running_or_waiting": b.held(), "waiting": b.waiting(), "cached_memories": len(b.cache),
-                "cache_bytes": b.cache.nbytes, "batcher": dict(b.stats), "memory": self._memory(),
+                "cache_bytes": b.cache.nbytes, "host_cached_memories": b.cache.host_count,
+                "host_cache_bytes": b.cache.host_nbytes, "batcher": dict(b.stats), "memory": self._memory(),
                 "uptime_s": round(time.time() - self.started, 3)}  # fmt: skip
 
     def _memory(self) -> dict:
@@ -257,9 +258,9 @@ class BeaconServer:
                 raise _answer_error(first[1], documents)
             events.unget(first)
             ttft = max(0.0, time.time() - arrived)  # another process's clock: never below 0
-            hit = start[1]["cache_hit"]
-            self.m_ttft.observe(ttft, tags={"cache": "hit" if hit else "miss"})
-            self.m_cache.inc(tags={"result": "hit" if hit else "miss"})
+            tier = {"device": "hit", "host": "host", "store": "miss"}[start[1]["cache"]]
+            self.m_ttft.observe(ttft, tags={"cache": tier})
+            self.m_cache.inc(tags={"result": tier})
             self.m_prompt.inc(len(prompt))
         except ApiError as err:
             if job is not None:

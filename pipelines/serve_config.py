@@ -26,7 +26,8 @@ class ServeConfig:
     Model and store: `model`, `tokenizer`, `dtype` (what the snapshots were condensed with), `db`.
     Per replica: `max_batch` rows per batched decoder step, `max_running` answers decoding at once,
     `max_waiting` admitted but not started (beyond both: 429 with Retry-After), `cache_bytes` of
-    loaded memories kept (LRU), `max_tokens` default and `max_tokens_limit` bound of an answer.
+    loaded memories kept on the device (LRU) and `host_cache_bytes` more in pinned host memory (GPU
+    replicas), `max_tokens` default and `max_tokens_limit` bound of an answer.
     Replicas: `min_replicas..max_replicas` (autoscaling on ongoing requests when they differ),
     `gpus_per_replica`, `cpus_per_replica`; `max_queued_requests` waiting for a replica with room
     (in the ingress; also at each proxy) before a 429. HTTP: `host`, `port`; `api_key` (None: no
@@ -47,6 +48,7 @@ class ServeConfig:
     max_running: int = 32
     max_waiting: int = 32
     cache_bytes: int = 2 << 30
+    host_cache_bytes: int = 8 << 30
     max_tokens: int = 64
     max_tokens_limit: int = 1024
     min_replicas: int = 1
@@ -60,8 +62,9 @@ class ServeConfig:
         for name in ("max_batch", "max_running", "max_tokens", "max_tokens_limit", "min_replicas", "port"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_waiting < 0 or self.cache_bytes < 0 or self.gpus_per_replica < 0 or self.cpus_per_replica < 0:
-            raise ValueError("max_waiting, cache_bytes, gpus_per_replica and cpus_per_replica must be >= 0")
+        for name in ("max_waiting", "cache_bytes", "host_cache_bytes", "gpus_per_replica", "cpus_per_replica"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_replicas < self.min_replicas:
             raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
         if self.max_tokens > self.max_tokens_limit:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import beacon
+from beacon import Memory
 from beacon_actors.answerer import Answerer
 from beacon_actors.columns import ANSWERS, DOCUMENTS, TOKENIZED, table
 from beacon_actors.condenser import Condenser
@@ -178,6 +179,49 @@ def test_memory_cache_evicts_least_recently_used(lm):
     assert "b" not in cache and "a" in cache and "c" in cache and cache.nbytes == 2 * size
     MemoryCache(size - 1).put("a", mems["a"])  # too big: not kept, no error
     assert (cache.hits, cache.misses) == (1, 0)
+
+
+def test_memory_cache_moves_what_the_device_tier_pushes_out_to_the_host_tier_and_back(lm):
+    mems = {k: lm.condense(torch.arange(3, 3 + n)) for k, n in (("a", 40), ("b", 40), ("c", 40), ("d", 40))}
+    size = mems["a"].nbytes()
+    cache = MemoryCache(size, host_bytes=2 * size)
+    for key in "abc":
+        cache.put(key, mems[key])
+    assert "c" in cache and cache.in_host("a") and cache.in_host("b") and cache.host_nbytes == 2 * size
+    back = cache.get("a")  # from the host tier, to the device tier; c goes to the host tier
+    assert_same_memory(back, mems["a"])
+    assert "a" in cache and cache.in_host("c") and cache.in_host("b") and not cache.in_host("a")
+    assert (cache.hits, cache.host_hits, cache.misses) == (0, 1, 0)
+    cache.put("d", mems["d"])  # a to the host tier, whose least recent (b) is dropped
+    assert cache.get("b") is None and cache.in_host("a") and cache.in_host("c") and cache.host_count == 2
+    cache.discard("a")
+    assert not cache.in_host("a") and cache.host_nbytes == size
+    only_host = MemoryCache(0, host_bytes=size)  # too big for the device tier: kept in the host tier
+    only_host.put("a", mems["a"])
+    assert len(only_host) == 0 and only_host.in_host("a") and only_host.get("a") is not None
+
+    def failed_load(layer=None):
+        raise ValueError("damaged")
+
+    broken = Memory(mems["b"].keys, mems["b"].values, mems["b"].state, pending=failed_load)
+    cache = MemoryCache(size, host_bytes=size)
+    cache.put("b", broken)
+    cache.put("c", mems["c"])  # pushes b out: its load failed, so it is not kept anywhere
+    assert not cache.in_host("b") and "b" not in cache and "c" in cache
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_memory_cache_host_tier_is_pinned_and_returns_to_the_gpu(lm):
+    gpu = lm.condense(torch.arange(3, 43)).to("cuda")
+    cache = MemoryCache(gpu.nbytes(), host_bytes=gpu.nbytes())
+    cache.put("a", gpu)
+    cache.put("b", lm.condense(torch.arange(5, 45)).to("cuda"))
+    host = cache._host["a"][0]
+    assert host.device.type == "cpu" and all(t.is_pinned() for t in host.keys + host.values)
+    back = cache.get("a")
+    assert back.device.type == "cuda"
+    assert_same_memory(back, gpu)
 
 
 def test_answerer_groups_by_document_and_caches(model, tmp_path):
