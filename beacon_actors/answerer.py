@@ -2,32 +2,32 @@
 
 Input columns: QUESTIONS. Output columns: ANSWERS (one row per input row, in order).
 
-Questions of a batch are grouped by their documents (first-seen order): each group's memory is
-loaded once — from the actor's LRU cache of hot memories on the device, else from the store —
-then every question of the group is answered greedily after it (`generation.greedy_answer`).
-A single document loads in the background (`SnapshotStore.get(..., background=True)`): the first
-question's forward pass reads each layer as soon as it has arrived, so reading the question
-overlaps the load (docs/performance.md §2); a damaged row is raised there and the memory dropped.
-Timings per answer: load_s (until the store returned: planning, and for several documents the
-whole load; 0 on a cache hit), first_token_s (from the start of the load), total_s = load +
-generation.
+Every question of a batch goes to the actor's `Batcher` at once — the continuous-batching loop of
+a `beacon serve` replica (batcher.py) — so questions over one memory share its load (an LRU of hot
+memories on the device, else the store) and their prompt read when their prompts are of one length,
+and every running question's next token comes from one pass through the model, whatever memory it
+reads (decode.step_together). Answers are greedy and exactly what each question gets alone
+(`generation.greedy_answer`; tested). A single document loads in the background
+(`SnapshotStore.get(..., background=True)`): the first read of a question overlaps the load; a
+damaged row is raised there and the memory dropped. Timings per answer, from the moment the batch's
+questions were handed to the batcher: load_s (the memory's load, 0 on a cache hit),
+first_token_s, total_s — so they include the time a question waited for others.
 """
 
 from __future__ import annotations
 
+import queue
 import time
 
 import pyarrow as pa
-import torch
 
 import beacon
-from beacon import Memory
 from snapshots import SnapshotStore
 from snapshots.errors import SnapshotError
 
+from .batcher import Batcher, Job, Sampling
 from .columns import ANSWERS, table
 from .device import resolve_device, worker_name
-from .generation import greedy_answer
 from .memory_cache import MemoryCache
 from .text import decode_answer, load_tokenizer, question_ids, stop_ids
 
@@ -36,7 +36,7 @@ OUTPUT_COLUMNS = ("answer", "n_prompt_tokens", "n_new_tokens", "load_s", "first_
 
 
 class Answerer:
-    """Load the model, tokenizer and store once; then answer each batch of questions.
+    """Load the model, tokenizer and store once, start a Batcher; then answer each batch of questions.
 
     Args:
         model: the beacon checkpoint the snapshots were condensed with (same dtype too).
@@ -45,6 +45,8 @@ class Answerer:
         dtype, device: as for the Condenser (the fingerprint must match the stored one).
         max_new_tokens: longest answer, in tokens.
         cache_bytes: device bytes of loaded memories kept for the next questions (LRU).
+        max_batch: questions of one memory and prompt length read as one batch.
+        max_running: questions decoding at once (the rest of a batch waits for room).
     """
 
     def __init__(
@@ -57,6 +59,8 @@ class Answerer:
         device: str = "auto",
         max_new_tokens: int = 64,
         cache_bytes: int = 2 << 30,
+        max_batch: int = 8,
+        max_running: int = 64,
     ):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -65,69 +69,75 @@ class Answerer:
             self.lm.tokenizer = load_tokenizer(str(tokenizer))
         if self.lm.tokenizer is None:
             raise ValueError(f"model {model!r} has no tokenizer files: give the tokenizer folder (--tokenizer)")
-        self.fingerprint = self.lm.fingerprint()
         self.store = SnapshotStore(db)
-        self.cache = MemoryCache(cache_bytes)
         self.max_new_tokens = max_new_tokens
         self.stops = stop_ids(self.lm)
         self.worker = worker_name()
+        # a batch waits whole in the batcher: no bound on waiting questions beyond the batch itself
+        self.batcher = Batcher(self.lm, self.store, stops=self.stops, cache_bytes=cache_bytes, max_batch=max_batch,
+                               max_running=max_running, max_waiting=1 << 30)  # fmt: skip
+
+    @property
+    def cache(self) -> MemoryCache:
+        """The batcher's LRU of loaded memories."""
+        return self.batcher.cache
+
+    def __del__(self):
+        batcher = getattr(self, "batcher", None)
+        if batcher is not None:
+            batcher.close()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        groups: dict[tuple[str, ...], list[int]] = {}
-        for i, row in enumerate(rows):
-            groups.setdefault(tuple(row["doc_ids"] or ()), []).append(i)
-        results: list[dict | None] = [None] * len(rows)
-        for doc_ids, members in groups.items():
-            for i in members:
-                results[i] = self.answer(rows[i], doc_ids)
-        return table(results, ANSWERS)
+        return table(self.answer_all(batch.to_pylist()), ANSWERS)
 
-    def answer(self, row: dict, doc_ids: tuple[str, ...] | None = None) -> dict:
+    def answer(self, row: dict) -> dict:
         """Answer one question row (QUESTIONS columns); failures come back in the row's `error`."""
-        doc_ids = tuple(row.get("doc_ids") or ()) if doc_ids is None else doc_ids
-        out = {**row, "doc_ids": list(doc_ids), "n_prompt_tokens": 0, "n_new_tokens": 0, "n_memory_tokens": 0}
-        out.update(load_s=0.0, first_token_s=None, total_s=0.0, cache_hit=False, worker=self.worker)
-        if row.get("error"):
-            return out
-        if not doc_ids:
-            return {**out, "error": "no documents to read: give doc_ids"}
-        prompt = question_ids(self.lm.tokenizer, row["question"])
-        try:
-            memory, load_s, hit = self._memory(doc_ids)
-            try:
-                gen = greedy_answer(self.lm, prompt, memory, max_new_tokens=self.max_new_tokens, stops=self.stops)
-                memory.ready()  # a background load has finished by now: mark it so (raises what it raised)
-            except BaseException:
-                if not hit:  # loaded for this question and failed on first use (its loader's error
-                    self.cache.discard(doc_ids)  # would come back on every later use): not kept
-                raise
-        except SnapshotError as err:  # not found, wrong model, or rows that fail their checks
-            return {**out, "error": f"{type(err).__name__}: {err}"}
-        return {
-            **out,
-            "answer": decode_answer(self.lm.tokenizer, gen.token_ids, self.stops),
-            "n_prompt_tokens": len(prompt),
-            "n_new_tokens": len(gen.token_ids),
-            "n_memory_tokens": memory.n_tokens,
-            "load_s": load_s,
-            "first_token_s": None if gen.first_token_s is None else load_s + gen.first_token_s,
-            "total_s": load_s + gen.seconds,
-            "cache_hit": hit,
-        }
+        return self.answer_all([row])[0]
 
-    def _memory(self, doc_ids: tuple[str, ...]) -> tuple[Memory, float, bool]:
-        """(memory of the documents in order, seconds spent loading, cache hit?)."""
-        cached = self.cache.get(doc_ids)
-        if cached is not None:
-            return cached, 0.0, True
-        start = time.perf_counter()
-        background = len(doc_ids) == 1  # several documents are loaded, then concatenated
-        memory = self.store.get(
-            list(doc_ids), fingerprint=self.fingerprint, device=self.lm.device, background=background
-        )
-        if memory.keys[0].is_cuda and not background:
-            torch.cuda.synchronize(memory.keys[0].device)
-        load_s = time.perf_counter() - start
-        self.cache.put(doc_ids, memory)  # still loading if background: its first use waits for it
-        return memory, load_s, False
+    def answer_all(self, rows: list[dict]) -> list[dict]:
+        """Answer question rows (QUESTIONS columns) together, results in order. A snapshot that fails
+        its checks, a missing document, or a question the model cannot take (ValueError, e.g. over
+        its positions) is that row's `error`; anything else (out of device memory) is raised after
+        every question has ended, so Ray retries the batch."""
+        outs, events = [], queue.Queue()
+        started = time.perf_counter()
+        pending = 0
+        for k, row in enumerate(rows):
+            doc_ids = tuple(row.get("doc_ids") or ())
+            out = {**row, "doc_ids": list(doc_ids), "n_prompt_tokens": 0, "n_new_tokens": 0, "n_memory_tokens": 0}
+            out.update(load_s=0.0, first_token_s=None, total_s=0.0, cache_hit=False, worker=self.worker)
+            outs.append(out)
+            if row.get("error"):
+                continue
+            if not doc_ids:
+                out["error"] = "no documents to read: give doc_ids"
+                continue
+            prompt = question_ids(self.lm.tokenizer, row["question"])
+            out["n_prompt_tokens"], out["tokens"] = len(prompt), []
+            emit = lambda kind, value, k=k: events.put((k, kind, value, time.perf_counter()))  # noqa: E731
+            self.batcher.submit(Job(doc_ids, prompt, Sampling(max_tokens=self.max_new_tokens), emit))
+            pending += 1
+        raised = None
+        while pending:
+            k, kind, value, at = events.get()
+            out = outs[k]
+            if kind == "start":
+                out.update(load_s=value["load_s"], cache_hit=value["cache_hit"], n_memory_tokens=value["memory_tokens"])
+            elif kind == "token":
+                if not out["tokens"]:
+                    out["first_token_s"] = at - started
+                out["tokens"].append(value)
+            else:  # "end" or "error": the job's last event
+                pending -= 1
+                out["total_s"] = at - started
+                if kind == "error":
+                    if not isinstance(value, SnapshotError | ValueError):
+                        raised = raised or value
+                    out["error"] = f"{type(value).__name__}: {value}"
+        if raised is not None:
+            raise raised
+        for out in outs:
+            tokens = out.pop("tokens", None)
+            if tokens is not None and out.get("error") is None:
+                out.update(answer=decode_answer(self.lm.tokenizer, tokens, self.stops), n_new_tokens=len(tokens))
+        return outs
