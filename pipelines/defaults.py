@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DEFAULT_MODEL = "models/beacon-tiny-code"  # the small trained model the repo ships (issue 5)
+DEFAULT_MODEL = "models/beacon-tiny-code"  # the small trained model the repo ships
 DEFAULT_DB = "beacon_db"  # a local folder (ignored by git)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
