@@ -1,17 +1,17 @@
 """Answering many requests over different memories at once: aggregate decode tokens/s of G decoders
-(one memory each, batch 1, as G requests over G documents) stepped one after another ("apart", what
-a replica did per group) vs. in one pass (decode.step_together, what `beacon serve` does).
+(one memory each, --rows requests each, as G groups of a `beacon serve` replica) stepped one after
+another ("apart": one pass per group) vs. in one pass (decode.step_together, what a replica does).
 
-    python -m bench.decode_together --shape qwen2-7b --length 32768 --groups 1,4,16,64 \\
-        --out docs/results/decode_together_7b.json
+    python -m bench.decode_together --shape qwen2-7b --length 32768 --groups 1,4,16 --rows 1,4 \\
+        --out docs/results/decode_together_7b.json        # 16 x 4 = 64 requests over 16 memories
     python -m bench.decode_together --shape qwen2-0.5b --device cpu --dtype fp32 --length 2048 --groups 1,2,4,8 \\
         --new 16 --out docs/results/decode_together_cpu.json
 
 Random weights (bench.shapes, beacons as the official Qwen-2 checkpoint), G documents of --length
 random tokens condensed at --ratio, a 32-token question read by each decoder, then --new tokens per
-decoder, greedy. For each way and G: the first step (cold: on a GPU, "apart" captures its CUDA
-graphs there) and the median step after it (warm; a step = one token for every decoder), aggregate
-tokens/s = G / warm step. Decoders in "auto" mode (CUDA graphs on a GPU, each decoder alone).
+decoder, greedy. For each way, G and rows: the first step (cold: on a GPU, "apart" captures its
+CUDA graphs there) and the median step after it (warm; a step = one token for every row), aggregate
+tokens/s = G x rows / warm step. Decoders in "auto" mode (CUDA graphs on a GPU, each decoder alone).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from beacon import Memory
 from beacon.decode import step_together
 
 from .shapes import environment, official_qwen2_lm, random_model, save_json
@@ -33,11 +34,19 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def steps(lm, memories, question: torch.Tensor, new: int, together: bool, device: str) -> list[float]:
-    """Seconds of each of `new` steps of one decoder per memory, after each read `question`."""
-    decs = [lm.decoder(m.share()) for m in memories]
+def rows_of(memory, b: int):
+    """`memory` read as b identical rows (expanded views), as a replica's group of b requests reads it."""
+    if b == 1:
+        return memory.share()
+    grow = lambda ts: None if ts is None else [None if t is None else t.expand(b, *t.shape[1:]) for t in ts]  # noqa: E731
+    return Memory(grow(memory.keys), grow(memory.values), memory.state, grow(memory.rot_keys))
+
+
+def steps(lm, memories, rows: int, question: torch.Tensor, new: int, together: bool, device: str) -> list[float]:
+    """Seconds of each of `new` steps of one decoder per memory (`rows` rows each), after each read `question`."""
+    decs = [lm.decoder(rows_of(m, rows)) for m in memories]
     try:
-        last = [d.read(question).argmax(-1, keepdim=True) for d in decs]
+        last = [d.read(question.expand(rows, -1)).argmax(-1, keepdim=True) for d in decs]
         times = []
         for _ in range(new):
             _sync(device)
@@ -62,7 +71,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="qwen2-7b")
     p.add_argument("--length", type=int, default=32768, help="tokens of each document")
-    p.add_argument("--groups", default="1,4,16,64", help="decoders (documents) stepped at once")
+    p.add_argument("--groups", default="1,4,16", help="decoders (documents) stepped at once")
+    p.add_argument("--rows", default="1", help="requests per decoder (rows reading one memory)")
     p.add_argument("--ratio", type=int, default=8)
     p.add_argument("--window", type=int, default=2048)
     p.add_argument("--new", type=int, default=48, help="tokens per decoder")
@@ -82,16 +92,17 @@ def main() -> None:
     memories = []
     for _ in range(max(groups)):
         memories.append(lm.condense(torch.randint(0, vocab, (1, args.length), generator=gen).to(args.device)))
-    for g in groups:
-        for together in (False, True):
-            times = steps(lm, memories[:g], question, args.new, together, args.device)
-            warm = statistics.median(times[1:])
-            run = {"shape": args.shape, "length": args.length, "groups": g, "way": "together" if together else "apart",
-                   "first_step_s": times[0], "warm_step_s": warm, "tok_s": g / warm,
-                   "memory_entries": memories[0].state.size}  # fmt: skip
-            result["runs"].append(run)
-            print(run, flush=True)
-            save_json(result, args.out)
+    for rows in [int(r) for r in args.rows.split(",")]:
+        for g in groups:
+            for together in (False, True):
+                times = steps(lm, memories[:g], rows, question, args.new, together, args.device)
+                warm = statistics.median(times[1:])
+                run = {"shape": args.shape, "length": args.length, "groups": g, "rows": rows,
+                       "way": "together" if together else "apart", "first_step_s": times[0], "warm_step_s": warm,
+                       "tok_s": g * rows / warm, "memory_entries": memories[0].state.size}  # fmt: skip
+                result["runs"].append(run)
+                print(run, flush=True)
+                save_json(result, args.out)
 
 
 if __name__ == "__main__":
