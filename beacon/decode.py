@@ -144,6 +144,8 @@ class StaticDecoder:
         only: no gradients. Ids on the host are range-checked; ids on the device are taken as the
         model's own picks (checking them would cost a device sync per token)."""
         self._check_open()
+        if tokens.shape != (self._memory.batch_size, 1):
+            raise ValueError(f"tokens must be (batch {self._memory.batch_size}, 1), got {tuple(tokens.shape)}")
         if self.eager:
             return self._general(tokens)
         if tokens.device.type == "cpu":
@@ -503,6 +505,10 @@ def step_together(decoders: list[StaticDecoder], tokens: list[torch.Tensor]) -> 
     (up to float rounding, ~1e-6 in float32), or the exception its step raised: one decoder's
     failure is its own, except inside the shared pass, whose failure closes every decoder in it.
     No CUDA graphs here (the set of decoders changes between steps); each decoder alone still uses them."""
+    if len({id(d) for d in decoders}) != len(decoders):
+        raise ValueError("a decoder appears twice: step each once per call")
+    if any(d.lm is not decoders[0].lm for d in decoders):
+        raise ValueError("decoders stepped together must share one model")
     results: list[torch.Tensor | Exception | None] = [None] * len(decoders)
     together: list[tuple[int, StaticDecoder, Shape]] = []
     for k, (dec, tok) in enumerate(zip(decoders, tokens, strict=True)):
@@ -522,6 +528,11 @@ def step_together(decoders: list[StaticDecoder], tokens: list[torch.Tensor]) -> 
                 together.append((k, dec, shape))
         except Exception as err:
             results[k] = err
+        except BaseException:  # interrupted: the staged ones never ran their step, so they cannot go on
+            for _, staged, _ in together:
+                staged._buf = None
+                staged.close()
+            raise
     if len(together) == 1:  # nothing to share: its own step (CUDA graphs where it has them)
         k, dec, shape = together[0]
         try:
@@ -539,8 +550,6 @@ def _execute_together(staged: list[tuple[StaticDecoder, Shape]]) -> list[torch.T
     decs = [d for d, _ in staged]
     lm = decs[0].lm
     try:
-        if any(d.lm is not lm for d in decs):
-            raise ValueError("decoders stepped together must share one model")
         bufs = [d._buf for d in decs]
         rows = [d._buf.rows[shape] for d, shape in staged]
         split = step_rows_split(rows)
@@ -548,13 +557,15 @@ def _execute_together(staged: list[tuple[StaticDecoder, Shape]]) -> list[torch.T
         x = embed(lm.parts, lm.beacon.embed, tokens, sum(b * nb for _, _, b, nb in split))
         ropes = [(buf.cos[r.pos][None, None], buf.sin[r.pos][None, None]) for buf, r in zip(bufs, rows, strict=True)]
         for i in range(len(lm.parts.layers)):
-            x = step_layer_together(lm.parts, i, lm.beacon.layers[i], x, ropes, bufs, rows)
+            x = step_layer_together(lm.parts, i, lm.beacon.layers[i], x, ropes, bufs, rows, split)
         logits = head(lm.parts, x[:, : tokens.shape[1]])[0]  # (R, vocab)
         out = [logits[raw : raw + b] for raw, _, b, _ in split]
-    except Exception as err:  # the buffers may hold part of the step: dropped, as _execute drops them
+    except BaseException as err:  # the buffers may hold part of the step: dropped, as _execute drops them
         for d in decs:
             d._buf = None
             d.close()
+        if not isinstance(err, Exception):
+            raise
         return [err] * len(decs)
     for d in decs:
         d.stats["static_steps"] += 1

@@ -146,8 +146,8 @@ def load(
         )
     model.to(device)
     lm = from_hf(model, cfg, stored=_read_beacon_weights(folder), name=str(name_or_path))
-    source = tokenizer_folder(folder)  # a compact folder's tokenizer is its base's
-    if tokenizer and _has_tokenizer(source):
+    source = tokenizer_folder(folder) if tokenizer else None  # a compact folder's tokenizer is its base's
+    if source is not None and _has_tokenizer(source):
         lm.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     return lm
 

@@ -146,6 +146,9 @@ def unpack_deltas(stored: dict[str, torch.Tensor], model: nn.Module) -> dict[str
             delta = stored[key].float() * scale.reshape(-1, 1)
         else:
             q = stored[key]
+            if q.dim() != 2 or 2 * q.shape[1] != base.shape[1] or scale.shape != (q.shape[0], base.shape[1] // GROUP):
+                raise ValueError(f"{key}: int4 delta {tuple(q.shape)} / scale {tuple(scale.shape)} do not fit the"
+                                 f" base projection {tuple(base.shape)}")  # fmt: skip
             values = torch.stack([q & 15, q >> 4], dim=-1).reshape(q.shape[0], -1).float() - 8
             delta = (values.reshape(q.shape[0], -1, GROUP) * scale[..., None]).reshape(q.shape[0], -1)
         if delta.shape != base.shape:

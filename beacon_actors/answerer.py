@@ -6,8 +6,9 @@ Every question of a batch goes to the actor's `Batcher` at once — the continuo
 a `beacon serve` replica (batcher.py) — so questions over one memory share its load (an LRU of hot
 memories on the device, else the store) and their prompt read when their prompts are of one length,
 and every running question's next token comes from one pass through the model, whatever memory it
-reads (decode.step_together). Answers are greedy and exactly what each question gets alone
-(`generation.greedy_answer`; tested). A single document loads in the background
+reads (decode.step_together). Answers are greedy and what each question gets alone
+(`generation.greedy_answer`; token for token in the tests, on CPU in float32: on a GPU in bf16 a
+product over more rows may round differently and flip a near tie). A single document loads in the background
 (`SnapshotStore.get(..., background=True)`): the first read of a question overlaps the load; a
 damaged row is raised there and the memory dropped. Timings per answer, from the moment the batch's
 questions were handed to the batcher: load_s (the memory's load, 0 on a cache hit),
@@ -99,10 +100,8 @@ class Answerer:
         its checks, a missing document, or a question the model cannot take (ValueError, e.g. over
         its positions) is that row's `error`; anything else (out of device memory) is raised after
         every question has ended, so Ray retries the batch."""
-        outs, events = [], queue.Queue()
-        started = time.perf_counter()
-        pending = 0
-        for k, row in enumerate(rows):
+        outs, jobs, events = [], [], queue.Queue()
+        for k, row in enumerate(rows):  # every prompt first: a row that cannot be encoded submits nothing
             doc_ids = tuple(row.get("doc_ids") or ())
             out = {**row, "doc_ids": list(doc_ids), "n_prompt_tokens": 0, "n_new_tokens": 0, "n_memory_tokens": 0}
             out.update(load_s=0.0, first_token_s=None, total_s=0.0, cache_hit=False, worker=self.worker)
@@ -115,11 +114,18 @@ class Answerer:
             prompt = question_ids(self.lm.tokenizer, row["question"])
             out["n_prompt_tokens"], out["tokens"] = len(prompt), []
             emit = lambda kind, value, k=k: events.put((k, kind, value, time.perf_counter()))  # noqa: E731
-            self.batcher.submit(Job(doc_ids, prompt, Sampling(max_tokens=self.max_new_tokens), emit))
-            pending += 1
-        raised = None
+            jobs.append(Job(doc_ids, prompt, Sampling(max_tokens=self.max_new_tokens), emit))
+        started = time.perf_counter()
+        for job in jobs:
+            self.batcher.submit(job)
+        pending, raised = len(jobs), None
         while pending:
-            k, kind, value, at = events.get()
+            try:
+                k, kind, value, at = events.get(timeout=5.0)
+            except queue.Empty:  # its loop ends every job before it stops: a dead one with jobs left is a bug
+                if not self.batcher.alive:
+                    raise RuntimeError("the answering loop stopped with questions unanswered") from None
+                continue
             out = outs[k]
             if kind == "start":
                 out.update(load_s=value["load_s"], cache_hit=value["cache_hit"], n_memory_tokens=value["memory_tokens"])
@@ -134,6 +140,9 @@ class Answerer:
                     if not isinstance(value, SnapshotError | ValueError):
                         raised = raised or value
                     out["error"] = f"{type(value).__name__}: {value}"
+                elif value == "cancelled":  # the batcher closed under it: no whole answer
+                    raised = raised or RuntimeError("the answering loop was closed with questions unanswered")
+                    out["error"] = "cancelled: the answering loop was closed"
         if raised is not None:
             raise raised
         for out in outs:

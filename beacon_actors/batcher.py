@@ -182,6 +182,11 @@ class Batcher:
             self.stats["jobs"] += 1
             self._cv.notify()
 
+    @property
+    def alive(self) -> bool:
+        """Whether the scheduler thread runs (it stops on close() or on an error outside any group)."""
+        return self._thread.is_alive()
+
     def held(self) -> int:
         """Jobs running or waiting (any thread): ended and cancelled ones not counted, so a client that
         goes away frees its slot at once."""
@@ -211,24 +216,32 @@ class Batcher:
 
     # ---- the loop ------------------------------------------------------------------------------
     def _loop(self) -> None:
-        while True:
+        ending: tuple[str, object] = ("end", "cancelled")
+        try:
+            while True:
+                with self._cv:
+                    while not self._stop and not self._waiting and not self._groups:
+                        self._cv.wait()
+                    if self._stop:
+                        break
+                    new = self._take()
+                for group_jobs in new:
+                    self._start(group_jobs)
+                self._step_all()
+        except BaseException as err:  # a bug or a device fault outside any one group: every job hears of it
+            ending = ("error", err)
             with self._cv:
-                while not self._stop and not self._waiting and not self._groups:
-                    self._cv.wait()
-                if self._stop:
-                    break
-                new = self._take()
-            for group_jobs in new:
-                self._start(group_jobs)
-            self._step_all()
+                self._stop = True
         for group in self._groups:
             for row in group.rows:
                 if row.live:
-                    self._end(row.job, "end", "cancelled")
+                    self._end(row.job, *ending)
             group.close()
         self._groups.clear()
-        for job in self._waiting:
-            self._end(job, "end", "cancelled")
+        with self._cv:
+            waiting, self._waiting = list(self._waiting), deque()
+        for job in waiting:
+            self._end(job, *ending)
 
     def _take(self) -> list[list[Job]]:
         """Waiting jobs that fit under max_running, grouped by (documents, prompt length)."""
@@ -343,7 +356,11 @@ class Batcher:
         start = time.perf_counter()
         cached = self.cache.get(doc_ids)
         if cached is not None:
-            return cached, time.perf_counter() - start if tier == "host" else 0.0, tier
+            if tier == "device":
+                return cached, 0.0, tier
+            if cached.device.type == "cuda":
+                torch.cuda.synchronize(cached.device)  # the copy back from pinned memory, timed whole
+            return cached, time.perf_counter() - start, tier
         background = len(doc_ids) == 1  # several documents are loaded, then concatenated
         memory = self.store.get(list(doc_ids), fingerprint=self.fingerprint, device=self.lm.device,
                                 background=background)  # fmt: skip

@@ -14,8 +14,10 @@ class MemoryCache:
     """Keep the most recently used memories on their device up to `capacity_bytes` (Memory.nbytes())
     in total; those pushed out (or too big for the device tier) move to host memory up to
     `host_bytes` — pinned when they come from a CUDA device, so the way back is one fast copy — and
-    come back to their device on their next `get`. host_bytes=0: no host tier. capacity_bytes=0 and
-    host_bytes=0 disable the cache. A memory of a CPU device is kept in the host tier as it is (no copy).
+    come back to their device on their next `get` (one too big for the device tier is copied back on
+    each use and stays in the host tier). host_bytes=0: no host tier; capacity_bytes=0 and
+    host_bytes=0 disable the cache. A memory of a CPU device is kept in the host tier as it is (no
+    copy). Host bytes are counted as pinned blocks hold them (rounded up to a power of two).
     """
 
     def __init__(self, capacity_bytes: int, host_bytes: int = 0):
@@ -54,15 +56,17 @@ class MemoryCache:
             self._items.move_to_end(key)
             self.hits += 1
             return item[0]
-        held = self._host.pop(key, None)
+        held = self._host.get(key)
         if held is None:
             self.misses += 1
             return None
-        host, size, device = held
-        self.host_nbytes -= size
+        host, _, device = held
         self.host_hits += 1
         memory = host.to(device, non_blocking=True)  # from pinned memory: asynchronous, ordered before any use
-        self.put(key, memory)
+        if memory.nbytes() > self.capacity_bytes:  # never fits the device tier: its host copy stays
+            self._host.move_to_end(key)
+        else:
+            self.put(key, memory)
         return memory
 
     def discard(self, key: Hashable) -> None:
@@ -89,27 +93,36 @@ class MemoryCache:
         self.nbytes += size
 
     def _to_host(self, key: Hashable, memory: Memory, size: int) -> None:
-        """Keep `memory` in the host tier if it fits there (evicting the least recently used), else drop it."""
-        if size > self.host_bytes:
+        """Keep `memory` in the host tier if it fits there (evicting the least recently used), else
+        drop it. A memory still loading is dropped too (waiting for it would stall the caller; its
+        next use loads it again), as is one from CUDA whose pinned block would not fit."""
+        if memory.pending is not None:
             return
-        try:
-            memory.ready()  # one still loading is waited for; one whose load failed is not kept
-        except Exception:  # noqa: BLE001 — its user has seen the error; the cache just forgets it
+        held = size if memory.device.type == "cpu" else _pinned_block(size)
+        if held > self.host_bytes:
             return
-        while self.host_nbytes + size > self.host_bytes:
-            _, (_, old_size, _) = self._host.popitem(last=False)
-            self.host_nbytes -= old_size
-        self._host[key] = (_host_copy(memory), size, memory.device)
-        self.host_nbytes += size
+        while self.host_nbytes + held > self.host_bytes:
+            _, (_, old_held, _) = self._host.popitem(last=False)
+            self.host_nbytes -= old_held
+        self._host[key] = (_host_copy(memory, size), held, memory.device)
+        self.host_nbytes += held
 
 
-def _host_copy(memory: Memory) -> Memory:
-    """`memory` in host memory: pinned copies of a CUDA memory's keys and values (the RoPE cache is
-    derived and dropped), a CPU memory as it is."""
+def _pinned_block(n: int) -> int:
+    """Bytes a pinned block of n bytes holds: PyTorch's host allocator rounds a block up to a power of two."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _host_copy(memory: Memory, size: int) -> Memory:
+    """`memory` in host memory: a CUDA memory's keys and values copied into one pinned block (one
+    allocation, views into it; the RoPE cache is derived and dropped), a CPU memory as it is."""
     if memory.device.type == "cpu":
         return memory
-
-    def pinned(t: torch.Tensor) -> torch.Tensor:
-        return torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t)
-
-    return Memory([pinned(k) for k in memory.keys], [pinned(v) for v in memory.values], memory.state)
+    block = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+    at, views = 0, []
+    for t in memory.keys + memory.values:
+        n = t.numel() * t.element_size()
+        views.append(block[at : at + n].view(t.dtype).view(t.shape).copy_(t))
+        at += n
+    n_layers = len(memory.keys)
+    return Memory(views[:n_layers], views[n_layers:], memory.state)

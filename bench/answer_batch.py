@@ -1,7 +1,8 @@
 """Batch QA throughput of one Answerer — the actor `beacon qa` runs — outside Ray: a questions file
 repeated to N questions, sorted by documents as `beacon qa` sorts them, answered in batches of
---batch-size (the qa default, 16); questions/s and answer tokens/s, the first batch (cold: memories
-loaded from the store) apart from the rest (warm).
+--batch-size (the qa default, 16); questions/s and answer tokens/s of a first pass (cold: each
+memory loaded from the store at its first question) and of a second pass over the same questions
+(warm: memories from the actor's LRU).
 
     python -m bench.answer_batch --db beacon_db --questions data/sample/questions.jsonl --repeat 170 \\
         --out docs/results/answer_batch_cpu.json
@@ -39,22 +40,23 @@ def main() -> None:
     rows = [dict(r, index=k * len(base) + r["index"]) for k in range(args.repeat) for r in base]
     rows.sort(key=lambda r: (tuple(r["doc_ids"] or ()), r["index"]))
     answerer = Answerer(resolve_model(args.model), args.db, max_new_tokens=args.max_new_tokens, device=args.device)
-    times, tokens, failed = [], 0, 0
-    start = time.perf_counter()
-    for at in range(0, len(rows), args.batch_size):
-        t0 = time.perf_counter()
-        out = answerer(questions_table(rows[at : at + args.batch_size])).to_pylist()
-        times.append(time.perf_counter() - t0)
-        tokens += sum(r["n_new_tokens"] for r in out)
-        failed += sum(r["error"] is not None for r in out)
-    total = time.perf_counter() - start
-    warm = sum(times[1:])
+
+    def one_pass() -> dict:
+        tokens, failed, start = 0, 0, time.perf_counter()
+        for at in range(0, len(rows), args.batch_size):
+            out = answerer(questions_table(rows[at : at + args.batch_size])).to_pylist()
+            tokens += sum(r["n_new_tokens"] for r in out)
+            failed += sum(r["error"] is not None for r in out)
+        seconds = time.perf_counter() - start
+        return {"seconds": seconds, "questions_per_s": len(rows) / seconds, "answer_tokens": tokens,
+                "answer_tok_s": tokens / seconds, "failed": failed}  # fmt: skip
+
+    cold = one_pass()  # every memory loaded from the store on its first question
+    warm = one_pass()  # the same questions again: memories from the actor's LRU
     result = {
         "command": " ".join(["python -m bench.answer_batch"] + sys.argv[1:]), "env": environment(),
-        "answerer": answerer_module.__file__, "questions": len(rows), "failed": failed, "answer_tokens": tokens,
-        "batch_size": args.batch_size, "seconds": total, "questions_per_s": len(rows) / total,
-        "answer_tok_s": tokens / total, "first_batch_s": times[0],
-        "warm_questions_per_s": (len(rows) - args.batch_size) / warm if warm else None,
+        "answerer": answerer_module.__file__, "questions": len(rows), "batch_size": args.batch_size,
+        "cold": cold, "warm": warm,
     }  # fmt: skip
     print(result, flush=True)
     save_json(result, args.out)

@@ -80,6 +80,8 @@ def main() -> None:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--out", default="docs/results/decode_together.json")
     args = p.parse_args()
+    if args.new < 2:
+        p.error("--new must be >= 2: the first step is reported apart from the warm ones")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     groups = [int(g) for g in args.groups.split(",")]
     result = {"command": " ".join(["python -m bench.decode_together"] + sys.argv[1:]), "env": environment(),

@@ -207,6 +207,11 @@ class BeaconServer:
         if batcher is not None:
             batcher.close()
 
+    def check_health(self) -> None:
+        """Ray Serve's periodic replica check: a replica whose batcher stopped is replaced."""
+        if not self.batcher.alive:
+            raise RuntimeError("this replica's batcher has stopped (see its log): it answers nothing")
+
     async def health(self, *, skip_replicas: Sequence[str] = ()) -> dict:
         """This replica's state. `skip_replicas` is read by the router, not here
         (serve_router.SKIP_KWARG: /health?replicas=all asks every replica in turn)."""

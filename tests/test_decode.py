@@ -304,3 +304,12 @@ def test_a_decoder_that_fails_alone_fails_alone():
     torch.testing.assert_close(got[0], refs[0].step(torch.tensor([[5]]).to(lm.device)), atol=ATOL, rtol=0)
     got = step_together(decs[:2], [torch.tensor([[6]]), torch.tensor([[6]])])  # the refused token was not read
     torch.testing.assert_close(got[1], refs[1].step(torch.tensor([[6]]).to(lm.device)), atol=ATOL, rtol=0)
+
+
+def test_steps_together_refuse_a_decoder_given_twice():
+    lm = load_tiny(CONFIGS[4][0], **_roomy(CONFIGS[4][1]))
+    dec = StaticDecoder(lm, lm.condense(tokens(20, seed=1)), graphs=GRAPHS)
+    with pytest.raises(ValueError, match="appears twice"):
+        step_together([dec, dec], [torch.tensor([[5]]), torch.tensor([[6]])])
+    with pytest.raises(ValueError, match=r"tokens must be \(batch 1, 1\)"):
+        dec.step(torch.tensor([[5, 6]]))

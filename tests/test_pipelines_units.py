@@ -199,6 +199,7 @@ def test_memory_cache_moves_what_the_device_tier_pushes_out_to_the_host_tier_and
     only_host = MemoryCache(0, host_bytes=size)  # too big for the device tier: kept in the host tier
     only_host.put("a", mems["a"])
     assert len(only_host) == 0 and only_host.in_host("a") and only_host.get("a") is not None
+    assert only_host.in_host("a") and only_host.get("a") is not None and only_host.host_hits == 2  # stays there
 
     def failed_load(layer=None):
         raise ValueError("damaged")
@@ -206,7 +207,7 @@ def test_memory_cache_moves_what_the_device_tier_pushes_out_to_the_host_tier_and
     broken = Memory(mems["b"].keys, mems["b"].values, mems["b"].state, pending=failed_load)
     cache = MemoryCache(size, host_bytes=size)
     cache.put("b", broken)
-    cache.put("c", mems["c"])  # pushes b out: its load failed, so it is not kept anywhere
+    cache.put("c", mems["c"])  # pushes b out: still loading (here: to fail), so it is not kept anywhere
     assert not cache.in_host("b") and "b" not in cache and "c" in cache
 
 
@@ -294,6 +295,17 @@ def test_a_load_failing_otherwise_is_not_cached_either(model, tmp_path, monkeypa
     assert ("x",) not in answerer.cache
     again = answerer.answer(to_question({"question": "a?", "doc_ids": ["x"]}, 1))
     assert again.get("error") is None and not again["cache_hit"] and ("x",) in answerer.cache
+
+
+def test_an_answerer_whose_loop_fails_raises_instead_of_waiting(model, tmp_path, monkeypatch):
+    rows = tokenize_documents(documents({"x": "text " * 30}), tokenizer=str(model))
+    Condenser(str(model), str(tmp_path / "db"))(rows)
+    answerer = Answerer(str(model), str(tmp_path / "db"), max_new_tokens=3)
+    monkeypatch.setattr(answerer.batcher, "_step_all", lambda: (_ for _ in ()).throw(RuntimeError("fault (injected)")))
+    with pytest.raises(RuntimeError, match="injected"):  # so Ray retries the batch on a fresh actor
+        answerer.answer(to_question({"question": "a?", "doc_ids": ["x"]}, 0))
+    answerer.batcher._thread.join(timeout=30)  # it ends every job, then stops
+    assert not answerer.batcher.alive
 
 
 def test_search_table_full_text_and_vectors(tmp_path):

@@ -143,6 +143,23 @@ def test_groups_over_different_documents_step_together_and_answer_as_each_alone(
         batcher.close()
 
 
+def test_a_batcher_loop_that_fails_ends_every_job_with_its_error(setup, monkeypatch):
+    _, db, lm = setup
+    batcher = Batcher(lm, SnapshotStore(db), stops=[], start=False)
+    monkeypatch.setattr(batcher, "_step_all", lambda: (_ for _ in ()).throw(RuntimeError("device fault (injected)")))
+    events = [queue.Queue() for _ in range(2)]
+    for e in events:
+        batcher.submit(Job(("alpha.md",), [5, 6], Sampling(max_tokens=8), lambda k, v, e=e: e.put((k, v))))
+    batcher.start()
+    for e in events:
+        with pytest.raises(RuntimeError, match="device fault"):
+            _collect(e)
+    batcher._thread.join(timeout=30)
+    assert not batcher.alive and batcher.held() == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(Job(("alpha.md",), [5], Sampling(), lambda k, v: None))
+
+
 def test_batcher_bounds_and_cancel(setup):
     _, db, lm = setup
     batcher = Batcher(lm, SnapshotStore(db), stops=[], max_batch=2, max_running=1, max_waiting=1, start=False)
