@@ -116,8 +116,7 @@ class Answerer:
             emit = lambda kind, value, k=k: events.put((k, kind, value, time.perf_counter()))  # noqa: E731
             jobs.append(Job(doc_ids, prompt, Sampling(max_tokens=self.max_new_tokens), emit))
         started = time.perf_counter()
-        for job in jobs:
-            self.batcher.submit(job)
+        self.batcher.submit_many(jobs)  # all at once: the batch's questions of one memory share a group
         pending, raised = len(jobs), None
         while pending:
             try:

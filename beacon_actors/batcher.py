@@ -170,16 +170,22 @@ class Batcher:
     # ---- the public side -----------------------------------------------------------------------
     def submit(self, job: Job) -> None:
         """Queue `job` (any thread). Raises Overloaded when running + waiting jobs reach their bounds."""
+        self.submit_many([job])
+
+    def submit_many(self, jobs: list[Job]) -> None:
+        """Queue `jobs` at once (any thread): the scheduler sees all of them at its next admit, so jobs
+        of one memory and prompt length share a group. Raises Overloaded (queueing none) when they
+        would take running + waiting jobs past their bounds."""
         with self._cv:
             if self._stop:
                 raise RuntimeError("this Batcher is closed")
             held = self.held()
-            if held >= self.max_running + self.max_waiting:
+            if held + len(jobs) > self.max_running + self.max_waiting:
                 raise Overloaded(f"{held} answers running or waiting, the limit is {self.max_running} running +"
                                  f" {self.max_waiting} waiting: retry later")  # fmt: skip
-            self._open.add(job)
-            self._waiting.append(job)
-            self.stats["jobs"] += 1
+            self._open.update(jobs)
+            self._waiting.extend(jobs)
+            self.stats["jobs"] += len(jobs)
             self._cv.notify()
 
     @property
