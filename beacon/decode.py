@@ -555,9 +555,9 @@ def _execute_together(staged: list[tuple[StaticDecoder, Shape]]) -> list[torch.T
         split = step_rows_split(rows)
         tokens = torch.cat([r.tokens.reshape(1, -1) for r in rows], dim=1)  # (1, R): every raw row
         x = embed(lm.parts, lm.beacon.embed, tokens, sum(b * nb for _, _, b, nb in split))
-        ropes = [(buf.cos[r.pos][None, None], buf.sin[r.pos][None, None]) for buf, r in zip(bufs, rows, strict=True)]
+        rope = _rope_together(bufs, rows, split)
         for i in range(len(lm.parts.layers)):
-            x = step_layer_together(lm.parts, i, lm.beacon.layers[i], x, ropes, bufs, rows, split)
+            x = step_layer_together(lm.parts, i, lm.beacon.layers[i], x, rope, bufs, rows, split)
         logits = head(lm.parts, x[:, : tokens.shape[1]])[0]  # (R, vocab)
         out = [logits[raw : raw + b] for raw, _, b, _ in split]
     except BaseException as err:  # the buffers may hold part of the step: dropped, as _execute drops them
@@ -571,6 +571,19 @@ def _execute_together(staged: list[tuple[StaticDecoder, Shape]]) -> list[torch.T
         d.stats["static_steps"] += 1
         d.stats["together_steps"] += 1
     return out
+
+
+def _rope_together(bufs: list[Buffers], rows: list[StepRows], split) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (1, 1, R + B, d) of every row of a step together, in step_layer_together's layout: each
+    decoder's raw rows (its b rows share the raw token's position), then each one's beacon rows
+    (b x n_beacons, row-major: the positions of its beacons, once per row of its batch)."""
+    out = []
+    each = list(zip(bufs, rows, split, strict=True))
+    for table in ("cos", "sin"):
+        raw = [getattr(buf, table)[r.pos[:1]].expand(b, -1) for buf, r, (_, _, b, _) in each]
+        beacons = [getattr(buf, table)[r.pos[1:]].repeat(b, 1) for buf, r, (_, _, b, nb) in each if nb]
+        out.append(torch.cat(raw + beacons)[None, None])
+    return out[0], out[1]
 
 
 def _padded_shape(chunk: Chunk) -> Shape:

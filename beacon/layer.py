@@ -216,27 +216,28 @@ def step_layer(
 
 
 def step_layer_together(
-    parts: Parts, i: int, proj: dict[str, nn.Linear], x: torch.Tensor, ropes: list[Rope], bufs: list[Buffers],
+    parts: Parts, i: int, proj: dict[str, nn.Linear], x: torch.Tensor, rope: Rope, bufs: list[Buffers],
     rows: list[StepRows], split: list[tuple[int, int, int, int]],
 ) -> torch.Tensor:  # fmt: skip
     """step_layer over the steps of several decoders at once, each with its own buffers (memory)
-    and rows: the projections and the MLP read the weights once for every row, the attention runs per
-    decoder over its own slots. x (1, R + B, hidden) holds every decoder's raw rows first (R: decoder
-    by decoder, its b rows each), then every decoder's beacon rows (its b x n_beacons, row-major):
-    `split` (step_rows_split(rows)) says where each decoder's are. Returns the layer's output in that layout."""
+    and rows: the projections, RoPE and the MLP run once over every row, the attention per decoder
+    over its own slots. x (1, R + B, hidden) holds every decoder's raw rows first (R: decoder by
+    decoder, its b rows each), then every decoder's beacon rows (its b x n_beacons, row-major);
+    `rope` (1, 1, R + B, d) is each row's; `split` (step_rows_split(rows)) says where each decoder's
+    rows are. Returns the layer's output in x's layout."""
     layer = parts.layers[i]
     n_raw = sum(b for _, _, b, _ in split)
     h = layer.input_layernorm(x)
-    q = _queries(parts, layer, proj, h, n_raw)  # (1, h, R + B, d)
-    k, v = _keys_values(parts, layer, proj, h, n_raw)  # (1, h_kv, R + B, d)
+    q = apply_rope(_queries(parts, layer, proj, h, n_raw), *rope)  # (1, h, R + B, d)
+    k, v = _keys_values(parts, layer, proj, h, n_raw)  # (1, h_kv, R + B, d), k before RoPE
+    k_rot = apply_rope(k, *rope)
     outs = []
-    for where, rope, buf, r in zip(split, ropes, bufs, rows, strict=True):
-        kg = _rows_of_one(k, n_raw, *where)
-        buf.k_win[i].index_copy_(2, r.win_slot, kg)
-        buf.k_rot[i].index_copy_(2, r.slot, apply_rope(kg, *rope))
+    for where, buf, r in zip(split, bufs, rows, strict=True):
+        buf.k_win[i].index_copy_(2, r.win_slot, _rows_of_one(k, n_raw, *where))
+        buf.k_rot[i].index_copy_(2, r.slot, _rows_of_one(k_rot, n_raw, *where))
         buf.values[i].index_copy_(2, r.slot, _rows_of_one(v, n_raw, *where))
-        q_rot = apply_rope(_rows_of_one(q, n_raw, *where), *rope)
-        outs.append(attend_slots(q_rot, buf.k_rot[i], buf.values[i], r.mask, parts.scaling))  # (b, h, 1 + nb, d)
+        q_own = _rows_of_one(q, n_raw, *where)
+        outs.append(attend_slots(q_own, buf.k_rot[i], buf.values[i], r.mask, parts.scaling))  # (b, h, 1 + nb, d)
     # back to x's layout: (b, h, 1 + nb, d) -> raw rows (b, h, d) of all, then beacon rows (b * nb, h, d) of all
     flat = [o[:, :, 0] for o in outs] + [o[:, :, 1:].transpose(1, 2).flatten(0, 1) for o in outs if o.shape[2] > 1]
     return _output(parts, layer, proj, x, torch.cat(flat)[None], n_raw)
