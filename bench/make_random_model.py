@@ -4,6 +4,11 @@
 
 Weights are random (speed does not depend on them); the tokenizer is borrowed from another folder
 (its ids must be < the shape's vocabulary) so that the text pipelines can run. Answers are noise.
+
+`--trim-head` zeroes the output head's rows past the tokenizer's vocabulary (models/beacon-tiny-code
+has 8,192 ids, the shapes ~152K): greedy decoding then picks only ids the tokenizer can write, so a
+served answer streams text (an id past the vocabulary decodes to nothing: no content chunk, no
+inter-token gap). The other rows' logits are random around 0; their max is above the zeroed rows'.
 """
 
 from __future__ import annotations
@@ -24,9 +29,17 @@ def main() -> None:
     p.add_argument("--window", type=int, default=2048)
     p.add_argument("--ratio", type=int, default=8)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--trim-head", action="store_true", help="Zero the head rows past the tokenizer's vocabulary.")
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    lm = official_qwen2_lm(random_model(args.shape, device=args.device), args.window, args.ratio)
+    model = random_model(args.shape, device=args.device)
+    if args.trim_head:
+        from transformers import AutoTokenizer
+
+        n = len(AutoTokenizer.from_pretrained(args.tokenizer))
+        with torch.no_grad():
+            model.get_output_embeddings().weight[n:] = 0
+    lm = official_qwen2_lm(model, args.window, args.ratio)
     lm.save_pretrained(args.out)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
         src = Path(args.tokenizer) / name
