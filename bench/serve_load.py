@@ -18,7 +18,7 @@ and a plot (`--plot`, default next to the JSON).
 after a random number of chunks (0..max_tokens), an answer waited for with a random short timeout
 (up to twice the cold requests' median time) — counted as `disconnected`, not as an error.
 
-`--soak` (issue 18: no replica lost, no memory leaked under load with clients walking away) makes
+`--soak` (no replica lost, no memory leaked under load with clients walking away) makes
 the load one phase of `--seconds` (no `--requests` bound; with `--stream both` each request streams
 or not at random), framed by the state of every replica (`/health?replicas=all`: id, RSS, CUDA
 bytes allocated, answers running and waiting, cached memories). A phase ends once every batch is

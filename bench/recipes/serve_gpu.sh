@@ -2,7 +2,7 @@
 # docs/serving.md "Load test" on ONE GPU (kind nvidia-h100-x1 or nvidia-h200): `beacon serve` with the 7B
 # shape (random bf16 weights) over 16 stored snapshots of ~32K tokens, loaded by bench/serve_load.py through
 # the `openai` client: 64 clients x 256 requests per mode (stream, no stream), 64 tokens each, beside one
-# client (issue 18: >= 10x a single stream's tok/s, p50 TTFT <= 50 ms cached); then, if time is left, a
+# client (the targets: >= 10x a single stream's tok/s, p50 TTFT <= 50 ms cached); then, if time is left, a
 # short soak with clients walking away (else the optional third call, `soak`).
 #
 # The device image has no ray, pylance, openai, fastapi/starlette/uvicorn, pydantic: they travel as one
