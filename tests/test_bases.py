@@ -62,7 +62,7 @@ def test_deltas_round_trip_within_half_a_step(bits):
         if name + ".delta_scale" not in packed:
             assert torch.equal(value, params[name]), name
             continue
-        scale = packed[name + ".delta_scale"].reshape(error.shape[0], -1)  # (rows, groups): int8 has one group
+        scale = packed[name + ".delta_scale"].float().reshape(error.shape[0], -1)  # (rows, groups): int8 has one
         step = scale.repeat_interleave(error.shape[1] // scale.shape[1], dim=1)
         assert torch.all(error <= step / 2 + 1e-6), name
         assert error.max() > 0, name  # rounded, so this check can fail
@@ -83,6 +83,28 @@ def test_int4_scales_each_group_of_a_row():
     error = (unpacked - attn.beacon_q_proj.weight).abs()
     assert error[:, GROUP:].max() < 0.001  # the other groups keep their fine steps
     assert error[:, :GROUP].max() > 0.003  # one scale for the row would give every group this coarse step
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_scales_are_bf16_and_tiny_deltas_keep_their_own_step(bits):
+    attn = torch.nn.Module()
+    attn.q_proj, attn.beacon_q_proj = torch.nn.Linear(GROUP, 4, bias=False), torch.nn.Linear(GROUP, 4, bias=False)
+    layer = torch.nn.Module()
+    layer.self_attn = attn
+    with torch.no_grad():
+        attn.beacon_q_proj.weight.copy_(attn.q_proj.weight)
+        attn.beacon_q_proj.weight[1:] += 1e-6 * torch.randn(3, GROUP)  # a delta below fp16's normal range
+        attn.beacon_q_proj.weight[0] += 0.3 * torch.randn(GROUP)
+    delta = attn.beacon_q_proj.weight - attn.q_proj.weight
+    packed = pack_deltas(layer, bits=bits)
+    assert packed["self_attn.beacon_q_proj.weight.delta_scale"].dtype == torch.bfloat16
+    error = (unpack_deltas(packed, layer)["self_attn.beacon_q_proj.weight"] - attn.beacon_q_proj.weight).abs()
+    levels = {8: 127, 4: 7}[bits]
+    for row in range(4):  # each row within half its own step (+1%: the bf16 scale), however small its delta,
+        amax = float(delta[row].abs().max())  # + float32's rounding of base + delta
+        ulp = 2.0**-23 * float(attn.beacon_q_proj.weight[row].abs().max())
+        assert error[row].max() <= amax / levels / 2 * 1.01 + 2 * ulp, row
+    assert error[1:].max() < 0.25 * delta[1:].abs().max()  # kept: an fp16 scale (normals >= 6e-5) would lose them
 
 
 def test_a_compact_folder_rebuilds_the_model_and_tokenizer_from_its_base(monkeypatch, tmp_path):

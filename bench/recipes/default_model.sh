@@ -15,7 +15,8 @@
 # To continue an earlier machine's training, carry its compact folder (config.json, beacon.safetensors and
 # the base's tokenizer files) and pass DM_ARGS="--from DIR" (bench.default_model.run: train-lm skipped).
 # `run` resumes whatever is unfinished (training from its last checkpoint) and stops within SECONDS;
-# once finalized, $OUT/m holds config.json + beacon.safetensors and $OUT/r the training logs and eval.
+# once finalized, $OUT/m holds config.json + beacon.safetensors in 15 MiB parts (join: cat) and $OUT/r the
+# training logs, results/compact.json (held-out NLL through fp32, int8, int4 weights) and eval.
 # DM_ARGS passes options to bench.default_model.run (e.g. "--lm-budget 140 --qa-budget 240").
 # .whl holds gguf-0.19.0-py3-none-any.whl (transformers' GGUF reader; not on the GPU image).
 source "$(dirname "$0")/lib.sh"
@@ -24,9 +25,15 @@ WORK=${WORK:-/root/dm-$BASE}
 export BEACON_CACHE=$WORK/cache
 [ -d .whl ] && install_wheels .whl
 
-collect() {  # the compact model, training logs and eval results into $OUT (8 files at most)
+collect() {  # the compact model, training logs and eval results into $OUT (8 files at most, 16 MiB each:
+  # a beacon.safetensors over 15 MiB, the Qwen 0.5B's int8 25 MB, comes back in parts; join them here with
+  # `cat beacon.safetensors.part.* > beacon.safetensors`)
   mkdir -p "$OUT/m"
-  cp "$WORK"/*-beacon/config.json "$WORK"/*-beacon/beacon.safetensors "$OUT/m/" 2>/dev/null
+  rm -f "$OUT"/m/*
+  cp "$WORK"/*-beacon/config.json "$OUT/m/" 2>/dev/null
+  if [ -f "$WORK"/*-beacon/beacon.safetensors ]; then
+    split -b 15M "$WORK"/*-beacon/beacon.safetensors "$OUT/m/beacon.safetensors.part."
+  fi
   cp "$WORK"/beacon-lm/train_log.jsonl "$OUT/r/train_lm_log.jsonl" 2>/dev/null
   cp "$WORK"/beacon-qa/train_log.jsonl "$OUT/r/train_qa_log.jsonl" 2>/dev/null
   cp "$WORK"/results/* "$OUT/r/" 2>/dev/null
