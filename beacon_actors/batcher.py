@@ -231,8 +231,11 @@ class Batcher:
                     if self._stop:
                         break
                     new = self._take()
-                for group_jobs in new:
-                    self._start(group_jobs)
+                for k, group_jobs in enumerate(new):
+                    if not self._start(group_jobs):  # no device memory for it while others run: later
+                        with self._cv:
+                            self._waiting.extendleft(reversed([j for g in new[k:] for j in g]))
+                        break
                 self._step_all()
         except BaseException as err:  # a bug or a device fault outside any one group: every job hears of it
             ending = ("error", err)
@@ -265,13 +268,17 @@ class Batcher:
             room -= 1
         return [b for buckets in groups.values() for b in buckets]
 
-    def _start(self, jobs: list[Job]) -> None:
-        """Load the group's memory, read its prompts, pick and emit each row's first token."""
+    def _start(self, jobs: list[Job]) -> bool:
+        """Load the group's memory, read its prompts, pick and emit each row's first token. False (the
+        jobs untouched, to start later) when other groups run and the device has no room for this
+        one's decoder buffers (see _fits)."""
         doc_ids, b = jobs[0].doc_ids, len(jobs)
         group = None
         try:
             memory, load_s, tier = self._memory(doc_ids)
             hit = tier != "store"
+            if self._groups and not self._fits(memory, b):
+                return False
             try:
                 stepper = self.lm.decoder(_rows_of(memory, b))
                 prompt = torch.tensor([j.prompt for j in jobs], dtype=torch.long, device=self.lm.device)
@@ -289,7 +296,7 @@ class Batcher:
             self.stats["errors"] += len(jobs)
             for j in jobs:
                 self._end(j, "error", err)
-            return
+            return True
         for j in jobs:
             j.emit("start", {"cache_hit": hit, "cache": tier, "load_s": load_s, "memory_tokens": memory.n_tokens,
                              "batch": b})  # fmt: skip
@@ -297,6 +304,37 @@ class Batcher:
         self.stats["max_group_rows"] = max(self.stats["max_group_rows"], b)
         self._groups.append(group)
         self._emit_picks(group, logits)
+        return True
+
+    def _fits(self, memory: Memory, b: int) -> bool:
+        """Whether a decoder of b rows over `memory` fits the device's free memory (always, off CUDA)."""
+        free = self._free_bytes()
+        if free is None:
+            return True
+        memory.ready()
+        return self.decoder_bytes(memory, b) <= free
+
+    def _free_bytes(self) -> int | None:
+        """Device bytes free for new buffers: the driver's free memory plus what the caching
+        allocator holds unused; None off CUDA."""
+        device = self.lm.device
+        if device.type != "cuda":
+            return None
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+    def decoder_bytes(self, memory: Memory, b: int) -> int:
+        """Bytes a decoder of b rows over `memory` allocates (an upper estimate: the model's buffer pool
+        may have a free set for it): three tensors per layer (RoPE'd keys, values, window keys) of b
+        rows x cap slots, cap = the memory's entries + room for the answer rounded up as the decoder
+        rounds it (decode.CAP_GRAIN); +25% and 256 MiB for the step's activations."""
+        from beacon.decode import CAP_GRAIN
+
+        n = memory.state.size
+        cap = -(-(n + 2 * self.lm.config.beacon_window + 64) // CAP_GRAIN) * CAP_GRAIN
+        one_tensor_per_entry = memory.nbytes() // max(1, 2 * memory.batch_size * n)  # keys of every layer
+        buffers = 3 * one_tensor_per_entry * b * cap
+        return buffers + buffers // 4 + (256 << 20)
 
     def _step_all(self) -> None:
         """One token for every running group (groups with no live row end): their decoder steps run

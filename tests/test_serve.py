@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import torch
 
 import beacon
 from beacon_actors.batcher import Batcher, Job, Overloaded, Sampling
@@ -158,6 +159,39 @@ def test_a_batcher_loop_that_fails_ends_every_job_with_its_error(setup, monkeypa
     assert not batcher.alive and batcher.held() == 0
     with pytest.raises(RuntimeError, match="closed"):
         batcher.submit(Job(("alpha.md",), [5], Sampling(), lambda k, v: None))
+
+
+def test_a_group_without_device_room_waits_for_the_running_ones(setup, monkeypatch):
+    _, db, lm = setup
+    batcher = Batcher(lm, SnapshotStore(db), stops=[], start=False)
+    memory = SnapshotStore(db).get(["alpha.md"], fingerprint=lm.fingerprint())
+    need = batcher.decoder_bytes(memory, 1)
+    dec = lm.decoder(memory.share())  # the estimate bounds what a decoder really allocates
+    dec.read(torch.tensor([[5, 6]], device=lm.device))
+    buffers = dec._buf.k_rot + dec._buf.values + dec._buf.k_win
+    assert 0.5 * need - (256 << 20) < sum(t.numel() * t.element_size() for t in buffers) <= need
+    dec.close()
+    monkeypatch.setattr(batcher, "_free_bytes", lambda: need)  # room for one decoder at a time
+    starts = []
+    events = [queue.Queue() for _ in range(2)]
+    for doc, e in zip(("alpha.md", "beta.md"), events, strict=True):
+        def emit(k, v, e=e, doc=doc):
+            if k == "start":
+                starts.append(doc)
+            elif k == "end":
+                starts.append(f"end {doc}")
+            e.put((k, v))
+
+        batcher.submit(Job((doc,), [5, 6], Sampling(max_tokens=6), emit))
+    monkeypatch.setattr(batcher, "decoder_bytes", lambda m, b: need if not batcher._groups else need + 1)
+    batcher.start()
+    try:
+        for e in events:
+            tokens, finish, _ = _collect(e)
+            assert len(tokens) == 6 and finish == "length"
+        assert starts == ["alpha.md", "end alpha.md", "beta.md", "end beta.md"]  # beta waited, then ran
+    finally:
+        batcher.close()
 
 
 def test_batcher_bounds_and_cancel(setup):
