@@ -277,9 +277,9 @@ class Batcher:
         try:
             memory, load_s, tier = self._memory(doc_ids)
             hit = tier != "store"
-            if self._groups and not self._fits(memory, b):
-                return False
             try:
+                if self._groups and not self._fits(memory, b):  # (waits for a loading memory: its error is caught)
+                    return False
                 stepper = self.lm.decoder(_rows_of(memory, b))
                 prompt = torch.tensor([j.prompt for j in jobs], dtype=torch.long, device=self.lm.device)
                 rows = [_Row(j, _generator(j.sampling, self.lm.device)) for j in jobs]
