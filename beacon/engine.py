@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from . import attention
 from .config import BeaconConfig
@@ -18,7 +19,7 @@ from .decode_pool import BufferPool
 from .families import Parts, model_parts
 from .fingerprint import fingerprint
 from .forward import PlanCache, fits_graph, plan_pass, run_chunk, step_key
-from .layer import compiled_layer, pass_layer
+from .layer import compiled_layer, head, pass_layer
 from .memory import Memory
 from .params import beacon_modules, beacon_parameters
 from .staging import Stager
@@ -175,11 +176,12 @@ class BeaconLM:
 
         logits: "none"; "last" returns the last token's next-token logits (b, vocab);
         "all" calls `on_logits(token_from, token_to, logits (b, n, vocab))` per forward pass, or,
-        without a callback, returns all of them (b, n, vocab) — mind the memory for long inputs.
+        without a callback, returns all of them (b, n, vocab) — mind the memory for long inputs;
+        "hidden" does the same with the last layer's output (b, n, hidden) before the head.
         `expected_length` is the sequence length adapt-N should plan for (default: tokens known).
         """
-        if logits not in ("none", "last", "all"):
-            raise ValueError(f"logits={logits!r}: choose 'none', 'last' or 'all'")
+        if logits not in ("none", "last", "all", "hidden"):
+            raise ValueError(f"logits={logits!r}: choose 'none', 'last', 'all' or 'hidden'")
         ids = as_batch(input_ids, self.device)
         if ids.shape[1] == 0:
             raise ValueError("input_ids is empty: give at least one token")
@@ -218,7 +220,8 @@ class BeaconLM:
         collected: list[torch.Tensor] = []
         last = None
         for i, group in enumerate(chunks):
-            want = "all" if logits == "all" else ("last" if logits == "last" and i == len(groups) - 1 else "none")
+            every = logits in ("all", "hidden")
+            want = logits if every else ("last" if logits == "last" and i == len(groups) - 1 else "none")
 
             def make(group=group, want=want):
                 return plan_pass(
@@ -237,14 +240,14 @@ class BeaconLM:
             layer_fn = compiled if compiled is not None and fits_graph(plan.chunk) else pass_layer
             out = run_chunk(self.parts, self.beacon, memory, plan, ids, logits=want,
                             checkpoint_layers=checkpoint_layers, layer_fn=layer_fn)  # fmt: skip
-            if want == "all":
+            if every:
                 if on_logits is not None:
                     on_logits(plan.chunk.token_from, plan.chunk.token_to, out)
                 else:
                     collected.append(out)
             elif want == "last":
                 last = out[:, -1]
-        if logits == "all" and on_logits is None:
+        if logits in ("all", "hidden") and on_logits is None:
             return memory, torch.cat(collected, dim=1)
         return memory, last
 
@@ -467,14 +470,22 @@ class BeaconLM:
         if not (cfg.interleave and cfg.beacon_attn == "full-coverage"):
             targets[:, : cfg.beacon_window] = -100  # the first window's tokens see no beacons
         total = torch.zeros((), device=self.device, dtype=torch.float32)
+        scored = (targets != -100).cpu()  # one sync: which rows of each pass have a target
 
-        def score(t0: int, t1: int, logits: torch.Tensor) -> None:
+        def score(t0: int, t1: int, hidden: torch.Tensor) -> None:
+            # the head only at target rows (a lookup row has a few among thousands), recomputed in
+            # backward (checkpoint), so a pass never holds (b, n, vocab) logits for autograd
             nonlocal total
-            tgt = targets[:, t0:t1]
-            total = total + F.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=-100, reduction="sum")
+            rows = scored[:, t0:t1].reshape(-1).nonzero().squeeze(1)
+            if len(rows) == 0:
+                return
+            rows = rows.to(self.device, non_blocking=True)
+            h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
+            tgt = targets[:, t0:t1].reshape(-1).index_select(0, rows)
+            total = total + checkpoint(_head_nll, self.parts, h, tgt, use_reentrant=False)
 
         memory = self.new_memory(ids.shape[0], seed=seed)
-        self.forward(ids, memory, logits="all", on_logits=score, training=True, checkpoint_layers=checkpoint_layers)
+        self.forward(ids, memory, logits="hidden", on_logits=score, training=True, checkpoint_layers=checkpoint_layers)
         n = (targets != -100).sum()
         return total / n.clamp(min=1), n
 
@@ -484,6 +495,11 @@ class BeaconLM:
         from .loading import save_pretrained
 
         save_pretrained(self, path)
+
+
+def _head_nll(parts: Parts, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed next-token NLL of last-layer rows (n, hidden) against their targets (n,)."""
+    return F.cross_entropy(head(parts, hidden), targets, reduction="sum")
 
 
 def _pick(

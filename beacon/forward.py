@@ -174,8 +174,9 @@ def run_chunk(
     logits if asked.
 
     input_ids: (b, n_call) tokens of the whole call, on the model's device.
-    logits: "all" -> (b, n_raw, vocab) float32, "last" -> (b, 1, vocab), "none" -> None (the plan's
-    tail rows, if any, trim the last two layers).
+    logits: "all" -> (b, n_raw, vocab) float32, "last" -> (b, 1, vocab), "hidden" -> the raw rows'
+    last-layer output (b, n_raw, hidden) before the head (training scores only its target rows),
+    "none" -> None (the plan's tail rows, if any, trim the last two layers).
     layer_fn: pass_layer, or its compiled form (layer.compiled_layer).
     """
     device = memory.device
@@ -227,4 +228,6 @@ def run_chunk(
 
     if logits == "none":
         return None
+    if logits == "hidden":
+        return x[:, :n_raw]
     return head(parts, x[:, :n_raw] if logits == "all" else x[:, n_raw - 1 : n_raw])

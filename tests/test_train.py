@@ -224,3 +224,29 @@ def test_cli_help_and_errors(tiny_model, tmp_path):
     assert bad.exit_code != 0 and "give integers" in bad.output
     missing = runner.invoke(cli, ["train", str(tiny_model), str(tmp_path / "nope"), "-o", str(tmp_path / "o")])
     assert missing.exit_code != 0 and "does not exist" in missing.output
+
+
+@pytest.mark.parametrize("answer_only", [False, True])
+def test_loss_scores_the_head_at_target_rows_only_and_matches_full_logits(answer_only):
+    """lm.loss applies the head only where a target is (checkpointed); the loss and the beacon
+    gradients equal cross-entropy over every row's logits."""
+    torch.manual_seed(0)
+    lm = beacon.load(str(tiny_path("llama")), beacon_ratio=[2, 4], beacon_window=16, beacon_stride=16)
+    ids = torch.randint(3, lm.model.config.vocab_size, (2, 70))
+    labels = ids.clone()
+    if answer_only:
+        labels[:, :61] = -100  # a lookup row: the answer's last tokens only
+        labels[1, 65] = -100
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+
+    loss, n = lm.loss(ids, labels, seed=3)
+    got = torch.autograd.grad(loss, params)
+
+    targets = torch.cat([labels[:, 1:], torch.full((2, 1), -100)], dim=1)
+    _, logits = lm.forward(ids, lm.new_memory(2, seed=3), logits="all", training=True)
+    want_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100)
+    want = torch.autograd.grad(want_loss, params)
+    assert int(n) == int((targets != -100).sum())
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)

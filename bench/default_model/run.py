@@ -14,7 +14,8 @@ newest checkpoint, so a run cut by a time limit continues where it stopped):
   text      real text of the installed packages, split by package (bench.default_model.text)
   data      LM rows (train split, 4K-16K tokens) and lookup rows (bench.default_model.tasks)
   train-lm  beacons on long real text, ratios drawn per window from 2,4,8,16,32 (beacon.train)
-  train-qa  from train-lm, on lookups (loss on the answer) mixed with real text
+  train-qa  from train-lm, on lookups (loss on the answer) mixed with real text, ratios 2, 4, 8 (what
+            adapt-1024 picks for documents up to 8x the base's window)
             (--from DIR: from a trained beacon folder instead, e.g. the shipped compact model; train-lm
             is then skipped, so a later machine continues an earlier one's training)
   finalize  WORK/<base>-beacon (e.g. smollm2-135m-beacon): config (adapt ratio mix) and the beacon
@@ -40,7 +41,8 @@ from beacon.bases import BASES
 STAGES = ("base", "text", "data", "train-lm", "train-qa", "finalize", "eval")
 BASE = "smollm2-135m-instruct"  # the default --base
 WINDOW = 1024  # with RATIOS, q/k/v, full-coverage and interleave: the official Qwen-2 beacon settings
-RATIOS = [2, 4, 8, 16, 32]
+RATIOS = [2, 4, 8, 16, 32]  # train-lm draws from these; the finalized config lists them all
+QA_RATIOS = [2, 4, 8]  # train-qa: the ratios adapt-1024 picks for lookups up to 8x the base's window
 INFERENCE_MIX = "adapt-1024"  # a document's ratio: the smallest that leaves 1,024 positions for the question
 
 GPU = dict(max_mb=50, lm_tokens=12_000_000, lm_min=4096, lm_max=16384, qa_rows=3000, qa_min=1024,
@@ -109,11 +111,12 @@ def stage_data(work: Path, base: Path, p: dict) -> dict:
     return facts
 
 
-def stage_train(work: Path, model: str, data: str, out: str, budget: float, p: dict, smoke: bool) -> dict:
+def stage_train(work: Path, model: str, data: str, out: str, budget: float, p: dict, smoke: bool,
+                ratios: list[int] = RATIOS) -> dict:  # fmt: skip
     from beacon.train import TrainConfig, train
 
     cfg = TrainConfig(
-        model=model, data=data, output_dir=out, beacon_window=WINDOW, beacon_stride=WINDOW, beacon_ratio=RATIOS,
+        model=model, data=data, output_dir=out, beacon_window=WINDOW, beacon_stride=WINDOW, beacon_ratio=ratios,
         beacon_ratio_mix="step-random", beacon_param=["q", "k", "v"], beacon_attn="full-coverage",
         beacon_pos="interleave", min_length=WINDOW, max_length=max(p["lm_max"], p["qa_max"]),
         batch_size=p["batch_size"], grad_accum=p["grad_accum"],
@@ -135,7 +138,8 @@ def stage_finalize(work: Path, base: str, p: dict) -> dict:
     from .text import read_tokens
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    lm = beacon.load(str(work / "beacon-qa"), device=device, dtype="fp32", beacon_ratio_mix=INFERENCE_MIX)
+    lm = beacon.load(str(work / "beacon-qa"), device=device, dtype="fp32", beacon_ratio=RATIOS,
+                     beacon_ratio_mix=INFERENCE_MIX)  # fmt: skip
     out = model_dir(work, base)
     saved = save_compact(lm, out, base)
     cost = compact_cost(lm, read_tokens(work / "text", "heldout"), p["cost_samples"], p["cost_length"])
@@ -254,7 +258,7 @@ def run(work: Path, until: str, smoke: bool, overrides: dict | None = None, star
                                 smoke)  # fmt: skip
         elif stage == "train-qa":
             facts = stage_train(work, start or str(work / "beacon-lm"), str(work / "data-qa"), str(work / "beacon-qa"),
-                                p["qa_budget"], p, smoke)  # fmt: skip
+                                p["qa_budget"], p, smoke, QA_RATIOS)  # fmt: skip
         elif stage == "finalize":
             facts = stage_finalize(work, base_name, p)
         else:
