@@ -280,7 +280,8 @@ def attend(
 
 def attend_slots(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     """A decode step's attention (layer.step_layer): q (b, h, n, d) over all slots of k, v
-    (b, h_kv, cap, d) where mask (n, cap) allows; returns (b, h, n, d).
+    (b, h_kv, cap, d) where mask (n, cap) allows — or mask (b, n, cap), one per batch row (several
+    decoders' steps stacked: layer.step_layer_together); returns (b, h, n, d).
 
     A few rows take a plain matmul + softmax, which reads each key and value once and parallelises
     over the whole key axis: query heads grouped under their key/value head (h = h_kv * group, as
@@ -290,8 +291,10 @@ def attend_slots(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
     b, h, n, d = q.shape
     h_kv, cap = k.shape[1], k.shape[2]
     group = h // h_kv
+    per_row = mask.dim() == 3
     if n >= SDPA_MIN_ROWS:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=group > 1)
+        attn_mask = mask[:, None] if per_row else mask
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale, enable_gqa=group > 1)
     qg = q.reshape(b * h_kv, group * n, d)
     kt = k.reshape(b * h_kv, cap, d).transpose(1, 2)
     if q.dtype == torch.float32:
@@ -300,7 +303,8 @@ def attend_slots(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
         scores = torch.bmm(qg, kt, out_dtype=torch.float32)  # bf16 inputs, float32 products
     else:
         scores = torch.bmm(qg.float(), kt.float())
-    scores = (scores * scale).view(b * h_kv, group, n, cap).masked_fill(~mask, float("-inf"))
+    scores = (scores * scale).view(b, h_kv, group, n, cap)
+    scores = scores.masked_fill(~(mask[:, None, None] if per_row else mask), float("-inf"))
     probs = F.softmax(scores, dim=-1).to(v.dtype).view(b * h_kv, group * n, cap)
     out = torch.bmm(probs, v.reshape(b * h_kv, cap, d))
     return out.view(b, h, n, d)

@@ -231,16 +231,38 @@ def step_layer_together(
     q = apply_rope(_queries(parts, layer, proj, h, n_raw), *rope)  # (1, h, R + B, d)
     k, v = _keys_values(parts, layer, proj, h, n_raw)  # (1, h_kv, R + B, d), k before RoPE
     k_rot = apply_rope(k, *rope)
-    outs = []
     for where, buf, r in zip(split, bufs, rows, strict=True):
         buf.k_win[i].index_copy_(2, r.win_slot, _rows_of_one(k, n_raw, *where))
         buf.k_rot[i].index_copy_(2, r.slot, _rows_of_one(k_rot, n_raw, *where))
         buf.values[i].index_copy_(2, r.slot, _rows_of_one(v, n_raw, *where))
-        q_own = _rows_of_one(q, n_raw, *where)
-        outs.append(attend_slots(q_own, buf.k_rot[i], buf.values[i], r.mask, parts.scaling))  # (b, h, 1 + nb, d)
+    # decoders whose buffers and rows have one shape attend in one call over their buffers stacked:
+    # a copy of their slots, but a few kernels instead of a few per decoder (the step is launch-bound)
+    outs: list[torch.Tensor | None] = [None] * len(bufs)
+    for members in _same_shape(bufs, rows, split, i):
+        q_own = torch.cat([_rows_of_one(q, n_raw, *split[j]) for j in members])  # (G b, h, 1 + nb, d)
+        if len(members) == 1:
+            j = members[0]
+            out = attend_slots(q_own, bufs[j].k_rot[i], bufs[j].values[i], rows[j].mask, parts.scaling)
+        else:
+            keys = torch.cat([bufs[j].k_rot[i] for j in members])
+            values = torch.cat([bufs[j].values[i] for j in members])
+            mask = torch.cat([rows[j].mask.expand(split[j][2], -1, -1) for j in members])  # (G b, n, cap)
+            out = attend_slots(q_own, keys, values, mask, parts.scaling)
+        for j, o in zip(members, out.split([split[j][2] for j in members]), strict=True):
+            outs[j] = o  # (b, h, 1 + nb, d)
     # back to x's layout: (b, h, 1 + nb, d) -> raw rows (b, h, d) of all, then beacon rows (b * nb, h, d) of all
     flat = [o[:, :, 0] for o in outs] + [o[:, :, 1:].transpose(1, 2).flatten(0, 1) for o in outs if o.shape[2] > 1]
     return _output(parts, layer, proj, x, torch.cat(flat)[None], n_raw)
+
+
+def _same_shape(bufs: list[Buffers], rows: list[StepRows], split, i: int) -> list[list[int]]:
+    """Decoders of a step together grouped by what stacking needs alike (batches may differ): slots
+    and dtype of the buffers, beacon rows (in first-seen order)."""
+    groups: dict[tuple, list[int]] = {}
+    for j, (buf, r, where) in enumerate(zip(bufs, rows, split, strict=True)):
+        key = (tuple(buf.k_rot[i].shape[1:]), buf.k_rot[i].dtype, where[3], tuple(r.mask.shape))
+        groups.setdefault(key, []).append(j)
+    return list(groups.values())
 
 
 def _rows_of_one(t: torch.Tensor, n_raw: int, raw: int, bea: int, b: int, nb: int) -> torch.Tensor:

@@ -265,11 +265,22 @@ def test_a_failed_general_step_leaves_the_decoder_whole(monkeypatch):
     [CONFIGS[0], CONFIGS[1], CONFIGS[4], CONFIGS[9]],
     ids=["interleave-mix", "interleave-sink", "append", "stride4"],
 )
-def test_steps_together_equal_each_decoder_stepping_alone(family, overrides):
+def test_steps_together_equal_each_decoder_stepping_alone(family, overrides, monkeypatch):
     """Decoders over different memories (lengths, batches, window states) stepped together give
-    each one's own logits and memory, through window closes (those steps go alone) and beacon rows."""
+    each one's own logits and memory, through window closes (those steps go alone) and beacon rows;
+    decoders of one shape (the last two pairs) attend stacked, in one call."""
+    import beacon.layer
+
+    stacked = []
+    attend_slots = beacon.layer.attend_slots
+
+    def spy(q, k, v, mask, scale):  # counts the stacked calls (a mask per batch row), computes as ever
+        stacked.append(mask.dim() == 3)
+        return attend_slots(q, k, v, mask, scale)
+
+    monkeypatch.setattr(beacon.layer, "attend_slots", spy)
     lm = load_tiny(family, **overrides)
-    sizes = ((29, 1, 5), (45, 2, 3), (12, 1, 7))  # (memory tokens, batch, question tokens)
+    sizes = ((29, 1, 5), (45, 2, 3), (12, 1, 7), (29, 1, 5), (45, 2, 3), (29, 2, 5))  # memory tokens, batch, question
     memories = [lm.condense(tokens(n, seed=s, batch=b)) for s, (n, b, _) in enumerate(sizes)]
     alone = [StaticDecoder(lm, m.fork(), graphs=GRAPHS) for m in memories]
     together = [StaticDecoder(lm, m.fork(), graphs=GRAPHS) for m in memories]
@@ -285,6 +296,7 @@ def test_steps_together_equal_each_decoder_stepping_alone(family, overrides):
     for a, t in zip(alone, together, strict=True):
         assert_same_memory(t.memory(), a.memory())
         assert t.stats["together_steps"] >= 10 and t.stats["general_steps"] >= 2, t.stats  # both kinds ran
+    assert sum(stacked) >= 10 * len(lm.parts.layers), sum(stacked)
 
 
 def test_a_decoder_that_fails_alone_fails_alone():
