@@ -40,6 +40,7 @@ capture. Speed: docs/performance.md §2, §3.
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,8 @@ from .families import apply_rope
 from .layer import embed, head, step_layer, step_layer_together, step_rows_split
 from .memory import Memory
 from .windows import Chunk, WindowState, build_chunk, plan_steps, window_mask
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["MODES", "BufferPool", "StaticDecoder", "step_together"]
 
@@ -108,7 +111,7 @@ class StaticDecoder:
         self._fill_size = 0  # slots [0, fill_size) of the buffers come from the memory
         self._win_pos: torch.Tensor | None = None  # RoPE positions of the memory's window entries
         self.stats = {"static_steps": 0, "general_steps": 0, "builds": 0, "blocks": 0, "reads": 0, "captures": 0,
-                      "together_steps": 0}  # fmt: skip
+                      "together_steps": 0, "shared_pass_failures": 0}  # fmt: skip
 
     # ---- the public steps ----------------------------------------------------------------------
     @property
@@ -503,7 +506,7 @@ def step_together(decoders: list[StaticDecoder], tokens: list[torch.Tensor]) -> 
 
     Returns per decoder its next-token logits (b_k, vocab), what `decoders[k].step(tokens[k])` gives
     (up to float rounding, ~1e-6 in float32), or the exception its step raised: one decoder's
-    failure is its own, except inside the shared pass, whose failure closes every decoder in it.
+    failure is its own (a shared pass that fails is run again as each decoder's step alone).
     No CUDA graphs here (the set of decoders changes between steps); each decoder alone still uses them."""
     if len({id(d) for d in decoders}) != len(decoders):
         raise ValueError("a decoder appears twice: step each once per call")
@@ -546,31 +549,52 @@ def step_together(decoders: list[StaticDecoder], tokens: list[torch.Tensor]) -> 
 
 
 def _execute_together(staged: list[tuple[StaticDecoder, Shape]]) -> list[torch.Tensor | Exception]:
-    """Run staged one-token steps of several decoders (each filled, its rows staged) as one pass."""
+    """Run staged one-token steps of several decoders (each filled, its rows staged) as one pass. If
+    the shared pass fails (out of device memory for its stacked slots, say), each decoder takes the
+    staged step alone, so a failure is that decoder's own: the rows the failed pass wrote are written
+    again, with the same values, before anything reads them."""
     decs = [d for d, _ in staged]
     lm = decs[0].lm
+    failure = None
     try:
-        bufs = [d._buf for d in decs]
-        rows = [d._buf.rows[shape] for d, shape in staged]
-        split = step_rows_split(rows)
-        tokens = torch.cat([r.tokens.reshape(1, -1) for r in rows], dim=1)  # (1, R): every raw row
-        x = embed(lm.parts, lm.beacon.embed, tokens, sum(b * nb for _, _, b, nb in split))
-        rope = _rope_together(bufs, rows, split)
-        for i in range(len(lm.parts.layers)):
-            x = step_layer_together(lm.parts, i, lm.beacon.layers[i], x, rope, bufs, rows, split)
-        logits = head(lm.parts, x[:, : tokens.shape[1]])[0]  # (R, vocab)
-        out = [logits[raw : raw + b] for raw, _, b, _ in split]
-    except BaseException as err:  # the buffers may hold part of the step: dropped, as _execute drops them
+        out = _pass_together(lm, staged)
+    except Exception as err:  # (the name goes with the block: its traceback would keep the pass's tensors)
+        out, failure = None, f"{type(err).__name__}: {err}"
+    except BaseException:  # interrupted: the buffers may hold part of the step, dropped as _execute drops them
         for d in decs:
             d._buf = None
             d.close()
-        if not isinstance(err, Exception):
-            raise
-        return [err] * len(decs)
+        raise
+    if out is None:
+        logger.warning("a step of %d decoders together failed (%s); each steps alone", len(decs), failure[:300])
+        if lm.device.type == "cuda":
+            torch.cuda.empty_cache()  # what the failed pass held goes back before the steps alone
+        results: list[torch.Tensor | Exception] = []
+        for d, shape in staged:
+            d.stats["shared_pass_failures"] += 1
+            try:
+                results.append(d._execute(shape))
+            except Exception as err:
+                results.append(err)
+        return results
     for d in decs:
         d.stats["static_steps"] += 1
         d.stats["together_steps"] += 1
     return out
+
+
+def _pass_together(lm, staged: list[tuple[StaticDecoder, Shape]]) -> list[torch.Tensor]:
+    """The shared pass of _execute_together: each decoder's logits (b_k, vocab)."""
+    bufs = [d._buf for d, _ in staged]
+    rows = [d._buf.rows[shape] for d, shape in staged]
+    split = step_rows_split(rows)
+    tokens = torch.cat([r.tokens.reshape(1, -1) for r in rows], dim=1)  # (1, R): every raw row
+    x = embed(lm.parts, lm.beacon.embed, tokens, sum(b * nb for _, _, b, nb in split))
+    rope = _rope_together(bufs, rows, split)
+    for i in range(len(lm.parts.layers)):
+        x = step_layer_together(lm.parts, i, lm.beacon.layers[i], x, rope, bufs, rows, split)
+    logits = head(lm.parts, x[:, : tokens.shape[1]])[0]  # (R, vocab)
+    return [logits[raw : raw + b] for raw, _, b, _ in split]
 
 
 def _rope_together(bufs: list[Buffers], rows: list[StepRows], split) -> tuple[torch.Tensor, torch.Tensor]:

@@ -255,14 +255,24 @@ def step_layer_together(
     return _output(parts, layer, proj, x, torch.cat(flat)[None], n_raw)
 
 
+STACK_BYTES = 512 << 20  # keys + values stacked for one attention call at most (more: several calls)
+
+
 def _same_shape(bufs: list[Buffers], rows: list[StepRows], split, i: int) -> list[list[int]]:
     """Decoders of a step together grouped by what stacking needs alike (batches may differ): slots
-    and dtype of the buffers, beacon rows (in first-seen order)."""
-    groups: dict[tuple, list[int]] = {}
+    and dtype of the buffers, beacon rows (in first-seen order); a group's stacked keys and values
+    stay within STACK_BYTES (one decoder alone may pass it)."""
+    groups: dict[tuple, list[tuple[list[int], int]]] = {}  # key -> chunks of (members, bytes stacked)
     for j, (buf, r, where) in enumerate(zip(bufs, rows, split, strict=True)):
         key = (tuple(buf.k_rot[i].shape[1:]), buf.k_rot[i].dtype, where[3], tuple(r.mask.shape))
-        groups.setdefault(key, []).append(j)
-    return list(groups.values())
+        chunks = groups.setdefault(key, [([], 0)])
+        size = 2 * buf.k_rot[i].numel() * buf.k_rot[i].element_size()
+        members, stacked = chunks[-1]
+        if members and stacked + size > STACK_BYTES:
+            chunks.append(([], 0))
+            members, stacked = chunks[-1]
+        chunks[-1] = (members + [j], stacked + size)
+    return [members for chunks in groups.values() for members, _ in chunks]
 
 
 def _rows_of_one(t: torch.Tensor, n_raw: int, raw: int, bea: int, b: int, nb: int) -> torch.Tensor:

@@ -113,6 +113,7 @@ def one_request(client, model: str, question: dict, max_tokens: int, stream: boo
         else:
             out["status"] = getattr(err, "status_code", None)
             out["error"] = f"{type(err).__name__}: {out['status'] or ''}".rstrip(": ")
+            out["message"] = str(err)[:400]
     out["total_s"] = time.perf_counter() - start
     return out
 
@@ -169,6 +170,7 @@ def summarize(results: list[dict], wall: float, *, stream: bool, clients: int) -
         "ok": len(ok),
         "disconnected": sum(r["disconnected"] for r in results),
         "errors": dict(Counter(r["error"] for r in results if r["error"])),
+        "error_messages": sorted({r["message"] for r in results if r.get("message")})[:5],  # what the server said
         "wall_s": wall,
         "completion_tokens": tokens,
         "aggregate_tok_s": tokens / wall if wall > 0 else 0.0,

@@ -325,3 +325,40 @@ def test_steps_together_refuse_a_decoder_given_twice():
         step_together([dec, dec], [torch.tensor([[5]]), torch.tensor([[6]])])
     with pytest.raises(ValueError, match=r"tokens must be \(batch 1, 1\)"):
         dec.step(torch.tensor([[5, 6]]))
+
+
+def test_a_shared_pass_that_fails_midway_steps_each_decoder_alone(monkeypatch):
+    """A step together that fails after some layers wrote their rows (out of device memory, say)
+    is taken by each decoder alone: the same logits as stepping alone, nobody closed; stacking cut
+    into several calls (STACK_BYTES) changes nothing either."""
+    import beacon.decode
+    import beacon.layer
+
+    lm = load_tiny(CONFIGS[0][0], **_roomy(CONFIGS[0][1]))
+    memories = [lm.condense(tokens(30, seed=s)) for s in range(4)]
+    alone = [StaticDecoder(lm, m.fork(), graphs=GRAPHS) for m in memories]
+    together = [StaticDecoder(lm, m.fork(), graphs=GRAPHS) for m in memories]
+    for a, t in zip(alone, together, strict=True):
+        q = tokens(5, seed=9).to(lm.device)
+        torch.testing.assert_close(t.read(q), a.read(q), atol=ATOL, rtol=0)
+    one = together[0]._buf.k_rot[0]
+    monkeypatch.setattr(beacon.layer, "STACK_BYTES", 2 * 2 * one.numel() * one.element_size())  # two per call
+    real = beacon.layer.step_layer_together
+    failing = {"steps": {3, 4}}
+
+    def fail_at_layer_one(parts, i, *args):
+        if i == 1 and step in failing["steps"]:
+            raise torch.OutOfMemoryError("injected: no room for the stacked slots")
+        return real(parts, i, *args)
+
+    monkeypatch.setattr(beacon.decode, "step_layer_together", fail_at_layer_one)
+    new = tokens(12, seed=3).to(lm.device)
+    for step in range(12):
+        tok = new[:, step : step + 1]
+        for a, got in zip(alone, step_together(together, [tok] * len(together)), strict=True):
+            assert isinstance(got, torch.Tensor), got
+            torch.testing.assert_close(got, a.step(tok), atol=ATOL, rtol=0)
+    for a, t in zip(alone, together, strict=True):
+        assert not t._closed
+        assert t.stats["shared_pass_failures"] == 2 and t.stats["together_steps"] >= 8, t.stats
+        assert_same_memory(t.memory(), a.memory())
