@@ -41,7 +41,7 @@
 # serve_soak_gpu.{json,log}, serve_server.log (the servers' own logs); the plots stay in /root/sw.
 # Scale knobs (the defaults are the GPU run's; a CPU dry run sets them small): SHAPE, MODEL, WORK, DOCS,
 # DOC_TOKENS, CLIENTS, REQUESTS, ONE_REQUESTS (single client, per mode), MAX_TOKENS, INGEST_ARGS,
-# SERVE_ARGS, SOAK_SECONDS, SOAK_WARMUP, BUDGET (seconds the call may use, 570), PORT. A CPU dry run of
+# (0: no single-client run), SERVE_ARGS, SOAK_SECONDS, SOAK_WARMUP, BUDGET (seconds the call may use, 570), PORT. A CPU dry run of
 # `stash` and `run` (~3 min on 2 cores), where ray, pylance, openai ... import already (this repository's venv):
 #   export OUT=/tmp/o STASH=/tmp/st SHAPE=tiny MODEL=/tmp/m WORK=/tmp/sw DOCS=4 DOC_TOKENS=2048 CLIENTS=4 \
 #     REQUESTS=8 ONE_REQUESTS=4 MAX_TOKENS=16 INGEST_ARGS='--gpus 0 --actors 1' SOAK_SECONDS=20 SOAK_WARMUP=5 \
@@ -141,7 +141,7 @@ case "$STEP" in
     # --seconds bounds each mode's load (the requests sent by then finish), so a slow server still writes its JSON
     # before the stage's limit: the server's start (~1 min: the 7B's 15 GB), the cold pass, two modes, the stop
     load serve_load_gpu "$PORT" 200 --clients "$CLIENTS" --requests "$REQUESTS" --seconds 40
-    load serve_load_gpu_1client $((PORT + 1)) 150 --clients 1 --requests "$ONE_REQUESTS" --seconds 25
+    [ "$ONE_REQUESTS" -gt 0 ] && load serve_load_gpu_1client $((PORT + 1)) 150 --clients 1 --requests "$ONE_REQUESTS" --seconds 25
     left=$((BUDGET - SECONDS))
     if [ "$left" -ge "$SOAK_NEEDS" ]; then
       s=$((left - 170 - SOAK_WARMUP)); [ "$s" -gt "$SOAK_SECONDS" ] && s=$SOAK_SECONDS
