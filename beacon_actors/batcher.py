@@ -37,14 +37,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from beacon import BeaconLM, Memory
 from beacon.decode import step_together
-from snapshots import SnapshotStore
 
 from .memory_cache import MemoryCache
+
+if TYPE_CHECKING:  # a type here: the Batcher only calls store.get (the GPU image lacks pylance)
+    from snapshots import SnapshotStore
 
 Emit = Callable[[str, object], None]
 
