@@ -43,6 +43,7 @@ import torch
 
 from beacon import BeaconLM, Memory
 from beacon.decode import step_together
+from beacon.layer import STACK_BYTES
 
 from .memory_cache import MemoryCache
 
@@ -50,6 +51,10 @@ if TYPE_CHECKING:  # a type here: the Batcher only calls store.get (the GPU imag
     from snapshots import SnapshotStore
 
 Emit = Callable[[str, object], None]
+# device bytes a new group must leave free for the steps together: their stacked slots (STACK_BYTES),
+# scores, logits and the allocator's slack. Without it, 64 groups over 32K-token memories on an 80 GB
+# GPU (7B shape) filled the device with buffers and the shared passes ran out of memory.
+STEP_RESERVE = STACK_BYTES + (1 << 30)
 
 
 class Overloaded(RuntimeError):
@@ -310,12 +315,13 @@ class Batcher:
         return True
 
     def _fits(self, memory: Memory, b: int) -> bool:
-        """Whether a decoder of b rows over `memory` fits the device's free memory (always, off CUDA)."""
+        """Whether a decoder of b rows over `memory` fits the device's free memory with STEP_RESERVE
+        left for the steps (always, off CUDA)."""
         free = self._free_bytes()
         if free is None:
             return True
         memory.ready()
-        return self.decoder_bytes(memory, b) <= free
+        return self.decoder_bytes(memory, b) + STEP_RESERVE <= free
 
     def _free_bytes(self) -> int | None:
         """Device bytes free for new buffers: the driver's free memory plus what the caching

@@ -21,7 +21,7 @@ import requests
 import torch
 
 import beacon
-from beacon_actors.batcher import Batcher, Job, Overloaded, Sampling
+from beacon_actors.batcher import STEP_RESERVE, Batcher, Job, Overloaded, Sampling
 from beacon_actors.columns import DOCUMENTS, table
 from beacon_actors.condenser import Condenser
 from beacon_actors.generation import greedy_answer
@@ -171,7 +171,10 @@ def test_a_group_without_device_room_waits_for_the_running_ones(setup, monkeypat
     buffers = dec._buf.k_rot + dec._buf.values + dec._buf.k_win
     assert 0.5 * need - (256 << 20) < sum(t.numel() * t.element_size() for t in buffers) <= need
     dec.close()
-    monkeypatch.setattr(batcher, "_free_bytes", lambda: need)  # room for one decoder at a time
+    monkeypatch.setattr(batcher, "_free_bytes", lambda: need + STEP_RESERVE - 1)  # a byte short of a decoder + reserve
+    assert not batcher._fits(memory, 1)
+    monkeypatch.setattr(batcher, "_free_bytes", lambda: need + STEP_RESERVE)  # room for one decoder at a time
+    assert batcher._fits(memory, 1)
     starts = []
     events = [queue.Queue() for _ in range(2)]
     for doc, e in zip(("alpha.md", "beta.md"), events, strict=True):
