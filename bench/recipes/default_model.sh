@@ -6,7 +6,8 @@
 # into parts of at most ~40 MB, one folder each (the last call's folder may hold one beside .whl):
 #   SmolLM2: split -n 2 -d GGUF ggufpart.  into .carry/q1, .carry/q2 (without models/beacon-tiny-code;
 #            with it, split in three)
-#   Qwen 0.5B: split -n 12 -d GGUF ggufpart.  (41 MB each) into .carry/q1 ... .carry/q12
+#   Qwen 0.5B: split -n 11 -d GGUF ggufpart.  (44.7 MB each) into .carry/q1 ... .carry/q11, one part a folder
+#              (the tree ~19 MB + 44.7 MB is under the 64 MiB a call carries; .whl rides with the last)
 # Then, on one warm machine, back to back (the parts wait in $STASH while it stays warm):
 #   bash bench/recipes/default_model.sh part .carry/q1        (carry .carry/q1): keep part 1 there
 #   ...                                                       one call per part but the last
