@@ -47,7 +47,15 @@ import torch
 
 from .decode_pool import BufferPool, Buffers, Shape, StepRows
 from .families import apply_rope
-from .layer import embed, head, step_layer, step_layer_together, step_rows_split
+from .layer import (
+    embed,
+    head,
+    step_layer,
+    step_layer_together,
+    step_rows_split,
+    together_groups,
+    write_rows_together,
+)
 from .memory import Memory
 from .windows import Chunk, WindowState, build_chunk, plan_steps, window_mask
 
@@ -591,8 +599,15 @@ def _pass_together(lm, staged: list[tuple[StaticDecoder, Shape]]) -> list[torch.
     tokens = torch.cat([r.tokens.reshape(1, -1) for r in rows], dim=1)  # (1, R): every raw row
     x = embed(lm.parts, lm.beacon.embed, tokens, sum(b * nb for _, _, b, nb in split))
     rope = _rope_together(bufs, rows, split)
+    groups = together_groups(bufs, rows, split)
+    stacked = any(g.rows_at is not None for g in groups)
+    new = []
     for i in range(len(lm.parts.layers)):
-        x = step_layer_together(lm.parts, i, lm.beacon.layers[i], x, rope, bufs, rows, split)
+        x, rows_i = step_layer_together(lm.parts, i, lm.beacon.layers[i], x, rope, bufs, rows, split, groups)
+        if stacked:
+            new.append(rows_i)
+    if stacked:
+        write_rows_together(bufs, rows, split, groups, new)
     logits = head(lm.parts, x[:, : tokens.shape[1]])[0]  # (R, vocab)
     return [logits[raw : raw + b] for raw, _, b, _ in split]
 

@@ -50,14 +50,19 @@ class Buffers:
     rows: dict[Shape, StepRows] = field(default_factory=dict)
     graphs: dict[tuple[Shape, bool], Graphs] = field(default_factory=dict)
     graph_pool: object = None  # the CUDA graphs' shared memory pool
+    layers: tuple[torch.Tensor, ...] = ()  # (k_rot, values, k_win) of every layer: (layers, b, h_kv, cap, d)
 
     @classmethod
     def allocate(cls, parts: Parts, cap: int, like: torch.Tensor) -> Buffers:
-        """Zeroed buffers of `cap` slots for memories like `like` (b, h_kv, n, d), with RoPE tables."""
+        """Zeroed buffers of `cap` slots for memories like `like` (b, h_kv, n, d), with RoPE tables.
+        Each kind is one tensor (layers, b, h_kv, cap, d), its layers views of it, so a step's rows
+        of every layer can be written at once (layer.step_layer_together's stacked groups)."""
         cos, sin = parts.rotary_emb(like, torch.arange(cap, device=like.device)[None])
         b, h, _, d = like.shape
-        zeros = lambda: [torch.zeros(b, h, cap, d, dtype=like.dtype, device=like.device) for _ in parts.layers]  # noqa: E731
-        return cls(cap, zeros(), zeros(), zeros(), cos[0], sin[0])
+        zeros = lambda: torch.zeros(len(parts.layers), b, h, cap, d, dtype=like.dtype, device=like.device)  # noqa: E731
+        k_rot, values, k_win = zeros(), zeros(), zeros()
+        return cls(cap, list(k_rot.unbind(0)), list(values.unbind(0)), list(k_win.unbind(0)), cos[0], sin[0],
+                   layers=(k_rot, values, k_win))  # fmt: skip
 
     def capture(self, key: tuple[Shape, bool], units: list[Callable[[dict], dict]]) -> Graphs:
         """The CUDA graphs of a step (`units`: functions of the previous one's output) over these

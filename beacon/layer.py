@@ -215,44 +215,94 @@ def step_layer(
     return _output(parts, layer, proj, x, out.transpose(1, 2), n_raw)
 
 
+@dataclass(frozen=True)
+class TogetherGroup:
+    """Decoders of a step together whose attention runs as one call (together_groups)."""
+
+    members: list[int]  # indices into the step's decoders
+    rows_at: torch.Tensor | None = None  # stacked: (N,) row of the stacked buffers each new key/value goes to
+    slots_at: torch.Tensor | None = None  # stacked: (N,) its slot; None: one decoder, over its own buffers
+
+
+def together_groups(bufs: list[Buffers], rows: list[StepRows], split) -> list[TogetherGroup]:
+    """The attention calls of a step together (the same for every layer): decoders whose buffers
+    have one slot count (and beacon rows) stacked, up to STACK_BYTES a call; the rest alone."""
+    out = []
+    for members in _same_shape(bufs, rows, split, 0):
+        if len(members) == 1:
+            out.append(TogetherGroup(members))
+            continue
+        n = rows[members[0]].slot.shape[0]  # 1 + nb rows per batch row
+        device = rows[members[0]].slot.device
+        stacked_rows = sum(split[j][2] for j in members)
+        rows_at = torch.arange(stacked_rows, device=device).repeat_interleave(n)  # batch row-major, then rows
+        slots_at = torch.cat([rows[j].slot.repeat(split[j][2]) for j in members])
+        out.append(TogetherGroup(members, rows_at, slots_at))
+    return out
+
+
 def step_layer_together(
     parts: Parts, i: int, proj: dict[str, nn.Linear], x: torch.Tensor, rope: Rope, bufs: list[Buffers],
-    rows: list[StepRows], split: list[tuple[int, int, int, int]],
-) -> torch.Tensor:  # fmt: skip
+    rows: list[StepRows], split: list[tuple[int, int, int, int]], groups: list[TogetherGroup],
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # fmt: skip
     """step_layer over the steps of several decoders at once, each with its own buffers (memory)
-    and rows: the projections, RoPE and the MLP run once over every row, the attention per decoder
-    over its own slots. x (1, R + B, hidden) holds every decoder's raw rows first (R: decoder by
-    decoder, its b rows each), then every decoder's beacon rows (its b x n_beacons, row-major);
-    `rope` (1, 1, R + B, d) is each row's; `split` (step_rows_split(rows)) says where each decoder's
-    rows are. Returns the layer's output in x's layout."""
+    and rows: the projections, RoPE and the MLP run once over every row, the attention per group
+    of `groups` (together_groups). x (1, R + B, hidden) holds every decoder's raw rows first (R:
+    decoder by decoder, its b rows each), then every decoder's beacon rows (its b x n_beacons,
+    row-major); `rope` (1, 1, R + B, d) is each row's; `split` (step_rows_split(rows)) says where
+    each decoder's rows are. A decoder alone gets its new keys and values written into its buffers
+    here; a stacked group's go into the stacked copies only, and write_rows_together puts them into
+    the buffers after the last layer (a few kernels a step instead of three per decoder and layer:
+    the step is bound by launches). Returns the layer's output in x's layout and its new rows'
+    (pre-RoPE keys, RoPE'd keys, values), each (1, h_kv, R + B, d)."""
     layer = parts.layers[i]
     n_raw = sum(b for _, _, b, _ in split)
     h = layer.input_layernorm(x)
     q = apply_rope(_queries(parts, layer, proj, h, n_raw), *rope)  # (1, h, R + B, d)
     k, v = _keys_values(parts, layer, proj, h, n_raw)  # (1, h_kv, R + B, d), k before RoPE
     k_rot = apply_rope(k, *rope)
-    for where, buf, r in zip(split, bufs, rows, strict=True):
-        buf.k_win[i].index_copy_(2, r.win_slot, _rows_of_one(k, n_raw, *where))
-        buf.k_rot[i].index_copy_(2, r.slot, _rows_of_one(k_rot, n_raw, *where))
-        buf.values[i].index_copy_(2, r.slot, _rows_of_one(v, n_raw, *where))
-    # decoders whose buffers and rows have one shape attend in one call over their buffers stacked:
-    # a copy of their slots, but a few kernels instead of a few per decoder (the step is launch-bound)
     outs: list[torch.Tensor | None] = [None] * len(bufs)
-    for members in _same_shape(bufs, rows, split, i):
-        q_own = torch.cat([_rows_of_one(q, n_raw, *split[j]) for j in members])  # (G b, h, 1 + nb, d)
-        if len(members) == 1:
-            j = members[0]
-            out = attend_slots(q_own, bufs[j].k_rot[i], bufs[j].values[i], rows[j].mask, parts.scaling)
+    for group in groups:
+        members = group.members
+        q_own = torch.cat([_rows_of_one(q, n_raw, *split[j])[0] for j in members])  # (G b, h, 1 + nb, d)
+        if group.rows_at is None:
+            buf, r, where = bufs[members[0]], rows[members[0]], split[members[0]]
+            buf.k_win[i].index_copy_(2, r.win_slot, _rows_of_one(k, n_raw, *where)[0])
+            buf.k_rot[i].index_copy_(2, r.slot, _rows_of_one(k_rot, n_raw, *where)[0])
+            buf.values[i].index_copy_(2, r.slot, _rows_of_one(v, n_raw, *where)[0])
+            out = attend_slots(q_own, buf.k_rot[i], buf.values[i], r.mask, parts.scaling)
         else:
-            keys = torch.cat([bufs[j].k_rot[i] for j in members])
+            keys = torch.cat([bufs[j].k_rot[i] for j in members])  # (G b, h_kv, cap, d): a copy
             values = torch.cat([bufs[j].values[i] for j in members])
+            for stacked, new in ((keys, k_rot), (values, v)):
+                own = torch.cat([_rows_of_one(new, n_raw, *split[j])[0] for j in members])  # (G b, h_kv, n, d)
+                stacked[group.rows_at, :, group.slots_at] = own.transpose(1, 2).flatten(0, 1)
             mask = torch.cat([rows[j].mask.expand(split[j][2], -1, -1) for j in members])  # (G b, n, cap)
             out = attend_slots(q_own, keys, values, mask, parts.scaling)
         for j, o in zip(members, out.split([split[j][2] for j in members]), strict=True):
             outs[j] = o  # (b, h, 1 + nb, d)
     # back to x's layout: (b, h, 1 + nb, d) -> raw rows (b, h, d) of all, then beacon rows (b * nb, h, d) of all
     flat = [o[:, :, 0] for o in outs] + [o[:, :, 1:].transpose(1, 2).flatten(0, 1) for o in outs if o.shape[2] > 1]
-    return _output(parts, layer, proj, x, torch.cat(flat)[None], n_raw)
+    return _output(parts, layer, proj, x, torch.cat(flat)[None], n_raw), (k, k_rot, v)
+
+
+def write_rows_together(
+    bufs: list[Buffers], rows: list[StepRows], split, groups: list[TogetherGroup],
+    new: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> None:  # fmt: skip
+    """After the last layer of a step together: the stacked groups' new rows of every layer (`new`:
+    step_layer_together's, per layer) into their decoders' buffers, three writes per decoder."""
+    k_win, k_rot, values = (torch.cat([n[kind] for n in new]) for kind in range(3))  # (layers, h_kv, R + B, d)
+    n_raw = sum(b for _, _, b, _ in split)
+    for group in groups:
+        if group.rows_at is None:
+            continue  # written layer by layer
+        for j in group.members:
+            buf, r, where = bufs[j], rows[j], split[j]
+            every_k_rot, every_values, every_k_win = buf.layers
+            every_k_win.index_copy_(3, r.win_slot, _rows_of_one(k_win, n_raw, *where))
+            every_k_rot.index_copy_(3, r.slot, _rows_of_one(k_rot, n_raw, *where))
+            every_values.index_copy_(3, r.slot, _rows_of_one(values, n_raw, *where))
 
 
 STACK_BYTES = 512 << 20  # keys + values stacked for one attention call at most (more: several calls)
@@ -276,12 +326,13 @@ def _same_shape(bufs: list[Buffers], rows: list[StepRows], split, i: int) -> lis
 
 
 def _rows_of_one(t: torch.Tensor, n_raw: int, raw: int, bea: int, b: int, nb: int) -> torch.Tensor:
-    """One decoder's rows of a step together, (1, heads, R + B, d) -> (b, heads, 1 + nb, d)."""
-    own = t[0, :, raw : raw + b, None].transpose(0, 1)
+    """One decoder's rows of a step together, (L, heads, R + B, d) -> (L, b, heads, 1 + nb, d):
+    L layers (or L = 1, a layer's (1, heads, R + B, d))."""
+    own = t[:, :, raw : raw + b, None].transpose(1, 2)
     if nb == 0:
         return own
-    beacons = t[0, :, n_raw + bea : n_raw + bea + b * nb].unflatten(1, (b, nb)).transpose(0, 1)
-    return torch.cat([own, beacons], dim=2)
+    beacons = t[:, :, n_raw + bea : n_raw + bea + b * nb].unflatten(2, (b, nb)).transpose(1, 2)
+    return torch.cat([own, beacons], dim=3)
 
 
 def step_rows_split(rows: list[StepRows]) -> list[tuple[int, int, int, int]]:
