@@ -508,9 +508,10 @@ def step_together(decoders: list[StaticDecoder], tokens: list[torch.Tensor]) -> 
     """One token for each decoder — `tokens[k]` (b_k, 1) after decoder k's memory — with their static
     steps run as one: every row of every decoder through each weight matrix once (a decode step
     reads the weights, not the memories, at small batches: the step costs about what one decoder's
-    costs), the attention per decoder over its own memory. Different memories, lengths, batches,
-    window states and ratios mix freely. A decoder whose token cannot take a static step now (its
-    window closes, its memory is still loading, eager mode) steps alone as `step` would.
+    costs), the attention of each decoder over its own memory (stacked for decoders of one buffer
+    shape). Different memories, lengths, batches, window states and ratios mix freely. A decoder
+    whose token cannot take a static step now (its window closes, its memory is still loading,
+    eager mode) steps alone as `step` would.
 
     Returns per decoder its next-token logits (b_k, vocab), what `decoders[k].step(tokens[k])` gives
     (up to float rounding, ~1e-6 in float32), or the exception its step raised: one decoder's
