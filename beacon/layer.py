@@ -215,6 +215,9 @@ def step_layer(
     return _output(parts, layer, proj, x, out.transpose(1, 2), n_raw)
 
 
+STACK_BYTES = 512 << 20  # keys + values stacked for one attention call at most (more: several calls)
+
+
 @dataclass(frozen=True)
 class TogetherGroup:
     """Decoders of a step together whose attention runs as one call (together_groups)."""
@@ -228,7 +231,7 @@ def together_groups(bufs: list[Buffers], rows: list[StepRows], split) -> list[To
     """The attention calls of a step together (the same for every layer): decoders whose buffers
     have one slot count (and beacon rows) stacked, up to STACK_BYTES a call; the rest alone."""
     out = []
-    for members in _same_shape(bufs, rows, split, 0):
+    for members in _same_shape(bufs, rows, split):
         if len(members) == 1:
             out.append(TogetherGroup(members))
             continue
@@ -305,18 +308,16 @@ def write_rows_together(
             every_values.index_copy_(3, r.slot, _rows_of_one(values, n_raw, *where))
 
 
-STACK_BYTES = 512 << 20  # keys + values stacked for one attention call at most (more: several calls)
-
-
-def _same_shape(bufs: list[Buffers], rows: list[StepRows], split, i: int) -> list[list[int]]:
+def _same_shape(bufs: list[Buffers], rows: list[StepRows], split) -> list[list[int]]:
     """Decoders of a step together grouped by what stacking needs alike (batches may differ): slots
     and dtype of the buffers, beacon rows (in first-seen order); a group's stacked keys and values
-    stay within STACK_BYTES (one decoder alone may pass it)."""
+    stay within STACK_BYTES per layer (one decoder alone may pass it)."""
     groups: dict[tuple, list[tuple[list[int], int]]] = {}  # key -> chunks of (members, bytes stacked)
     for j, (buf, r, where) in enumerate(zip(bufs, rows, split, strict=True)):
-        key = (tuple(buf.k_rot[i].shape[1:]), buf.k_rot[i].dtype, where[3], tuple(r.mask.shape))
+        k = buf.k_rot[0]  # every layer's is shaped alike
+        key = (tuple(k.shape[1:]), k.dtype, where[3], tuple(r.mask.shape))
         chunks = groups.setdefault(key, [([], 0)])
-        size = 2 * buf.k_rot[i].numel() * buf.k_rot[i].element_size()
+        size = 2 * k.numel() * k.element_size()
         members, stacked = chunks[-1]
         if members and stacked + size > STACK_BYTES:
             chunks.append(([], 0))
