@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
 from .config import BeaconConfig
@@ -41,6 +42,11 @@ FLEX_BLOCK = 128
 # |O| from which "auto" attends O apart: below it the saving is smaller than the merge's cost
 # (kernels alone: docs/engine.md, "Why auto attends a long memory apart")
 OUTER_APART_MIN = 4096
+# SDPA kernels for a pass that trains (CUDA): all but cuDNN, whose backward returns nan query
+# gradients for a mask tensor over keys % 128 == 64 where a row's log-sum-exp is below -88.7 —
+# what Qwen2.5's massive-activation heads give (pytorch/pytorch#196678: every step of a Qwen 0.5B
+# training run was nan). Flash or memory-efficient attention serve the same masks.
+TRAIN_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 SDPA_MIN_ROWS = 8  # decode steps (attend_slots) of this many rows or more go to F.scaled_dot_product_attention
 # torch.bmm(..., out_dtype=float32) on CUDA (bf16/fp16 in, float32 out) exists from torch 2.8
 _HAS_OUT_DTYPE = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 8)
@@ -253,6 +259,9 @@ def attend(
     k_win, v_win: (b, h_kv, k + p, d) window columns in `layout.col_order`, then copies — keys
     already RoPE'd by the caller. Keys are [O | window | copies] in that order.
     """
+    if q.is_cuda and torch.is_grad_enabled() and layout.mode in ("dense", "causal", "split"):
+        with sdpa_kernel(TRAIN_SDPA):  # no cuDNN where gradients are taken (TRAIN_SDPA says why)
+            return _attend_sdpa(q, k_outer, v_outer, k_win, v_win, layout, scale, gqa)
     if layout.mode == "flex-outer":
         out_o, lse_o = attend_unmasked(q, k_outer, v_outer, scale, layout.outer_kernel)
         flex = _flex_attention(q.device.type == "cuda")
@@ -260,13 +269,28 @@ def attend(
         if not isinstance(lse_w, torch.Tensor):  # AuxOutput
             lse_w = lse_w.lse
         return layout.merge(out_o, lse_o, out_w, lse_w)
+    if layout.mode == "flex":
+        flex = _flex_attention(q.device.type == "cuda")
+        k, v = torch.cat([k_outer, k_win], dim=2), torch.cat([v_outer, v_win], dim=2)
+        return flex(q, k, v, block_mask=layout.block_mask, scale=scale, enable_gqa=gqa)
+    return _attend_sdpa(q, k_outer, v_outer, k_win, v_win, layout, scale, gqa)
+
+
+def _attend_sdpa(
+    q: torch.Tensor,
+    k_outer: torch.Tensor,
+    v_outer: torch.Tensor,
+    k_win: torch.Tensor,
+    v_win: torch.Tensor,
+    layout: AttnLayout,
+    scale: float,
+    gqa: bool,
+) -> torch.Tensor:
+    """attend's "dense", "causal" and "split" modes: scaled_dot_product_attention over [O | window]."""
     k = torch.cat([k_outer, k_win], dim=2)
     v = torch.cat([v_outer, v_win], dim=2)
     if layout.mode == "dense":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask, scale=scale, enable_gqa=gqa)
-    if layout.mode == "flex":
-        flex = _flex_attention(q.device.type == "cuda")
-        return flex(q, k, v, block_mask=layout.block_mask, scale=scale, enable_gqa=gqa)
     n_rows, n_keys = layout.n_prefix_rows, layout.n_prefix_keys
     qp, kp, vp = q[:, :, :n_rows], k[:, :, :n_keys], v[:, :, :n_keys]
     out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=layout.causal, scale=scale, enable_gqa=gqa)

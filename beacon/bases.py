@@ -257,6 +257,7 @@ def _convert(base: Base, gguf: Path, folder: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        _check_finite(base, quantized.state_dict())
         config = quantized.config
         if hasattr(config, "quantization_config"):  # the weights are dequantized: a plain fp32 model
             del config.quantization_config
@@ -270,6 +271,20 @@ def _convert(base: Base, gguf: Path, folder: Path) -> None:
         os.replace(work, folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_finite(base: Base, weights: dict) -> None:
+    """Refuse a conversion with nan or inf weights (a GGUF reader that dequantizes a block type wrongly)."""
+    import torch
+
+    bad = [name for name, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        versions = ", ".join(f"{m} {importlib.metadata.version(m)}" for m in ("transformers", "gguf"))
+        raise ValueError(
+            f"converting the {base.name} base gave non-finite weights in {len(bad)} tensors ({', '.join(bad[:4])}"
+            f"{', ...' if len(bad) > 4 else ''}) with {versions}; nothing was cached. Try another transformers or"
+            " gguf version"
+        )
 
 
 def base_folder(name: str) -> Path:

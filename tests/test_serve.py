@@ -178,6 +178,7 @@ def test_a_group_without_device_room_waits_for_the_running_ones(setup, monkeypat
     starts = []
     events = [queue.Queue() for _ in range(2)]
     for doc, e in zip(("alpha.md", "beta.md"), events, strict=True):
+
         def emit(k, v, e=e, doc=doc):
             if k == "start":
                 starts.append(doc)

@@ -120,6 +120,20 @@ def test_plain_base_gets_the_official_qkv_beacons(tiny_model, tmp_path):
     assert sum("beacon_" in k for k in beacon_tensors(out)) == 1 + 2 * 3
 
 
+def test_a_non_finite_step_stops_before_it_touches_the_weights(tiny_model, tmp_path):
+    broken = tmp_path / "broken-base"
+    shutil.copytree(tiny_model, broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    weights["model.norm.weight"][0] = float("nan")  # a base that converts badly: its loss is nan
+    from safetensors.torch import save_file
+
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match=r"training step 1: loss nan.*not finite.*example rows \[\d"):
+        train(settings(broken, out, max_steps=4, save_every=1))
+    assert checkpoints(out) == [] and not (out / "model.safetensors").exists()  # nothing poisoned was kept
+
+
 def test_resume_after_crash_matches_uninterrupted_run(tiny_model, tmp_path):
     full = tmp_path / "full"
     train(settings(tiny_model, full, max_steps=12, save_every=4, log_every=2))
