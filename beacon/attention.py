@@ -260,8 +260,13 @@ def attend(
     already RoPE'd by the caller. Keys are [O | window | copies] in that order.
     """
     if q.is_cuda and torch.is_grad_enabled() and layout.mode in ("dense", "causal", "split"):
+        if gqa:  # SDPA's GQA is flash or math only: heads repeated, the memory-efficient kernel takes masks
+            group = q.shape[1] // k_win.shape[1]
+            k_outer, v_outer, k_win, v_win = (
+                t.repeat_interleave(group, dim=1) for t in (k_outer, v_outer, k_win, v_win)
+            )
         with sdpa_kernel(TRAIN_SDPA):  # no cuDNN where gradients are taken (TRAIN_SDPA says why)
-            return _attend_sdpa(q, k_outer, v_outer, k_win, v_win, layout, scale, gqa)
+            return _attend_sdpa(q, k_outer, v_outer, k_win, v_win, layout, scale, False)
     if layout.mode == "flex-outer":
         out_o, lse_o = attend_unmasked(q, k_outer, v_outer, scale, layout.outer_kernel)
         flex = _flex_attention(q.device.type == "cuda")

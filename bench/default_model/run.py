@@ -45,8 +45,9 @@ RATIOS = [2, 4, 8, 16, 32]  # train-lm draws from these; the finalized config li
 QA_RATIOS = [2, 4, 8]  # train-qa: the ratios adapt-1024 picks for lookups up to 8x the base's window
 INFERENCE_MIX = "adapt-1024"  # a document's ratio: the smallest that leaves 1,024 positions for the question
 
+# batch 1 x 4 micro-batches: batch 2 of 16K-token rows ran an 80 GB H100 out of memory with the Qwen 0.5B base
 GPU = dict(max_mb=50, lm_tokens=12_000_000, lm_min=4096, lm_max=16384, qa_rows=3000, qa_min=1024,
-           qa_max=16384, qa_lm_rows=600, batch_size=2, grad_accum=2, lm_budget=240, qa_budget=480, lr=3e-4,
+           qa_max=16384, qa_lm_rows=600, batch_size=1, grad_accum=4, lm_budget=240, qa_budget=480, lr=3e-4,
            cost_samples=4, cost_length=8192,
            eval_args=["--ppl-samples", "4", "--needle-samples", "2"])  # fmt: skip
 SMOKE = dict(max_mb=3, lm_tokens=40_000, lm_min=2048, lm_max=3072, qa_rows=8, qa_min=512, qa_max=2560,

@@ -8,9 +8,12 @@
 #            with it, split in three)
 #   Qwen 0.5B: split -n 11 -d GGUF ggufpart.  (44.7 MB each) into .carry/q1 ... .carry/q11, one part a folder
 #              (the tree ~19 MB + 44.7 MB is under the 64 MiB a call carries; .whl rides with the last)
-# Then, on one warm machine, back to back (the parts wait in $STASH while it stays warm):
+# Then, on one warm machine, back to back (the parts wait in $STASH while it stays warm; a warm call
+# that only keeps a part costs ~4 s of device time):
 #   bash bench/recipes/default_model.sh part .carry/q1        (carry .carry/q1): keep part 1 there
 #   ...                                                       one call per part but the last
+#   bash bench/recipes/default_model.sh part .carry/serve1    (and .carry/serve2): serve_gpu.sh's deps parts
+#                                                             (pylance among them) so `beacon eval` runs there
 #   BASE=NAME bash bench/recipes/default_model.sh run 560 .carry/qN   (carry .carry/qN .whl): join, every stage
 #   BASE=NAME bash bench/recipes/default_model.sh run 560     ... again until the model is finalized
 # To continue an earlier machine's training, carry its compact folder (config.json, beacon.safetensors and
@@ -38,13 +41,17 @@ collect() {  # the compact model, training logs and eval results into $OUT (8 fi
   cp "$WORK"/beacon-lm/train_log.jsonl "$OUT/r/train_lm_log.jsonl" 2>/dev/null
   cp "$WORK"/beacon-qa/train_log.jsonl "$OUT/r/train_qa_log.jsonl" 2>/dev/null
   cp "$WORK"/results/* "$OUT/r/" 2>/dev/null
-  cat "$WORK"/done/* > "$OUT/r/stages.jsonl" 2>/dev/null
+  for f in "$WORK"/done/*; do cat "$f"; echo; done > "$OUT/r/stages.jsonl" 2>/dev/null  # one line each
 }
 
 case "$1" in
   part) stash "$2"/*; ls -la "$STASH" ;;
   run)
     [ -n "${3:-}" ] && stash "$3"/*
+    if [ -f "$STASH/deps.count" ] && ! python3 -c "import lance" 2>/dev/null; then  # eval's snapshot store
+      [ "$(ls "$STASH"/deps.part.* | wc -l)" = "$(cat "$STASH/deps.count")" ] && install_parts deps \
+        || echo "deps: not every part is here; eval will not run"
+    fi
     GGUF=$BEACON_CACHE/downloads/$(python3 -c "from beacon.bases import get_base; print(get_base('$BASE').gguf)")
     mkdir -p "$(dirname "$GGUF")"
     [ -f "$GGUF" ] || { cat "$STASH"/ggufpart.* > "$GGUF.tmp" && mv "$GGUF.tmp" "$GGUF"; }  # checked (sha256) at conversion
@@ -55,7 +62,7 @@ case "$1" in
       timeout $(($2 - SECONDS)) python3 -m bench.default_model.run --work "$WORK" --base "$BASE" ${DM_ARGS:-} 2>&1 | grep -v "it/s]" | tail -n 30
       collect
     else
-      echo "eval not run: pylance is not installed here (carry it in parts as ttft.sh does, or run beacon eval elsewhere)"
+      echo "eval not run: pylance is not installed here (stash serve_gpu.sh's deps parts first, or run beacon eval elsewhere)"
     fi ;;
   *) echo "usage: default_model.sh part DIR | run SECONDS [DIR]"; exit 2 ;;
 esac
