@@ -291,6 +291,11 @@ def train(cfg: TrainConfig, *, on_log: Callable[[dict], None] | None = None) -> 
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dtype = _base_dtype(cfg.dtype, device)
+    if dtype != torch.float32 and not (device.type == "cuda" and cfg.bf16):
+        raise ValueError(
+            f"dtype={cfg.dtype!r} on {device.type} needs bf16 autocast (CUDA with bf16=True): the beacon weights"
+            " train in float32 and meet the base's bf16 activations only under autocast; use dtype='fp32' here"
+        )
     out = Path(cfg.output_dir)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from bench.default_model.run import model_dir, run
+from bench.default_model.run import SMOKE, model_dir, probe, run
 from bench.default_model.text import read_tokens, token_suffix, tokenize
 
 
@@ -64,3 +64,19 @@ def test_compact_cost_scores_each_delta_form_and_restores_the_trained_weights():
     assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
     with pytest.raises(ValueError, match="fewer than one span of 96"):
         compact_cost(lm, stream[:50], samples=1, length=96)
+
+
+def test_the_speed_knobs_change_the_speed_not_the_loss(tmp_path):
+    """--parallel-window and --attn-mode reach the training run (the probe records them) and compute
+    the same first step as one window a pass under the dense mask."""
+    from .conftest import REPO
+
+    first = {}
+    for knobs in ({"parallel_window": 1, "attn_mode": "dense"}, {"parallel_window": 3, "attn_mode": "auto"}):
+        p = SMOKE | {"lm_max": 2048, "qa_max": 2048} | knobs
+        facts = probe(tmp_path / str(knobs["parallel_window"]), str(REPO / "models" / "beacon-tiny-code"), p, 0.01)
+        assert {k: facts[k] for k in knobs} == knobs and facts["step"] >= 1
+        first[knobs["parallel_window"]] = facts["log"][0]
+    assert first[1]["step"] == first[3]["step"] == 1
+    assert first[3]["loss"] == pytest.approx(first[1]["loss"], abs=1e-4)
+    assert first[3]["grad_norm"] == pytest.approx(first[1]["grad_norm"], rel=1e-3)

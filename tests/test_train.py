@@ -134,6 +134,12 @@ def test_a_non_finite_step_stops_before_it_touches_the_weights(tiny_model, tmp_p
     assert checkpoints(out) == [] and not (out / "model.safetensors").exists()  # nothing poisoned was kept
 
 
+def test_a_bf16_base_without_autocast_is_refused_before_loading(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match=r"dtype='bf16' on cpu needs bf16 autocast.*use dtype='fp32'"):
+        train(settings(tiny_model, tmp_path / "run", dtype="bf16"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_after_crash_matches_uninterrupted_run(tiny_model, tmp_path):
     full = tmp_path / "full"
     train(settings(tiny_model, full, max_steps=12, save_every=4, log_every=2))

@@ -48,11 +48,11 @@ INFERENCE_MIX = "adapt-1024"  # a document's ratio: the smallest that leaves 1,0
 # batch 1 x 4 micro-batches: batch 2 of 16K-token rows ran an 80 GB H100 out of memory with the Qwen 0.5B base
 GPU = dict(max_mb=50, lm_tokens=12_000_000, lm_min=4096, lm_max=16384, qa_rows=3000, qa_min=1024,
            qa_max=16384, qa_lm_rows=600, batch_size=1, grad_accum=4, lm_budget=240, qa_budget=480, lr=3e-4,
-           cost_samples=4, cost_length=8192,
+           cost_samples=4, cost_length=8192, parallel_window=1, base_dtype="fp32", attn_mode="dense",
            eval_args=["--ppl-samples", "4", "--needle-samples", "2"])  # fmt: skip
 SMOKE = dict(max_mb=3, lm_tokens=40_000, lm_min=2048, lm_max=3072, qa_rows=8, qa_min=512, qa_max=2560,
              qa_lm_rows=4, batch_size=1, grad_accum=1, lm_budget=20, qa_budget=20, lr=2e-4,
-             cost_samples=1, cost_length=2048,
+             cost_samples=1, cost_length=2048, parallel_window=1, base_dtype="fp32", attn_mode="dense",
              eval_args=["--lengths", "1024", "--needle-lengths", "1024", "--depths", "2", "--needle-samples", "1",
                         "--qa-samples", "2", "--qa-doc-tokens", "300", "--ppl-samples", "1",
                         "--continuation", "64"])  # fmt: skip
@@ -119,10 +119,12 @@ def stage_train(work: Path, model: str, data: str, out: str, budget: float, p: d
     cfg = TrainConfig(
         model=model, data=data, output_dir=out, beacon_window=WINDOW, beacon_stride=WINDOW, beacon_ratio=ratios,
         beacon_ratio_mix="step-random", beacon_param=["q", "k", "v"], beacon_attn="full-coverage",
-        beacon_pos="interleave", min_length=WINDOW, max_length=max(p["lm_max"], p["qa_max"]),
+        beacon_pos="interleave", beacon_parallel_window=p["parallel_window"], min_length=WINDOW,
+        max_length=max(p["lm_max"], p["qa_max"]),
         batch_size=p["batch_size"], grad_accum=p["grad_accum"],
         max_steps=100_000, lr=p["lr"], warmup_steps=10, schedule="cosine", min_lr_ratio=0.1, time_budget_s=budget,
-        schedule_by_time=True, dtype="fp32", bf16=True, attn_mode="dense", log_every=5, save_every=5 if smoke else 25,
+        schedule_by_time=True, dtype=p["base_dtype"], bf16=True, attn_mode=p["attn_mode"], log_every=5,
+        save_every=5 if smoke else 25,
         device="cpu" if smoke else "auto", progress=sys.stderr.isatty(),
     )  # fmt: skip
     return train(cfg)
@@ -209,17 +211,20 @@ def probe(work: Path, config_dir: str, p: dict, seconds: float) -> dict:
     config = AutoConfig.from_pretrained(config_dir)
     for key in [k for k in vars(config) if k.startswith("beacon_")]:
         delattr(config, key)
+    torch.manual_seed(0)  # the same random base every probe: runs with other knobs compare
     AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
     AutoTokenizer.from_pretrained(config_dir).save_pretrained(folder)
     rng = np.random.default_rng(0)
     (work / "probe-data").mkdir(exist_ok=True)
     n = max(p["lm_max"], p["qa_max"])
-    _rows(work / "probe-data" / "rows.jsonl", ({"input_ids": rng.integers(100, 40000, n).tolist()} for _ in range(64)))
+    top = min(40000, config.vocab_size)
+    _rows(work / "probe-data" / "rows.jsonl", ({"input_ids": rng.integers(100, top, n).tolist()} for _ in range(64)))
     torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
     summary = stage_train(work, str(folder), str(work / "probe-data"), str(work / "probe-run"), seconds, p, False)
     log = [json.loads(line) for line in (work / "probe-run" / "train_log.jsonl").open()]
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    return {"rows_tokens": n, "batch_size": p["batch_size"], "log": log[-3:], "peak_gib": peak, **summary}
+    knobs = {k: p[k] for k in ("batch_size", "grad_accum", "parallel_window", "base_dtype", "attn_mode")}
+    return {"rows_tokens": n, **knobs, "log": log[-3:], "peak_gib": peak, **summary}
 
 
 def run(work: Path, until: str, smoke: bool, overrides: dict | None = None, start: str | None = None,
@@ -285,6 +290,10 @@ def main(argv: list[str] | None = None) -> None:
     for key in keys:
         as_float = key.endswith(("budget", "mb")) or key == "lr"
         ap.add_argument("--" + key.replace("_", "-"), type=float if as_float else int)
+    # the same loss, computed faster or slower (speed knobs; --probe measures them on random weights):
+    ap.add_argument("--parallel-window", type=int, help="windows per training pass (default 1)")
+    ap.add_argument("--base-dtype", choices=("fp32", "bf16"), help="the frozen base's weights (default fp32)")
+    ap.add_argument("--attn-mode", choices=("dense", "auto", "flex"), help="training attention (default dense)")
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k in GPU and v is not None}
     if args.probe:
