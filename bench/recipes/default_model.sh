@@ -46,6 +46,16 @@ collect() {  # the compact model, training logs and eval results into $OUT (8 fi
 
 case "$1" in
   part) stash "$2"/*; ls -la "$STASH" ;;
+  probe)  # probe DIR SECONDS "ARGS" ...: training speed of each setting on random weights of DIR's shape
+    # (DIR: a converted base's config.json and tokenizer files, ~10 MB, no GGUF), e.g.
+    #   bash bench/recipes/default_model.sh probe .carry/qcfg 60 "" "--parallel-window 4 --attn-mode auto --base-dtype bf16"
+    gpu_line
+    for args in "${@:4}"; do
+      rm -rf /root/probe
+      # shellcheck disable=SC2086
+      timeout $(($3 + 120)) python3 -m bench.default_model.run --work /root/probe --probe "$2" --probe-seconds "$3" \
+        $args 2>&1 | grep -v "it/s]" | tail -n 1 | tee -a "$OUT/r/probe.jsonl"
+    done ;;
   run)
     [ -n "${3:-}" ] && stash "$3"/*
     if [ -f "$STASH/deps.count" ] && ! python3 -c "import lance" 2>/dev/null; then  # eval's snapshot store
@@ -64,5 +74,5 @@ case "$1" in
     else
       echo "eval not run: pylance is not installed here (stash serve_gpu.sh's deps parts first, or run beacon eval elsewhere)"
     fi ;;
-  *) echo "usage: default_model.sh part DIR | run SECONDS [DIR]"; exit 2 ;;
+  *) echo "usage: default_model.sh part DIR | run SECONDS [DIR] | probe DIR SECONDS ARGS..."; exit 2 ;;
 esac
