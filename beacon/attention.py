@@ -259,14 +259,6 @@ def attend(
     k_win, v_win: (b, h_kv, k + p, d) window columns in `layout.col_order`, then copies — keys
     already RoPE'd by the caller. Keys are [O | window | copies] in that order.
     """
-    if q.is_cuda and torch.is_grad_enabled() and layout.mode in ("dense", "causal", "split"):
-        if gqa:  # SDPA's GQA is flash or math only: heads repeated, the memory-efficient kernel takes masks
-            group = q.shape[1] // k_win.shape[1]
-            k_outer, v_outer, k_win, v_win = (
-                t.repeat_interleave(group, dim=1) for t in (k_outer, v_outer, k_win, v_win)
-            )
-        with sdpa_kernel(TRAIN_SDPA):  # no cuDNN where gradients are taken (TRAIN_SDPA says why)
-            return _attend_sdpa(q, k_outer, v_outer, k_win, v_win, layout, scale, False)
     if layout.mode == "flex-outer":
         out_o, lse_o = attend_unmasked(q, k_outer, v_outer, scale, layout.outer_kernel)
         flex = _flex_attention(q.device.type == "cuda")
@@ -274,26 +266,24 @@ def attend(
         if not isinstance(lse_w, torch.Tensor):  # AuxOutput
             lse_w = lse_w.lse
         return layout.merge(out_o, lse_o, out_w, lse_w)
+    k = torch.cat([k_outer, k_win], dim=2)
+    v = torch.cat([v_outer, v_win], dim=2)
     if layout.mode == "flex":
         flex = _flex_attention(q.device.type == "cuda")
-        k, v = torch.cat([k_outer, k_win], dim=2), torch.cat([v_outer, v_win], dim=2)
         return flex(q, k, v, block_mask=layout.block_mask, scale=scale, enable_gqa=gqa)
-    return _attend_sdpa(q, k_outer, v_outer, k_win, v_win, layout, scale, gqa)
+    if q.is_cuda and torch.is_grad_enabled():  # no cuDNN where gradients are taken (TRAIN_SDPA says why)
+        if gqa:  # SDPA's GQA is flash or math only: heads repeated, the memory-efficient kernel takes masks
+            group = q.shape[1] // k.shape[1]
+            k, v, gqa = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1), False
+        with sdpa_kernel(TRAIN_SDPA):
+            return _attend_sdpa(q, k, v, layout, scale, gqa)
+    return _attend_sdpa(q, k, v, layout, scale, gqa)
 
 
 def _attend_sdpa(
-    q: torch.Tensor,
-    k_outer: torch.Tensor,
-    v_outer: torch.Tensor,
-    k_win: torch.Tensor,
-    v_win: torch.Tensor,
-    layout: AttnLayout,
-    scale: float,
-    gqa: bool,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttnLayout, scale: float, gqa: bool
 ) -> torch.Tensor:
-    """attend's "dense", "causal" and "split" modes: scaled_dot_product_attention over [O | window]."""
-    k = torch.cat([k_outer, k_win], dim=2)
-    v = torch.cat([v_outer, v_win], dim=2)
+    """attend's "dense", "causal" and "split" modes: scaled_dot_product_attention over k, v = [O | window]."""
     if layout.mode == "dense":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask, scale=scale, enable_gqa=gqa)
     n_rows, n_keys = layout.n_prefix_rows, layout.n_prefix_keys
