@@ -13,19 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.repro.tasks import WORDS  # the same word list and line-end table as the reproduction
+from bench.repro.tasks import needle  # the reproduction's kv needles (its word list)
 
 KINDS = ("kv", "passkey", "multi-kv")
 
 
 def _kv(rng: np.random.Generator) -> tuple[str, str, str]:
-    a, b = (WORDS[i].upper() for i in rng.choice(len(WORDS), 2, replace=False))
-    key = f"{a}_{b}_{int(rng.integers(10, 100))}"
-    if rng.random() < 0.5:
-        value = str(int(rng.integers(1000, 100000)))
-    else:
-        value = "-".join(WORDS[i] for i in rng.choice(len(WORDS), 2, replace=False))
-    return f'{key} = "{value}"\n', f"What is the value of {key}?", value
+    return needle(rng, "kv", "text")  # the reproduction's key = "value" line, drawn the same way
 
 
 def _passkey(rng: np.random.Generator) -> tuple[str, str, str]:
