@@ -1,5 +1,5 @@
-"""Writes data/sample/corpus: five long documents (3,000-5,000 tokens each, ~20,000 in all: well past
-the default model's 8,192-token window), each hiding the facts data/sample/questions.jsonl asks
+"""Writes data/sample/corpus: five long documents (2,900-5,600 tokens each, 20,590 in all with the
+default model's tokenizer: 40 times its 512-token window), each hiding the facts data/sample/questions.jsonl asks
 about among many similar-looking entries. Deterministic (seeded); run it to regenerate:
 
     python data/sample/make_corpus.py
