@@ -46,10 +46,14 @@ collect() {  # the compact model, training logs and eval results into $OUT (8 fi
 
 case "$1" in
   part) stash "$2"/*; ls -la "$STASH" ;;
-  probe)  # probe DIR SECONDS "ARGS" ...: training speed of each setting on random weights of DIR's shape
+  probe)  # probe DIR SECONDS "ARGS" ...: the GPU attention test, then the training speed of each setting on random weights of DIR's shape
     # (DIR: a converted base's config.json and tokenizer files, ~10 MB, no GGUF), e.g.
     #   bash bench/recipes/default_model.sh probe .carry/qcfg 60 "" "--parallel-window 4 --attn-mode auto --base-dtype bf16"
     gpu_line
+    # first, the training attention on cuDNN's nan inputs (tests/test_attention_gpu.py, 120 s at most): a red
+    # line here means the training below would be nan again
+    stage attention_gpu 120 env BEACON_TEST_DEVICE=cuda python3 -m pytest -p no:cacheprovider -q -m "gpu or not gpu" \
+      tests/test_attention_gpu.py
     for args in "${@:4}"; do
       rm -rf /root/probe
       # shellcheck disable=SC2086
