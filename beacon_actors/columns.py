@@ -64,7 +64,7 @@ QUESTIONS = pa.schema(
         pa.field("question", pa.string(), nullable=False),
         pa.field("doc_ids", pa.list_(pa.string())),  # documents to read, in order (the last is read closest)
         pa.field("picked_by", pa.string(), nullable=False),  # 'caller' or 'search'
-        pa.field("expected", pa.string()),  # reference answer, if the file has one
+        pa.field("expected", pa.list_(pa.string())),  # reference answer, if the file has one: every item must appear
         pa.field("error", pa.string()),  # set when no document could be picked
     ]
 )
@@ -77,7 +77,7 @@ ANSWERS = pa.schema(
         pa.field("doc_ids", pa.list_(pa.string())),
         pa.field("picked_by", pa.string(), nullable=False),
         pa.field("answer", pa.string()),  # null when it failed (see `error`)
-        pa.field("expected", pa.string()),
+        pa.field("expected", pa.list_(pa.string())),
         pa.field("n_prompt_tokens", pa.int64(), nullable=False),
         pa.field("n_new_tokens", pa.int64(), nullable=False),
         pa.field("n_memory_tokens", pa.int64(), nullable=False),  # raw tokens the loaded memory has read

@@ -89,11 +89,15 @@ def decode_answer(tokenizer, token_ids: list[int], stops: list[int]) -> str:
     return tokenizer.decode(token_ids[:cut], skip_special_tokens=True).strip()
 
 
-def is_correct(answer: str | None, expected: str) -> bool:
+def is_correct(answer: str | None, expected: str | list[str]) -> bool:
     """The grading rule of every answer (`beacon qa`, `beacon eval`, the benchmarks): the expected
     text appears in the answer as a whole item — not glued to a letter or digit on either side —
-    ignoring case. "The pass key is 71942." is right for 71942; "482130" and "4821" are not for 48213."""
-    if answer is None or not expected.strip():
+    ignoring case. "The pass key is 71942." is right for 71942; "482130" and "4821" are not for 48213.
+    A list (an answer drawn from several documents) is right when every item appears."""
+    items = [expected] if isinstance(expected, str) else list(expected)
+    if answer is None or not items or not all(e.strip() for e in items):
         return False
-    item = re.escape(expected.strip())
-    return re.search(rf"(?<![0-9A-Za-z]){item}(?![0-9A-Za-z])", answer, flags=re.IGNORECASE) is not None
+    return all(
+        re.search(rf"(?<![0-9A-Za-z]){re.escape(e.strip())}(?![0-9A-Za-z])", answer, flags=re.IGNORECASE) is not None
+        for e in items
+    )

@@ -118,7 +118,8 @@ def qa(questions, output, db, model, tokenizer, dtype, actors, gpus_per_actor, c
     if len(report.graded) <= SHOWN_ANSWERS:  # a small graded set (the sample): each answer beside its expected one
         for g in report.graded:
             mark = "right" if g["correct"] else "wrong"
-            click.echo(f"  {mark}  {g['question_id']}: {g['answer']!r} (expected {g['expected']!r})")
+            expected = " and ".join(repr(e) for e in g["expected"])
+            click.echo(f"  {mark}  {g['question_id']}: {g['answer']!r} (expected {expected})")
     for f in report.failures[:10]:
         click.echo(f"  failed {f['question_id']}: {f['error']}", err=True)
     exit_if_failed(report.n_failed, "questions", allow_failures)

@@ -1,7 +1,8 @@
 """Questions in, answers out: read a JSONL/Parquet of questions, pick their documents, write answers.
 
 A question record: {"question": str, "id"/"question_id"?: str, "doc_ids"?: [str] (or "doc_id": str),
-"answer"/"expected"?: str (reference, for accuracy), "embedding"?: [float] (vector search)}.
+"answer"/"expected"?: str or [str] (reference, for accuracy; a list when
+the answer joins facts of several documents: every item must appear), "embedding"?: [float] (vector search)}.
 A question without doc ids gets the `top_k` best documents of the search table (snapshots.search),
 the best one last (it is read closest to the question). Answers: one row per question (ANSWERS
 columns), sorted by position in the questions file, written as .jsonl or .parquet.
@@ -62,8 +63,20 @@ def to_question(record: dict, index: int, *, source: str = "questions") -> dict:
         "question": record["question"],
         "doc_ids": [str(d) for d in doc_ids] if doc_ids else None,
         "picked_by": "caller" if doc_ids else "search",
-        "expected": None if expected is None else str(expected),
+        "expected": _expected(expected, source, index),
     }
+
+
+def _expected(value, source: str, index: int) -> list[str] | None:
+    """The reference answer as a list of items that must all appear (one item for a plain answer)."""
+    if value is None:
+        return None
+    items = value if isinstance(value, list) else [value]
+    if not items or any(isinstance(v, (list, dict)) or not str(v).strip() for v in items):
+        raise ValueError(
+            f"{source}: record {index} has an empty or nested 'answer' {value!r}: give a string or a list of strings"
+        )
+    return [str(v) for v in items]
 
 
 def pick_documents(question: dict, search: SearchIndex, *, top_k: int, embedding: list[float] | None = None) -> dict:

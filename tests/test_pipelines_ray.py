@@ -168,11 +168,19 @@ def test_cli_ingest_qa_ask_generate_snapshots(model, tmp_path, monkeypatch):
         assert out.exit_code == 0 and "Usage:" in out.output
 
 
-def test_sample_data_ships():
-    assert len(list((SAMPLE / "corpus").iterdir())) == 5
-    questions = [json.loads(x) for x in (SAMPLE / "questions.jsonl").read_text().splitlines()]
-    corpus = "".join(p.read_text() for p in (SAMPLE / "corpus").iterdir())
-    assert all(q["answer"] in corpus for q in questions)
+@pytest.mark.parametrize("folder", ["sample", "sample_long"])
+def test_sample_data_ships(folder):
+    sample = SAMPLE.parent / folder
+    assert len(list((sample / "corpus").iterdir())) == 5
+    questions = [json.loads(x) for x in (sample / "questions.jsonl").read_text().splitlines()]
+    docs = {p.name: p.read_text() for p in (sample / "corpus").iterdir()}
+    for q in questions:  # every answer is in the corpus once; a list answer's items each in another named document
+        items = q["answer"] if isinstance(q["answer"], list) else [q["answer"]]
+        holders = [[name for name, text in docs.items() if item in text] for item in items]
+        assert all(len(h) == 1 for h in holders), (q["id"], holders)
+        assert all(h[0] in q.get("doc_ids", docs) for h in holders), q["id"]
+    if folder == "sample_long":  # one question needs two documents
+        assert any(isinstance(q["answer"], list) and len({h for h in q["doc_ids"]}) == 2 for q in questions)
 
 
 def test_bench_pipeline_smoke_on_cpu(model, tmp_path):

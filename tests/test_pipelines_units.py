@@ -332,8 +332,13 @@ def test_questions_files(tmp_path):
     path.write_text('{"question": "a?", "doc_id": "d", "answer": "x"}\n\n{"id": 5, "question": "b?"}\n')
     rows = [to_question(r, i) for i, r in enumerate(read_records(path))]
     assert rows[0] == {"index": 0, "question_id": "q0", "question": "a?", "doc_ids": ["d"], "picked_by": "caller",
-                       "expected": "x"}  # fmt: skip
-    assert rows[1]["question_id"] == "5" and rows[1]["picked_by"] == "search"
+                       "expected": ["x"]}  # fmt: skip
+    assert rows[1]["question_id"] == "5" and rows[1]["picked_by"] == "search" and rows[1]["expected"] is None
+    two = to_question({"question": "a and b?", "answer": ["amber", 42]}, 2)  # an answer from two documents
+    assert two["expected"] == ["amber", "42"]
+    for bad in ("", [], ["x", " "], [["x"]]):
+        with pytest.raises(ValueError, match="record 4 has an empty or nested 'answer'"):
+            to_question({"question": "c?", "answer": bad}, 4)
     assert "no stored document" in pick_documents(rows[1], SearchIndex(tmp_path / "db"), top_k=1)["error"]
     with pytest.raises(ValueError, match="no 'question'"):
         to_question({"doc_ids": ["a"]}, 3)

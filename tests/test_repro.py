@@ -76,6 +76,9 @@ def test_answers_are_matched_exactly_and_the_chat_template_is_the_trained_prompt
     assert is_correct(' 48213"\n', "48213") and is_correct(" blue-moon", "blue-moon")
     assert is_correct("The pass key is 71942.", "71942") and is_correct("AMBER-FALCON", "amber-falcon")
     assert not is_correct(" 482130", "48213") and not is_correct(" 4821", "48213") and not is_correct(None, "1")
+    assert is_correct("amber-falcon and 71942", ["71942", "Amber-Falcon"])  # a list: every item
+    assert not is_correct("amber-falcon", ["amber-falcon", "71942"])
+    assert not is_correct("anything", []) and not is_correct("x", ["x", ""])
     tok.chat_template = tasks.CHAT_TEMPLATE
     got = tok.apply_chat_template(
         [{"role": "user", "content": "What is X?"}], add_generation_prompt=True, tokenize=False

@@ -1,6 +1,9 @@
-"""Writes data/sample/corpus: five long documents (2,900-5,600 tokens each, 20,590 in all with the
-default model's tokenizer: 40 times its 512-token window), each hiding the facts data/sample/questions.jsonl asks
-about among many similar-looking entries. Deterministic (seeded); run it to regenerate:
+"""Writes data/sample/corpus and data/sample_long/corpus: five long documents each, hiding the facts
+their questions.jsonl asks about among many similar-looking entries. data/sample (2,900-5,600 tokens a
+document, 20,590 in all with the default model's tokenizer: 40 times its 512-token window) is what the
+default model reads; data/sample_long is the same five documents three times as long (6,400-13,700
+tokens each, 48,580 in all with the Qwen2.5 tokenizer: 1.5 times that base's 32K window), for a real
+base. Deterministic (seeded); run it to regenerate both:
 
     python data/sample/make_corpus.py
 """
@@ -10,7 +13,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-OUT = Path(__file__).parent / "corpus"
+# scale -> folder: every entry count (days, blocks, weeks, stations) and each needle's place times the scale
+SETS = {1: Path(__file__).parent / "corpus", 3: Path(__file__).parent.parent / "sample_long" / "corpus"}
 WORDS = (
     "amber arrow autumn badge basket birch blade bloom breeze brick bridge cabin candle canyon castle cedar"
     " cherry cliff cloud comet copper coral crane crystal daisy dawn delta desert dune eagle ember falcon"
@@ -52,7 +56,7 @@ def value(rng: random.Random) -> str:
     return str(rng.randint(1000, 99999)) if rng.random() < 0.5 else "-".join(rng.sample(FILLER, 2))
 
 
-def lighthouse(rng: random.Random) -> str:
+def lighthouse(rng: random.Random, scale: int) -> str:
     lines = [
         "# Harbor lighthouse: keeper's log, autumn season",
         "",
@@ -60,14 +64,14 @@ def lighthouse(rng: random.Random) -> str:
         "settings of the lamp controller as they were changed during the season.",
         "",
     ]
-    for day in range(1, 61):
+    for day in range(1, 60 * scale + 1):
         lines.append(f"## Day {day}")
         lines.append(
             f"Weather: {rng.choice(WEATHER)}. Traffic: {rng.choice(SHIPS)}. "
             f"Lamp lit at {17 + rng.randint(0, 2)}:{rng.randint(10, 59)}, out at 0{6 + rng.randint(0, 1)}:"
             f"{rng.randint(10, 59)}. Oil level {rng.randint(40, 95)} percent."
         )
-        if day == 37:
+        if day == 37 * scale:
             lines.append('Controller setting changed today: HARBOR_LANTERN_42 = "amber-falcon"')
         elif rng.random() < 0.5:
             lines.append(f'Controller setting changed today: {key(rng)} = "{value(rng)}"')
@@ -79,21 +83,21 @@ def lighthouse(rng: random.Random) -> str:
     return "\n".join(lines)
 
 
-def config_file(rng: random.Random) -> str:
+def config_file(rng: random.Random, scale: int) -> str:
     lines = [
         "# orbit_config.txt: settings of the orbit tracking station",
         "",
         "# Each block configures one tracking dish. Values are read at start-up; comments explain them.",
         "",
     ]
-    for block in range(1, 41):
+    for block in range(1, 40 * scale + 1):
         lines.append(f"[dish-{block:02d}]")
         lines.append(
             f"# dish {block} tracks the {rng.choice(FILLER)} constellation on {rng.choice(['odd', 'even'])} nights"
         )
         for _ in range(5):
             lines.append(f'{key(rng)} = "{value(rng)}"')
-        if block == 23:
+        if block == 23 * scale:
             lines.append('ORBIT_CEDAR_31 = "48213"')
         lines.append(f"azimuth_offset = {rng.uniform(-2, 2):.3f}")
         lines.append(f"elevation_limit = {rng.randint(5, 20)}")
@@ -101,7 +105,7 @@ def config_file(rng: random.Random) -> str:
     return "\n".join(lines)
 
 
-def garden(rng: random.Random) -> str:
+def garden(rng: random.Random, scale: int) -> str:
     plants = ["tomatoes", "beans", "lettuce", "carrots", "sunflowers", "garlic", "peas", "squash", "basil", "onions"]
     lines = [
         "# Garden notes",
@@ -110,14 +114,14 @@ def garden(rng: random.Random) -> str:
         "and what the volunteers asked each other to remember.",
         "",
     ]
-    for week in range(1, 41):
+    for week in range(1, 40 * scale + 1):
         lines.append(f"## Week {week}")
         for _ in range(3):
             lines.append(
                 f"Bed {rng.randint(1, 24)}: {rng.choice(plants)} {rng.choice(DONE)}"
                 f", soil {rng.choice(['dry', 'damp', 'wet'])}, {rng.randint(1, 9)} volunteers."
             )
-        if week == 29:
+        if week == 29 * scale:
             lines.append("The pass key is 71942. Remember it. 71942 is the pass key for the tool shed.")
         elif rng.random() < 0.4:
             lines.append(f"Reminder: the {rng.choice(FILLER)} gate code is {rng.randint(1000, 9999)} this week.")
@@ -125,7 +129,7 @@ def garden(rng: random.Random) -> str:
     return "\n".join(lines)
 
 
-def river(rng: random.Random) -> str:
+def river(rng: random.Random, scale: int) -> str:
     lines = [
         "# River survey",
         "",
@@ -133,19 +137,19 @@ def river(rng: random.Random) -> str:
         "survey team assigned to each reading.",
         "",
     ]
-    for station in range(1, 71):
+    for station in range(1, 70 * scale + 1):
         lines.append(
             f"Station {station}: depth {rng.uniform(0.4, 6.0):.2f} m, flow {rng.uniform(0.1, 2.5):.2f} m/s,"
             f" water {rng.choice(WATER)}, bank {rng.choice(BANKS)}."
         )
-        if station == 52:
+        if station == 52 * scale:
             lines.append('Reading code: RIVER_DELTA_17 = "violet-summit"')
         elif rng.random() < 0.6:
             lines.append(f'Reading code: {key(rng)} = "{value(rng)}"')
     return "\n".join(lines) + "\n"
 
 
-def glacier(rng: random.Random) -> str:
+def glacier(rng: random.Random, scale: int) -> str:
     lines = [
         "# Glacier expedition diary",
         "",
@@ -153,12 +157,12 @@ def glacier(rng: random.Random) -> str:
         "distance, and the sample labels written on the ice cores.",
         "",
     ]
-    for day in range(1, 51):
+    for day in range(1, 50 * scale + 1):
         lines.append(
             f"Day {day}. Camp {rng.randint(1, 6)}, {rng.choice(WEATHER)}, {rng.uniform(2, 14):.1f} km walked,"
             f" {rng.randint(0, 4)} crevasses crossed. The {rng.choice(FILLER)} ridge was {rng.choice(SIGHT)}."
         )
-        if day == 18:
+        if day == 18 * scale:
             lines.append('Core label: GLACIER_QUARTZ_88 = "90517"')
         elif rng.random() < 0.5:
             lines.append(f'Core label: {key(rng)} = "{value(rng)}"')
@@ -167,16 +171,17 @@ def glacier(rng: random.Random) -> str:
 
 
 def main() -> None:
-    OUT.mkdir(exist_ok=True)
-    docs = {
-        "lighthouse.md": lighthouse,
-        "orbit_config.txt": config_file,
-        "garden_notes.md": garden,
-        "river_survey.txt": river,
-        "glacier.md": glacier,
-    }
-    for i, (name, make) in enumerate(docs.items()):
-        (OUT / name).write_text(make(random.Random(i)))
+    for scale, out in SETS.items():
+        out.mkdir(exist_ok=True)
+        docs = {
+            "lighthouse.md": lighthouse,
+            "orbit_config.txt": config_file,
+            "garden_notes.md": garden,
+            "river_survey.txt": river,
+            "glacier.md": glacier,
+        }
+        for i, (name, make) in enumerate(docs.items()):
+            (out / name).write_text(make(random.Random(i), scale))
 
 
 if __name__ == "__main__":
