@@ -46,6 +46,19 @@ def test_a_work_folder_stays_with_its_base(tmp_path):
     assert model_dir(tmp_path, "qwen2.5-coder-0.5b-instruct").name == "qwen2.5-coder-0.5b-beacon"
 
 
+def test_the_finalized_ratios_keep_a_document_that_fits_raw_and_condense_a_longer_one():
+    from beacon.config import BeaconConfig
+    from beacon.windows import WindowState, choose_ratio
+    from bench.default_model.run import INFERENCE_MIX, INFERENCE_RATIOS, WINDOW
+
+    cfg = BeaconConfig(beacon_window=WINDOW, beacon_stride=WINDOW, beacon_ratio=INFERENCE_RATIOS,
+                       beacon_ratio_mix=INFERENCE_MIX)  # fmt: skip
+    picked = {n: choose_ratio(cfg, WindowState(seed=0), window_start=0, known_length=n, max_positions=32768,
+                              training=False)[0] for n in (1_000, 31_744, 31_745, 64_000, 200_000)}  # fmt: skip
+    # 1,024 positions stay free for the question: 31,744 tokens fit the 32K window raw, one more is condensed
+    assert picked == {1_000: 0, 31_744: 0, 31_745: 2, 64_000: 4, 200_000: 8}
+
+
 def test_compact_cost_scores_each_delta_form_and_restores_the_trained_weights():
     import torch
 

@@ -41,15 +41,18 @@ from beacon.bases import BASES
 STAGES = ("base", "text", "data", "train-lm", "train-qa", "finalize", "eval")
 BASE = "qwen2.5-coder-0.5b-instruct"  # the default --base (docs/default_model.md: why not SmolLM2)
 WINDOW = 1024  # with RATIOS, q/k/v, full-coverage and interleave: the official Qwen-2 beacon settings
-RATIOS = [2, 4, 8, 16, 32]  # train-lm draws from these; the finalized config lists them all
+RATIOS = [2, 4, 8, 16, 32]  # train-lm draws from these; the finalized config lists them all, and 0
 QA_RATIOS = [2, 4, 8]  # train-qa: the ratios adapt-1024 picks for lookups up to 8x the base's window
 INFERENCE_MIX = "adapt-1024"  # a document's ratio: the smallest that leaves 1,024 positions for the question
+# The finalized config's ratios: 0 first, so adapt-1024 keeps a document that fits the base's window raw
+# (every key/value, what the base reads best) and condenses only longer ones (docs/default_model.md)
+INFERENCE_RATIOS = [0, *RATIOS]
 
 # batch 1 x 4 micro-batches: batch 2 of 16K-token rows ran an 80 GB H100 out of memory with the Qwen 0.5B base
 GPU = dict(max_mb=50, lm_tokens=12_000_000, lm_min=4096, lm_max=16384, qa_rows=3000, qa_min=1024,
            qa_max=16384, qa_lm_rows=600, batch_size=1, grad_accum=4, lm_budget=240, qa_budget=480, lr=3e-4,
            cost_samples=4, cost_length=8192, parallel_window=1, base_dtype="fp32", attn_mode="dense",
-           eval_args=["--ppl-samples", "4", "--needle-samples", "2"])  # fmt: skip
+           eval_args=["--ppl-samples", "2", "--needle-samples", "2", "--depths", "5"])  # fmt: skip
 SMOKE = dict(max_mb=3, lm_tokens=40_000, lm_min=2048, lm_max=3072, qa_rows=8, qa_min=512, qa_max=2560,
              qa_lm_rows=4, batch_size=1, grad_accum=1, lm_budget=20, qa_budget=20, lr=2e-4,
              cost_samples=1, cost_length=2048, parallel_window=1, base_dtype="fp32", attn_mode="dense",
@@ -141,7 +144,7 @@ def stage_finalize(work: Path, base: str, p: dict) -> dict:
     from .text import read_tokens
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    lm = beacon.load(str(work / "beacon-qa"), device=device, dtype="fp32", beacon_ratio=RATIOS,
+    lm = beacon.load(str(work / "beacon-qa"), device=device, dtype="fp32", beacon_ratio=INFERENCE_RATIOS,
                      beacon_ratio_mix=INFERENCE_MIX)  # fmt: skip
     out = model_dir(work, base)
     saved = save_compact(lm, out, base)
