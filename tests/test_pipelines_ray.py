@@ -183,6 +183,19 @@ def test_sample_data_ships(folder):
         assert any(isinstance(q["answer"], list) and len({h for h in q["doc_ids"]}) == 2 for q in questions)
 
 
+def test_sample_generator_writes_the_committed_corpora():
+    import importlib.util
+    import random
+
+    spec = importlib.util.spec_from_file_location("make_corpus", SAMPLE / "make_corpus.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    for scale, folder in make.SETS.items():
+        assert sorted(p.name for p in folder.iterdir()) == sorted(make.DOCS)
+        for i, (name, writer) in enumerate(make.DOCS.items()):
+            assert (folder / name).read_text() == writer(random.Random(i), scale), (scale, name)
+
+
 def test_bench_pipeline_smoke_on_cpu(model, tmp_path):
     from bench.pipeline import main as bench
 

@@ -170,17 +170,20 @@ def glacier(rng: random.Random, scale: int) -> str:
     return "\n".join(lines)
 
 
+# file name -> writer; document i is drawn from random.Random(i)
+DOCS = {
+    "lighthouse.md": lighthouse,
+    "orbit_config.txt": config_file,
+    "garden_notes.md": garden,
+    "river_survey.txt": river,
+    "glacier.md": glacier,
+}
+
+
 def main() -> None:
     for scale, out in SETS.items():
         out.mkdir(exist_ok=True)
-        docs = {
-            "lighthouse.md": lighthouse,
-            "orbit_config.txt": config_file,
-            "garden_notes.md": garden,
-            "river_survey.txt": river,
-            "glacier.md": glacier,
-        }
-        for i, (name, make) in enumerate(docs.items()):
+        for i, (name, make) in enumerate(DOCS.items()):
             (out / name).write_text(make(random.Random(i), scale))
 
 
