@@ -36,6 +36,7 @@ def ensure_ray(options: RayOptions | None = None) -> None:
     o = options or RayOptions()
     if o.quiet:
         quiet_ray()
+    ray_notices_to_stderr()
     address = o.address or os.environ.get("RAY_ADDRESS")
     try:
         if address:
@@ -61,6 +62,24 @@ def ensure_ray(options: RayOptions | None = None) -> None:
             f"the Ray cluster at {address!r} refused this client ({err}). It uses token authentication: run"
             " with RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token (or RAY_AUTH_TOKEN)."
         ) from err
+
+
+def ray_notices_to_stderr() -> None:
+    """Ray's driver prints the raylet's notices (a task retried, a worker killed) to stdout whatever
+    log_to_driver says (`ray._private.worker.listen_error_messages` calls the module's
+    `print_to_stdstream` with is_err False). A command's stdout is its result (`--json` must parse),
+    so every such print goes to stderr."""
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    if getattr(original, "beacon_to_stderr", False):
+        return
+
+    def to_stderr(data: dict, ignore_prefix: bool) -> None:
+        original(dict(data, is_err=True), ignore_prefix)
+
+    to_stderr.beacon_to_stderr = True
+    ray_worker.print_to_stdstream = to_stderr
 
 
 def quiet_ray() -> None:

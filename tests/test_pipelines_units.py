@@ -395,3 +395,16 @@ def test_questions_pick_documents_by_vector_when_embeddings_are_stored(tmp_path)
     by_vector, by_text = read_questions(path, str(tmp_path / "db"), top_k=2)
     assert by_vector["doc_ids"] == ["north", "south"]  # best (south) last: read closest to the question
     assert by_text["picked_by"] == "search" and len(by_text["doc_ids"]) == 2
+
+
+def test_ray_notices_go_to_stderr_so_stdout_keeps_only_the_result(capsys):
+    import ray._private.worker as ray_worker
+
+    from pipelines.cluster import ray_notices_to_stderr
+
+    ray_notices_to_stderr()
+    ray_notices_to_stderr()  # once only: a second call wraps nothing again
+    notice = {"lines": ["Task _map_task failed. There are infinite retries remaining"], "pid": "raylet"}
+    ray_worker.print_to_stdstream(dict(notice, is_err=False), ignore_prefix=False)  # as the driver's listener does
+    out, err = capsys.readouterr()
+    assert out == "" and "Task _map_task failed" in err and "(raylet)" in err
