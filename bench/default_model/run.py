@@ -16,8 +16,8 @@ newest checkpoint, so a run cut by a time limit continues where it stopped):
   train-lm  beacons on long real text, ratios drawn per window from 2,4,8,16,32 (beacon.train)
   train-qa  from train-lm, on lookups (loss on the answer) mixed with real text, ratios 2, 4, 8 (what
             adapt-1024 picks for documents up to 8x the base's window)
-            (--from DIR: from a trained beacon folder instead, e.g. the shipped compact model; train-lm
-            is then skipped, so a later machine continues an earlier one's training)
+  --from DIR: train-lm starts from a trained beacon folder (e.g. an earlier machine's compact model)
+            instead of the base's initial beacons, so a later machine continues an earlier one's training
   finalize  WORK/<base>-beacon (e.g. qwen2.5-coder-0.5b-beacon): config (adapt ratio mix) and the beacon
             weights as int8 deltas, or int4 where int8 is over 25 MB (the tokenizer is the base's);
             results/compact.json: held-out NLL through fp32, int8 and int4 weights
@@ -232,8 +232,8 @@ def probe(work: Path, config_dir: str, p: dict, seconds: float) -> dict:
 
 def run(work: Path, until: str, smoke: bool, overrides: dict | None = None, start: str | None = None,
         base_name: str = BASE) -> None:  # fmt: skip
-    """Every stage not done yet, up to `until`, on base `base_name`; `start` (a trained beacon folder)
-    replaces train-lm."""
+    """Every stage not done yet, up to `until`, on base `base_name`; train-lm starts from `start` (a
+    trained beacon folder) when given, else from the base."""
     p = (SMOKE if smoke else GPU) | (overrides or {})
     work.mkdir(parents=True, exist_ok=True)
     (work / "done").mkdir(exist_ok=True)
@@ -260,13 +260,11 @@ def run(work: Path, until: str, smoke: bool, overrides: dict | None = None, star
                 s: {k: v for k, v in facts[s].items() if k != "packages"} for s in ("train", "heldout")}
         elif stage == "data":
             facts = stage_data(work, base, p)
-        elif stage == "train-lm" and start:
-            facts = {"skipped": f"train-qa starts from {start}"}
         elif stage == "train-lm":
-            facts = stage_train(work, str(base), str(work / "data-lm"), str(work / "beacon-lm"), p["lm_budget"], p,
-                                smoke)  # fmt: skip
+            facts = stage_train(work, start or str(base), str(work / "data-lm"), str(work / "beacon-lm"),
+                                p["lm_budget"], p, smoke)  # fmt: skip
         elif stage == "train-qa":
-            facts = stage_train(work, start or str(work / "beacon-lm"), str(work / "data-qa"), str(work / "beacon-qa"),
+            facts = stage_train(work, str(work / "beacon-lm"), str(work / "data-qa"), str(work / "beacon-qa"),
                                 p["qa_budget"], p, smoke, QA_RATIOS)  # fmt: skip
         elif stage == "finalize":
             facts = stage_finalize(work, base_name, p)
@@ -287,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny budgets: checks the recipe runs")
     ap.add_argument("--probe", metavar="CONFIG_DIR", help="only measure training speed on random weights of this shape")
     ap.add_argument("--probe-seconds", type=float, default=60)
-    ap.add_argument("--from", dest="start", metavar="DIR", help="train-qa from this trained beacon folder, no train-lm")
+    ap.add_argument("--from", dest="start", metavar="DIR", help="train-lm from this beacon folder, not the base")
     keys = ("batch_size", "grad_accum", "lm_budget", "qa_budget", "max_mb", "lm_tokens", "lm_max", "qa_min", "qa_max",
             "qa_rows", "qa_lm_rows", "lr")  # fmt: skip
     for key in keys:

@@ -17,7 +17,7 @@
 #   BASE=NAME bash bench/recipes/default_model.sh run 560 .carry/qN   (carry .carry/qN .whl): join, every stage
 #   BASE=NAME bash bench/recipes/default_model.sh run 560     ... again until the model is finalized
 # To continue an earlier machine's training, carry its compact folder (config.json, beacon.safetensors and
-# the base's tokenizer files) and pass DM_ARGS="--from DIR" (bench.default_model.run: train-lm skipped).
+# the base's tokenizer files) and pass DM_ARGS="--from DIR" (bench.default_model.run: train-lm starts from it).
 # `run` resumes whatever is unfinished (training from its last checkpoint) and stops within SECONDS;
 # once finalized, $OUT/m holds config.json + beacon.safetensors in 15 MiB parts (join: cat) and $OUT/r the
 # training logs, results/compact.json (held-out NLL through fp32, int8, int4 weights) and eval.
