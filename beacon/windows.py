@@ -101,6 +101,45 @@ def max_length_for_ratio(ratio: int, window: int, max_positions: int) -> int:
     return (max_positions - window) * ratio + window
 
 
+def answer_positions(cfg: BeaconConfig, states: list[WindowState], n_new: int) -> int:
+    """The most entries (RoPE positions) the memory of `states` (documents read one after another)
+    can hold while `n_new` more tokens (prompt and answer) are read after it: at the ratio the last
+    document fixed, else the worst ratio of the mix. New tokens continue the last document's open
+    window: its raw tokens and theirs stay raw until a window closes (at most a window of them at
+    once), every window that closes keeps stride/ratio beacons, and the first to close also keeps
+    the sink."""
+    last = states[-1]
+    ratios = [last.sequence_ratio] if last.sequence_ratio >= 0 else sorted(set(cfg.beacon_ratio))
+    return max(_positions_at(cfg, states, n_new, ratio) for ratio in ratios)
+
+
+def _positions_at(cfg: BeaconConfig, states: list[WindowState], n_new: int, ratio: int) -> int:
+    last = states[-1]
+    before = sum(s.size for s in states) - last.n_window  # what the new tokens never change
+    sink = cfg.beacon_sink_size if last.n_outer == 0 else 0  # taken when the first window closes
+    raw = last.window_raw + n_new  # the open window's raw tokens and the new ones
+    if ratio == 0:  # ratio-0 windows keep every raw token
+        return before + sink + raw
+    windows = -(-raw // cfg.beacon_stride)  # windows that close over them (overlapping when stride < window)
+    beacons = windows * -(-cfg.beacon_stride // ratio)
+    return before + sink + beacons + min(raw, cfg.beacon_window)
+
+
+def check_answer_room(
+    cfg: BeaconConfig, states: list[WindowState], n_prompt: int, max_tokens: int, max_positions: int
+) -> None:
+    """ValueError unless a prompt of `n_prompt` tokens and an answer of up to `max_tokens` read after
+    the memory of `states` stay within the model's `max_positions`: RoPE positions past them are
+    ones the model never saw, so such an answer is refused rather than made up."""
+    need = answer_positions(cfg, states, n_prompt + max_tokens)
+    if need > max_positions:
+        raise ValueError(
+            f"the documents' memory ({sum(s.size for s in states)} entries) + prompt ({n_prompt} tokens) +"
+            f" answer (up to {max_tokens} tokens) need up to {need} positions (window {cfg.beacon_window}):"
+            f" over this model's limit of {max_positions} positions; give fewer documents or fewer new tokens"
+        )
+
+
 def _draw(valid: list[int], seed: int, salt: int, counter: int) -> int:
     # Counter-based draw: the ratio of window k depends only on (seed, k), so reading a sequence
     # at once or in pieces, or from a reloaded snapshot, picks the same ratios.

@@ -44,6 +44,7 @@ import torch
 from beacon import BeaconLM, Memory
 from beacon.decode import step_together
 from beacon.layer import STACK_BYTES
+from beacon.windows import check_answer_room
 
 from .memory_cache import MemoryCache
 
@@ -280,11 +281,15 @@ class Batcher:
         """Load the group's memory, read its prompts, pick and emit each row's first token. False (the
         jobs untouched, to start later) when other groups run and the device has no room for this
         one's decoder buffers (see _fits)."""
-        doc_ids, b = jobs[0].doc_ids, len(jobs)
+        doc_ids = jobs[0].doc_ids
         group = None
         try:
             memory, load_s, tier = self._memory(doc_ids)
             hit = tier != "store"
+            self._drop_past_positions(jobs, memory)  # in place: a group put back later has only the rest
+            if not jobs:
+                return True
+            b = len(jobs)
             try:
                 if self._groups and not self._fits(memory, b):  # (waits for a loading memory: its error is caught)
                     return False
@@ -313,6 +318,21 @@ class Batcher:
         self._groups.append(group)
         self._emit_picks(group, logits)
         return True
+
+    def _drop_past_positions(self, jobs: list[Job], memory: Memory) -> None:
+        """Remove from `jobs` (in place) those whose prompt and answer would pass the model's positions
+        after `memory`, ending each with windows.check_answer_room's ValueError: an answer read at
+        positions the model never saw would be made up, not refused."""
+        fit = []
+        for j in jobs:
+            try:
+                check_answer_room(self.lm.config, [memory.state], len(j.prompt), j.sampling.max_tokens,
+                                  self.lm.parts.max_positions)  # fmt: skip
+                fit.append(j)
+            except ValueError as err:
+                self.stats["errors"] += 1
+                self._end(j, "error", err)
+        jobs[:] = fit
 
     def _fits(self, memory: Memory, b: int) -> bool:
         """Whether a decoder of b rows over `memory` fits the device's free memory with STEP_RESERVE

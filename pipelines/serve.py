@@ -29,6 +29,8 @@ from collections.abc import AsyncIterator, Sequence
 
 from ray import serve
 
+from beacon.windows import check_answer_room
+
 from .openai_api import DONE, ApiError, Request, TextStream, chunk, completion, error_event, new_id
 from .serve_config import APP_NAME, DEPLOYMENT, ServeConfig, deployment_options, ingress_options
 from .serve_ingress import BeaconIngress, requests_counter
@@ -99,39 +101,12 @@ class _Inbox:
             self.items.appendleft(item)
 
 
-def answer_positions(cfg, states: list, n_new: int) -> int:
-    """The most entries (RoPE positions) the memory of `states` can hold while `n_new` more tokens
-    (prompt and answer) are read after it: at the ratio the last document fixed, else the worst
-    ratio of the mix. New tokens continue the last document's open window: its raw tokens and
-    theirs stay raw until a window closes (at most a window of them at once), every window that
-    closes keeps stride/ratio beacons, and the first to close also keeps the sink."""
-    last = states[-1]
-    ratios = [last.sequence_ratio] if last.sequence_ratio >= 0 else sorted(set(cfg.beacon_ratio))
-    return max(_positions_at(cfg, states, n_new, ratio) for ratio in ratios)
-
-
-def _positions_at(cfg, states: list, n_new: int, ratio: int) -> int:
-    last = states[-1]
-    before = sum(s.size for s in states) - last.n_window  # what the new tokens never change
-    sink = cfg.beacon_sink_size if last.n_outer == 0 else 0  # taken when the first window closes
-    raw = last.window_raw + n_new  # the open window's raw tokens and the new ones
-    if ratio == 0:  # ratio-0 windows keep every raw token
-        return before + sink + raw
-    windows = -(-raw // cfg.beacon_stride)  # windows that close over them (overlapping when stride < window)
-    beacons = windows * -(-cfg.beacon_stride // ratio)
-    return before + sink + beacons + min(raw, cfg.beacon_window)
-
-
 def _check_length(lm, states: list, n_prompt: int, max_tokens: int) -> None:
-    """400 unless the answer's positions stay within the model's (answer_positions): RoPE positions
-    past max_position_embeddings are ones the model never saw."""
-    cfg, max_pos = lm.config, lm.parts.max_positions
-    need = answer_positions(cfg, states, n_prompt + max_tokens)
-    if need > max_pos:
-        raise ApiError(400, f"the documents' memory ({sum(s.size for s in states)} entries) + prompt ({n_prompt}"
-                       f" tokens) + max_tokens ({max_tokens}) need up to {need} positions (window"
-                       f" {cfg.beacon_window}): over this model's limit of {max_pos} positions; give fewer"
-                       " documents or a smaller max_tokens", param="max_tokens")  # fmt: skip
+    """400 unless the answer's positions stay within the model's (windows.check_answer_room)."""
+    try:
+        check_answer_room(lm.config, states, n_prompt, max_tokens, lm.parts.max_positions)
+    except ValueError as err:
+        raise ApiError(400, str(err), param="max_tokens") from None
 
 
 def _answer_error(err: BaseException, doc_ids: list[str]) -> ApiError:

@@ -45,9 +45,16 @@ def byte_tokenizer(chat_template: str | None = None):
     return out
 
 
-def tiny_model(dst: Path, family: str = "qwen2", *, chat_template: str | None = QA_TEMPLATE) -> Path:
-    """A copy of a tiny checkpoint (window 16, vocab 256) with a byte tokenizer saved next to it."""
+def tiny_model(
+    dst: Path, family: str = "qwen2", *, chat_template: str | None = QA_TEMPLATE, max_positions: int | None = None
+) -> Path:
+    """A copy of a tiny checkpoint (window 16, vocab 256, 512 positions unless `max_positions`) with a
+    byte tokenizer saved next to it. The sample corpus needs more positions than 512: its documents
+    are thousands of bytes, condensed at ratio 2 over 16-token windows."""
     shutil.copytree(tiny_path(family), dst)
+    if max_positions is not None:
+        config = json.loads((dst / "config.json").read_text())
+        (dst / "config.json").write_text(json.dumps(config | {"max_position_embeddings": max_positions}))
     byte_tokenizer(chat_template).save_pretrained(dst)
     return dst
 

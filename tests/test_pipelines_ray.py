@@ -38,7 +38,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return tiny_model(tmp_path_factory.mktemp("m") / "qwen2")
+    return tiny_model(tmp_path_factory.mktemp("m") / "qwen2", max_positions=65536)  # the sample's memories
 
 
 def test_corpus_formats_read_the_same_documents(tmp_path):

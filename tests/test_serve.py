@@ -119,6 +119,27 @@ def test_batched_rows_answer_as_each_alone(setup):
         batcher.close()
 
 
+def test_a_question_past_the_models_positions_is_refused_and_its_group_mates_answer(setup):
+    """The positions rule (windows.check_answer_room) is the batcher's, so `beacon qa` refuses what
+    `beacon serve` refuses: an answer of up to 140,000 tokens at ratio 2 needs more than 65,536
+    positions; the question beside it (same memory, same prompt length) answers as alone."""
+    _, db, lm = setup
+    batcher = Batcher(lm, SnapshotStore(db), stops=stop_ids(lm), max_batch=4, start=False)
+    long, short = queue.Queue(), queue.Queue()
+    prompt = question_ids(lm.tokenizer, "orbit?")
+    batcher.submit(Job(("alpha.md",), prompt, Sampling(max_tokens=140_000), lambda k, v: long.put((k, v))))
+    batcher.submit(Job(("alpha.md",), prompt, Sampling(max_tokens=8), lambda k, v: short.put((k, v))))
+    batcher.start()
+    try:
+        with pytest.raises(ValueError, match="over this model's limit of 65536 positions"):
+            _collect(long)
+        tokens, _, start = _collect(short)
+        assert start["batch"] == 1 and tokens == _expected(lm, db, ["alpha.md"], "orbit?", 8).token_ids
+        assert batcher.stats["errors"] == 1 and batcher.held() == 0
+    finally:
+        batcher.close()
+
+
 def test_groups_over_different_documents_step_together_and_answer_as_each_alone(setup):
     _, db, lm = setup
     asks = [(("alpha.md",), "orbit?"), (("beta.md",), "river stone?"), (("gamma.md",), "moss?"),

@@ -1,4 +1,4 @@
-"""pipelines.serve.answer_positions: the length check's bound on the positions an answer reaches,
+"""beacon.windows.answer_positions: the length check's bound on the positions an answer reaches,
 held to what the engine's memory really holds while the prompt and answer are read after it."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import beacon
-from pipelines.serve import answer_positions
+from beacon.windows import answer_positions
 
 from .conftest import DEVICE, tiny_path, tokens
 
