@@ -309,6 +309,8 @@ def train(cfg: TrainConfig, *, on_log: Callable[[dict], None] | None = None) -> 
             overrides["beacon_param"] = default
     lm = load(cfg.model, device=device, dtype=dtype, **overrides)
     lm.attn_mode = cfg.attn_mode
+    if cfg.beacon_parallel_window is not None:  # as given: on a GPU, windows_per_pass raises an unset count
+        lm.parallel_window = cfg.beacon_parallel_window  # to 8K rows a pass (inference's choice)
     params = lm.beacon_parameters()
     for p in params:
         p.data = p.data.float()
@@ -455,7 +457,8 @@ def train(cfg: TrainConfig, *, on_log: Callable[[dict], None] | None = None) -> 
         bar.close()
 
     # ---- final model ---------------------------------------------------------------------------
-    summary = {**state, "finished": reason == "max_steps", "stopped_by": reason, "world_size": world}
+    summary = {**state, "finished": reason == "max_steps", "stopped_by": reason, "world_size": world,
+               "windows_per_pass": lm.windows_per_pass()}  # fmt: skip
     if rank == 0:
         save_model(lm, out, dtype)
         (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")

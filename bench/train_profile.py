@@ -24,7 +24,7 @@ from contextlib import nullcontext
 
 import torch
 
-DEFAULTS = {"pw": "1", "dtype": "fp32", "attn": "dense", "batch": "1", "compile": "0"}
+DEFAULTS = {"pw": "8", "dtype": "fp32", "attn": "dense", "batch": "1", "compile": "0"}  # the recipe's GPU settings
 
 
 def parse_setting(text: str) -> dict[str, str]:
@@ -59,6 +59,7 @@ def measure(folder: str, setting: dict[str, str], length: int, steps: int, top: 
                      beacon_attn="full-coverage", beacon_pos="interleave",
                      beacon_parallel_window=int(setting["pw"]))  # fmt: skip
     lm.attn_mode = setting["attn"]
+    lm.parallel_window = int(setting["pw"])  # as given (unset, a GPU would read 8 windows a pass)
     lm.compile_layers = setting["compile"] == "1"
     params = lm.beacon_parameters()
     for p in params:

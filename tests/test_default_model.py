@@ -89,6 +89,7 @@ def test_the_speed_knobs_change_the_speed_not_the_loss(tmp_path):
         p = SMOKE | {"lm_max": 2048, "qa_max": 2048} | knobs
         facts = probe(tmp_path / str(knobs["parallel_window"]), str(REPO / "models" / "beacon-tiny-code"), p, 0.01)
         assert {k: facts[k] for k in knobs} == knobs and facts["step"] >= 1
+        assert facts["windows_per_pass"] == knobs["parallel_window"]  # what the run read a pass, as asked
         first[knobs["parallel_window"]] = facts["log"][0]
     assert first[1]["step"] == first[3]["step"] == 1
     assert first[3]["loss"] == pytest.approx(first[1]["loss"], abs=1e-4)

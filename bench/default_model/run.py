@@ -48,10 +48,11 @@ INFERENCE_MIX = "adapt-1024"  # a document's ratio: the smallest that leaves 1,0
 # (every key/value, what the base reads best) and condenses only longer ones (docs/default_model.md)
 INFERENCE_RATIOS = [0, *RATIOS]
 
-# batch 1 x 4 micro-batches: batch 2 of 16K-token rows ran an 80 GB H100 out of memory with the Qwen 0.5B base
+# batch 1 x 4 micro-batches: batch 2 of 16K-token rows ran an 80 GB H100 out of memory with the Qwen 0.5B base;
+# 8 windows a pass under the dense mask: what every GPU run so far trained with (~16K tokens/s on an H100)
 GPU = dict(max_mb=50, lm_tokens=12_000_000, lm_min=4096, lm_max=16384, qa_rows=3000, qa_min=1024,
            qa_max=16384, qa_lm_rows=600, batch_size=1, grad_accum=4, lm_budget=240, qa_budget=480, lr=3e-4,
-           cost_samples=4, cost_length=8192, parallel_window=1, base_dtype="fp32", attn_mode="dense",
+           cost_samples=4, cost_length=8192, parallel_window=8, base_dtype="fp32", attn_mode="dense",
            eval_args=["--ppl-samples", "2", "--needle-samples", "2", "--depths", "5"])  # fmt: skip
 SMOKE = dict(max_mb=3, lm_tokens=40_000, lm_min=2048, lm_max=3072, qa_rows=8, qa_min=512, qa_max=2560,
              qa_lm_rows=4, batch_size=1, grad_accum=1, lm_budget=20, qa_budget=20, lr=2e-4,
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
         as_float = key.endswith(("budget", "mb")) or key == "lr"
         ap.add_argument("--" + key.replace("_", "-"), type=float if as_float else int)
     # the same loss, computed faster or slower (speed knobs; --probe measures them on random weights):
-    ap.add_argument("--parallel-window", type=int, help="windows per training pass (default 1)")
+    ap.add_argument("--parallel-window", type=int, help="windows per training pass (GPU default 8)")
     ap.add_argument("--base-dtype", choices=("fp32", "bf16"), help="the frozen base's weights (default fp32)")
     ap.add_argument("--attn-mode", choices=("dense", "auto", "flex"), help="training attention (default dense)")
     args = ap.parse_args(argv)
