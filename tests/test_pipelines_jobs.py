@@ -40,7 +40,7 @@ def client(head):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return tiny_model(tmp_path_factory.mktemp("m") / "qwen2")
+    return tiny_model(tmp_path_factory.mktemp("m") / "qwen2", max_positions=65536)  # the sample's memories
 
 
 def submit(client, module: str, *args: str) -> str:
