@@ -19,7 +19,7 @@ import time
 
 import beacon_actors.answerer as answerer_module
 from beacon_actors.answerer import Answerer
-from pipelines.defaults import DEFAULT_MODEL, resolve_model
+from pipelines.defaults import TOY_MODEL, resolve_model
 from pipelines.questions import questions_table, read_questions
 
 from .shapes import environment, save_json
@@ -29,7 +29,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", required=True)
     p.add_argument("--questions", required=True)
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", default=TOY_MODEL)
     p.add_argument("--repeat", type=int, default=170, help="times the file's questions are asked")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=32)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pipelines.cluster import RayOptions
 from pipelines.config import IngestConfig
-from pipelines.defaults import DEFAULT_MODEL, resolve_model
+from pipelines.defaults import TOY_MODEL, resolve_model
 from pipelines.ingest import ingest
 from snapshots import SnapshotStore
 
@@ -119,7 +119,7 @@ def run_one(args, model: str, huge_tokens: int, cpt: float, work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--model", default=TOY_MODEL)
     ap.add_argument("--dtype", default=None, help="model dtype, e.g. bf16 on a GPU")
     ap.add_argument("--small", type=int, default=10, help="ordinary documents beside the huge one")
     ap.add_argument("--small-chars", type=int, default=4000)

@@ -41,7 +41,7 @@ from beacon_actors.text import document_ids, load_tokenizer
 from pipelines.answer import answer_questions
 from pipelines.cluster import RayOptions, ensure_ray
 from pipelines.config import AnswerConfig, IngestConfig
-from pipelines.defaults import DEFAULT_MODEL, resolve_model
+from pipelines.defaults import TOY_MODEL, resolve_model
 from pipelines.ingest import ingest
 
 TARGET_JOB_OVER_ENGINE = 0.8  # the target: the whole job at >= 80% of the engine's steady state on its documents
@@ -121,7 +121,7 @@ PARTS = {"load_s": "actor_load_s", "warmup_s": "actor_warmup_s", "tokenize_s": "
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=DEFAULT_MODEL, help="beacon checkpoint with a tokenizer")
+    ap.add_argument("--model", default=TOY_MODEL, help="beacon checkpoint with a tokenizer")
     ap.add_argument(
         "--dtype", default=None, help="bf16 | fp32 ... (default: bf16 on GPU actors, else the checkpoint's)"
     )

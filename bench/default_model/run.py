@@ -19,7 +19,7 @@ newest checkpoint, so a run cut by a time limit continues where it stopped):
   --from DIR: train-lm starts from a trained beacon folder (e.g. an earlier machine's compact model)
             instead of the base's initial beacons, so a later machine continues an earlier one's training
   finalize  WORK/<base>-beacon (e.g. qwen2.5-coder-0.5b-beacon): config (adapt ratio mix) and the beacon
-            weights as int8 deltas, or int4 where int8 is over 25 MB (the tokenizer is the base's);
+            weights as int4 deltas (SHIP_BITS; the tokenizer is the base's), what models/ ships;
             results/compact.json: held-out NLL through fp32, int8 and int4 weights
   eval      `beacon eval` on the held-out split: WORK/results/eval.{json,png}
 On a device machine: bench/recipes/default_model.sh (the GGUF travels in parts).
@@ -47,6 +47,9 @@ INFERENCE_MIX = "adapt-1024"  # a document's ratio: the smallest that leaves 1,0
 # The finalized config's ratios: 0 first, so adapt-1024 keeps a document that fits the base's window raw
 # (every key/value, what the base reads best) and condenses only longer ones (docs/default_model.md)
 INFERENCE_RATIOS = [0, *RATIOS]
+# the finalized folder's delta precision: int4 (13 MB for the Qwen 0.5B; int8 is 25 MB), so the repository
+# that ships it still travels to a device machine beside the base's GGUF parts (64 MiB a call)
+SHIP_BITS = 4
 
 # batch 1 x 4 micro-batches: batch 2 of 16K-token rows ran an 80 GB H100 out of memory with the Qwen 0.5B base;
 # 8 windows a pass under the dense mask: what every GPU run so far trained with (~16K tokens/s on an H100)
@@ -148,7 +151,7 @@ def stage_finalize(work: Path, base: str, p: dict) -> dict:
     lm = beacon.load(str(work / "beacon-qa"), device=device, dtype="fp32", beacon_ratio=INFERENCE_RATIOS,
                      beacon_ratio_mix=INFERENCE_MIX)  # fmt: skip
     out = model_dir(work, base)
-    saved = save_compact(lm, out, base)
+    saved = save_compact(lm, out, base, bits=SHIP_BITS)
     cost = compact_cost(lm, read_tokens(work / "text", "heldout"), p["cost_samples"], p["cost_length"])
     (work / "results").mkdir(exist_ok=True)
     (work / "results" / "compact.json").write_text(json.dumps({**saved, "nll": cost}, indent=2) + "\n")

@@ -2,17 +2,17 @@
 # The default model's beacons on a device machine (docs/default_model.md). BASE names the base of
 # beacon.bases (default qwen2.5-coder-0.5b-instruct). Its GGUF (the file of $BEACON_CACHE/downloads here,
 # e.g. SmolLM2-135M-Instruct.Q4_1.gguf, 98 MB, or qwen2.5-coder-0.5b-instruct-q4_k_m.gguf, 491 MB) travels
-# in parts, since a command carries 64 MiB with the working tree (~19 MB tracked): split it once here
-# into parts of at most ~40 MB, one folder each (the last call's folder may hold one beside .whl):
-#   SmolLM2: split -n 2 -d GGUF ggufpart.  into .carry/q1, .carry/q2 (without models/beacon-tiny-code;
-#            with it, split in three)
-#   Qwen 0.5B: split -n 11 -d GGUF ggufpart.  (44.7 MB each) into .carry/q1 ... .carry/q11, one part a folder
-#              (the tree ~19 MB + 44.7 MB is under the 64 MiB a call carries; .whl rides with the last)
+# in parts, since a command carries 64 MiB with the working tree (~33 MB tracked: the two shipped models
+# are 27 MB of it): split it once here into parts of at most ~29 MB, one folder each (the last call's
+# folder may hold one beside .whl):
+#   SmolLM2: split -n 4 -d GGUF ggufpart.  into .carry/q1 ... .carry/q4
+#   Qwen 0.5B: split -n 17 -d GGUF ggufpart.  (28.9 MB each) into .carry/q1 ... .carry/q17, one part a folder
+#              (the tree ~33 MB + 28.9 MB is under the 64 MiB a call carries; .whl rides with the last)
 # Then, on one warm machine, back to back (the parts wait in $STASH while it stays warm; a warm call
 # that only keeps a part costs ~4 s of device time):
 #   bash bench/recipes/default_model.sh part .carry/q1        (carry .carry/q1): keep part 1 there
 #   ...                                                       one call per part but the last
-#   bash bench/recipes/default_model.sh part .carry/serve1    (and .carry/serve2): serve_gpu.sh's deps parts
+#   bash bench/recipes/default_model.sh part .carry/serve1    (and serve2, serve3): serve_gpu.sh's deps parts
 #                                                             (pylance among them) so `beacon eval` runs there
 #   BASE=NAME bash bench/recipes/default_model.sh run 560 .carry/qN   (carry .carry/qN .whl): join, every stage
 #   BASE=NAME bash bench/recipes/default_model.sh run 560     ... again until the model is finalized

@@ -6,7 +6,7 @@
 # short soak with clients walking away (else the optional third call, `soak`).
 #
 # The device image has no ray, pylance, openai, fastapi/starlette/uvicorn, pydantic: they travel as one
-# tar.xz of the installed wheels, split in parts of <= ~42 MB (a call carries 64 MiB with the tree, ~19 MB).
+# tar.xz of the installed wheels, split in parts of <= 30 MB (a call carries 64 MiB with the tree, ~33 MB).
 # Make the parts here, once (no GPU; network for pip). Versions as in this repository's venv; everything
 # below is imported on the serve path (`ray.serve`, its gRPC proxy's reflection, the node's metrics agent:
 # opencensus, opentelemetry, aiohttp-cors) or by openai (httpx2) or pydantic; grpcio, protobuf and
@@ -24,12 +24,12 @@
 #     aiohttp-cors==0.8.1 grpcio-reflection==1.85.1 grpcio==1.85.4 protobuf==7.36.2 jsonschema==4.26.0 \
 #     jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 zlib-ng==1.1.0
 #   PYTHON=.venv/bin/python bash bench/recipes/serve_gpu.sh parts .carry/wheels .carry
-# (~3-4 min on 2 cores: xz -9; 83.8 MB -> .carry/serve1/deps.part.aa and .carry/serve2/deps.part.ab, 41.9 MB
-# each; more parts, .carry/serve3 ..., only if the archive outgrows 2 x PART_BYTES.)
+# (~3-4 min on 2 cores: xz -9; 83.8 MB -> .carry/serve1/deps.part.aa, .carry/serve2/deps.part.ab and
+# .carry/serve3/deps.part.ac, 27.9 MB each: as many parts as the archive needs at PART_BYTES.)
 # Then device calls on one warm machine, each at once after the last (a machine stays warm ~30 s):
 #   bash bench/recipes/serve_gpu.sh stash .carry/serve1   carry [".carry/serve1"]  ~2-3 min (the 7B model)
-#   (bash bench/recipes/serve_gpu.sh stash .carry/serveK  carry [".carry/serveK"]  for any further part but the last)
-#   bash bench/recipes/serve_gpu.sh run .carry/serve2     carry [".carry/serve2"]  ~8-10 min (timeout_s 600)
+#   bash bench/recipes/serve_gpu.sh stash .carry/serve2   carry [".carry/serve2"]  seconds (every part but the last)
+#   bash bench/recipes/serve_gpu.sh run .carry/serve3     carry [".carry/serve3"]  ~8-10 min (timeout_s 600)
 #   bash bench/recipes/serve_gpu.sh soak                  carry []                 ~5 min, only if `run` had no time
 # `stash` keeps its part and builds /root/m7 (qwen2-7b shape, models/beacon-tiny-code's tokenizer: 8,192 ids,
 # all < the shape's 152,064; --trim-head so that greedy answers are ids the tokenizer writes). `run` installs,
@@ -46,13 +46,14 @@
 #   export OUT=/tmp/o STASH=/tmp/st SHAPE=tiny MODEL=/tmp/m WORK=/tmp/sw DOCS=4 DOC_TOKENS=2048 CLIENTS=4 \
 #     REQUESTS=8 ONE_REQUESTS=4 MAX_TOKENS=16 INGEST_ARGS='--gpus 0 --actors 1' SOAK_SECONDS=20 SOAK_WARMUP=5 \
 #     BUDGET=900 SERVE_ARGS='--device cpu --dtype bf16 --max-running 8 --max-batch 4 --cache-gb 1'
-#   bash bench/recipes/serve_gpu.sh stash .carry/serve1 && bash bench/recipes/serve_gpu.sh run .carry/serve2
+#   bash bench/recipes/serve_gpu.sh stash .carry/serve1 && bash bench/recipes/serve_gpu.sh stash .carry/serve2 &&
+#     bash bench/recipes/serve_gpu.sh run .carry/serve3
 set -u
 STEP=${1:?parts, stash, run or soak}
 if [ "$STEP" = parts ]; then  # here, not on the device: unpack the wheels, pack, split
   WHEELS=${2:?the folder of downloaded wheels}
   DEST=${3:?where .carry is}
-  PART_BYTES=${PART_BYTES:-42000000}
+  PART_BYTES=${PART_BYTES:-30000000}
   tmp=$(mktemp -d)
   # pip, not a plain unzip: it keeps the executable bits (Ray's raylet and gcs_server)
   "${PYTHON:-python3}" -m pip install -q --no-deps --no-index --no-compile --only-binary=:all: --python-version 3.12 \
