@@ -80,12 +80,13 @@ def test_compact_cost_scores_each_delta_form_and_restores_the_trained_weights():
 
 
 def test_the_speed_knobs_change_the_speed_not_the_loss(tmp_path):
-    """--parallel-window and --attn-mode reach the training run (the probe records them) and compute
-    the same first step as one window a pass under the dense mask."""
+    """--parallel-window, --attn-mode and --checkpoint-layers reach the training run (the probe records
+    them) and compute the same first step as one window a pass under the dense mask."""
     from .conftest import REPO
 
     first = {}
-    for knobs in ({"parallel_window": 1, "attn_mode": "dense"}, {"parallel_window": 3, "attn_mode": "auto"}):
+    for knobs in ({"parallel_window": 1, "attn_mode": "dense", "checkpoint_layers": False},
+                  {"parallel_window": 3, "attn_mode": "auto", "checkpoint_layers": True}):  # fmt: skip
         p = SMOKE | {"lm_max": 2048, "qa_max": 2048} | knobs
         facts = probe(tmp_path / str(knobs["parallel_window"]), str(REPO / "models" / "beacon-tiny-code"), p, 0.01)
         assert {k: facts[k] for k in knobs} == knobs and facts["step"] >= 1

@@ -56,10 +56,12 @@ SHIP_BITS = 4
 GPU = dict(max_mb=50, lm_tokens=12_000_000, lm_min=4096, lm_max=16384, qa_rows=3000, qa_min=1024,
            qa_max=16384, qa_lm_rows=600, batch_size=1, grad_accum=4, lm_budget=240, qa_budget=480, lr=3e-4,
            cost_samples=4, cost_length=8192, parallel_window=8, base_dtype="fp32", attn_mode="dense",
+           checkpoint_layers=False,
            eval_args=["--ppl-samples", "2", "--needle-samples", "2", "--depths", "5"])  # fmt: skip
 SMOKE = dict(max_mb=3, lm_tokens=40_000, lm_min=2048, lm_max=3072, qa_rows=8, qa_min=512, qa_max=2560,
              qa_lm_rows=4, batch_size=1, grad_accum=1, lm_budget=20, qa_budget=20, lr=2e-4,
              cost_samples=1, cost_length=2048, parallel_window=1, base_dtype="fp32", attn_mode="dense",
+             checkpoint_layers=False,
              eval_args=["--lengths", "1024", "--needle-lengths", "1024", "--depths", "2", "--needle-samples", "1",
                         "--qa-samples", "2", "--qa-doc-tokens", "300", "--ppl-samples", "1",
                         "--continuation", "64"])  # fmt: skip
@@ -131,6 +133,7 @@ def stage_train(work: Path, model: str, data: str, out: str, budget: float, p: d
         batch_size=p["batch_size"], grad_accum=p["grad_accum"],
         max_steps=100_000, lr=p["lr"], warmup_steps=10, schedule="cosine", min_lr_ratio=0.1, time_budget_s=budget,
         schedule_by_time=True, dtype=p["base_dtype"], bf16=True, attn_mode=p["attn_mode"], log_every=5,
+        gradient_checkpointing=p["checkpoint_layers"],
         save_every=5 if smoke else 25,
         device="cpu" if smoke else "auto", progress=sys.stderr.isatty(),
     )  # fmt: skip
@@ -230,7 +233,8 @@ def probe(work: Path, config_dir: str, p: dict, seconds: float) -> dict:
     summary = stage_train(work, str(folder), str(work / "probe-data"), str(work / "probe-run"), seconds, p, False)
     log = [json.loads(line) for line in (work / "probe-run" / "train_log.jsonl").open()]
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    knobs = {k: p[k] for k in ("batch_size", "grad_accum", "parallel_window", "base_dtype", "attn_mode")}
+    knobs = {k: p[k] for k in ("batch_size", "grad_accum", "parallel_window", "base_dtype", "attn_mode",
+                               "checkpoint_layers")}  # fmt: skip
     return {"rows_tokens": n, **knobs, "log": log[-3:], "peak_gib": peak, **summary}
 
 
@@ -299,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parallel-window", type=int, help="windows per training pass (GPU default 8)")
     ap.add_argument("--base-dtype", choices=("fp32", "bf16"), help="the frozen base's weights (default fp32)")
     ap.add_argument("--attn-mode", choices=("dense", "auto", "flex"), help="training attention (default dense)")
+    ap.add_argument("--checkpoint-layers", action="store_true", default=None,
+                    help="recompute each layer in backward: less memory (longer rows), ~1/3 more compute")
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k in GPU and v is not None}
     if args.probe:
