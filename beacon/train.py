@@ -129,7 +129,8 @@ class TrainConfig:
             raise ValueError(f"dtype={self.dtype!r}: choose auto, bf16 or fp32")
 
     def beacon_overrides(self) -> dict[str, Any]:
-        names = ("window", "stride", "ratio", "ratio_mix", "param", "attn", "pos", "sink_size", "parallel_window")
+        # (parallel_window is the run's speed setting, set on the model in train(): not written into checkpoints)
+        names = ("window", "stride", "ratio", "ratio_mix", "param", "attn", "pos", "sink_size")
         found = {f"beacon_{n}": getattr(self, f"beacon_{n}") for n in names}
         if self.beacon_window is not None and self.beacon_stride is None:
             found["beacon_stride"] = self.beacon_window  # a new window moves by itself unless told

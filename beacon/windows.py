@@ -116,7 +116,7 @@ def answer_positions(cfg: BeaconConfig, states: list[WindowState], n_new: int) -
 def _positions_at(cfg: BeaconConfig, states: list[WindowState], n_new: int, ratio: int) -> int:
     last = states[-1]
     before = sum(s.size for s in states) - last.n_window  # what the new tokens never change
-    sink = cfg.beacon_sink_size if last.n_outer == 0 else 0  # taken when the first window closes
+    sink = cfg.beacon_sink_size if before == 0 else 0  # taken when the first window closes, if nothing precedes it
     raw = last.window_raw + n_new  # the open window's raw tokens and the new ones
     if ratio == 0:  # ratio-0 windows keep every raw token
         return before + sink + raw
@@ -125,15 +125,19 @@ def _positions_at(cfg: BeaconConfig, states: list[WindowState], n_new: int, rati
     return before + sink + beacons + min(raw, cfg.beacon_window)
 
 
+class PositionsError(ValueError):
+    """A question whose memory + prompt + answer would pass the model's positions (check_answer_room)."""
+
+
 def check_answer_room(
     cfg: BeaconConfig, states: list[WindowState], n_prompt: int, max_tokens: int, max_positions: int
 ) -> None:
-    """ValueError unless a prompt of `n_prompt` tokens and an answer of up to `max_tokens` read after
+    """PositionsError (a ValueError) unless a prompt of `n_prompt` tokens and an answer of up to `max_tokens` read after
     the memory of `states` stay within the model's `max_positions`: RoPE positions past them are
     ones the model never saw, so such an answer is refused rather than made up."""
     need = answer_positions(cfg, states, n_prompt + max_tokens)
     if need > max_positions:
-        raise ValueError(
+        raise PositionsError(
             f"the documents' memory ({sum(s.size for s in states)} entries) + prompt ({n_prompt} tokens) +"
             f" answer (up to {max_tokens} tokens) need up to {need} positions (window {cfg.beacon_window}):"
             f" over this model's limit of {max_positions} positions; give fewer documents or fewer new tokens"

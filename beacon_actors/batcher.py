@@ -278,9 +278,10 @@ class Batcher:
         return [b for buckets in groups.values() for b in buckets]
 
     def _start(self, jobs: list[Job]) -> bool:
-        """Load the group's memory, read its prompts, pick and emit each row's first token. False (the
-        jobs untouched, to start later) when other groups run and the device has no room for this
-        one's decoder buffers (see _fits)."""
+        """Load the group's memory, read its prompts, pick and emit each row's first token. False (to
+        start later) when other groups run and the device has no room for this one's decoder buffers
+        (see _fits); `jobs` then holds those still to start (the ones past the model's positions have
+        ended, see _drop_past_positions)."""
         doc_ids = jobs[0].doc_ids
         group = None
         try:
@@ -288,6 +289,8 @@ class Batcher:
             hit = tier != "store"
             self._drop_past_positions(jobs, memory)  # in place: a group put back later has only the rest
             if not jobs:
+                if not hit:
+                    self.cache.discard(doc_ids)  # loaded for nothing: not kept in the LRU
                 return True
             b = len(jobs)
             try:

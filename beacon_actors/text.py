@@ -3,7 +3,7 @@
 A document is its raw text, tokenized as the tokenizer does by default (with its special tokens,
 e.g. a BOS). A question is the tokenizer's chat template applied to a system message pointing at the
 documents (`SYSTEM_PROMPT`) and one user message holding the question, when the tokenizer has a
-template (the default model's writes "\\n\\n# Question: ...\\n# Answer:" and ignores the system
+template (the toy model's writes "\\n\\n# Question: ...\\n# Answer:" and ignores the system
 message), else `PLAIN_QUESTION`. `beacon ask` (memory from the store)
 and `beacon generate` (one pass over document + question) both use these functions, so the same
 model, document and question give the same answer. `is_correct` is the one grading rule.

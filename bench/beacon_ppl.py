@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(row), flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"command": "python -m bench.beacon_ppl " + " ".join(argv or sys.argv[1:]),
+            json.dump({"command": "python -m bench.beacon_ppl " + shlex.join(argv or sys.argv[1:]),
                        "model": args.model, "text": args.text, "stream_tokens": int(len(stream)), "rows": rows}, f,
                       indent=2)  # fmt: skip
 

@@ -1,6 +1,6 @@
 """A huge document beside many small ones: does the corpus flow while the long one proceeds?
 
-    python -m bench.huge_documents --small 10 --huge-tokens 100000,1000000          # CPU, default model
+    python -m bench.huge_documents --small 10 --huge-tokens 100000,1000000          # CPU, the toy (--model's default)
     python -m bench.huge_documents --small 10000 --huge-tokens 1000000              # many small files
     python -m bench.huge_documents --small 10 --huge-tokens 1000000,10000000 --gpus 1 --dtype bf16   # a GPU
 

@@ -40,11 +40,17 @@ def main() -> None:
         with torch.no_grad():
             model.get_output_embeddings().weight[n:] = 0
     lm = official_qwen2_lm(model, args.window, args.ratio)
-    lm.save_pretrained(args.out)
+    # written beside, then renamed: a build cut short (a device call's time limit) leaves no folder that
+    # the recipes' "model already here" checks would take for a whole one
+    tmp = Path(f"{args.out}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    lm.save_pretrained(str(tmp))
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
         src = Path(args.tokenizer) / name
         if src.exists():
-            shutil.copy(src, Path(args.out) / name)
+            shutil.copy(src, tmp / name)
+    shutil.rmtree(args.out, ignore_errors=True)
+    tmp.rename(args.out)
     print(f"wrote {args.out}")
 
 

@@ -7,7 +7,7 @@
 
 The corpus is synthetic but real text: Python source files of this interpreter's standard library,
 cut into `--docs` documents of about `--doc-chars` characters, each with one needle line
-(`NAME_WORD_17 = "value"`, the default model's training format) and a question about it with its
+(`NAME_WORD_17 = "value"`, the toy model's training format) and a question about it with its
 expected answer (`--corpus FOLDER --questions FILE` use your own instead). `--mixed-lengths` cuts
 documents of mixed lengths instead: `--min-tokens` (1K) and `--max-tokens` (128K) and log-uniform
 draws between them, about `--total-tokens` (2M) in all, seeded, in tokens of `--model`'s tokenizer

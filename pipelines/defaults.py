@@ -33,10 +33,11 @@ def resolve_model(model: str | os.PathLike) -> str:
     path = Path(model)
     if path.is_dir():
         return str(path.resolve())
-    if str(model) in SHIPPED:
-        if (REPO_ROOT / str(model)).is_dir():
-            return str(REPO_ROOT / str(model))
-        if str(model) == DEFAULT_MODEL:
+    shipped = os.path.normpath(str(model))  # "./models/x/" names the shipped "models/x" too
+    if shipped in SHIPPED:
+        if (REPO_ROOT / shipped).is_dir():
+            return str(REPO_ROOT / shipped)
+        if shipped == DEFAULT_MODEL:
             raise ValueError(HOW_TO_GET_DEFAULT_MODEL)
         raise ValueError(f"model folder {str(model)!r} is neither here nor in the repository ({REPO_ROOT})")
     if path.is_absolute() or str(model).startswith((".", "~")):

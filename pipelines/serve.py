@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from ray import serve
 
-from beacon.windows import check_answer_room
+from beacon.windows import PositionsError, check_answer_room
 
 from .openai_api import DONE, ApiError, Request, TextStream, chunk, completion, error_event, new_id
 from .serve_config import APP_NAME, DEPLOYMENT, ServeConfig, deployment_options, ingress_options
@@ -105,7 +105,7 @@ def _check_length(lm, states: list, n_prompt: int, max_tokens: int) -> None:
     """400 unless the answer's positions stay within the model's (windows.check_answer_room)."""
     try:
         check_answer_room(lm.config, states, n_prompt, max_tokens, lm.parts.max_positions)
-    except ValueError as err:
+    except PositionsError as err:
         raise ApiError(400, str(err), param="max_tokens") from None
 
 
@@ -113,6 +113,8 @@ def _answer_error(err: BaseException, doc_ids: list[str]) -> ApiError:
     """The HTTP error for what the batcher raised while answering."""
     from snapshots import CorruptSnapshotError, DocumentNotFoundError, FingerprintMismatchError
 
+    if isinstance(err, PositionsError):  # the memory grew between the check above and the load
+        return ApiError(400, str(err), param="max_tokens")
     if isinstance(err, DocumentNotFoundError):
         return ApiError(404, f"a document of {doc_ids} is no longer stored ({err})", param="documents")
     if isinstance(err, CorruptSnapshotError):

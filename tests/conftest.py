@@ -58,3 +58,12 @@ def tokens(n: int, seed: int = 0, batch: int = 1) -> torch.Tensor:
 @pytest.fixture
 def tiny():
     return load_tiny
+
+
+@pytest.fixture(autouse=True)
+def no_base_downloads(monkeypatch, tmp_path_factory):
+    """No test downloads a base from PyPI (the default model's is 491 MB): an empty base cache and pip
+    without an index, so a test that loaded the default model by mistake fails at once instead.
+    Tests of beacon.bases point pip at their own local wheels (PIP_FIND_LINKS)."""
+    monkeypatch.setenv("BEACON_CACHE", str(tmp_path_factory.getbasetemp() / "beacon-cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")

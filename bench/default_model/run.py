@@ -52,7 +52,7 @@ INFERENCE_RATIOS = [0, *RATIOS]
 SHIP_BITS = 4
 
 # batch 1 x 4 micro-batches: batch 2 of 16K-token rows ran an 80 GB H100 out of memory with the Qwen 0.5B base;
-# 8 windows a pass under the dense mask: what every GPU run so far trained with (~16K tokens/s on an H100)
+# 8 windows a pass under the dense mask: what the recorded GPU runs trained with (~16K tokens/s on an H100)
 GPU = dict(max_mb=50, lm_tokens=12_000_000, lm_min=4096, lm_max=16384, qa_rows=3000, qa_min=1024,
            qa_max=16384, qa_lm_rows=600, batch_size=1, grad_accum=4, lm_budget=240, qa_budget=480, lr=3e-4,
            cost_samples=4, cost_length=8192, parallel_window=8, base_dtype="fp32", attn_mode="dense",

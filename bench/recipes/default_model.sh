@@ -16,8 +16,8 @@
 #                                                             (pylance among them) so `beacon eval` runs there
 #   BASE=NAME bash bench/recipes/default_model.sh run 560 .carry/qN   (carry .carry/qN .whl): join, every stage
 #   BASE=NAME bash bench/recipes/default_model.sh run 560     ... again until the model is finalized
-# To continue an earlier machine's training, carry its compact folder (config.json, beacon.safetensors and
-# the base's tokenizer files) and pass DM_ARGS="--from DIR" (bench.default_model.run: train-lm starts from it).
+# To continue an earlier machine's training, pass DM_ARGS="--from DIR" with its compact folder (config.json +
+# beacon.safetensors; the shipped models/qwen2.5-coder-0.5b-beacon is in the tree): train-lm starts from it.
 # `run` resumes whatever is unfinished (training from its last checkpoint) and stops within SECONDS;
 # once finalized, $OUT/m holds config.json + beacon.safetensors in 15 MiB parts (join: cat) and $OUT/r the
 # training logs, results/compact.json (held-out NLL through fp32, int8, int4 weights) and eval.
@@ -30,7 +30,7 @@ export BEACON_CACHE=$WORK/cache
 [ -d .whl ] && install_wheels .whl
 
 collect() {  # the compact model, training logs and eval results into $OUT (8 files at most, 16 MiB each:
-  # a beacon.safetensors over 15 MiB, the Qwen 0.5B's int8 25 MB, comes back in parts; join them here with
+  # a beacon.safetensors over 15 MiB comes back in parts (the Qwen 0.5B's int4 13 MB in one); join them here with
   # `cat beacon.safetensors.part.* > beacon.safetensors`)
   mkdir -p "$OUT/m"
   rm -f "$OUT"/m/*

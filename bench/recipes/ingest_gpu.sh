@@ -22,7 +22,7 @@
 # actor starts: the pool's, then the long documents' once the pool frees the GPU), the baselines ~3-5 min
 # (three passes of the engine and three of prefill over 2M tokens; estimates: no run measured them). The
 # stage is cut at 540 s (the call at 600 s: timeout_s 600); the JSON holds the job's half as soon as the
-# job ends; TOTAL_TOKENS=1000000 halves the work. If `run` lands on a fresh machine it says so: make both
+# job ends; TOTAL_TOKENS=1000000 halves the work. If `run` lands on a fresh machine it says so: make the
 # calls again. Writes $OUT/r/ingest_gpu_mixed.json (+ ingest_gpu_mixed.log, random_model.log).
 set -u
 STEP=${1:?parts, stash or run}

@@ -5,7 +5,7 @@
 # (jsonschema, referencing, ...):
 #   bash bench/recipes/ray_x2.sh stash DIR           # a call per folder of parts but the last; the first builds the random 1.5B model
 #   bash bench/recipes/ray_x2.sh gpu1 DIR            # then: carry the last parts and the wheels; 1 GPU actor
-#   bash bench/recipes/ray_x2.sh gpu2                # call 3: nothing carried; 2 GPU actors, the same corpus
+#   bash bench/recipes/ray_x2.sh gpu2                # last: nothing carried; 2 GPU actors, the same corpus
 # Writes $OUT/r/pipeline_gpu{1,2}.json.
 source "$(dirname "$0")/lib.sh"
 STEP=${1:?stash, gpu1 or gpu2}

@@ -61,7 +61,7 @@ if [ "$STEP" = parts ]; then  # here, not on the device: unpack the wheels, pack
     --platform manylinux_2_28_x86_64 --target "$tmp/site" "$WHEELS"/*.whl || exit 1
   # never imported here: Java, RLlib, LLM serving, the dashboard's web page (Ray starts with no dashboard)
   rm -rf "$tmp"/site/ray/jars "$tmp"/site/ray/rllib "$tmp"/site/ray/llm "$tmp"/site/ray/dashboard/client/build
-  # -9 (64 MiB dictionary): 84 MB where -6 gives 96 (pylance's 225 MB library is most of it), so two parts
+  # -9 (64 MiB dictionary): 84 MB where -6 gives 96 (pylance's 225 MB library is most of it), so three parts
   XZ_OPT="-9 -T0" tar -cJf "$tmp/deps.tar.xz" -C "$tmp/site" . || exit 1
   size=$(stat -c %s "$tmp/deps.tar.xz")
   n=$(( (size + PART_BYTES - 1) / PART_BYTES ))

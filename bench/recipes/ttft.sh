@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # docs/performance.md §2: the first answer token from a stored 128K-token 7B snapshot, warm and cold,
-# against re-prefilling. pylance (85 MB) is over what one call carries, so it travels split in two
-# (`split -b 42M pylance.tar.xz pylance.part.`) over two calls on one warm machine:
-#   bash bench/recipes/ttft.sh stash PART_DIR        # call 1: carry pylance.part.aa
-#   bash bench/recipes/ttft.sh run PART_DIR ZNG_DIR  # call 2 (within ~30 s): pylance.part.ab, the zlib-ng wheel
+# against re-prefilling. pylance (85 MB) is over what one call carries beside the tree (~33 MB of the 64 MiB),
+# so it travels split in parts (`split -b 28M pylance.tar.xz pylance.part.`), one folder each, over calls
+# on one warm machine:
+#   bash bench/recipes/ttft.sh stash PART_DIR        # a call per part but the last: carry its folder
+#   bash bench/recipes/ttft.sh run PART_DIR ZNG_DIR  # then (within ~30 s): the last part, the zlib-ng wheel
 # Writes $OUT/r/ttft.json and the cold-disk bounds $OUT/r/load_bound_cold_{bfloat16,float8_e4m3fn}.json.
 source "$(dirname "$0")/lib.sh"
 STEP=${1:?stash or run}
