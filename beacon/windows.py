@@ -132,9 +132,9 @@ class PositionsError(ValueError):
 def check_answer_room(
     cfg: BeaconConfig, states: list[WindowState], n_prompt: int, max_tokens: int, max_positions: int
 ) -> None:
-    """PositionsError (a ValueError) unless a prompt of `n_prompt` tokens and an answer of up to `max_tokens` read after
-    the memory of `states` stay within the model's `max_positions`: RoPE positions past them are
-    ones the model never saw, so such an answer is refused rather than made up."""
+    """PositionsError (a ValueError) unless a prompt of `n_prompt` tokens and an answer of up to
+    `max_tokens` read after the memory of `states` stay within the model's `max_positions`: RoPE
+    positions past them are ones the model never saw, so such an answer is refused, not made up."""
     need = answer_positions(cfg, states, n_prompt + max_tokens)
     if need > max_positions:
         raise PositionsError(

@@ -44,7 +44,7 @@ import torch
 from beacon import BeaconLM, Memory
 from beacon.decode import step_together
 from beacon.layer import STACK_BYTES
-from beacon.windows import check_answer_room
+from beacon.windows import PositionsError, check_answer_room
 
 from .memory_cache import MemoryCache
 
@@ -324,7 +324,7 @@ class Batcher:
 
     def _drop_past_positions(self, jobs: list[Job], memory: Memory) -> None:
         """Remove from `jobs` (in place) those whose prompt and answer would pass the model's positions
-        after `memory`, ending each with windows.check_answer_room's ValueError: an answer read at
+        after `memory`, ending each with windows.check_answer_room's PositionsError: an answer read at
         positions the model never saw would be made up, not refused."""
         fit = []
         for j in jobs:
@@ -332,7 +332,7 @@ class Batcher:
                 check_answer_room(self.lm.config, [memory.state], len(j.prompt), j.sampling.max_tokens,
                                   self.lm.parts.max_positions)  # fmt: skip
                 fit.append(j)
-            except ValueError as err:
+            except PositionsError as err:
                 self.stats["errors"] += 1
                 self._end(j, "error", err)
         jobs[:] = fit
