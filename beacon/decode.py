@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .decode_pool import BufferPool, Buffers, Shape, StepRows
+from .decode_pool import ARENA_SHAPES, BufferPool, Buffers, LaneArena, Shape, StepRows
 from .families import apply_rope
 from .layer import (
     embed,
@@ -119,7 +119,7 @@ class StaticDecoder:
         self._fill_size = 0  # slots [0, fill_size) of the buffers come from the memory
         self._win_pos: torch.Tensor | None = None  # RoPE positions of the memory's window entries
         self.stats = {"static_steps": 0, "general_steps": 0, "builds": 0, "blocks": 0, "reads": 0, "captures": 0,
-                      "together_steps": 0, "shared_pass_failures": 0}  # fmt: skip
+                      "together_steps": 0, "lane_steps": 0, "shared_pass_failures": 0}  # fmt: skip
 
     # ---- the public steps ----------------------------------------------------------------------
     @property
@@ -258,7 +258,7 @@ class StaticDecoder:
         return (
             n_outer == buf.n_outer
             and buf.n_outer + len(cached_pos) == buf.size
-            and buf.size + n_slots <= buf.cap
+            and buf.size + n_slots <= buf.room
             and int(new_pos.max()) < buf.cap
             and torch.equal(cached_pos, buf.slot_pos[buf.n_outer :])
         )
@@ -313,9 +313,10 @@ class StaticDecoder:
         memory = self._release()  # what the decoder has read, whatever happens next
         n_o, c = chunk.n_outer, chunk.n_cached
         size = n_o + c
-        cap = _round_up(max(size + self.headroom, size + n_slots, int(chunk.cols.pos.max()) + 1), CAP_GRAIN)
+        need = max(size + self.headroom, size + n_slots, int(chunk.cols.pos.max()) + 1)
+        cap = _round_up(need, CAP_GRAIN)
         like = memory.keys[0]
-        buf = self.lm.decode_buffers.take(cap, like) or Buffers.allocate(self.lm.parts, cap, like)
+        buf = self.lm.decode_buffers.take(cap, like, need, self.lm.parts) or Buffers.allocate(self.lm.parts, cap, like)
         buf.n_outer, buf.size = n_o, size
         buf.slot_pos = torch.cat([torch.arange(n_o), chunk.cols.pos[:c]])
         self._buf = buf
@@ -545,6 +546,12 @@ def step_together(decoders: list[StaticDecoder], tokens: list[torch.Tensor]) -> 
                 staged._buf = None
                 staged.close()
             raise
+    arena = _common_arena(together)
+    lanes = [t for t in together if arena is not None and t[1]._buf.arena is arena and t[2] in ARENA_SHAPES]
+    if len(lanes) >= 2:  # one step over the whole arena (CUDA graphs where its decoders use them)
+        for (k, _, _), out in zip(lanes, _execute_lanes(arena, [(d, s) for _, d, s in lanes]), strict=True):
+            results[k] = out
+        together = [t for t in together if t not in lanes]
     if len(together) == 1:  # nothing to share: its own step (CUDA graphs where it has them)
         k, dec, shape = together[0]
         try:
@@ -555,6 +562,94 @@ def step_together(decoders: list[StaticDecoder], tokens: list[torch.Tensor]) -> 
         for (k, _, _), out in zip(together, _execute_together([(d, s) for _, d, s in together]), strict=True):
             results[k] = out
     return results
+
+
+def _common_arena(together: list[tuple[int, StaticDecoder, Shape]]) -> LaneArena | None:
+    """The arena most of the staged decoders have lanes of (a pool holds one), or None."""
+    arenas = [d._buf.arena for _, d, _ in together if d._buf.arena is not None]
+    return arenas[0] if arenas else None
+
+
+def _execute_lanes(arena: LaneArena, staged: list[tuple[StaticDecoder, Shape]]) -> list[torch.Tensor | Exception]:
+    """Run staged one-token steps of decoders in lanes of `arena` as one step over the whole arena
+    (decode_pool's module docstring): lanes staged without a beacon row get a pad row, lanes not
+    stepping write and read only their scratch slots, so the step's shape never changes and its
+    CUDA graph is captured once. If it fails, each decoder takes its staged step alone."""
+    decs = [d for d, _ in staged]
+    lm = decs[0].lm
+    try:
+        _stage_arena(arena, staged)
+        logits = _arena_pass(lm, arena, graphs=all(d.graphs for d in decs))
+    except Exception as err:
+        failure = f"{type(err).__name__}: {err}"[:300]
+        logger.warning("a step of %d lanes failed (%s); each steps alone", len(decs), failure)
+        if lm.device.type == "cuda":
+            torch.cuda.empty_cache()
+        results: list[torch.Tensor | Exception] = []
+        for d, shape in staged:
+            d.stats["shared_pass_failures"] += 1
+            try:
+                results.append(d._execute(shape))
+            except Exception as e:
+                results.append(e)
+        return results
+    out = []
+    for d in decs:
+        d.stats["static_steps"] += 1
+        d.stats["together_steps"] += 1
+        d.stats["lane_steps"] += 1
+        g = d._buf.lane
+        out.append(logits[g : g + 1].clone())
+    return out
+
+
+def _stage_arena(arena: LaneArena, staged: list[tuple[StaticDecoder, Shape]]) -> None:
+    """The arena step's inputs (its (1, 1) rows): a lane staged at (1, 0) gets its raw row there and
+    a pad row on its scratch; a lane not stepping gets both rows on its scratch. Device-side copies
+    and one small host-to-device move."""
+    whole, lm = arena.whole, staged[0][0].lm
+    one, two = whole.rows[(1, 0)], whole.rows[(1, 1)]
+    padded = [d._buf.lane for d, shape in staged if shape == (1, 0)]
+    stepping = {d._buf.lane for d, _ in staged}
+    idle = [g for g in range(arena.n_lanes) if g not in stepping]
+    lists = {k: torch.tensor(v, dtype=torch.long) for k, v in (("padded", padded), ("idle", idle)) if v}
+    moved = lm.stager.move(lists) if lists else {}
+    scratch = arena.inert_slot  # (2,)
+    if padded:
+        at = moved["padded"]
+        two.tokens[at] = one.tokens[at]
+        two.pos[at] = torch.stack([one.pos[at, 0], torch.zeros_like(one.pos[at, 0])], dim=1)
+        two.slot[at] = torch.stack([one.slot[at, 0], scratch[1].expand(len(padded))], dim=1)
+        two.win_slot[at] = torch.stack([one.win_slot[at, 0], scratch[1].expand(len(padded))], dim=1)
+        two.mask[at] = torch.stack([one.mask[at, 0], arena.inert_mask[1].expand(len(padded), -1)], dim=1)
+    if idle:
+        at = moved["idle"]
+        two.tokens[at] = 0
+        two.pos[at] = 0
+        two.slot[at] = scratch
+        two.win_slot[at] = scratch
+        two.mask[at] = arena.inert_mask
+    for g in padded + idle:  # their (1, 1) rows no longer hold what their decoders staged there
+        arena.lanes[g].rows[(1, 1)].n_outer = -1
+
+
+def _arena_pass(lm, arena: LaneArena, graphs: bool) -> torch.Tensor:
+    """Next-token logits (lanes, vocab) of the arena step staged in its (1, 1) rows."""
+    whole = arena.whole
+
+    def unit(_io: dict) -> dict:
+        rows = whole.rows[(1, 1)]
+        x = embed(lm.parts, lm.beacon.embed, rows.tokens, 1)  # (G, 2, hidden)
+        rope = (whole.cos[rows.pos][:, None], whole.sin[rows.pos][:, None])  # (G, 1, 2, d)
+        for i in range(len(lm.parts.layers)):
+            x = step_layer(lm.parts, i, lm.beacon.layers[i], x, rope, whole, rows)
+        return {"logits": head(lm.parts, x[:, :1])[:, 0]}
+
+    if not graphs:
+        return unit({})["logits"]
+    graph, io = whole.capture(((1, 1), False), [unit])[0]
+    graph.replay()
+    return io["logits"]
 
 
 def _execute_together(staged: list[tuple[StaticDecoder, Shape]]) -> list[torch.Tensor | Exception]:

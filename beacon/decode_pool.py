@@ -5,6 +5,15 @@ A buffer set holds one memory's RoPE'd keys, values and window keys in `cap` slo
 inputs of every step shape read over it, and the CUDA graphs captured over both. Graphs bake in
 addresses, so a set is handed on whole: `BufferPool.take` gives a free set of the same capacity,
 batch, heads, head dim, dtype and device to the next decoder, which replays its graphs.
+
+Lanes (opt-in, `BufferPool.enable_lanes`): one arena of G buffer sets side by side — every tensor
+one (layers, G, h_kv, cap, d) block, a lane its batch row g — so that the one-token steps of up to G
+decoders (one memory each, batch 1) run as ONE step over the whole arena (decode.step_together),
+a step whose tensors never move and so can be captured once as a CUDA graph however requests come
+and go. A lane is a Buffers whose tensors are views of its row; its step inputs for the arena's
+step shapes (ARENA_SHAPES) are views of the arena's, so staging a step writes the arena's inputs.
+The last LANE_SCRATCH slots of each lane are never given to a memory (`room`): lanes not stepping,
+and the pad row of a lane with no beacon row this token, write there and see only that slot.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ import torch
 from .families import Parts
 
 Shape = tuple[int, int]  # (raw rows, beacon rows) of a step, padding included: raw rows come first
+ARENA_SHAPES: tuple[Shape, ...] = ((1, 0), (1, 1))  # one-token steps a lane takes part in (without / with a beacon)
+LANE_SCRATCH = 2  # slots at the end of each lane that no memory gets (one per row of the arena's step)
 Graphs = list[tuple[torch.cuda.CUDAGraph, dict]]  # a step's graphs, each with the output it leaves
 
 
@@ -51,6 +62,14 @@ class Buffers:
     graphs: dict[tuple[Shape, bool], Graphs] = field(default_factory=dict)
     graph_pool: object = None  # the CUDA graphs' shared memory pool
     layers: tuple[torch.Tensor, ...] = ()  # (k_rot, values, k_win) of every layer: (layers, b, h_kv, cap, d)
+    scratch: int = 0  # last slots a memory never gets (LANE_SCRATCH for a lane)
+    arena: LaneArena | None = None  # the arena this set is a lane of
+    lane: int = -1  # its row there
+
+    @property
+    def room(self) -> int:
+        """Slots a memory and its new rows may fill."""
+        return self.cap - self.scratch
 
     @classmethod
     def allocate(cls, parts: Parts, cap: int, like: torch.Tensor) -> Buffers:
@@ -94,21 +113,116 @@ class Buffers:
         )  # fmt: skip
 
 
+class LaneArena:
+    """G lanes of `cap` slots side by side (see the module docstring): `whole` is the arena as one
+    buffer set of batch G (the shared step runs over it), `lanes[g]` lane g's view of row g."""
+
+    def __init__(self, parts: Parts, n_lanes: int, cap: int, like: torch.Tensor):
+        b, h, _, d = like.shape
+        if b != 1:
+            raise ValueError(f"lanes hold memories of batch 1, not {b}")
+        self.whole = Buffers.allocate(parts, cap, like.new_empty(n_lanes, h, 0, d))
+        dev = like.device
+        for shape in ARENA_SHAPES:  # the arena step's inputs: row g is lane g's
+            n = sum(shape)
+            self.whole.rows[shape] = StepRows(
+                torch.zeros(n_lanes, shape[0], dtype=torch.long, device=dev),
+                *(torch.zeros(n_lanes, n, dtype=torch.long, device=dev) for _ in range(3)),  # pos, slot, win_slot
+                torch.zeros(n_lanes, n, cap, dtype=torch.bool, device=dev),
+                torch.zeros(1, dtype=torch.long, device=dev),
+            )
+        # a row that touches nothing a memory holds: it writes the lane's scratch slots and sees its own
+        scratch = torch.arange(cap - LANE_SCRATCH, cap, device=dev)
+        self.inert_slot = scratch  # (LANE_SCRATCH,)
+        self.inert_mask = torch.zeros(LANE_SCRATCH, cap, dtype=torch.bool, device=dev)
+        self.inert_mask[torch.arange(LANE_SCRATCH), scratch] = True
+        self.lanes = [self._lane(g) for g in range(n_lanes)]
+        self._free = list(range(n_lanes - 1, -1, -1))  # lane 0 first: busy lanes gather at the front
+
+    def _lane(self, g: int) -> Buffers:
+        w = self.whole
+        views = [tuple(t[:, g : g + 1] for t in w.layers)]
+        k_rot, values, k_win = views[0]
+        lane = Buffers(w.cap, list(k_rot.unbind(0)), list(values.unbind(0)), list(k_win.unbind(0)), w.cos, w.sin,
+                       layers=(k_rot, values, k_win), scratch=LANE_SCRATCH, arena=self, lane=g)  # fmt: skip
+        for shape in ARENA_SHAPES:
+            r = w.rows[shape]
+            lane.rows[shape] = StepRows(r.tokens[g : g + 1], r.pos[g], r.slot[g], r.win_slot[g], r.mask[g],
+                                        torch.zeros_like(r.last))  # fmt: skip
+        return lane
+
+    @property
+    def n_lanes(self) -> int:
+        return len(self.lanes)
+
+    def fits(self, need: int, like: torch.Tensor) -> bool:
+        """Whether a lane takes a memory like `like` needing `need` slots."""
+        return like.shape[0] == 1 and need <= self.whole.room and self.lanes[0].fits(like)
+
+    def take(self) -> Buffers | None:
+        """A free lane (the lowest), or None."""
+        return self.lanes[self._free.pop()] if self._free else None
+
+    def give(self, lane: Buffers) -> None:
+        lane.size, lane.n_outer = 0, 0
+        lane.slot_pos = torch.empty(0, dtype=torch.long)
+        self._free.append(lane.lane)
+        self._free.sort(reverse=True)
+
+    @property
+    def busy(self) -> int:
+        return self.n_lanes - len(self._free)
+
+
 class BufferPool:
     """Free decode buffers of one model, kept between StaticDecoders (see the module docstring).
 
     Holds at most `keep` free sets (the least recently returned go first): each costs about 3x a
-    memory of `cap` entries on the device. `clear()` frees them all.
+    memory of `cap` entries on the device. `clear()` frees them all (not the lanes: `disable_lanes`).
     """
 
     def __init__(self, keep: int = 2):
         self.keep = keep
         self._free: list[Buffers] = []
         self._lock = threading.Lock()  # query actors may answer from several threads
+        self.lanes: LaneArena | None = None
+        self._lane_settings: tuple[int, int] | None = None
 
-    def take(self, cap: int, like: torch.Tensor) -> Buffers | None:
-        """A free set of exactly `cap` slots for memories like `like`, or None."""
+    def enable_lanes(
+        self, n_lanes: int, cap: int, parts: Parts | None = None, like: torch.Tensor | None = None
+    ) -> None:
+        """Give memories of batch 1 needing at most `cap` - LANE_SCRATCH slots a lane of an arena of
+        `n_lanes` lanes: 3 x layers x n_lanes x h_kv x cap x d values, allocated now where `parts` and
+        `like` (1, h_kv, 0, d: the memories' dtype and device) are given, else at the first such memory."""
+        if n_lanes < 1 or cap <= LANE_SCRATCH:
+            raise ValueError(f"lanes need n_lanes >= 1 and cap > {LANE_SCRATCH}, got {n_lanes}, {cap}")
+        arena = LaneArena(parts, n_lanes, cap, like) if parts is not None and like is not None else None
         with self._lock:
+            self._lane_settings, self.lanes = (n_lanes, cap), arena
+
+    def has_free_lane(self, need: int, like: torch.Tensor) -> bool:
+        """Whether a memory like `like` needing `need` slots would get a lane now (nothing allocated)."""
+        with self._lock:
+            lanes = self.lanes
+            return lanes is not None and lanes.busy < lanes.n_lanes and lanes.fits(need, like)
+
+    def disable_lanes(self) -> None:
+        """No more lanes: the arena goes once its lanes are given back (a lane in use stays valid)."""
+        with self._lock:
+            self._lane_settings, self.lanes = None, None
+
+    def take(self, cap: int, like: torch.Tensor, need: int | None = None, parts: Parts | None = None) -> Buffers | None:
+        """A free lane where lanes are enabled and one fits (`need` slots), else a free set of exactly
+        `cap` slots for memories like `like`, else None."""
+        with self._lock:
+            if self._lane_settings is not None and parts is not None and like.shape[0] == 1:
+                n_lanes, lane_cap = self._lane_settings
+                if self.lanes is None and need is not None and need <= lane_cap - LANE_SCRATCH:
+                    self.lanes = LaneArena(parts, n_lanes, lane_cap, like)
+                if self.lanes is not None and self.lanes.fits(need if need is not None else cap, like):
+                    lane = self.lanes.take()
+                    if lane is not None:
+                        return lane
             for i in range(len(self._free) - 1, -1, -1):
                 if self._free[i].cap == cap and self._free[i].fits(like):
                     return self._free.pop(i)
@@ -116,6 +230,10 @@ class BufferPool:
 
     def give(self, buf: Buffers) -> None:
         with self._lock:
+            if buf.arena is not None:
+                if buf.arena is self.lanes:  # (an arena replaced by enable_lanes is dropped with its lanes)
+                    buf.arena.give(buf)
+                return
             self._free.append(buf)
             del self._free[: max(0, len(self._free) - self.keep)]
 

@@ -202,17 +202,27 @@ def step_layer(
 ) -> torch.Tensor:
     """Decoder layer i over a decode step's rows x (b, n, hidden), raw rows first (rows.tokens):
     writes their keys and values into the buffers at rows.slot (rows.win_slot for the pre-RoPE
-    window keys), then attends every slot rows.mask allows. Returns the layer's output. Graph-safe."""
+    window keys), then attends every slot rows.mask allows. Returns the layer's output. Graph-safe.
+    Slots and mask are the same for every batch row, or one set per batch row (slot (b, n), mask
+    (b, n, cap), rope (b, 1, n, d): an arena's lanes, each its own memory: decode_pool.LaneArena)."""
     layer = parts.layers[i]
     n_raw = rows.tokens.shape[1]
     h = layer.input_layernorm(x)
     q = _queries(parts, layer, proj, h, n_raw)
     k, v = _keys_values(parts, layer, proj, h, n_raw)
-    buf.k_win[i].index_copy_(2, rows.win_slot, k)
-    buf.k_rot[i].index_copy_(2, rows.slot, apply_rope(k, *rope))
-    buf.values[i].index_copy_(2, rows.slot, v)
+    _write_rows(buf.k_win[i], rows.win_slot, k)
+    _write_rows(buf.k_rot[i], rows.slot, apply_rope(k, *rope))
+    _write_rows(buf.values[i], rows.slot, v)
     out = attend_slots(apply_rope(q, *rope), buf.k_rot[i], buf.values[i], rows.mask, parts.scaling)  # (b, h, n, d)
     return _output(parts, layer, proj, x, out.transpose(1, 2), n_raw)
+
+
+def _write_rows(dst: torch.Tensor, slot: torch.Tensor, new: torch.Tensor) -> None:
+    """new (b, h_kv, n, d) into dst (b, h_kv, cap, d) at slot (n,) — or (b, n), a slot per batch row."""
+    if slot.dim() == 1:
+        dst.index_copy_(2, slot, new)
+    else:
+        dst.scatter_(2, slot[:, None, :, None].expand(-1, new.shape[1], -1, new.shape[3]), new)
 
 
 STACK_BYTES = 512 << 20  # keys + values stacked for one attention call at most (more: several calls)

@@ -138,6 +138,10 @@ class Batcher:
         max_batch: rows per group (one batched decoder step).
         max_running: rows decoding at once, all groups together.
         max_waiting: jobs admitted but not started yet; `submit` beyond running + waiting raises Overloaded.
+        lanes: one-row groups whose memory fits `lane_slots` slots decode in lanes of one arena
+            allocated now (decode_pool.LaneArena: their steps are one pass over the arena, a CUDA graph
+            on a GPU); 0: none, every group's decoder has buffers of its own.
+        lane_slots: slots per lane: the memory's entries + the question + room for the answer.
         start: run the loop now (False: call `start()` later, e.g. to queue jobs that must start together).
     """
 
@@ -152,6 +156,8 @@ class Batcher:
         max_batch: int = 8,
         max_running: int = 32,
         max_waiting: int = 64,
+        lanes: int = 0,
+        lane_slots: int = 16384,
         start: bool = True,
     ):
         if max_batch < 1 or max_running < 1 or max_waiting < 0:
@@ -161,8 +167,12 @@ class Batcher:
         self.fingerprint = lm.fingerprint()
         self.cache = MemoryCache(cache_bytes, host_cache_bytes if lm.device.type == "cuda" else 0)
         self.max_batch, self.max_running, self.max_waiting = max_batch, max_running, max_waiting
+        if lanes:
+            parts = lm.parts
+            like = torch.empty(1, parts.n_kv_heads, 0, parts.head_dim, dtype=lm.dtype, device=lm.device)
+            lm.decode_buffers.enable_lanes(lanes, lane_slots, parts, like)
         self.stats = {"jobs": 0, "groups": 0, "steps": 0, "rows_stepped": 0, "max_group_rows": 0, "errors": 0,
-                      "passes": 0, "max_rows_per_pass": 0}  # fmt: skip
+                      "passes": 0, "max_rows_per_pass": 0, "lane_steps": 0}  # fmt: skip
         self._waiting: deque[Job] = deque()
         self._open: set[Job] = set()  # submitted, not ended (the bounds count these)
         self._groups: list[_Group] = []
@@ -344,6 +354,8 @@ class Batcher:
         if free is None:
             return True
         memory.ready()
+        if b == 1 and self.lm.decode_buffers.has_free_lane(self._slots_needed(memory), memory.keys[0]):
+            return True  # the arena is allocated already
         return self.decoder_bytes(memory, b) + STEP_RESERVE <= free
 
     def _free_bytes(self) -> int | None:
@@ -355,6 +367,10 @@ class Batcher:
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
+    def _slots_needed(self, memory: Memory) -> int:
+        """Slots a decoder over `memory` asks for: its entries + the decoder's default headroom."""
+        return memory.state.size + 2 * self.lm.config.beacon_window + 64
+
     def decoder_bytes(self, memory: Memory, b: int) -> int:
         """Bytes a decoder of b rows over `memory` allocates (an upper estimate: the model's buffer pool
         may have a free set for it): three tensors per layer (RoPE'd keys, values, window keys) of b
@@ -362,8 +378,8 @@ class Batcher:
         rounds it (decode.CAP_GRAIN); +25% and 256 MiB for the step's activations."""
         from beacon.decode import CAP_GRAIN
 
+        cap = -(-self._slots_needed(memory) // CAP_GRAIN) * CAP_GRAIN
         n = memory.state.size
-        cap = -(-(n + 2 * self.lm.config.beacon_window + 64) // CAP_GRAIN) * CAP_GRAIN
         one_tensor_per_entry = memory.nbytes() // max(1, 2 * memory.batch_size * n)  # keys of every layer
         buffers = 3 * one_tensor_per_entry * b * cap
         return buffers + buffers // 4 + (256 << 20)
@@ -379,7 +395,9 @@ class Batcher:
                 self._finish(group)
         if not running:
             return
+        lane_steps = sum(g.stepper.stats["lane_steps"] for g in running)
         results = step_together([g.stepper for g in running], [g.last for g in running])
+        self.stats["lane_steps"] += sum(g.stepper.stats["lane_steps"] for g in running) - lane_steps
         self.stats["passes"] += 1
         self.stats["max_rows_per_pass"] = max(self.stats["max_rows_per_pass"], sum(len(g.rows) for g in running))
         for group, logits in zip(running, results, strict=True):

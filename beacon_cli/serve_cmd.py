@@ -47,6 +47,20 @@ from .pipeline_options import explain_errors, model_options, quiet_transformers,
     show_default=True,
     help="Memories pushed out of --cache-gb kept in pinned host memory per GPU replica (0: none).",
 )
+@click.option(
+    "--lanes",
+    type=int,
+    default=0,
+    show_default=True,
+    help="One-row answers decoding in lanes of one preallocated arena: one pass (a CUDA graph) for all (0: off).",
+)
+@click.option(
+    "--lane-slots",
+    type=int,
+    default=16384,
+    show_default=True,
+    help="Slots per lane: a memory's entries + question + answer room (3 x layers x lanes x slots key/value rows).",
+)
 @click.option("--max-tokens", type=int, default=64, show_default=True, help="Answer length when a request gives none.")
 @click.option("--max-tokens-limit", type=int, default=1024, show_default=True, help="Longest answer a request may ask.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
@@ -66,7 +80,7 @@ from .pipeline_options import explain_errors, model_options, quiet_transformers,
 @ray_options
 @explain_errors
 def serve(db, model, tokenizer, dtype, host, port, api_key, served_model_name, replicas, gpus_per_replica,
-          cpus_per_replica, max_batch, max_running, max_waiting, cache_gb, host_cache_gb, max_tokens,
+          cpus_per_replica, max_batch, max_running, max_waiting, cache_gb, host_cache_gb, lanes, lane_slots, max_tokens,
           max_tokens_limit, device, dry_run, working_dir, address, dashboard_host, dashboard, num_cpus, num_gpus,
           verbose) -> None:  # fmt: skip
     """Serve POST /v1/chat/completions and /v1/completions (OpenAI's API; `documents` or `search` pick
@@ -82,7 +96,7 @@ def serve(db, model, tokenizer, dtype, host, port, api_key, served_model_name, r
                          served_model_name=served_model_name, host=host, port=port, api_key=api_key,
                          max_batch=max_batch, max_running=max_running, max_waiting=max_waiting,
                          cache_bytes=int(cache_gb * (1 << 30)), host_cache_bytes=int(host_cache_gb * (1 << 30)),
-                         max_tokens=max_tokens,
+                         lanes=lanes, lane_slots=lane_slots, max_tokens=max_tokens,
                          max_tokens_limit=max_tokens_limit, min_replicas=min_replicas,
                          max_replicas=max_replicas, gpus_per_replica=gpus_per_replica,
                          cpus_per_replica=cpus_per_replica)  # fmt: skip

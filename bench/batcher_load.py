@@ -12,7 +12,7 @@ Random weights (bench.shapes, beacons as the official Qwen-2 checkpoint, one --r
 random tokens condensed once and held by an in-memory store (the snapshot store's `get`: what a
 replica's cache holds after its first requests), questions of 20-40 random tokens, greedy answers of
 exactly --max-tokens tokens (no stop token). The Batcher runs as `beacon serve` configures it
-(--max-running, --max-batch).
+(--max-running, --max-batch, --lanes).
 """
 
 from __future__ import annotations
@@ -113,6 +113,8 @@ def main() -> None:
     p.add_argument("--window", type=int, default=2048)
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--lanes", type=int, default=0, help="one-row answers in lanes of one arena (beacon serve --lanes)")
+    p.add_argument("--lane-slots", type=int, default=0, help="slots per lane (0: the memories' entries + room)")
     p.add_argument("--out", default="docs/results/batcher_load.json")
     args = p.parse_args()
     from beacon_actors.batcher import Batcher
@@ -132,9 +134,12 @@ def main() -> None:
     memories = {f"doc{k}": lm.condense(torch.randint(0, vocab, (1, args.doc_tokens), generator=gen).to(args.device))
                 for k in range(args.docs)}  # fmt: skip
     result = {"command": " ".join(["python -m bench.batcher_load"] + sys.argv[1:]), "env": environment(),
-              "memory_entries": next(iter(memories.values())).state.size, "runs": []}  # fmt: skip
+              "memory_entries": next(iter(memories.values())).state.size, "lanes": args.lanes, "runs": []}  # fmt: skip
+    entries = next(iter(memories.values())).state.size
+    lane_slots = args.lane_slots or -(-(entries + 2 * args.window + 64 + 64) // 256) * 256  # + question, scratch
     batcher = Batcher(lm, HeldMemories(memories), stops=[], cache_bytes=64 << 30, max_batch=args.max_batch,
-                      max_running=args.max_running, max_waiting=max(64, args.max_running))  # fmt: skip
+                      max_running=args.max_running, max_waiting=max(64, args.max_running), lanes=args.lanes,
+                      lane_slots=lane_slots)  # fmt: skip
     try:
         ids = list(memories)
         run_load(batcher, ids, 1, 4, args.max_tokens, vocab)  # untimed: CUDA graphs captured, memories cached

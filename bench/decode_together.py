@@ -1,6 +1,7 @@
 """Answering many requests over different memories at once: aggregate decode tokens/s of G decoders
 (one memory each, --rows requests each, as G groups of a `beacon serve` replica) stepped one after
-another ("apart": one pass per group) vs. in one pass (decode.step_together, what a replica does).
+another ("apart": one pass per group) vs. in one pass (decode.step_together, what a replica does),
+and, with --lanes, in one pass over an arena of lanes (decode_pool.LaneArena: `beacon serve --lanes`).
 
     python -m bench.decode_together --shape qwen2-7b --length 32768 --groups 1,4,16 --rows 1,4 \\
         --out docs/results/decode_together_7b.json        # 16 x 4 = 64 requests over 16 memories
@@ -11,7 +12,8 @@ Random weights (bench.shapes, beacons as the official Qwen-2 checkpoint), G docu
 random tokens condensed at --ratio, a 32-token question read by each decoder, then --new tokens per
 decoder, greedy. For each way, G and rows: the first step (cold: on a GPU, "apart" captures its
 CUDA graphs there) and the median step after it (warm; a step = one token for every row), aggregate
-tokens/s = G x rows / warm step. Decoders in "auto" mode (CUDA graphs on a GPU, each decoder alone).
+tokens/s = G x rows / warm step. Decoders in "auto" mode (CUDA graphs on a GPU, each decoder alone;
+"lanes": the arena's one step captured as a CUDA graph, on its first step).
 """
 
 from __future__ import annotations
@@ -67,6 +69,22 @@ def steps(lm, memories, rows: int, question: torch.Tensor, new: int, together: b
             d.close()
 
 
+def lane_steps(lm, memories, question: torch.Tensor, new: int, device: str, window: int) -> list[float]:
+    """`steps` together with every decoder in a lane of one arena (allocated first, as a replica does)."""
+    from beacon.decode_pool import LANE_SCRATCH
+
+    like = memories[0].keys[0][:, :, :0]
+    need = max(m.state.size for m in memories) + 2 * window + 64 + question.shape[1]
+    lm.decode_buffers.enable_lanes(len(memories), -(-(need + LANE_SCRATCH) // 256) * 256, lm.parts, like)
+    try:
+        times = steps(lm, memories, 1, question, new, True, device)
+        if lm.decode_buffers.lanes.busy:
+            raise RuntimeError("a decoder kept its lane after closing")
+        return times
+    finally:
+        lm.decode_buffers.disable_lanes()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="qwen2-7b")
@@ -78,6 +96,7 @@ def main() -> None:
     p.add_argument("--new", type=int, default=48, help="tokens per decoder")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--lanes", action="store_true", help="also step one-row decoders as lanes of one arena")
     p.add_argument("--out", default="docs/results/decode_together.json")
     args = p.parse_args()
     if args.new < 2:
@@ -96,11 +115,15 @@ def main() -> None:
         memories.append(lm.condense(torch.randint(0, vocab, (1, args.length), generator=gen).to(args.device)))
     for rows in [int(r) for r in args.rows.split(",")]:
         for g in groups:
-            for together in (False, True):
-                times = steps(lm, memories[:g], rows, question, args.new, together, args.device)
+            ways = ["apart", "together"] + (["lanes"] if args.lanes and rows == 1 else [])
+            for way in ways:
+                if way == "lanes":
+                    times = lane_steps(lm, memories[:g], question, args.new, args.device, args.window)
+                else:
+                    times = steps(lm, memories[:g], rows, question, args.new, way == "together", args.device)
                 warm = statistics.median(times[1:])
                 run = {"shape": args.shape, "length": args.length, "groups": g, "rows": rows,
-                       "way": "together" if together else "apart", "first_step_s": times[0], "warm_step_s": warm,
+                       "way": way, "first_step_s": times[0], "warm_step_s": warm,
                        "tok_s": g * rows / warm, "memory_entries": memories[0].state.size}  # fmt: skip
                 result["runs"].append(run)
                 print(run, flush=True)

@@ -164,7 +164,8 @@ class BeaconServer:
         self.stops = stop_ids(self.lm)
         self.batcher = Batcher(self.lm, self.store, stops=self.stops, cache_bytes=config.cache_bytes,
                                host_cache_bytes=config.host_cache_bytes, max_batch=config.max_batch,
-                               max_running=config.max_running, max_waiting=config.max_waiting)  # fmt: skip
+                               max_running=config.max_running, max_waiting=config.max_waiting,
+                               lanes=config.lanes, lane_slots=config.lane_slots)  # fmt: skip
         self.started = time.time()
         self._metrics()
 
@@ -208,7 +209,8 @@ class BeaconServer:
         device = self.lm.device
         cuda = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
         return {"rss_bytes": psutil.Process().memory_info().rss, "cuda_allocated_bytes": cuda,
-                "decode_buffer_sets": len(self.lm.decode_buffers)}  # fmt: skip
+                "decode_buffer_sets": len(self.lm.decode_buffers),
+                "lanes_busy": lanes.busy if (lanes := self.lm.decode_buffers.lanes) is not None else None}  # fmt: skip
 
     # ---- answers -------------------------------------------------------------------------------
     async def answer(self, req: Request, *, documents: list[str], arrived: float) -> AsyncIterator[dict | str]:

@@ -27,7 +27,8 @@ class ServeConfig:
     Per replica: `max_batch` rows per batched decoder step, `max_running` answers decoding at once,
     `max_waiting` admitted but not started (beyond both: 429 with Retry-After), `cache_bytes` of
     loaded memories kept on the device (LRU) and `host_cache_bytes` more in pinned host memory (GPU
-    replicas), `max_tokens` default and `max_tokens_limit` bound of an answer.
+    replicas), `max_tokens` default and `max_tokens_limit` bound of an answer, `lanes` one-row answers
+    decoding in lanes of one arena of `lane_slots` slots each (Batcher; 0: none).
     Replicas: `min_replicas..max_replicas` (autoscaling on ongoing requests when they differ),
     `gpus_per_replica`, `cpus_per_replica`; `max_queued_requests` waiting for a replica with room
     (in the ingress; also at each proxy) before a 429. HTTP: `host`, `port`; `api_key` (None: no
@@ -51,6 +52,8 @@ class ServeConfig:
     host_cache_bytes: int = 8 << 30
     max_tokens: int = 64
     max_tokens_limit: int = 1024
+    lanes: int = 0
+    lane_slots: int = 16384
     min_replicas: int = 1
     max_replicas: int = 1
     gpus_per_replica: float = 0.0
@@ -62,7 +65,7 @@ class ServeConfig:
         for name in ("max_batch", "max_running", "max_tokens", "max_tokens_limit", "min_replicas", "port"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_waiting", "cache_bytes", "host_cache_bytes", "gpus_per_replica", "cpus_per_replica"):
+        for name in ("max_waiting", "cache_bytes", "host_cache_bytes", "gpus_per_replica", "cpus_per_replica", "lanes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_replicas < self.min_replicas:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import beacon
 from beacon.decode import StaticDecoder, step_together
 
 from .conftest import DEVICE, load_tiny, tokens
@@ -362,3 +363,64 @@ def test_a_shared_pass_that_fails_midway_steps_each_decoder_alone(monkeypatch):
         assert not t._closed
         assert t.stats["shared_pass_failures"] == 2 and t.stats["together_steps"] >= 8, t.stats
         assert_same_memory(t.memory(), a.memory())
+
+
+@pytest.mark.parametrize(
+    "family, overrides", [CONFIGS[0], CONFIGS[1], CONFIGS[4]], ids=["interleave-mix", "interleave-sink", "append"]
+)
+def test_lanes_step_as_each_decoder_alone(family, overrides):
+    """Decoders in lanes of one arena step as one pass over the arena (a pad row for those without a
+    beacon row this token, scratch rows for lanes not stepping: a decoder that sits a step out keeps
+    its memory), through window closes (its lane handed back, another taken); more decoders than
+    lanes, and a batch of two, take buffers of their own and the shared pass beside it. Each gets
+    the logits and memory of stepping alone."""
+    from .conftest import tiny_path
+
+    lm = beacon.load(tiny_path(family), device=DEVICE, **overrides)  # its own: lanes change its pool
+    ref = beacon.load(tiny_path(family), device=DEVICE, **overrides)
+    lm.decode_buffers.enable_lanes(4, cap=512)
+    sizes = ((29, 1, 5), (45, 1, 3), (12, 1, 7), (29, 1, 6), (45, 1, 3), (29, 2, 5))  # memory tokens, batch, question
+    memories = [lm.condense(tokens(n, seed=s, batch=b)) for s, (n, b, _) in enumerate(sizes)]
+    alone = [StaticDecoder(ref, m.fork(), graphs=GRAPHS) for m in memories]
+    together = [StaticDecoder(lm, m.fork(), graphs=GRAPHS) for m in memories]
+    for k, (a, t, (_, b, q)) in enumerate(zip(alone, together, sizes, strict=True)):
+        question = tokens(q, seed=10 + k, batch=b).to(lm.device)
+        torch.testing.assert_close(t.read(question), a.read(question), atol=ATOL, rtol=0)
+    new = [tokens(40, seed=20 + k, batch=b).to(lm.device) for k, (_, b, _) in enumerate(sizes)]
+    for step in range(40):
+        sit_out = {step % 5} if step % 3 == 0 else set()  # now and then a decoder skips a step
+        which = [k for k in range(len(sizes)) if k not in sit_out]
+        picks = [new[k][:, step : step + 1] for k in which]
+        for k, tok, got in zip(which, picks, step_together([together[k] for k in which], picks), strict=True):
+            assert isinstance(got, torch.Tensor), got
+            torch.testing.assert_close(got, alone[k].step(tok), atol=ATOL, rtol=0)
+    for a, t in zip(alone, together, strict=True):
+        assert_same_memory(t.memory(), a.memory())
+    lane_steps = [t.stats["lane_steps"] for t in together]
+    assert min(sorted(lane_steps)[-4:]) >= 10 and lane_steps[5] == 0, lane_steps  # four lanes; the pair beside
+    assert sum(t.stats["general_steps"] for t in together) >= 2  # window closes ran too
+    for t in together:
+        t.close()
+    assert lm.decode_buffers.lanes.busy == 0
+
+
+def test_lanes_are_taken_only_by_memories_that_fit():
+    """A lane takes a memory of batch 1 whose slots fit; others get buffers of their own; a lane
+    comes back to the arena when its decoder closes."""
+    from .conftest import tiny_path
+
+    family, overrides = CONFIGS[4][0], _roomy(CONFIGS[4][1])
+    lm = beacon.load(tiny_path(family), device=DEVICE, **overrides)
+    lm.decode_buffers.enable_lanes(2, cap=256)
+    fits = StaticDecoder(lm, lm.condense(tokens(30, seed=1)), graphs=GRAPHS)
+    fits.read(tokens(3, seed=2).to(lm.device))
+    big = StaticDecoder(lm, lm.condense(tokens(300, seed=3)), graphs=GRAPHS)  # more slots than a lane has
+    big.read(tokens(3, seed=4).to(lm.device))
+    pair = StaticDecoder(lm, lm.condense(tokens(30, seed=5, batch=2)), graphs=GRAPHS)
+    pair.read(tokens(3, seed=6, batch=2).to(lm.device))
+    assert (fits._buf.lane, big._buf.lane, pair._buf.lane) == (0, -1, -1)
+    assert lm.decode_buffers.lanes.busy == 1
+    fits.close()
+    assert lm.decode_buffers.lanes.busy == 0
+    with pytest.raises(ValueError, match="n_lanes >= 1"):
+        lm.decode_buffers.enable_lanes(0, cap=256)

@@ -165,6 +165,33 @@ def test_groups_over_different_documents_step_together_and_answer_as_each_alone(
         batcher.close()
 
 
+def test_lanes_answer_as_each_alone(setup):
+    """With lanes, one-row groups decode in an arena's lanes (one pass over the arena), a group
+    beyond the lanes beside them: every answer is what it is alone; the lanes come back."""
+    model, db, lm = setup
+    own = beacon.load(model)  # lanes change the model's buffer pool: not the module's model
+    asks = [(("alpha.md",), "orbit?"), (("beta.md",), "river stone?"), (("gamma.md",), "moss?"),
+            (("beta.md", "alpha.md"), "which?")]  # fmt: skip
+    batcher = Batcher(own, SnapshotStore(db), stops=[], max_batch=4, lanes=3, lane_slots=1024, start=False)
+    outs = []
+    for doc_ids, q in asks:
+        events = queue.Queue()
+        batcher.submit(Job(doc_ids, question_ids(own.tokenizer, q), Sampling(max_tokens=20),
+                           lambda k, v, e=events: e.put((k, v))))  # fmt: skip
+        outs.append(events)
+    batcher.start()
+    try:
+        for (doc_ids, q), events in zip(asks, outs, strict=True):
+            tokens, finish, _ = _collect(events)
+            memory = SnapshotStore(db).get(list(doc_ids), fingerprint=lm.fingerprint())
+            want = greedy_answer(lm, question_ids(lm.tokenizer, q), memory, max_new_tokens=20, stops=[])
+            assert tokens == want.token_ids and finish == "length", (doc_ids, q)
+        assert batcher.stats["lane_steps"] >= 3 * 10, batcher.stats
+    finally:
+        batcher.close()
+    assert own.decode_buffers.lanes.busy == 0
+
+
 def test_a_batcher_loop_that_fails_ends_every_job_with_its_error(setup, monkeypatch):
     _, db, lm = setup
     batcher = Batcher(lm, SnapshotStore(db), stops=[], start=False)
