@@ -164,6 +164,11 @@ class StaticDecoder:
         shape = self._stage_step(tokens)
         return self._append(tokens) if shape is None else self._execute(shape)
 
+    @property
+    def has_buffers(self) -> bool:
+        """Whether the decoder holds static buffers now (from its first static read or step on)."""
+        return self._buf is not None
+
     @torch.no_grad()
     def memory(self) -> Memory:
         """The memory read so far (rebuilt from the buffers: keys pre-RoPE, layout [O | W])."""
@@ -297,6 +302,13 @@ class StaticDecoder:
         )  # fmt: skip
 
     # ---- buffers -------------------------------------------------------------------------------
+    def _drop_buffers(self) -> None:
+        """Forget the buffers, which may hold part of a step: a set of its own is dropped, a lane goes
+        back to its arena (whoever takes it next fills it before reading it)."""
+        buf, self._buf = self._buf, None
+        if buf is not None and buf.arena is not None:
+            self.lm.decode_buffers.give(buf)
+
     def _release(self) -> Memory:
         """Go on from a Memory rebuilt from the buffers (returned), the buffers handed back to the pool."""
         memory = self.memory()
@@ -497,7 +509,7 @@ class StaticDecoder:
                     io = graphs[k][1]
             self._memory.ready()  # a loader that was running is joined (and what it raised is raised)
         except BaseException:
-            self._buf = None
+            self._drop_buffers()
             self.close()
             raise
         self.stats["static_steps"] += 1
@@ -543,7 +555,7 @@ def step_together(decoders: list[StaticDecoder], tokens: list[torch.Tensor]) -> 
             results[k] = err
         except BaseException:  # interrupted: the staged ones never ran their step, so they cannot go on
             for _, staged, _ in together:
-                staged._buf = None
+                staged._drop_buffers()
                 staged.close()
             raise
     arena = _common_arena(together)
@@ -565,7 +577,7 @@ def step_together(decoders: list[StaticDecoder], tokens: list[torch.Tensor]) -> 
 
 
 def _common_arena(together: list[tuple[int, StaticDecoder, Shape]]) -> LaneArena | None:
-    """The arena most of the staged decoders have lanes of (a pool holds one), or None."""
+    """The arena the staged decoders' lanes belong to (a model's pool holds one at a time), or None."""
     arenas = [d._buf.arena for _, d, _ in together if d._buf.arena is not None]
     return arenas[0] if arenas else None
 
@@ -578,9 +590,15 @@ def _execute_lanes(arena: LaneArena, staged: list[tuple[StaticDecoder, Shape]]) 
     decs = [d for d, _ in staged]
     lm = decs[0].lm
     try:
-        _stage_arena(arena, staged)
-        logits = _arena_pass(lm, arena, graphs=all(d.graphs for d in decs))
-    except Exception as err:
+        front = _front(arena, max(d._buf.lane for d in decs) + 1)
+        _stage_arena(arena, staged, front)
+        logits = _arena_pass(lm, arena.front(front), graphs=all(d.graphs for d in decs))
+    except BaseException as err:
+        if not isinstance(err, Exception):  # interrupted: the lanes may hold part of the step
+            for d in decs:
+                d._drop_buffers()
+                d.close()
+            raise
         failure = f"{type(err).__name__}: {err}"[:300]
         logger.warning("a step of %d lanes failed (%s); each steps alone", len(decs), failure)
         if lm.device.type == "cuda":
@@ -603,15 +621,21 @@ def _execute_lanes(arena: LaneArena, staged: list[tuple[StaticDecoder, Shape]]) 
     return out
 
 
-def _stage_arena(arena: LaneArena, staged: list[tuple[StaticDecoder, Shape]]) -> None:
-    """The arena step's inputs (its (1, 1) rows): a lane staged at (1, 0) gets its raw row there and
-    a pad row on its scratch; a lane not stepping gets both rows on its scratch. Device-side copies
-    and one small host-to-device move."""
+def _front(arena: LaneArena, n: int) -> int:
+    """Lanes a step over lanes [0, n) runs: n rounded up to a power of two (or all), so few graphs
+    are captured and a step reads few idle lanes (busy lanes gather at the front: LaneArena.take)."""
+    return min(arena.n_lanes, 1 << (n - 1).bit_length())
+
+
+def _stage_arena(arena: LaneArena, staged: list[tuple[StaticDecoder, Shape]], front: int) -> None:
+    """The inputs of a step over lanes [0, front) (their (1, 1) rows): a lane staged at (1, 0) gets
+    its raw row there and a pad row on its scratch; a lane not stepping gets both rows on its
+    scratch. Device-side copies and one small host-to-device move."""
     whole, lm = arena.whole, staged[0][0].lm
     one, two = whole.rows[(1, 0)], whole.rows[(1, 1)]
     padded = [d._buf.lane for d, shape in staged if shape == (1, 0)]
     stepping = {d._buf.lane for d, _ in staged}
-    idle = [g for g in range(arena.n_lanes) if g not in stepping]
+    idle = [g for g in range(front) if g not in stepping]
     lists = {k: torch.tensor(v, dtype=torch.long) for k, v in (("padded", padded), ("idle", idle)) if v}
     moved = lm.stager.move(lists) if lists else {}
     scratch = arena.inert_slot  # (2,)
@@ -633,9 +657,9 @@ def _stage_arena(arena: LaneArena, staged: list[tuple[StaticDecoder, Shape]]) ->
         arena.lanes[g].rows[(1, 1)].n_outer = -1
 
 
-def _arena_pass(lm, arena: LaneArena, graphs: bool) -> torch.Tensor:
-    """Next-token logits (lanes, vocab) of the arena step staged in its (1, 1) rows."""
-    whole = arena.whole
+def _arena_pass(lm, whole: Buffers, graphs: bool) -> torch.Tensor:
+    """Next-token logits (lanes, vocab) of the step staged in the (1, 1) rows of `whole` (an arena's
+    front: LaneArena.front)."""
 
     def unit(_io: dict) -> dict:
         rows = whole.rows[(1, 1)]
@@ -666,7 +690,7 @@ def _execute_together(staged: list[tuple[StaticDecoder, Shape]]) -> list[torch.T
         out, failure = None, f"{type(err).__name__}: {err}"
     except BaseException:  # interrupted: the buffers may hold part of the step, dropped as _execute drops them
         for d in decs:
-            d._buf = None
+            d._drop_buffers()
             d.close()
         raise
     if out is None:

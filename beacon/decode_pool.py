@@ -138,11 +138,11 @@ class LaneArena:
         self.inert_mask[torch.arange(LANE_SCRATCH), scratch] = True
         self.lanes = [self._lane(g) for g in range(n_lanes)]
         self._free = list(range(n_lanes - 1, -1, -1))  # lane 0 first: busy lanes gather at the front
+        self._fronts: dict[int, Buffers] = {}
 
     def _lane(self, g: int) -> Buffers:
         w = self.whole
-        views = [tuple(t[:, g : g + 1] for t in w.layers)]
-        k_rot, values, k_win = views[0]
+        k_rot, values, k_win = (t[:, g : g + 1] for t in w.layers)
         lane = Buffers(w.cap, list(k_rot.unbind(0)), list(values.unbind(0)), list(k_win.unbind(0)), w.cos, w.sin,
                        layers=(k_rot, values, k_win), scratch=LANE_SCRATCH, arena=self, lane=g)  # fmt: skip
         for shape in ARENA_SHAPES:
@@ -151,13 +151,28 @@ class LaneArena:
                                         torch.zeros_like(r.last))  # fmt: skip
         return lane
 
+    def front(self, n: int) -> Buffers:
+        """Lanes [0, n) as one buffer set of batch n (views of `whole`, its (1, 1) step inputs too),
+        with graphs of its own: a step over the busy front of the arena reads no idle lane beyond it."""
+        if n == self.n_lanes:
+            return self.whole
+        if n not in self._fronts:
+            w = self.whole
+            k_rot, values, k_win = (t[:, :n] for t in w.layers)
+            front = Buffers(w.cap, list(k_rot.unbind(0)), list(values.unbind(0)), list(k_win.unbind(0)), w.cos, w.sin,
+                            layers=(k_rot, values, k_win), scratch=LANE_SCRATCH)  # fmt: skip
+            r = w.rows[(1, 1)]
+            front.rows[(1, 1)] = StepRows(r.tokens[:n], r.pos[:n], r.slot[:n], r.win_slot[:n], r.mask[:n], r.last)
+            self._fronts[n] = front
+        return self._fronts[n]
+
     @property
     def n_lanes(self) -> int:
         return len(self.lanes)
 
     def fits(self, need: int, like: torch.Tensor) -> bool:
         """Whether a lane takes a memory like `like` needing `need` slots."""
-        return like.shape[0] == 1 and need <= self.whole.room and self.lanes[0].fits(like)
+        return like.shape[0] == 1 and need <= self.lanes[0].room and self.lanes[0].fits(like)
 
     def take(self) -> Buffers | None:
         """A free lane (the lowest), or None."""
@@ -200,11 +215,11 @@ class BufferPool:
         with self._lock:
             self._lane_settings, self.lanes = (n_lanes, cap), arena
 
-    def has_free_lane(self, need: int, like: torch.Tensor) -> bool:
-        """Whether a memory like `like` needing `need` slots would get a lane now (nothing allocated)."""
+    def free_lanes(self, need: int, like: torch.Tensor) -> int:
+        """Free lanes that would take a memory like `like` needing `need` slots (0: none would)."""
         with self._lock:
             lanes = self.lanes
-            return lanes is not None and lanes.busy < lanes.n_lanes and lanes.fits(need, like)
+            return lanes.n_lanes - lanes.busy if lanes is not None and lanes.fits(need, like) else 0
 
     def disable_lanes(self) -> None:
         """No more lanes: the arena goes once its lanes are given back (a lane in use stays valid)."""

@@ -167,6 +167,7 @@ class Batcher:
         self.fingerprint = lm.fingerprint()
         self.cache = MemoryCache(cache_bytes, host_cache_bytes if lm.device.type == "cuda" else 0)
         self.max_batch, self.max_running, self.max_waiting = max_batch, max_running, max_waiting
+        self._lanes = lanes
         if lanes:
             parts = lm.parts
             like = torch.empty(1, parts.n_kv_heads, 0, parts.head_dim, dtype=lm.dtype, device=lm.device)
@@ -238,6 +239,8 @@ class Batcher:
             self._cv.notify()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
+        if self._lanes:
+            self.lm.decode_buffers.disable_lanes()  # the arena goes with its last lane
 
     # ---- the loop ------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -354,8 +357,10 @@ class Batcher:
         if free is None:
             return True
         memory.ready()
-        if b == 1 and self.lm.decode_buffers.has_free_lane(self._slots_needed(memory), memory.keys[0]):
-            return True  # the arena is allocated already
+        if b == 1:  # a lane is allocated already; one-row groups without buffers yet may claim free ones first
+            claims = sum(1 for g in self._groups if len(g.rows) == 1 and not g.stepper.has_buffers)
+            if self.lm.decode_buffers.free_lanes(self._slots_needed(memory), memory.keys[0]) > claims:
+                return True
         return self.decoder_bytes(memory, b) + STEP_RESERVE <= free
 
     def _free_bytes(self) -> int | None:

@@ -390,6 +390,9 @@ def test_lanes_step_as_each_decoder_alone(family, overrides):
     for step in range(40):
         sit_out = {step % 5} if step % 3 == 0 else set()  # now and then a decoder skips a step
         which = [k for k in range(len(sizes)) if k not in sit_out]
+        if step in (30, 31, 32):  # only lanes 0 and 1 step: a step over the arena's front two lanes
+            front = [k for k in which if together[k]._buf is not None and together[k]._buf.lane in (0, 1)]
+            which = front if len(front) == 2 else which
         picks = [new[k][:, step : step + 1] for k in which]
         for k, tok, got in zip(which, picks, step_together([together[k] for k in which], picks), strict=True):
             assert isinstance(got, torch.Tensor), got
@@ -399,6 +402,7 @@ def test_lanes_step_as_each_decoder_alone(family, overrides):
     lane_steps = [t.stats["lane_steps"] for t in together]
     assert min(sorted(lane_steps)[-4:]) >= 10 and lane_steps[5] == 0, lane_steps  # four lanes; the pair beside
     assert sum(t.stats["general_steps"] for t in together) >= 2  # window closes ran too
+    assert 2 in lm.decode_buffers.lanes._fronts  # a step ran over lanes 0 and 1 only
     for t in together:
         t.close()
     assert lm.decode_buffers.lanes.busy == 0
@@ -420,7 +424,44 @@ def test_lanes_are_taken_only_by_memories_that_fit():
     pair.read(tokens(3, seed=6, batch=2).to(lm.device))
     assert (fits._buf.lane, big._buf.lane, pair._buf.lane) == (0, -1, -1)
     assert lm.decode_buffers.lanes.busy == 1
+    like = fits.memory().keys[0]
+    assert lm.decode_buffers.free_lanes(256 - 2, like) == 1 and lm.decode_buffers.free_lanes(256 - 1, like) == 0
     fits.close()
     assert lm.decode_buffers.lanes.busy == 0
     with pytest.raises(ValueError, match="n_lanes >= 1"):
         lm.decode_buffers.enable_lanes(0, cap=256)
+
+
+def test_a_lane_step_that_fails_steps_each_alone_and_loses_no_lane(monkeypatch):
+    """A pass over lanes that fails is run again as each decoder's step alone (the same logits as
+    alone); a decoder whose own step fails closes and its lane goes back to the arena."""
+    import beacon.decode
+
+    from .conftest import tiny_path
+
+    family, overrides = CONFIGS[0][0], _roomy(CONFIGS[0][1])
+    lm = beacon.load(tiny_path(family), device=DEVICE, **overrides)
+    ref = beacon.load(tiny_path(family), device=DEVICE, **overrides)
+    lm.decode_buffers.enable_lanes(3, cap=512)
+    memories = [lm.condense(tokens(30, seed=s)) for s in range(3)]
+    alone = [StaticDecoder(ref, m.fork(), graphs=GRAPHS) for m in memories]
+    together = [StaticDecoder(lm, m.fork(), graphs=GRAPHS) for m in memories]
+    for a, t in zip(alone, together, strict=True):
+        q = tokens(5, seed=9).to(lm.device)
+        torch.testing.assert_close(t.read(q), a.read(q), atol=ATOL, rtol=0)
+    assert lm.decode_buffers.lanes.busy == 3
+    arena_pass = beacon.decode._arena_pass
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(beacon.decode, "_arena_pass", fails)
+    picks = [torch.tensor([[7]]).to(lm.device)] * 3
+    for a, tok, got in zip(alone, picks, step_together(together, picks), strict=True):
+        torch.testing.assert_close(got, a.step(tok), atol=ATOL, rtol=0)
+    assert [t.stats["shared_pass_failures"] for t in together] == [1, 1, 1]
+    monkeypatch.setattr(beacon.decode, "_arena_pass", arena_pass)
+    monkeypatch.setattr(beacon.decode, "step_layer", fails)  # every step fails, together and alone
+    got = step_together(together, picks)
+    assert all(isinstance(g, RuntimeError) for g in got), got
+    assert lm.decode_buffers.lanes.busy == 0  # each failed decoder closed and gave its lane back

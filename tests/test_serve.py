@@ -188,8 +188,9 @@ def test_lanes_answer_as_each_alone(setup):
             assert tokens == want.token_ids and finish == "length", (doc_ids, q)
         assert batcher.stats["lane_steps"] >= 3 * 10, batcher.stats
     finally:
+        arena = own.decode_buffers.lanes
         batcher.close()
-    assert own.decode_buffers.lanes.busy == 0
+    assert arena.busy == 0 and own.decode_buffers.lanes is None  # every lane back; the arena goes with the batcher
 
 
 def test_a_batcher_loop_that_fails_ends_every_job_with_its_error(setup, monkeypatch):
