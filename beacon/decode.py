@@ -599,18 +599,7 @@ def _execute_lanes(arena: LaneArena, staged: list[tuple[StaticDecoder, Shape]]) 
                 d._drop_buffers()
                 d.close()
             raise
-        failure = f"{type(err).__name__}: {err}"[:300]
-        logger.warning("a step of %d lanes failed (%s); each steps alone", len(decs), failure)
-        if lm.device.type == "cuda":
-            torch.cuda.empty_cache()
-        results: list[torch.Tensor | Exception] = []
-        for d, shape in staged:
-            d.stats["shared_pass_failures"] += 1
-            try:
-                results.append(d._execute(shape))
-            except Exception as e:
-                results.append(e)
-        return results
+        return _each_alone(staged, "lanes", f"{type(err).__name__}: {err}")
     out = []
     for d in decs:
         d.stats["static_steps"] += 1
@@ -694,21 +683,26 @@ def _execute_together(staged: list[tuple[StaticDecoder, Shape]]) -> list[torch.T
             d.close()
         raise
     if out is None:
-        logger.warning("a step of %d decoders together failed (%s); each steps alone", len(decs), failure[:300])
-        if lm.device.type == "cuda":
-            torch.cuda.empty_cache()  # what the failed pass held goes back before the steps alone
-        results: list[torch.Tensor | Exception] = []
-        for d, shape in staged:
-            d.stats["shared_pass_failures"] += 1
-            try:
-                results.append(d._execute(shape))
-            except Exception as err:
-                results.append(err)
-        return results
+        return _each_alone(staged, "decoders together", failure)
     for d in decs:
         d.stats["static_steps"] += 1
         d.stats["together_steps"] += 1
     return out
+
+
+def _each_alone(staged: list[tuple[StaticDecoder, Shape]], what: str, failure: str) -> list[torch.Tensor | Exception]:
+    """After a shared pass failed: each decoder's staged step alone (its result or its exception)."""
+    logger.warning("a step of %d %s failed (%s); each steps alone", len(staged), what, failure[:300])
+    if staged[0][0].lm.device.type == "cuda":
+        torch.cuda.empty_cache()  # what the failed pass held goes back before the steps alone
+    results: list[torch.Tensor | Exception] = []
+    for d, shape in staged:
+        d.stats["shared_pass_failures"] += 1
+        try:
+            results.append(d._execute(shape))
+        except Exception as err:
+            results.append(err)
+    return results
 
 
 def _pass_together(lm, staged: list[tuple[StaticDecoder, Shape]]) -> list[torch.Tensor]:

@@ -261,6 +261,18 @@ def test_a_failed_general_step_leaves_the_decoder_whole(monkeypatch):
     fast.close()
 
 
+def _pairs_after_questions(lm, ref, sizes) -> tuple[list[StaticDecoder], list[StaticDecoder]]:
+    """Per (memory tokens, batch, question tokens) of `sizes`: a decoder on `ref` (alone) and one on
+    `lm` (together) over the same memory, each after reading the same question (same logits)."""
+    memories = [lm.condense(tokens(n, seed=s, batch=b)) for s, (n, b, _) in enumerate(sizes)]
+    alone = [StaticDecoder(ref, m.fork(), graphs=GRAPHS) for m in memories]
+    together = [StaticDecoder(lm, m.fork(), graphs=GRAPHS) for m in memories]
+    for k, (a, t, (_, b, q)) in enumerate(zip(alone, together, sizes, strict=True)):
+        question = tokens(q, seed=10 + k, batch=b).to(lm.device)
+        torch.testing.assert_close(t.read(question), a.read(question), atol=ATOL, rtol=0)
+    return alone, together
+
+
 @pytest.mark.parametrize(
     "family, overrides",
     [CONFIGS[0], CONFIGS[1], CONFIGS[4], CONFIGS[9]],
@@ -282,12 +294,7 @@ def test_steps_together_equal_each_decoder_stepping_alone(family, overrides, mon
     monkeypatch.setattr(beacon.layer, "attend_slots", spy)
     lm = load_tiny(family, **overrides)
     sizes = ((29, 1, 5), (45, 2, 3), (12, 1, 7), (29, 1, 5), (45, 2, 3), (29, 2, 5))  # memory tokens, batch, question
-    memories = [lm.condense(tokens(n, seed=s, batch=b)) for s, (n, b, _) in enumerate(sizes)]
-    alone = [StaticDecoder(lm, m.fork(), graphs=GRAPHS) for m in memories]
-    together = [StaticDecoder(lm, m.fork(), graphs=GRAPHS) for m in memories]
-    for k, (a, t, (_, b, q)) in enumerate(zip(alone, together, sizes, strict=True)):
-        question = tokens(q, seed=10 + k, batch=b).to(lm.device)
-        torch.testing.assert_close(t.read(question), a.read(question), atol=ATOL, rtol=0)
+    alone, together = _pairs_after_questions(lm, lm, sizes)
     new = [tokens(40, seed=20 + k, batch=b).to(lm.device) for k, (_, b, _) in enumerate(sizes)]
     for step in range(40):
         picks = [n[:, step : step + 1] for n in new]
@@ -380,12 +387,7 @@ def test_lanes_step_as_each_decoder_alone(family, overrides):
     ref = beacon.load(tiny_path(family), device=DEVICE, **overrides)
     lm.decode_buffers.enable_lanes(4, cap=512)
     sizes = ((29, 1, 5), (45, 1, 3), (12, 1, 7), (29, 1, 6), (45, 1, 3), (29, 2, 5))  # memory tokens, batch, question
-    memories = [lm.condense(tokens(n, seed=s, batch=b)) for s, (n, b, _) in enumerate(sizes)]
-    alone = [StaticDecoder(ref, m.fork(), graphs=GRAPHS) for m in memories]
-    together = [StaticDecoder(lm, m.fork(), graphs=GRAPHS) for m in memories]
-    for k, (a, t, (_, b, q)) in enumerate(zip(alone, together, sizes, strict=True)):
-        question = tokens(q, seed=10 + k, batch=b).to(lm.device)
-        torch.testing.assert_close(t.read(question), a.read(question), atol=ATOL, rtol=0)
+    alone, together = _pairs_after_questions(lm, ref, sizes)
     new = [tokens(40, seed=20 + k, batch=b).to(lm.device) for k, (_, b, _) in enumerate(sizes)]
     for step in range(40):
         sit_out = {step % 5} if step % 3 == 0 else set()  # now and then a decoder skips a step
@@ -443,12 +445,7 @@ def test_a_lane_step_that_fails_steps_each_alone_and_loses_no_lane(monkeypatch):
     lm = beacon.load(tiny_path(family), device=DEVICE, **overrides)
     ref = beacon.load(tiny_path(family), device=DEVICE, **overrides)
     lm.decode_buffers.enable_lanes(3, cap=512)
-    memories = [lm.condense(tokens(30, seed=s)) for s in range(3)]
-    alone = [StaticDecoder(ref, m.fork(), graphs=GRAPHS) for m in memories]
-    together = [StaticDecoder(lm, m.fork(), graphs=GRAPHS) for m in memories]
-    for a, t in zip(alone, together, strict=True):
-        q = tokens(5, seed=9).to(lm.device)
-        torch.testing.assert_close(t.read(q), a.read(q), atol=ATOL, rtol=0)
+    alone, together = _pairs_after_questions(lm, ref, [(30, 1, 5)] * 3)
     assert lm.decode_buffers.lanes.busy == 3
     arena_pass = beacon.decode._arena_pass
 
