@@ -490,12 +490,15 @@ class StaticDecoder:
         it started from is unchanged."""
         try:
             loading = split = self._filled < self._memory.n_layers
-            if self.graphs and split and (shape, True) not in self._buf.graphs:
+            # a lane reads its questions eagerly: graphs over its own views would be captured again in
+            # every lane for every question length; its one-token steps go through the arena's graphs
+            use_graphs = self.graphs and (self._buf.arena is None or shape in ARENA_SHAPES)
+            if use_graphs and split and (shape, True) not in self._buf.graphs:
                 self._fill(self._memory.n_layers)  # first capture of this shape: wait for the whole memory
                 loading = False
             units = self._units(shape, split)
             graphs = None
-            if self.graphs:
+            if use_graphs:
                 self.stats["captures"] += (shape, split) not in self._buf.graphs
                 graphs = self._buf.capture((shape, split), units)
             io: dict[str, torch.Tensor] = {}
@@ -560,7 +563,9 @@ def step_together(decoders: list[StaticDecoder], tokens: list[torch.Tensor]) -> 
             raise
     arena = _common_arena(together)
     lanes = [t for t in together if arena is not None and t[1]._buf.arena is arena and t[2] in ARENA_SHAPES]
-    if len(lanes) >= 2:  # one step over the whole arena (CUDA graphs where its decoders use them)
+    # one step over the arena's busy front: with CUDA graphs even for one lane (the arena's few graphs
+    # serve every lane; a lane's own would be captured per lane), else from two lanes on
+    if len(lanes) >= (1 if lanes and all(d.graphs for _, d, _ in lanes) else 2):
         for (k, _, _), out in zip(lanes, _execute_lanes(arena, [(d, s) for _, d, s in lanes]), strict=True):
             results[k] = out
         together = [t for t in together if t not in lanes]
