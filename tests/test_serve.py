@@ -313,10 +313,13 @@ def test_dry_run_writes_and_prints_serve_yaml(tmp_path):
 
     path = tmp_path / "serve.yaml"
     out = CliRunner().invoke(main, ["serve", "--dry-run", str(path), "--replicas", "2", "--gpus-per-replica", "1",
-                                    "--port", "9000", "--api-key", "secret"])  # fmt: skip
+                                    "--port", "9000", "--api-key", "secret", "--lanes", "16",
+                                    "--lane-slots", "8448"])  # fmt: skip
     assert out.exit_code == 0, out.output
     config = yaml.safe_load(path.read_text())
     ingress, server = config["applications"][0]["deployments"]
+    args = config["applications"][0]["args"]
+    assert (args["lanes"], args["lane_slots"]) == (16, 8448)
     assert ingress["name"] == INGRESS and ingress["ray_actor_options"] == {"num_cpus": 0}
     assert server["num_replicas"] == 2 and server["ray_actor_options"]["num_gpus"] == 1
     assert server["request_router_config"]["request_router_class"] == ROUTER
