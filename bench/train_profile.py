@@ -3,7 +3,7 @@
     python -m bench.train_profile --config CONFIG_DIR --length 16384 \
         "pw=1,dtype=fp32,attn=dense" "pw=1,dtype=bf16,attn=auto" "pw=16,dtype=bf16,attn=auto,batch=2"
 
-CONFIG_DIR holds a base's config.json (e.g. a converted base folder, or .carry/qcfg on a device
+CONFIG_DIR holds a base's config.json (e.g. a converted base folder, or .carry/qshape on a device
 machine): the base is built with random weights of that shape (speed does not depend on the values).
 Each setting is a comma list of pw (windows per pass), dtype (the frozen base's weights, fp32 or
 bf16), attn (beacon.attention mode), batch (sequences a step), compile (1: the compiled decoder

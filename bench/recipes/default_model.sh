@@ -8,6 +8,9 @@
 #   SmolLM2: split -n 4 -d GGUF ggufpart.  into .carry/q1 ... .carry/q4
 #   Qwen 0.5B: split -n 17 -d GGUF ggufpart.  (28.9 MB each) into .carry/q1 ... .carry/q17, one part a folder
 #              (the tree ~33 MB + 28.9 MB is under the 64 MiB a call carries; .whl rides with the last)
+#   and .carry/qshape: config.json + generation_config.json of the converted base ($BEACON_CACHE/bases/NAME-*/),
+#   a few KB that ride with part 1, so that call also times the training settings:
+#     bash bench/recipes/default_model.sh part .carry/q1; python3 -m bench.train_profile --config .carry/qshape ...
 # Then, on one warm machine, back to back (the parts wait in $STASH while it stays warm; a warm call
 # that only keeps a part costs ~4 s of device time):
 #   bash bench/recipes/default_model.sh part .carry/q1        (carry .carry/q1): keep part 1 there
