@@ -323,7 +323,7 @@ def attend_slots(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
     else:
         scores = torch.bmm(qg.float(), kt.float())
     scores = (scores * scale).view(b, h_kv, group, n, cap)
-    scores = scores.masked_fill(~(mask[:, None, None] if per_row else mask), float("-inf"))
+    scores = torch.where(mask[:, None, None] if per_row else mask, scores, float("-inf"))  # one kernel, no ~mask
     probs = F.softmax(scores, dim=-1).to(v.dtype).view(b * h_kv, group * n, cap)
     out = torch.bmm(probs, v.reshape(b * h_kv, cap, d))
     return out.view(b, h, n, d)
