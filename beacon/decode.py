@@ -96,12 +96,15 @@ class StaticDecoder:
     `graphs=True` (CUDA only) captures one CUDA graph per step shape;
     `compiled=True` runs the step through torch.compile first (fused norms, RoPE, softmax: fewer,
     larger kernels inside the graph; the first step of each shape compiles, tens of seconds);
-    `eager=True` reads everything through the general path (BeaconLM.forward), as a reference.
+    `eager=True` reads everything through the general path (BeaconLM.forward), as a reference;
+    `lanes=True` lets it take a lane of the model's arena (decode_pool.LaneArena) when one fits: its
+    one-token steps then run through step_together's pass over the arena (only for a caller that
+    steps all such decoders from one thread, as the Batcher does).
     """
 
     def __init__(
         self, lm, memory: Memory, *, graphs: bool = False, compiled: bool = False, eager: bool = False,
-        headroom: int | None = None,
+        headroom: int | None = None, lanes: bool = False,
     ):  # fmt: skip
         if graphs and lm.device.type != "cuda":
             raise ValueError("CUDA graphs need the model on a CUDA device")
@@ -109,6 +112,7 @@ class StaticDecoder:
         self.graphs = graphs
         self.compiled = compiled
         self.eager = eager
+        self.lanes = lanes
         self.headroom = headroom if headroom is not None else 2 * lm.config.beacon_window + 64
         self._memory: Memory | None = memory
         self._buf: Buffers | None = None
@@ -328,7 +332,8 @@ class StaticDecoder:
         need = max(size + self.headroom, size + n_slots, int(chunk.cols.pos.max()) + 1)
         cap = _round_up(need, CAP_GRAIN)
         like = memory.keys[0]
-        buf = self.lm.decode_buffers.take(cap, like, need, self.lm.parts) or Buffers.allocate(self.lm.parts, cap, like)
+        parts = self.lm.parts if self.lanes else None  # (no parts: no lane)
+        buf = self.lm.decode_buffers.take(cap, like, need, parts) or Buffers.allocate(self.lm.parts, cap, like)
         buf.n_outer, buf.size = n_o, size
         buf.slot_pos = torch.cat([torch.arange(n_o), chunk.cols.pos[:c]])
         self._buf = buf
@@ -490,9 +495,10 @@ class StaticDecoder:
         it started from is unchanged."""
         try:
             loading = split = self._filled < self._memory.n_layers
-            # a lane reads its questions eagerly: graphs over its own views would be captured again in
-            # every lane for every question length; its one-token steps go through the arena's graphs
-            use_graphs = self.graphs and (self._buf.arena is None or shape in ARENA_SHAPES)
+            # a lane never captures graphs over its own views (they would be captured again in every
+            # lane): it reads questions eagerly, and its one-token steps go through the arena's graphs
+            # (step_together) or, the few it takes alone (a window about to close), eagerly
+            use_graphs = self.graphs and self._buf.arena is None
             if use_graphs and split and (shape, True) not in self._buf.graphs:
                 self._fill(self._memory.n_layers)  # first capture of this shape: wait for the whole memory
                 loading = False
@@ -630,6 +636,8 @@ def _stage_arena(arena: LaneArena, staged: list[tuple[StaticDecoder, Shape]], fr
     padded = [d._buf.lane for d, shape in staged if shape == (1, 0)]
     stepping = {d._buf.lane for d, _ in staged}
     idle = [g for g in range(front) if g not in stepping]
+    for g in padded + idle:  # their (1, 1) rows will no longer hold what their decoders staged there
+        arena.lanes[g].rows[(1, 1)].n_outer = -1  # (first: a write below that fails leaves no stale O part)
     lists = {k: torch.tensor(v, dtype=torch.long) for k, v in (("padded", padded), ("idle", idle)) if v}
     moved = lm.stager.move(lists) if lists else {}
     scratch = arena.inert_slot  # (2,)
@@ -647,8 +655,6 @@ def _stage_arena(arena: LaneArena, staged: list[tuple[StaticDecoder, Shape]], fr
         two.slot[at] = scratch
         two.win_slot[at] = scratch
         two.mask[at] = arena.inert_mask
-    for g in padded + idle:  # their (1, 1) rows no longer hold what their decoders staged there
-        arena.lanes[g].rows[(1, 1)].n_outer = -1
 
 
 def _arena_pass(lm, whole: Buffers, graphs: bool) -> torch.Tensor:

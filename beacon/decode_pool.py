@@ -221,10 +221,12 @@ class BufferPool:
             lanes = self.lanes
             return lanes.n_lanes - lanes.busy if lanes is not None and lanes.fits(need, like) else 0
 
-    def disable_lanes(self) -> None:
-        """No more lanes: the arena goes once its lanes are given back (a lane in use stays valid)."""
+    def disable_lanes(self, arena: LaneArena | None = None) -> None:
+        """No more lanes (only if the pool's arena is still `arena`, where given): the arena goes once
+        its lanes are given back (a lane in use stays valid)."""
         with self._lock:
-            self._lane_settings, self.lanes = None, None
+            if arena is None or arena is self.lanes:
+                self._lane_settings, self.lanes = None, None
 
     def take(self, cap: int, like: torch.Tensor, need: int | None = None, parts: Parts | None = None) -> Buffers | None:
         """A free lane where lanes are enabled and one fits (`need` slots), else a free set of exactly

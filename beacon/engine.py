@@ -434,17 +434,20 @@ class BeaconLM:
                 out = out[:, : int(ended[0, 0]) + 1]
         return out
 
-    def decoder(self, memory: Memory):
+    def decoder(self, memory: Memory, lanes: bool = False):
         """A decode.StaticDecoder over `memory` (a share will do: it is never written) for
         `decode_mode` ("eager": every read through the general forward). Read a question with
-        `.read(ids)`, then `.step(token)`; `.close()` hands its buffers back to `decode_buffers`."""
+        `.read(ids)`, then `.step(token)`; `.close()` hands its buffers back to `decode_buffers`.
+        `lanes`: it may take a lane of the pool's arena (decode_pool.LaneArena: only for a caller
+        that steps all its decoders through decode.step_together from one thread, as the Batcher)."""
         from .decode import MODES, StaticDecoder
 
         if self.decode_mode not in MODES:
             raise ValueError(f"decode_mode {self.decode_mode!r}: choose one of {MODES}")
         graphs = self.decode_mode in ("auto", "compiled") and self.device.type == "cuda"
         mode = self.decode_mode
-        return StaticDecoder(self, memory, graphs=graphs, compiled=mode == "compiled", eager=mode == "eager")
+        return StaticDecoder(self, memory, graphs=graphs, compiled=mode == "compiled", eager=mode == "eager",
+                             lanes=lanes)
 
     def loss(
         self,

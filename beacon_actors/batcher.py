@@ -31,6 +31,7 @@ event carries the SnapshotError) and is not cached. While a group starts, the ot
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -167,11 +168,12 @@ class Batcher:
         self.fingerprint = lm.fingerprint()
         self.cache = MemoryCache(cache_bytes, host_cache_bytes if lm.device.type == "cuda" else 0)
         self.max_batch, self.max_running, self.max_waiting = max_batch, max_running, max_waiting
-        self._lanes = lanes
+        self._arena = None
         if lanes:
             parts = lm.parts
             like = torch.empty(1, parts.n_kv_heads, 0, parts.head_dim, dtype=lm.dtype, device=lm.device)
             lm.decode_buffers.enable_lanes(lanes, lane_slots, parts, like)
+            self._arena = lm.decode_buffers.lanes
         self.stats = {"jobs": 0, "groups": 0, "steps": 0, "rows_stepped": 0, "max_group_rows": 0, "errors": 0,
                       "passes": 0, "max_rows_per_pass": 0, "lane_steps": 0}  # fmt: skip
         self._waiting: deque[Job] = deque()
@@ -239,8 +241,12 @@ class Batcher:
             self._cv.notify()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
-        if self._lanes:
-            self.lm.decode_buffers.disable_lanes()  # the arena goes with its last lane
+        if self._arena is not None:  # the arena goes with its last lane (its memory: once collected)
+            self.lm.decode_buffers.disable_lanes(self._arena)
+            self._arena = None
+            gc.collect()  # lanes and arena point at each other
+            if self.lm.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     # ---- the loop ------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -307,9 +313,10 @@ class Batcher:
                 return True
             b = len(jobs)
             try:
-                if self._groups and not self._fits(memory, b):  # (waits for a loading memory: its error is caught)
+                n_prompt = len(jobs[0].prompt)
+                if self._groups and not self._fits(memory, b, n_prompt):  # (waits for a loading memory: caught)
                     return False
-                stepper = self.lm.decoder(_rows_of(memory, b))
+                stepper = self.lm.decoder(_rows_of(memory, b), lanes=self._arena is not None)
                 prompt = torch.tensor([j.prompt for j in jobs], dtype=torch.long, device=self.lm.device)
                 rows = [_Row(j, _generator(j.sampling, self.lm.device)) for j in jobs]
                 group = _Group(doc_ids, rows, stepper, prompt)
@@ -350,16 +357,17 @@ class Batcher:
                 self._end(j, "error", err)
         jobs[:] = fit
 
-    def _fits(self, memory: Memory, b: int) -> bool:
+    def _fits(self, memory: Memory, b: int, n_prompt: int = 0) -> bool:
         """Whether a decoder of b rows over `memory` fits the device's free memory with STEP_RESERVE
         left for the steps (always, off CUDA)."""
         free = self._free_bytes()
         if free is None:
             return True
         memory.ready()
-        if b == 1:  # a lane is allocated already; one-row groups without buffers yet may claim free ones first
+        if b == 1 and self._arena is not None:  # a lane is allocated already; one-row groups without
+            # buffers yet may claim free ones first
             claims = sum(1 for g in self._groups if len(g.rows) == 1 and not g.stepper.has_buffers)
-            if self.lm.decode_buffers.free_lanes(self._slots_needed(memory), memory.keys[0]) > claims:
+            if self.lm.decode_buffers.free_lanes(self._slots_needed(memory, n_prompt), memory.keys[0]) > claims:
                 return True
         return self.decoder_bytes(memory, b) + STEP_RESERVE <= free
 
@@ -372,9 +380,14 @@ class Batcher:
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
-    def _slots_needed(self, memory: Memory) -> int:
-        """Slots a decoder over `memory` asks for: its entries + the decoder's default headroom."""
-        return memory.state.size + 2 * self.lm.config.beacon_window + 64
+    def _slots_needed(self, memory: Memory, n_prompt: int = 0) -> int:
+        """Slots a decoder over `memory` asks for (at most): its entries + the decoder's default
+        headroom, or + a prompt of `n_prompt` tokens padded as the decoder pads its rows (raw rows
+        and beacon rows, at most as many, each rounded up to decode.ROW_GRAIN)."""
+        from beacon.decode import ROW_GRAIN
+
+        prompt_rows = 2 * (-(-n_prompt // ROW_GRAIN) * ROW_GRAIN)
+        return memory.state.size + max(2 * self.lm.config.beacon_window + 64, prompt_rows)
 
     def decoder_bytes(self, memory: Memory, b: int) -> int:
         """Bytes a decoder of b rows over `memory` allocates (an upper estimate: the model's buffer pool

@@ -44,9 +44,11 @@ def rows_of(memory, b: int):
     return Memory(grow(memory.keys), grow(memory.values), memory.state, grow(memory.rot_keys))
 
 
-def steps(lm, memories, rows: int, question: torch.Tensor, new: int, together: bool, device: str) -> list[float]:
+def steps(
+    lm, memories, rows: int, question: torch.Tensor, new: int, together: bool, device: str, lanes: bool = False
+) -> list[float]:
     """Seconds of each of `new` steps of one decoder per memory (`rows` rows each), after each read `question`."""
-    decs = [lm.decoder(rows_of(m, rows)) for m in memories]
+    decs = [lm.decoder(rows_of(m, rows), lanes=lanes) for m in memories]
     try:
         last = [d.read(question.expand(rows, -1)).argmax(-1, keepdim=True) for d in decs]
         times = []
@@ -77,7 +79,7 @@ def lane_steps(lm, memories, question: torch.Tensor, new: int, device: str, wind
     need = max(m.state.size for m in memories) + 2 * window + 64 + question.shape[1]
     lm.decode_buffers.enable_lanes(len(memories), -(-(need + LANE_SCRATCH) // 256) * 256, lm.parts, like)
     try:
-        times = steps(lm, memories, 1, question, new, True, device)
+        times = steps(lm, memories, 1, question, new, True, device, lanes=True)
         if lm.decode_buffers.lanes.busy:
             raise RuntimeError("a decoder kept its lane after closing")
         return times

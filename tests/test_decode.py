@@ -261,12 +261,13 @@ def test_a_failed_general_step_leaves_the_decoder_whole(monkeypatch):
     fast.close()
 
 
-def _pairs_after_questions(lm, ref, sizes) -> tuple[list[StaticDecoder], list[StaticDecoder]]:
+def _pairs_after_questions(lm, ref, sizes, lanes: bool = False) -> tuple[list[StaticDecoder], list[StaticDecoder]]:
     """Per (memory tokens, batch, question tokens) of `sizes`: a decoder on `ref` (alone) and one on
-    `lm` (together) over the same memory, each after reading the same question (same logits)."""
+    `lm` (together; in lanes of its arena where `lanes`) over the same memory, each after reading the
+    same question (same logits)."""
     memories = [lm.condense(tokens(n, seed=s, batch=b)) for s, (n, b, _) in enumerate(sizes)]
     alone = [StaticDecoder(ref, m.fork(), graphs=GRAPHS) for m in memories]
-    together = [StaticDecoder(lm, m.fork(), graphs=GRAPHS) for m in memories]
+    together = [StaticDecoder(lm, m.fork(), graphs=GRAPHS, lanes=lanes) for m in memories]
     for k, (a, t, (_, b, q)) in enumerate(zip(alone, together, sizes, strict=True)):
         question = tokens(q, seed=10 + k, batch=b).to(lm.device)
         torch.testing.assert_close(t.read(question), a.read(question), atol=ATOL, rtol=0)
@@ -387,7 +388,7 @@ def test_lanes_step_as_each_decoder_alone(family, overrides):
     ref = beacon.load(tiny_path(family), device=DEVICE, **overrides)
     lm.decode_buffers.enable_lanes(4, cap=512)
     sizes = ((29, 1, 5), (45, 1, 3), (12, 1, 7), (29, 1, 6), (45, 1, 3), (29, 2, 5))  # memory tokens, batch, question
-    alone, together = _pairs_after_questions(lm, ref, sizes)
+    alone, together = _pairs_after_questions(lm, ref, sizes, lanes=True)
     new = [tokens(40, seed=20 + k, batch=b).to(lm.device) for k, (_, b, _) in enumerate(sizes)]
     for step in range(40):
         sit_out = {step % 5} if step % 3 == 0 else set()  # now and then a decoder skips a step
@@ -418,13 +419,15 @@ def test_lanes_are_taken_only_by_memories_that_fit():
     family, overrides = CONFIGS[4][0], _roomy(CONFIGS[4][1])
     lm = beacon.load(tiny_path(family), device=DEVICE, **overrides)
     lm.decode_buffers.enable_lanes(2, cap=256)
-    fits = StaticDecoder(lm, lm.condense(tokens(30, seed=1)), graphs=GRAPHS)
+    fits = StaticDecoder(lm, lm.condense(tokens(30, seed=1)), graphs=GRAPHS, lanes=True)
     fits.read(tokens(3, seed=2).to(lm.device))
-    big = StaticDecoder(lm, lm.condense(tokens(300, seed=3)), graphs=GRAPHS)  # more slots than a lane has
+    big = StaticDecoder(lm, lm.condense(tokens(300, seed=3)), graphs=GRAPHS, lanes=True)  # more slots than a lane
     big.read(tokens(3, seed=4).to(lm.device))
-    pair = StaticDecoder(lm, lm.condense(tokens(30, seed=5, batch=2)), graphs=GRAPHS)
+    pair = StaticDecoder(lm, lm.condense(tokens(30, seed=5, batch=2)), graphs=GRAPHS, lanes=True)
     pair.read(tokens(3, seed=6, batch=2).to(lm.device))
-    assert (fits._buf.lane, big._buf.lane, pair._buf.lane) == (0, -1, -1)
+    plain = StaticDecoder(lm, lm.condense(tokens(30, seed=7)), graphs=GRAPHS)  # not asking for a lane
+    plain.read(tokens(3, seed=8).to(lm.device))
+    assert (fits._buf.lane, big._buf.lane, pair._buf.lane, plain._buf.lane) == (0, -1, -1, -1)
     assert lm.decode_buffers.lanes.busy == 1
     like = fits.memory().keys[0]
     assert lm.decode_buffers.free_lanes(256 - 2, like) == 1 and lm.decode_buffers.free_lanes(256 - 1, like) == 0
@@ -445,7 +448,7 @@ def test_a_lane_step_that_fails_steps_each_alone_and_loses_no_lane(monkeypatch):
     lm = beacon.load(tiny_path(family), device=DEVICE, **overrides)
     ref = beacon.load(tiny_path(family), device=DEVICE, **overrides)
     lm.decode_buffers.enable_lanes(3, cap=512)
-    alone, together = _pairs_after_questions(lm, ref, [(30, 1, 5)] * 3)
+    alone, together = _pairs_after_questions(lm, ref, [(30, 1, 5)] * 3, lanes=True)
     assert lm.decode_buffers.lanes.busy == 3
     arena_pass = beacon.decode._arena_pass
 
