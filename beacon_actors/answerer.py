@@ -48,6 +48,7 @@ class Answerer:
         cache_bytes: device bytes of loaded memories kept for the next questions (LRU).
         max_batch: questions of one memory and prompt length read as one batch.
         max_running: questions decoding at once (the rest of a batch waits for room).
+        lanes, lane_slots: one-row answers in lanes of one arena (Batcher; 0: none).
     """
 
     def __init__(
@@ -62,6 +63,8 @@ class Answerer:
         cache_bytes: int = 2 << 30,
         max_batch: int = 8,
         max_running: int = 64,
+        lanes: int = 0,
+        lane_slots: int = 16384,
     ):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -76,7 +79,8 @@ class Answerer:
         self.worker = worker_name()
         # a batch waits whole in the batcher: no bound on waiting questions beyond the batch itself
         self.batcher = Batcher(self.lm, self.store, stops=self.stops, cache_bytes=cache_bytes, max_batch=max_batch,
-                               max_running=max_running, max_waiting=1 << 30)  # fmt: skip
+                               max_running=max_running, max_waiting=1 << 30, lanes=lanes,
+                               lane_slots=lane_slots)  # fmt: skip
 
     @property
     def cache(self) -> MemoryCache:

@@ -81,14 +81,17 @@ def ask(question, doc_ids, db, model, tokenizer, dtype, top_k, max_new_tokens, d
 @click.option("--top-k", type=int, default=1, show_default=True, help="Documents picked by search per question.")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--cache-gb", type=float, default=2.0, show_default=True, help="Loaded memories kept per actor (LRU).")
+@click.option("--lanes", type=int, default=0, show_default=True,
+              help="One-row answers per actor decoding in lanes of one arena, one pass for all (beacon serve --lanes).")
+@click.option("--lane-slots", type=int, default=16384, show_default=True, help="Slots per lane.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 @allow_failures_option
 @settings_option("AnswerConfig")
 @explain_errors
 def qa(questions, output, db, model, tokenizer, dtype, actors, gpus_per_actor, cpus_per_actor, batch_size, address,
-       dashboard_host, dashboard, num_cpus, num_gpus, verbose, top_k, max_new_tokens, cache_gb, progress,
-       as_json, allow_failures, settings) -> None:  # fmt: skip
+       dashboard_host, dashboard, num_cpus, num_gpus, verbose, top_k, max_new_tokens, cache_gb, lanes, lane_slots,
+       progress, as_json, allow_failures, settings) -> None:  # fmt: skip
     """Answer every question of QUESTIONS (.jsonl/.parquet: question, doc_ids?, id?, answer?) on Ray.
 
     Questions without doc_ids read the --top-k documents that full-text search picks. Answers, with
@@ -101,7 +104,7 @@ def qa(questions, output, db, model, tokenizer, dtype, actors, gpus_per_actor, c
         questions=questions, output=output, db=db, model=model, tokenizer=tokenizer, dtype=dtype,
         num_gpus=gpus_per_actor, num_cpus=cpus_per_actor, min_actors=actors[0], max_actors=actors[1],
         batch_size=batch_size, max_new_tokens=max_new_tokens, top_k=top_k, cache_bytes=int(cache_gb * 2**30),
-        progress=progress,
+        lanes=lanes, lane_slots=lane_slots, progress=progress,
     ).with_settings(settings)  # fmt: skip
     report = answer_questions(config, ray_options=ray_settings(address, dashboard_host, dashboard, num_cpus, num_gpus,
                                                                verbose))  # fmt: skip

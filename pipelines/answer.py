@@ -60,6 +60,7 @@ def answer_questions(
             fn_constructor_kwargs=dict(
                 model=model, db=db, tokenizer=tokenizer, dtype=config.dtype, device=config.device,
                 max_new_tokens=config.max_new_tokens, cache_bytes=config.cache_bytes,
+                lanes=config.lanes, lane_slots=config.lane_slots,
             ),
             compute=ActorPoolStrategy(min_size=config.min_actors, max_size=config.max_actors),
             num_gpus=num_gpus,

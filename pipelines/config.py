@@ -111,6 +111,8 @@ class AnswerConfig(_FromDict):
     max_new_tokens: int = 64
     top_k: int = 1  # documents picked by search for a question without doc_ids
     cache_bytes: int = 2 << 30  # per actor: loaded memories kept on the device (LRU)
+    lanes: int = 0  # per actor: one-row answers in lanes of one arena (Batcher; beacon serve --lanes)
+    lane_slots: int = 16384  # slots per lane
     device: str = "auto"
     progress: bool = True
 
@@ -118,3 +120,5 @@ class AnswerConfig(_FromDict):
         _check_pool(self)
         if self.max_new_tokens < 1 or self.top_k < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens}, top_k={self.top_k}: both must be >= 1")
+        if self.lanes < 0:
+            raise ValueError(f"lanes={self.lanes}: must be >= 0 (0: no lanes)")

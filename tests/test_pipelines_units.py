@@ -226,12 +226,13 @@ def test_memory_cache_host_tier_is_pinned_and_returns_to_the_gpu(lm):
     assert_same_memory(back, gpu)
 
 
-def test_answerer_groups_by_document_and_caches(model, tmp_path):
+@pytest.mark.parametrize("lanes", [0, 2], ids=["own-buffers", "lanes"])
+def test_answerer_groups_by_document_and_caches(model, tmp_path, lanes):
     texts = {"x": "KEY = 'amber'\n" * 5, "y": "other text " * 9}
     Condenser(str(model), str(tmp_path / "db"))(tokenize_documents(documents(texts), tokenizer=str(model)))
     rows = [to_question({"question": q, "doc_ids": d}, i) for i, (q, d) in
             enumerate([("a?", ["x"]), ("b?", ["y"]), ("c?", ["x"]), ("d?", ["y", "x"]), ("e?", ["nope"])])]  # fmt: skip
-    answerer = Answerer(str(model), str(tmp_path / "db"), max_new_tokens=4)
+    answerer = Answerer(str(model), str(tmp_path / "db"), max_new_tokens=4, lanes=lanes, lane_slots=512)
     out = answerer(table([r | {"error": None} for r in rows], pa.schema(
         [f for f in ANSWERS if f.name in ("index", "question_id", "question", "doc_ids", "picked_by", "expected",
                                           "error")])))  # fmt: skip
@@ -249,6 +250,9 @@ def test_answerer_groups_by_document_and_caches(model, tmp_path):
                               max_new_tokens=4, stops=[2])  # fmt: skip
         assert r["answer"] == decode_answer(answerer.lm.tokenizer, alone.token_ids, [2])
     assert answerer.batcher.stats["max_rows_per_pass"] >= 3  # groups over different memories stepped together
+    # the arena is there with lanes (this tiny model's 16-token window sends most steps the general way,
+    # so lanes are stepped in tests/test_serve.py's Batcher test); the answers above are the same
+    assert (answerer.lm.decode_buffers.lanes is not None) == bool(lanes)
     again = answerer.answer(rows[1] | {"error": None})
     assert again["cache_hit"] and again["load_s"] == 0.0 and again["answer"] == out[1]["answer"]
 
