@@ -332,8 +332,7 @@ class StaticDecoder:
         need = max(size + self.headroom, size + n_slots, int(chunk.cols.pos.max()) + 1)
         cap = _round_up(need, CAP_GRAIN)
         like = memory.keys[0]
-        parts = self.lm.parts if self.lanes else None  # (no parts: no lane)
-        buf = self.lm.decode_buffers.take(cap, like, need, parts) or Buffers.allocate(self.lm.parts, cap, like)
+        buf = self.lm.decode_buffers.take(cap, like, need, self.lanes) or Buffers.allocate(self.lm.parts, cap, like)
         buf.n_outer, buf.size = n_o, size
         buf.slot_pos = torch.cat([torch.arange(n_o), chunk.cols.pos[:c]])
         self._buf = buf
@@ -604,13 +603,13 @@ def _execute_lanes(arena: LaneArena, staged: list[tuple[StaticDecoder, Shape]]) 
         front = _front(arena, max(d._buf.lane for d in decs) + 1)
         _stage_arena(arena, staged, front)
         logits = _arena_pass(lm, arena.front(front), graphs=all(d.graphs for d in decs))
-    except BaseException as err:
-        if not isinstance(err, Exception):  # interrupted: the lanes may hold part of the step
-            for d in decs:
-                d._drop_buffers()
-                d.close()
-            raise
+    except Exception as err:
         return _each_alone(staged, "lanes", f"{type(err).__name__}: {err}")
+    except BaseException:  # interrupted: the lanes may hold part of the step
+        for d in decs:
+            d._drop_buffers()
+            d.close()
+        raise
     out = []
     for d in decs:
         d.stats["static_steps"] += 1

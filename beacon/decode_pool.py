@@ -117,11 +117,11 @@ class LaneArena:
     """G lanes of `cap` slots side by side (see the module docstring): `whole` is the arena as one
     buffer set of batch G (the shared step runs over it), `lanes[g]` lane g's view of row g."""
 
-    def __init__(self, parts: Parts, n_lanes: int, cap: int, like: torch.Tensor):
-        b, h, _, d = like.shape
-        if b != 1:
-            raise ValueError(f"lanes hold memories of batch 1, not {b}")
-        self.whole = Buffers.allocate(parts, cap, like.new_empty(n_lanes, h, 0, d))
+    def __init__(self, parts: Parts, n_lanes: int, cap: int, dtype: torch.dtype, device: torch.device):
+        if n_lanes < 1 or cap <= LANE_SCRATCH:
+            raise ValueError(f"lanes need n_lanes >= 1 and cap > {LANE_SCRATCH}, got {n_lanes}, {cap}")
+        like = torch.empty(n_lanes, parts.n_kv_heads, 0, parts.head_dim, dtype=dtype, device=device)
+        self.whole = Buffers.allocate(parts, cap, like)
         dev = like.device
         for shape in ARENA_SHAPES:  # the arena step's inputs: row g is lane g's
             n = sum(shape)
@@ -140,11 +140,16 @@ class LaneArena:
         self._free = list(range(n_lanes - 1, -1, -1))  # lane 0 first: busy lanes gather at the front
         self._fronts: dict[int, Buffers] = {}
 
+    def _rows(self, start: int, stop: int, **fields) -> Buffers:
+        """Lanes [start, stop) of `whole` as one buffer set (views), its step inputs not set yet."""
+        w = self.whole
+        k_rot, values, k_win = (t[:, start:stop] for t in w.layers)
+        return Buffers(w.cap, list(k_rot.unbind(0)), list(values.unbind(0)), list(k_win.unbind(0)), w.cos, w.sin,
+                       layers=(k_rot, values, k_win), scratch=LANE_SCRATCH, **fields)  # fmt: skip
+
     def _lane(self, g: int) -> Buffers:
         w = self.whole
-        k_rot, values, k_win = (t[:, g : g + 1] for t in w.layers)
-        lane = Buffers(w.cap, list(k_rot.unbind(0)), list(values.unbind(0)), list(k_win.unbind(0)), w.cos, w.sin,
-                       layers=(k_rot, values, k_win), scratch=LANE_SCRATCH, arena=self, lane=g)  # fmt: skip
+        lane = self._rows(g, g + 1, arena=self, lane=g)
         for shape in ARENA_SHAPES:
             r = w.rows[shape]
             lane.rows[shape] = StepRows(r.tokens[g : g + 1], r.pos[g], r.slot[g], r.win_slot[g], r.mask[g],
@@ -157,11 +162,8 @@ class LaneArena:
         if n == self.n_lanes:
             return self.whole
         if n not in self._fronts:
-            w = self.whole
-            k_rot, values, k_win = (t[:, :n] for t in w.layers)
-            front = Buffers(w.cap, list(k_rot.unbind(0)), list(values.unbind(0)), list(k_win.unbind(0)), w.cos, w.sin,
-                            layers=(k_rot, values, k_win), scratch=LANE_SCRATCH)  # fmt: skip
-            r = w.rows[(1, 1)]
+            front = self._rows(0, n)
+            r = self.whole.rows[(1, 1)]
             front.rows[(1, 1)] = StepRows(r.tokens[:n], r.pos[:n], r.slot[:n], r.win_slot[:n], r.mask[:n], r.last)
             self._fronts[n] = front
         return self._fronts[n]
@@ -201,19 +203,14 @@ class BufferPool:
         self._free: list[Buffers] = []
         self._lock = threading.Lock()  # query actors may answer from several threads
         self.lanes: LaneArena | None = None
-        self._lane_settings: tuple[int, int] | None = None
 
-    def enable_lanes(
-        self, n_lanes: int, cap: int, parts: Parts | None = None, like: torch.Tensor | None = None
-    ) -> None:
-        """Give memories of batch 1 needing at most `cap` - LANE_SCRATCH slots a lane of an arena of
-        `n_lanes` lanes: 3 x layers x n_lanes x h_kv x cap x d values, allocated now where `parts` and
-        `like` (1, h_kv, 0, d: the memories' dtype and device) are given, else at the first such memory."""
-        if n_lanes < 1 or cap <= LANE_SCRATCH:
-            raise ValueError(f"lanes need n_lanes >= 1 and cap > {LANE_SCRATCH}, got {n_lanes}, {cap}")
-        arena = LaneArena(parts, n_lanes, cap, like) if parts is not None and like is not None else None
+    def enable_lanes(self, parts: Parts, n_lanes: int, cap: int, dtype: torch.dtype, device: torch.device) -> None:
+        """Allocate an arena of `n_lanes` lanes of `cap` slots (3 x layers x n_lanes x h_kv x cap x d
+        values of `dtype` on `device`): a decoder that asks for a lane gets one where its memory
+        (batch 1) needs at most `cap` - LANE_SCRATCH slots."""
+        arena = LaneArena(parts, n_lanes, cap, dtype, device)
         with self._lock:
-            self._lane_settings, self.lanes = (n_lanes, cap), arena
+            self.lanes = arena
 
     def free_lanes(self, need: int, like: torch.Tensor) -> int:
         """Free lanes that would take a memory like `like` needing `need` slots (0: none would)."""
@@ -226,20 +223,16 @@ class BufferPool:
         its lanes are given back (a lane in use stays valid)."""
         with self._lock:
             if arena is None or arena is self.lanes:
-                self._lane_settings, self.lanes = None, None
+                self.lanes = None
 
-    def take(self, cap: int, like: torch.Tensor, need: int | None = None, parts: Parts | None = None) -> Buffers | None:
-        """A free lane where lanes are enabled and one fits (`need` slots), else a free set of exactly
-        `cap` slots for memories like `like`, else None."""
+    def take(self, cap: int, like: torch.Tensor, need: int | None = None, lane: bool = False) -> Buffers | None:
+        """With `lane`, a free lane if one fits (`need` slots); else a free set of exactly `cap` slots
+        for memories like `like`; else None."""
         with self._lock:
-            if self._lane_settings is not None and parts is not None and like.shape[0] == 1:
-                n_lanes, lane_cap = self._lane_settings
-                if self.lanes is None and need is not None and need <= lane_cap - LANE_SCRATCH:
-                    self.lanes = LaneArena(parts, n_lanes, lane_cap, like)
-                if self.lanes is not None and self.lanes.fits(need if need is not None else cap, like):
-                    lane = self.lanes.take()
-                    if lane is not None:
-                        return lane
+            if lane and self.lanes is not None and self.lanes.fits(need if need is not None else cap, like):
+                taken = self.lanes.take()
+                if taken is not None:
+                    return taken
             for i in range(len(self._free) - 1, -1, -1):
                 if self._free[i].cap == cap and self._free[i].fits(like):
                     return self._free.pop(i)

@@ -170,9 +170,7 @@ class Batcher:
         self.max_batch, self.max_running, self.max_waiting = max_batch, max_running, max_waiting
         self._arena = None
         if lanes:
-            parts = lm.parts
-            like = torch.empty(1, parts.n_kv_heads, 0, parts.head_dim, dtype=lm.dtype, device=lm.device)
-            lm.decode_buffers.enable_lanes(lanes, lane_slots, parts, like)
+            lm.decode_buffers.enable_lanes(lm.parts, lanes, lane_slots, lm.dtype, lm.device)
             self._arena = lm.decode_buffers.lanes
         self.stats = {"jobs": 0, "groups": 0, "steps": 0, "rows_stepped": 0, "max_group_rows": 0, "errors": 0,
                       "passes": 0, "max_rows_per_pass": 0, "lane_steps": 0}  # fmt: skip

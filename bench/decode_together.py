@@ -75,9 +75,9 @@ def lane_steps(lm, memories, question: torch.Tensor, new: int, device: str, wind
     """`steps` together with every decoder in a lane of one arena (allocated first, as a replica does)."""
     from beacon.decode_pool import LANE_SCRATCH
 
-    like = memories[0].keys[0][:, :, :0]
     need = max(m.state.size for m in memories) + 2 * window + 64 + question.shape[1]
-    lm.decode_buffers.enable_lanes(len(memories), -(-(need + LANE_SCRATCH) // 256) * 256, lm.parts, like)
+    lane_cap = -(-(need + LANE_SCRATCH) // 256) * 256
+    lm.decode_buffers.enable_lanes(lm.parts, len(memories), lane_cap, lm.dtype, lm.device)
     try:
         times = steps(lm, memories, 1, question, new, True, device, lanes=True)
         if lm.decode_buffers.lanes.busy:

@@ -386,7 +386,7 @@ def test_lanes_step_as_each_decoder_alone(family, overrides):
 
     lm = beacon.load(tiny_path(family), device=DEVICE, **overrides)  # its own: lanes change its pool
     ref = beacon.load(tiny_path(family), device=DEVICE, **overrides)
-    lm.decode_buffers.enable_lanes(4, cap=512)
+    lm.decode_buffers.enable_lanes(lm.parts, 4, 512, lm.dtype, lm.device)
     sizes = ((29, 1, 5), (45, 1, 3), (12, 1, 7), (29, 1, 6), (45, 1, 3), (29, 2, 5))  # memory tokens, batch, question
     alone, together = _pairs_after_questions(lm, ref, sizes, lanes=True)
     new = [tokens(40, seed=20 + k, batch=b).to(lm.device) for k, (_, b, _) in enumerate(sizes)]
@@ -418,7 +418,7 @@ def test_lanes_are_taken_only_by_memories_that_fit():
 
     family, overrides = CONFIGS[4][0], _roomy(CONFIGS[4][1])
     lm = beacon.load(tiny_path(family), device=DEVICE, **overrides)
-    lm.decode_buffers.enable_lanes(2, cap=256)
+    lm.decode_buffers.enable_lanes(lm.parts, 2, 256, lm.dtype, lm.device)
     fits = StaticDecoder(lm, lm.condense(tokens(30, seed=1)), graphs=GRAPHS, lanes=True)
     fits.read(tokens(3, seed=2).to(lm.device))
     big = StaticDecoder(lm, lm.condense(tokens(300, seed=3)), graphs=GRAPHS, lanes=True)  # more slots than a lane
@@ -434,7 +434,7 @@ def test_lanes_are_taken_only_by_memories_that_fit():
     fits.close()
     assert lm.decode_buffers.lanes.busy == 0
     with pytest.raises(ValueError, match="n_lanes >= 1"):
-        lm.decode_buffers.enable_lanes(0, cap=256)
+        lm.decode_buffers.enable_lanes(lm.parts, 0, 256, lm.dtype, lm.device)
 
 
 def test_a_lane_step_that_fails_steps_each_alone_and_loses_no_lane(monkeypatch):
@@ -447,7 +447,7 @@ def test_a_lane_step_that_fails_steps_each_alone_and_loses_no_lane(monkeypatch):
     family, overrides = CONFIGS[0][0], _roomy(CONFIGS[0][1])
     lm = beacon.load(tiny_path(family), device=DEVICE, **overrides)
     ref = beacon.load(tiny_path(family), device=DEVICE, **overrides)
-    lm.decode_buffers.enable_lanes(3, cap=512)
+    lm.decode_buffers.enable_lanes(lm.parts, 3, 512, lm.dtype, lm.device)
     alone, together = _pairs_after_questions(lm, ref, [(30, 1, 5)] * 3, lanes=True)
     assert lm.decode_buffers.lanes.busy == 3
     arena_pass = beacon.decode._arena_pass
